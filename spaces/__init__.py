@@ -1,0 +1,1 @@
+"""Engine-neutral search spaces and the concrete compression policy a trial evaluates."""

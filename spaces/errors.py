@@ -1,0 +1,43 @@
+"""The one error type every part of metacompress raises on bad user input.
+
+Messages follow a single template, ``The '<field>' value must be <allowed>. Got <value>.``, so that the CLI can
+print them as one line and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+from typing import Any
+
+__all__ = ["MetacompressError", "ConfigError", "invalid_value", "unknown_key"]
+
+
+class MetacompressError(Exception):
+    """Base class of every error metacompress raises on purpose."""
+
+
+class ConfigError(MetacompressError, ValueError):
+    """A user-supplied value (config key, CLI flag, policy entry) is not allowed.
+
+    Attributes:
+        field: Dotted name of the offending field, e.g. ``prune.max`` or ``layers.conv1.bits``.
+    """
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def invalid_value(field: str, allowed: str, got: Any) -> ConfigError:
+    """Build the standard error: ``The 'prune.max' value must be in [0, 1). Got 1.2.``"""
+    return ConfigError(f"The '{field}' value must be {allowed}. Got {got!r}.", field=field)
+
+
+def unknown_key(field: str, got: str, choices: Iterable[str]) -> ConfigError:
+    """Build the error for an unknown name, with a "did you mean" hint when one is close."""
+    choices = sorted(str(c) for c in choices)
+    close = difflib.get_close_matches(str(got), choices, n=1, cutoff=0.6)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    shown = ", ".join(repr(c) for c in choices[:20]) + (", ..." if len(choices) > 20 else "")
+    return ConfigError(f"The '{field}' value must be one of {shown}. Got {got!r}.{hint}", field=field)
