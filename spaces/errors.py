@@ -10,7 +10,7 @@ import difflib
 from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["MetacompressError", "ConfigError", "invalid_value", "unknown_key"]
+__all__ = ["MetacompressError", "ConfigError", "invalid_value", "unknown_key", "missing_key", "prefixed"]
 
 
 class MetacompressError(Exception):
@@ -41,3 +41,28 @@ def unknown_key(field: str, got: str, choices: Iterable[str]) -> ConfigError:
     hint = f" Did you mean {close[0]!r}?" if close else ""
     shown = ", ".join(repr(c) for c in choices[:20]) + (", ..." if len(choices) > 20 else "")
     return ConfigError(f"The '{field}' value must be one of {shown}. Got {got!r}.{hint}", field=field)
+
+
+def missing_key(field: str) -> ConfigError:
+    """Build the error for a required value that was not given: ``The 'prune.conv1' value must be given. Got nothing.``"""
+    return ConfigError(f"The '{field}' value must be given. Got nothing.", field=field)
+
+
+def prefixed(error: ConfigError, prefix: str) -> ConfigError:
+    """Return a copy of ``error`` whose field is nested under ``prefix``.
+
+    Lets a nested validator report relative names (``low``) while the caller knows the full path
+    (``space.prune``): the result reads ``The 'space.prune.low' value must be ...``.
+
+    Args:
+        error: The error raised by the nested validator.
+        prefix: Dotted path of the enclosing value; an empty prefix returns ``error`` unchanged.
+    """
+    if not prefix:
+        return error
+    old = error.field
+    new = f"{prefix}.{old}" if old else prefix
+    message = str(error)
+    if old and f"'{old}'" in message:
+        message = message.replace(f"'{old}'", f"'{new}'", 1)
+    return ConfigError(message, field=new)
