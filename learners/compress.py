@@ -1,0 +1,66 @@
+"""``compress(teacher, policy)``: the student a trial trains — pruned, shrunk and quantization-aware."""
+
+from __future__ import annotations
+
+import copy
+import torch
+from torch import nn
+
+from metacompress.spaces import CompressionPolicy, LayerInfo, unknown_key
+
+from .prune import channel_groups, magnitude_mask, shrink
+from .quant import QUANTIZABLE, to_quantized
+
+__all__ = ["compress", "compressible_layers", "describe_layers"]
+
+_KINDS = {nn.Linear: "linear", nn.Conv1d: "conv1d", nn.Conv2d: "conv2d"}
+
+
+def compressible_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """The Linear / Conv1d / Conv2d layers of ``model`` by module name (attention projections are Linear)."""
+    return {n: m for n, m in model.named_modules() if n and type(m) in QUANTIZABLE}
+
+
+def describe_layers(model: nn.Module, example_input: torch.Tensor) -> list[LayerInfo]:
+    """Describe the compressible layers of ``model`` for a :class:`~metacompress.spaces.CompressionSpace`.
+
+    A layer is marked ``structured=True`` when its output channels can be removed (see :mod:`.prune`).
+    """
+    prunable = {p for g in channel_groups(model, example_input) if g.prunable for p in g.producers}
+    return [
+        LayerInfo(name=n, kind=_KINDS[type(m)], n_params=m.weight.numel(), shape=tuple(m.weight.shape),
+                  structured=n in prunable)
+        for n, m in compressible_layers(model).items()
+    ]
+
+
+def compress(
+    teacher: nn.Module, policy: CompressionPolicy, example_input: torch.Tensor | None = None
+) -> nn.Module:
+    """Return a compressed copy of ``teacher``; the teacher is left untouched.
+
+    Structured policies remove channels first (the copy is physically smaller), then every layer named in the
+    policy becomes quantization-aware at its bit-width, with a magnitude mask for unstructured pruning. Layers the
+    policy does not name are left alone.
+
+    Args:
+        teacher: The trained model.
+        policy: The compression policy (validated against the teacher's layers here).
+        example_input: One input batch; required for structured pruning (shapes are traced).
+
+    Raises:
+        ConfigError: The policy names a layer the teacher lacks, or holds an invalid value.
+    """
+    layers = compressible_layers(teacher)
+    policy.validate(layers)
+    student = copy.deepcopy(teacher)
+    if policy.prune_method == "structured" and any(lp.prune > 0 for lp in policy.layers.values()):
+        if example_input is None:
+            raise unknown_key("example_input", "None", ["a tensor batch"])
+        shrink(student, {n: lp.prune for n, lp in policy.layers.items()}, example_input)
+    modules = dict(student.named_modules())
+    for name, lp in policy.layers.items():
+        mod = to_quantized(modules[name], lp.bits, policy.act_bits)
+        if policy.prune_method == "unstructured":
+            mod.set_mask(magnitude_mask(mod.weight, lp.prune))
+    return student

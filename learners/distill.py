@@ -1,0 +1,191 @@
+"""Knowledge-distillation fine-tuning of a compressed student.
+
+The loss of one batch is ``λ·CE(s, y) + (1−λ)·T²·KL(softmax(t/T) ‖ softmax(s/T))``, plus optionally
+``β·Σ‖A_s − A_t‖²`` over attention maps of named layers (channel-mean of squared activations, L2-normalized, so
+a channel-pruned student still matches its teacher) and ``μ‖θ − θ*‖²`` toward a reference initialisation
+(meta-KD). The teacher's logits are computed once per call, not once per step: the teacher is frozen and the data
+is not augmented, so they never change.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Dataset
+
+from metacompress.spaces import CompressionPolicy, MetacompressError
+
+from .measure import _tensors, accuracy, predict_logits
+
+__all__ = ["FinetuneConfig", "NonFiniteLossError", "attention_map", "finetune", "kd_loss"]
+
+EpochCallback = Callable[[int, Mapping[str, float]], bool | None]
+
+
+class NonFiniteLossError(MetacompressError, FloatingPointError):
+    """The training loss became NaN or infinite; the trial should be recorded as failed."""
+
+    def __init__(self, epoch: int, step: int, value: float) -> None:
+        super().__init__(f"Non-finite loss {value} at epoch {epoch}, step {step}.")
+        self.epoch, self.step, self.value = epoch, step, value
+
+
+def kd_loss(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor, lam: float, temperature: float
+) -> torch.Tensor:
+    """λ·CE + (1−λ)·T²·KL(teacher ‖ student) on temperature-softened distributions."""
+    ce = F.cross_entropy(student_logits, target)
+    if lam >= 1.0:
+        return ce
+    t = temperature
+    kl = F.kl_div(
+        F.log_softmax(student_logits / t, dim=1), F.log_softmax(teacher_logits / t, dim=1),
+        reduction="batchmean", log_target=True,
+    )
+    return lam * ce + (1.0 - lam) * t * t * kl
+
+
+def attention_map(features: torch.Tensor) -> torch.Tensor:
+    """Spatial attention map (Zagoruyko & Komodakis): channel-mean of squares, flattened, L2-normalized."""
+    a = features.pow(2).mean(1) if features.dim() > 2 else features.pow(2)
+    return F.normalize(a.flatten(1), dim=1)
+
+
+@dataclass
+class FinetuneConfig:
+    """How to fine-tune: everything not in the policy.
+
+    Attributes:
+        batch_size: Mini-batch size.
+        device: ``"cpu"``, ``"cuda"`` ...
+        seed: Seed of the batch order.
+        feature_layers: Layer names whose attention maps are matched when ``policy.feature_beta > 0``.
+        max_steps_per_epoch: Cap on steps per epoch (``None``: full passes).
+        eval_every_epoch: Compute validation accuracy after each epoch (needed by early stopping).
+    """
+
+    batch_size: int = 64
+    device: str = "cpu"
+    seed: int = 0
+    feature_layers: Sequence[str] = ()
+    max_steps_per_epoch: int | None = None
+    eval_every_epoch: bool = True
+
+
+class _FeatureTap:
+    """Forward hooks that keep the outputs of named layers of one model."""
+
+    def __init__(self, model: nn.Module, names: Sequence[str]) -> None:
+        modules = dict(model.named_modules())
+        self.out: dict[str, torch.Tensor] = {}
+        self.handles = [modules[n].register_forward_hook(self._hook(n)) for n in names]
+
+    def _hook(self, name: str):
+        def hook(_m, _i, output):
+            self.out[name] = output
+
+        return hook
+
+    def close(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+def _prox(model: nn.Module, reference: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    terms = [(p - reference[n]).pow(2).sum() for n, p in model.named_parameters() if n in reference]
+    return torch.stack(terms).sum() if terms else torch.zeros(())
+
+
+def finetune(
+    student: nn.Module,
+    teacher: nn.Module | None,
+    train: Dataset,
+    policy: CompressionPolicy,
+    *,
+    val: Dataset | None = None,
+    config: FinetuneConfig | None = None,
+    teacher_logits: torch.Tensor | None = None,
+    reference: Mapping[str, torch.Tensor] | None = None,
+    callback: EpochCallback | None = None,
+) -> list[dict[str, float]]:
+    """Fine-tune ``student`` in place for ``policy.epochs`` epochs with distillation from ``teacher``.
+
+    Args:
+        student: The compressed student (from :func:`~metacompress.learners.compress`).
+        teacher: The frozen teacher; may be ``None`` when ``teacher_logits`` are given and no feature term is used.
+        train: Training data (a ``TensorDataset`` is fastest).
+        policy: Supplies λ, T, epochs, learning rate, β and μ.
+        val: Validation data for the per-epoch accuracy.
+        config: Batch size, device, seed, feature layers.
+        teacher_logits: Precomputed teacher logits on ``train`` (same order); computed here when omitted.
+        reference: θ* for the proximal term (parameter name -> tensor); required when ``policy.prox_mu > 0``.
+        callback: Called as ``callback(epoch, metrics)`` after each epoch; returning ``True`` stops training
+            (early stopping, trial pruning).
+
+    Returns:
+        One dict per finished epoch: ``epoch``, ``loss`` and, with ``val``, ``val_accuracy``.
+
+    Raises:
+        NonFiniteLossError: The loss became NaN or infinite.
+    """
+    cfg = config or FinetuneConfig()
+    x, y = _tensors(train)
+    use_features = policy.feature_beta > 0 and cfg.feature_layers
+    if teacher_logits is None:
+        teacher_logits = predict_logits(teacher, x, device=cfg.device)
+    if policy.epochs <= 0:
+        return []
+    device = torch.device(cfg.device)
+    student.to(device).train()
+    x, y, t_logits = x.to(device), y.to(device), teacher_logits.to(device)
+    ref = {n: r.to(device) for n, r in (reference or {}).items()}
+    params = [p for p in student.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=policy.lr)
+    steps_per_epoch = math.ceil(len(x) / cfg.batch_size)
+    if cfg.max_steps_per_epoch:
+        steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, policy.epochs * steps_per_epoch))
+    taps = (_FeatureTap(student, cfg.feature_layers), _FeatureTap(teacher, cfg.feature_layers)) if use_features else None
+    gen = torch.Generator().manual_seed(cfg.seed)
+    history: list[dict[str, float]] = []
+    try:
+        for epoch in range(1, policy.epochs + 1):
+            order = torch.randperm(len(x), generator=gen).to(device)
+            total = 0.0
+            for step in range(steps_per_epoch):
+                idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+                loss = kd_loss(student(x[idx]), t_logits[idx], y[idx], policy.kd_lambda, policy.temperature)
+                if taps is not None:
+                    with torch.no_grad():
+                        teacher(x[idx])
+                    loss = loss + policy.feature_beta * sum(
+                        (attention_map(taps[0].out[n]) - attention_map(taps[1].out[n])).pow(2).sum(1).mean()
+                        for n in cfg.feature_layers
+                    )
+                if policy.prox_mu > 0 and ref:
+                    loss = loss + policy.prox_mu * _prox(student, ref)
+                value = float(loss.detach())
+                if not math.isfinite(value):
+                    raise NonFiniteLossError(epoch, step, value)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+                total += value
+            record = {"epoch": epoch, "loss": total / steps_per_epoch}
+            if val is not None and cfg.eval_every_epoch:
+                record["val_accuracy"] = accuracy(student, val, device=cfg.device)
+            history.append(record)
+            if callback is not None and callback(epoch, record):
+                break
+    finally:
+        if taps is not None:
+            taps[0].close()
+            taps[1].close()
+    student.eval()
+    return history

@@ -1,0 +1,148 @@
+"""A really smaller artefact: bit-packed low-bit weights, sparsity bitmaps, and the shrunk architecture.
+
+File layout: ``MCZ1`` | uint32 header length | zlib-compressed JSON header | payload. The payload holds, per
+tensor, byte-aligned sections in this order: sparsity bitmap (sparse layers), packed codes (or fp16/fp32 values) of
+the kept weights, per-channel fp32 scales (quantized layers). Its size is exactly
+:func:`metacompress.learners.measure.size_bytes`; the header adds a few hundred bytes.
+
+Loading rebuilds the model from a *skeleton* (the teacher's architecture): channels are removed to the recorded
+widths, layers become quantization-aware at their recorded bit-widths, and the weights are filled in, so the
+loaded model computes exactly what the exported one did. Nothing is unpickled.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from metacompress.spaces import ConfigError
+
+from .measure import _SKIP_BUFFERS
+from .prune import shrink, structure_of
+from .quant import is_compressed, qmax, quantize_codes, to_quantized
+
+__all__ = ["export_compressed", "load_compressed"]
+
+MAGIC = b"MCZ1"
+
+
+def _pack(codes: np.ndarray, bits: int) -> bytes:
+    bitplanes = (codes[:, None] >> np.arange(bits, dtype=np.uint8)) & 1
+    return np.packbits(bitplanes.astype(np.uint8).ravel(), bitorder="little").tobytes()
+
+
+def _unpack(buf: bytes, n: int, bits: int) -> np.ndarray:
+    flat = np.unpackbits(np.frombuffer(buf, dtype=np.uint8), bitorder="little")[: n * bits]
+    return (flat.reshape(n, bits).astype(np.uint16) << np.arange(bits, dtype=np.uint16)).sum(1)
+
+
+def _weight_sections(mod: nn.Module) -> tuple[dict, list[bytes]]:
+    w = mod.weight.detach().float().cpu()
+    mask = None if mod.weight_mask is None else mod.weight_mask.detach().cpu().bool()
+    w = w if mask is None else w * mask
+    entry: dict = {"b": mod.w_bits, "s": list(w.shape)}
+    parts: list[bytes] = []
+    if mask is not None:
+        entry["m"] = 1
+        parts.append(np.packbits(mask.numpy().ravel()).tobytes())
+    keep = slice(None) if mask is None else mask.flatten().numpy()
+    if mod.w_bits < 16:
+        codes, scale = quantize_codes(w, mod.w_bits)
+        vals = (codes.flatten().numpy()[keep].astype(np.int16) + qmax(mod.w_bits)).astype(np.uint8)
+        parts += [_pack(vals, mod.w_bits), scale.float().numpy().tobytes()]
+    else:
+        dtype = np.float16 if mod.w_bits == 16 else np.float32
+        parts.append(w.flatten().numpy()[keep].astype(dtype).tobytes())
+    return entry, parts
+
+
+def export_compressed(model: nn.Module, path: str | Path, input_shape: tuple[int, ...]) -> int:
+    """Write ``model`` to ``path`` in the packed format and return the file size in bytes."""
+    tensors, payload = [], []
+    weight_keys = set()
+    for name, mod in model.named_modules():
+        if is_compressed(mod):
+            entry, parts = _weight_sections(mod)
+            tensors.append({"n": f"{name}.weight", "k": "q", **entry, "l": [len(p) for p in parts]})
+            payload += parts
+            weight_keys.add(f"{name}.weight")
+    for key, t in model.state_dict().items():
+        if key in weight_keys or key.rsplit(".", 1)[-1] in _SKIP_BUFFERS:
+            continue
+        data = t.detach().float().cpu().numpy().tobytes()
+        tensors.append({"n": key, "k": "f", "s": list(t.shape), "l": [len(data)]})
+        payload.append(data)
+    acts = {n: m.act_quant.bits for n, m in model.named_modules() if is_compressed(m) and m.act_quant is not None}
+    header = {"v": 1, "in": list(input_shape), "w": structure_of(model), "a": acts, "t": tensors}
+    blob = zlib.compress(json.dumps(header, separators=(",", ":")).encode(), 9)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(MAGIC + struct.pack("<I", len(blob)) + blob)
+        for part in payload:
+            f.write(part)
+    return path.stat().st_size
+
+
+def _read(path: Path) -> tuple[dict, bytes]:
+    raw = path.read_bytes()
+    if raw[:4] != MAGIC:
+        raise ConfigError(f"The 'path' value must be a metacompress export (MCZ1). Got {str(path)!r}.", "path")
+    (n,) = struct.unpack("<I", raw[4:8])
+    return json.loads(zlib.decompress(raw[8 : 8 + n])), raw[8 + n :]
+
+
+def _decode_weight(entry: dict, sections: list[bytes]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    shape, bits = entry["s"], entry["b"]
+    n = int(np.prod(shape))
+    mask = None
+    if entry.get("m"):
+        mask = np.unpackbits(np.frombuffer(sections.pop(0), dtype=np.uint8))[:n].astype(bool)
+    nnz = n if mask is None else int(mask.sum())
+    if bits < 16:
+        codes = _unpack(sections[0], nnz, bits).astype(np.float32) - qmax(bits)
+        scale = np.frombuffer(sections[1], dtype=np.float32)
+        vals = codes * np.repeat(scale, n // len(scale))[mask if mask is not None else slice(None)]
+    else:
+        vals = np.frombuffer(sections[0], dtype=np.float16 if bits == 16 else np.float32).astype(np.float32)
+    full = np.zeros(n, dtype=np.float32)
+    full[mask if mask is not None else slice(None)] = vals
+    as_t = torch.from_numpy(full.reshape(shape))
+    return as_t, None if mask is None else torch.from_numpy(mask.reshape(shape).astype(np.float32))
+
+
+def load_compressed(path: str | Path, skeleton: nn.Module) -> nn.Module:
+    """Rebuild the exported model on a copy of ``skeleton`` (the teacher's architecture)."""
+    header, payload = _read(Path(path))
+    model = copy.deepcopy(skeleton).cpu()
+    shrink(model, None, torch.zeros(2, *header["in"]), widths=header["w"])
+    modules = dict(model.named_modules())
+    state, offset = {}, 0
+    for entry in header["t"]:
+        sections = []
+        for length in entry["l"]:
+            sections.append(payload[offset : offset + length])
+            offset += length
+        name = entry["n"]
+        if entry["k"] == "f":
+            state[name] = torch.from_numpy(np.frombuffer(sections[0], dtype=np.float32).copy()).view(entry["s"])
+            continue
+        layer = modules[name.rsplit(".", 1)[0]] if "." in name else model
+        weight, mask = _decode_weight(entry, sections)
+        to_quantized(layer, entry["b"], header["a"].get(name.rsplit(".", 1)[0]))
+        layer.set_mask(mask)
+        state[name] = weight
+    missing = [k for k in model.state_dict() if k not in state and k.rsplit(".", 1)[-1] not in _SKIP_BUFFERS]
+    model.load_state_dict(state, strict=False)
+    if missing:
+        raise ConfigError(f"The 'path' value must hold every tensor of the model. Got {len(missing)} missing.")
+    return model.eval()
+
+

@@ -1,0 +1,210 @@
+"""Honest measurements of a (compressed) model: accuracy, storage size, bit-operations and latency.
+
+``size_bytes`` is the storage cost of :mod:`.export`'s format, tensor by tensor (each byte-aligned):
+non-zero weights × bits, a 1-bit-per-weight bitmap for sparse layers, per-channel fp32 scales for quantized
+layers, and every other parameter or buffer needed at inference (biases, BatchNorm statistics) in fp32.
+"""
+
+from __future__ import annotations
+
+import copy
+import statistics
+import time
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from .quant import QUANTIZABLE, effective_weight, is_compressed
+
+__all__ = [
+    "accuracy",
+    "bitops",
+    "deployable",
+    "evaluate",
+    "measure_latency",
+    "predict_logits",
+    "size_bytes",
+    "tensor_bits",
+]
+
+_SKIP_BUFFERS = ("num_batches_tracked", "weight_mask")
+
+
+def _tensors(dataset: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
+    if hasattr(dataset, "tensors"):
+        return dataset.tensors[0], dataset.tensors[1]
+    xs, ys = zip(*(dataset[i] for i in range(len(dataset))))
+    return torch.stack(xs), torch.as_tensor(ys)
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 1024, device: str = "cpu") -> torch.Tensor:
+    """Logits of ``model`` on ``x`` in eval mode (mode restored afterwards)."""
+    was_training = model.training
+    model.eval()
+    out = torch.cat([model(x[i : i + batch_size].to(device)).float().cpu() for i in range(0, len(x), batch_size)])
+    model.train(was_training)
+    return out
+
+
+def accuracy(model: nn.Module, dataset: Dataset, device: str = "cpu") -> float:
+    """Top-1 accuracy of ``model`` on ``dataset``."""
+    x, y = _tensors(dataset)
+    return float((predict_logits(model, x, device=device).argmax(1) == y).float().mean())
+
+
+def tensor_bits(module: nn.Module) -> list[tuple[str, int]]:
+    """``(tensor, storage bits)`` for the weight of one layer as the export writes it."""
+    if not is_compressed(module):
+        return [("weight", 32 * module.weight.numel())]
+    n = module.weight.numel()
+    mask = module.weight_mask
+    nnz = n if mask is None else int(mask.count_nonzero())
+    out = [("weight", nnz * module.w_bits)]
+    if mask is not None:
+        out.append(("bitmap", n))
+    if module.w_bits < 16:
+        out.append(("scale", 32 * module.weight.shape[0]))
+    return out
+
+
+def size_bytes(model: nn.Module) -> int:
+    """Storage bytes of ``model`` in the export format (header excluded)."""
+    total = 0
+    weights = set()
+    for name, mod in model.named_modules():
+        if isinstance(mod, tuple(QUANTIZABLE)):
+            weights.add(f"{name}.weight" if name else "weight")
+            total += sum((b + 7) // 8 for _, b in tensor_bits(mod))
+    for key, t in model.state_dict().items():
+        if key in weights or key.rsplit(".", 1)[-1] in _SKIP_BUFFERS:
+            continue
+        total += 4 * t.numel()
+    return total
+
+
+def _macs(model: nn.Module, example_input: torch.Tensor) -> dict[str, int]:
+    macs: dict[str, int] = {}
+    hooks = []
+    for name, mod in model.named_modules():
+        if isinstance(mod, tuple(QUANTIZABLE)):
+            def hook(m, inp, out, name=name):
+                per_out = m.weight[0].numel()  # in_features, or in_channels/groups * kernel
+                macs[name] = macs.get(name, 0) + per_out * out[0].numel()
+            hooks.append(mod.register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            was = model.training
+            model.eval()
+            model(example_input[:1])
+            model.train(was)
+    finally:
+        for h in hooks:
+            h.remove()
+    return macs
+
+
+def bitops(model: nn.Module, example_input: torch.Tensor) -> int:
+    """Σ over layers of MACs per sample × weight bits × activation bits (32 for float)."""
+    total = 0
+    modules = dict(model.named_modules())
+    for name, n in _macs(model, example_input).items():
+        m = modules[name]
+        w_bits = m.w_bits if is_compressed(m) else 32
+        a_bits = m.act_quant.bits if is_compressed(m) and m.act_quant is not None else 32
+        total += n * w_bits * a_bits
+    return int(total)
+
+
+def deployable(model: nn.Module, int8: bool = True) -> nn.Module:
+    """An inference copy: compressed layers become plain layers holding their effective weights.
+
+    With ``int8=True``, Linear layers of 8 bits or fewer run as dynamic int8 (``torch.ao`` quantized kernels).
+    """
+    out = copy.deepcopy(model).eval()
+    low_bit_linear = set()
+    for name, mod in list(out.named_modules()):
+        if is_compressed(mod):
+            with torch.no_grad():
+                w = effective_weight(mod).detach().clone()
+            if isinstance(mod, nn.Linear) and mod.w_bits <= 8:
+                low_bit_linear.add(name)
+            act = mod.act_quant
+            mod.__class__ = next(base for base in QUANTIZABLE if isinstance(mod, base))
+            mod.weight = nn.Parameter(w, requires_grad=False)
+            for attr in ("weight_mask", "w_bits", "act_quant"):
+                if attr in mod._buffers:
+                    del mod._buffers[attr]
+                elif attr in mod._modules:
+                    del mod._modules[attr]
+                elif attr in mod.__dict__:
+                    del mod.__dict__[attr]
+            del act
+    if int8 and low_bit_linear:
+        from torch.ao.quantization import quantize_dynamic  # noqa: PLC0415 (heavy, optional)
+
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            out = quantize_dynamic(out, {nn.Linear}, dtype=torch.qint8)
+    return out
+
+
+@torch.inference_mode()
+def measure_latency(
+    model: nn.Module, sample: torch.Tensor, batch_sizes: Sequence[int] = (1, 256), repeats: int = 20,
+    warmup: int = 3,
+) -> dict[str, float]:
+    """Median wall-clock milliseconds per forward pass at each batch size (``latency_ms`` is batch 1)."""
+    model.eval()
+    out: dict[str, float] = {}
+    for bs in batch_sizes:
+        x = sample[:1].expand(bs, *sample.shape[1:]).contiguous()
+        for _ in range(warmup):
+            model(x)
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            model(x)
+            times.append((time.perf_counter() - t0) * 1e3)
+        key = "latency_ms" if bs == 1 else f"latency_ms_b{bs}"
+        out[key] = statistics.median(times)
+    return out
+
+
+def evaluate(
+    model: nn.Module,
+    val: Dataset,
+    example_input: torch.Tensor,
+    *,
+    reference: Mapping[str, float] | None = None,
+    latency_repeats: int = 20,
+    batch_sizes: Sequence[int] = (1, 256),
+    device: str = "cpu",
+) -> dict[str, float]:
+    """All metrics of one model as a flat dict.
+
+    Args:
+        model: A teacher or a compressed student.
+        val: Validation data.
+        example_input: One input batch (shapes for MACs and latency).
+        reference: The teacher's metrics; adds ``compression_ratio`` (teacher size / size) and ``speedup``.
+        latency_repeats: Timed repeats per batch size (0 skips latency).
+        batch_sizes: Batch sizes timed; batch 1 is reported as ``latency_ms``.
+        device: Where accuracy is computed.
+    """
+    metrics: dict[str, float] = {
+        "accuracy": accuracy(model, val, device=device),
+        "size_bytes": float(size_bytes(model)),
+        "bitops": float(bitops(model, example_input.to(device))),
+    }
+    if latency_repeats > 0:
+        metrics.update(measure_latency(deployable(model).cpu(), example_input.cpu(), batch_sizes, latency_repeats))
+    if reference:
+        metrics["compression_ratio"] = reference["size_bytes"] / metrics["size_bytes"]
+        if "latency_ms" in reference and "latency_ms" in metrics:
+            metrics["speedup"] = reference["latency_ms"] / max(metrics["latency_ms"], 1e-9)
+    return metrics

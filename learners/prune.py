@@ -1,0 +1,279 @@
+"""Pruning: unstructured magnitude masks, and structured channel pruning that physically shrinks the model.
+
+Structured pruning traces the model with :mod:`torch.fx` and groups *coupled* channels: the output channels of a
+Linear/Conv layer flow through shape-preserving ops (BatchNorm, activations, pooling, dropout) into the inputs of
+the next layers; a residual ``a + b`` couples the channels of both branches, so they are pruned together. A
+``flatten`` between a conv and a linear layer maps each channel to its block of ``H * W`` input features. Channels
+that reach anything else (concatenation, reshapes, the model output) are left alone; those producers are reported
+as not structurally prunable.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import torch
+import torch.fx as fx
+from torch import nn
+from torch.fx.passes.shape_prop import ShapeProp
+
+__all__ = ["ChannelGroup", "channel_groups", "magnitude_mask", "shrink", "structure_of"]
+
+_PRODUCERS = (nn.Linear, nn.Conv1d, nn.Conv2d)
+_PASS_MODULES = (
+    nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.LeakyReLU, nn.ELU, nn.Hardswish, nn.Identity,
+    nn.Dropout, nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d,
+    nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d,
+)
+_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
+_PASS_FUNCS = {
+    torch.relu, torch.nn.functional.relu, torch.nn.functional.gelu, torch.sigmoid, torch.tanh,
+    torch.nn.functional.dropout, torch.nn.functional.max_pool1d, torch.nn.functional.max_pool2d,
+    torch.nn.functional.avg_pool1d, torch.nn.functional.avg_pool2d, torch.nn.functional.adaptive_avg_pool1d,
+    torch.nn.functional.adaptive_avg_pool2d, torch.nn.functional.silu, torch.nn.functional.leaky_relu,
+}
+_MERGE_FUNCS = {operator.add, operator.sub, torch.add, torch.sub, operator.mul, torch.mul}
+
+
+def magnitude_mask(weight: torch.Tensor, ratio: float) -> torch.Tensor | None:
+    """0/1 mask keeping the ``1 - ratio`` largest-magnitude weights of one layer (``None`` when ratio is 0)."""
+    if ratio <= 0.0:
+        return None
+    n = weight.numel()
+    n_prune = min(int(round(ratio * n)), n - 1)
+    if n_prune <= 0:
+        return None
+    threshold = weight.detach().abs().flatten().kthvalue(n_prune).values
+    mask = (weight.detach().abs() > threshold).to(weight.dtype)
+    # ties at the threshold: keep exactly n - n_prune weights
+    deficit = (n - n_prune) - int(mask.sum())
+    if deficit > 0:
+        ties = ((weight.detach().abs() == threshold) & (mask == 0)).flatten().nonzero().flatten()[:deficit]
+        mask.view(-1)[ties] = 1.0
+    return mask
+
+
+@dataclass
+class ChannelGroup:
+    """Channels that must be pruned together.
+
+    Attributes:
+        producers: Layers whose output channels form the group (all of the same width).
+        consumers: ``(layer, factor)`` pairs: layers reading the channels as input, each channel spanning
+            ``factor`` consecutive input features (``factor > 1`` after a flatten).
+        norms: BatchNorm layers normalizing the channels.
+        prunable: False when the channels reach an op that cannot follow a channel removal.
+        width: Number of channels in the group.
+    """
+
+    producers: list[str] = field(default_factory=list)
+    consumers: list[tuple[str, int]] = field(default_factory=list)
+    norms: list[str] = field(default_factory=list)
+    prunable: bool = True
+    width: int = 0
+
+
+class _UnionFind:
+    def __init__(self) -> None:
+        self.parent: dict[str, str] = {}
+
+    def find(self, x: str) -> str:
+        self.parent.setdefault(x, x)
+        while self.parent[x] != x:
+            self.parent[x] = self.parent[self.parent[x]]
+            x = self.parent[x]
+        return x
+
+    def union(self, a: str, b: str) -> None:
+        self.parent[self.find(a)] = self.find(b)
+
+
+def _trace(model: nn.Module, example_input: torch.Tensor) -> fx.GraphModule:
+    gm = fx.symbolic_trace(model)
+    was_training = gm.training
+    gm.eval()
+    with torch.no_grad():
+        ShapeProp(gm).propagate(example_input)
+    gm.train(was_training)
+    return gm
+
+
+def _channels(node: fx.Node) -> int | None:
+    meta = node.meta.get("tensor_meta")
+    return None if meta is None or len(meta.shape) < 2 else int(meta.shape[1])
+
+
+def _is_flatten(node: fx.Node, modules: Mapping[str, nn.Module]) -> bool:
+    if node.op == "call_module" and isinstance(modules[node.target], nn.Flatten):
+        return modules[node.target].start_dim == 1
+    if node.op == "call_function" and node.target is torch.flatten:
+        return (node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)) == 1
+    return False
+
+
+def channel_groups(model: nn.Module, example_input: torch.Tensor) -> list[ChannelGroup]:
+    """Trace ``model`` and return its groups of coupled output channels (one per distinct channel space)."""
+    gm = _trace(model, example_input)
+    modules = dict(gm.named_modules())
+    uf = _UnionFind()
+    space: dict[fx.Node, tuple[str, int]] = {}  # node -> (channel space id, features per channel)
+    consumers: dict[str, list[tuple[str, int]]] = {}
+    norms: dict[str, list[str]] = {}
+    blocked: set[str] = set()
+
+    def block(node_in: fx.Node) -> None:
+        if node_in in space:
+            blocked.add(space[node_in][0])
+
+    for node in gm.graph.nodes:
+        ins = [a for a in node.all_input_nodes if a in space]
+        mod = modules.get(node.target) if node.op == "call_module" else None
+        if isinstance(mod, _PRODUCERS):
+            for a in ins:
+                consumers.setdefault(space[a][0], []).append((node.target, space[a][1]))
+            grouped = getattr(mod, "groups", 1) != 1
+            space[node] = (node.target, 1)
+            if grouped:
+                blocked.add(node.target)
+                for a in ins:
+                    block(a)
+        elif len(ins) == 1 and len(node.all_input_nodes) == 1 and (
+            isinstance(mod, _PASS_MODULES + _NORMS) or (node.op == "call_function" and node.target in _PASS_FUNCS)
+            or (node.op == "call_method" and node.target in ("relu", "sigmoid", "tanh", "contiguous"))
+        ):
+            space[node] = space[ins[0]]
+            if isinstance(mod, _NORMS):
+                norms.setdefault(space[ins[0]][0], []).append(node.target)
+        elif len(ins) == 1 and _is_flatten(node, modules):
+            sid, factor = space[ins[0]]
+            c_in, c_out = _channels(ins[0]), _channels(node)
+            if c_in and c_out and c_out % c_in == 0 and factor == 1:
+                space[node] = (sid, c_out // c_in)
+            else:
+                blocked.add(sid)
+        elif node.op == "call_function" and node.target in _MERGE_FUNCS and len(ins) == 2 and all(
+            _channels(a) == _channels(node) for a in ins
+        ) and ins[0].meta.get("tensor_meta").shape == ins[1].meta.get("tensor_meta").shape:
+            if space[ins[0]][1] != 1 or space[ins[1]][1] != 1:
+                blocked.update({space[ins[0]][0], space[ins[1]][0]})
+            uf.union(space[ins[0]][0], space[ins[1]][0])
+            space[node] = space[ins[0]]
+        else:
+            for a in ins:
+                block(a)
+    return _collect(modules, uf, consumers, norms, blocked)
+
+
+def _collect(modules, uf, consumers, norms, blocked) -> list[ChannelGroup]:
+    groups: dict[str, ChannelGroup] = {}
+    producers = [n for n, m in modules.items() if isinstance(m, _PRODUCERS) and n]
+    for name in producers:
+        root = uf.find(name)
+        g = groups.setdefault(root, ChannelGroup())
+        g.producers.append(name)
+        g.consumers.extend(consumers.get(name, []))
+        g.norms.extend(norms.get(name, []))
+        if name in blocked:
+            g.prunable = False
+    for g in groups.values():
+        g.width = _out_channels(modules[g.producers[0]])
+        if not g.consumers:
+            g.prunable = False
+    return list(groups.values())
+
+
+def _out_channels(m: nn.Module) -> int:
+    return m.out_features if isinstance(m, nn.Linear) else m.out_channels
+
+
+def _importance(model_modules: Mapping[str, nn.Module], group: ChannelGroup) -> torch.Tensor:
+    score = None
+    for name in group.producers:
+        w = model_modules[name].weight.detach()
+        s = w.abs().flatten(1).sum(dim=1)
+        s = s / s.sum().clamp_min(1e-12)
+        score = s if score is None else score + s
+    return score
+
+
+def _slice_param(p: torch.nn.Parameter | torch.Tensor, index: torch.Tensor, dim: int) -> torch.Tensor:
+    return p.detach().index_select(dim, index.to(p.device)).clone()
+
+
+def _shrink_group(mods: Mapping[str, nn.Module], group: ChannelGroup, keep: torch.Tensor) -> None:
+    for name in group.producers:
+        m = mods[name]
+        m.weight = nn.Parameter(_slice_param(m.weight, keep, 0))
+        if m.bias is not None:
+            m.bias = nn.Parameter(_slice_param(m.bias, keep, 0))
+        if getattr(m, "weight_mask", None) is not None:
+            m.weight_mask = _slice_param(m.weight_mask, keep, 0)
+        if isinstance(m, nn.Linear):
+            m.out_features = len(keep)
+        else:
+            m.out_channels = len(keep)
+    for name in group.norms:
+        bn = mods[name]
+        for attr in ("weight", "bias"):
+            if getattr(bn, attr) is not None:
+                setattr(bn, attr, nn.Parameter(_slice_param(getattr(bn, attr), keep, 0)))
+        bn.running_mean = _slice_param(bn.running_mean, keep, 0)
+        bn.running_var = _slice_param(bn.running_var, keep, 0)
+        bn.num_features = len(keep)
+    for name, factor in group.consumers:
+        m = mods[name]
+        idx = (keep[:, None] * factor + torch.arange(factor)[None, :]).flatten() if factor > 1 else keep
+        m.weight = nn.Parameter(_slice_param(m.weight, idx, 1))
+        if getattr(m, "weight_mask", None) is not None:
+            m.weight_mask = _slice_param(m.weight_mask, idx, 1)
+        if isinstance(m, nn.Linear):
+            m.in_features = len(idx)
+        else:
+            m.in_channels = len(idx)
+
+
+def shrink(
+    model: nn.Module,
+    ratios: Mapping[str, float] | None,
+    example_input: torch.Tensor,
+    *,
+    widths: Mapping[str, int] | None = None,
+) -> dict[str, int]:
+    """Remove the least important output channels of each prunable group, in place.
+
+    Args:
+        model: The model to shrink (modified in place).
+        ratios: Fraction of channels to remove, keyed by producer layer name; a group takes the largest ratio
+            among its producers. Layers of groups that cannot be pruned are ignored.
+        example_input: One input batch, used to trace shapes.
+        widths: Instead of ratios, the exact number of channels to keep per producer (used when loading an
+            export: which channels is irrelevant there, the weights are overwritten).
+
+    Returns:
+        The kept width of every shrunk producer layer (``structure_of`` for the export manifest).
+    """
+    mods = dict(model.named_modules())
+    kept: dict[str, int] = {}
+    for group in channel_groups(model, example_input):
+        if not group.prunable:
+            continue
+        if widths is not None:
+            n_keep = next((widths[p] for p in group.producers if p in widths), group.width)
+            keep = torch.arange(n_keep)
+        else:
+            ratio = max((ratios or {}).get(p, 0.0) for p in group.producers)
+            n_keep = max(1, int(round(group.width * (1.0 - ratio))))
+            if n_keep >= group.width:
+                continue
+            keep = torch.topk(_importance(mods, group), n_keep).indices.sort().values
+        if n_keep < group.width:
+            _shrink_group(mods, group, keep)
+            kept.update({p: n_keep for p in group.producers})
+    return kept
+
+
+def structure_of(model: nn.Module) -> dict[str, int]:
+    """Output width of every Linear/Conv layer of ``model``."""
+    return {n: _out_channels(m) for n, m in model.named_modules() if isinstance(m, _PRODUCERS)}

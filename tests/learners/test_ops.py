@@ -1,0 +1,239 @@
+"""Compression ops on real modules and real data (scikit-learn digits)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from sklearn.datasets import load_digits
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from metacompress.learners import (
+    FinetuneConfig,
+    NonFiniteLossError,
+    accuracy,
+    bitops,
+    channel_groups,
+    compress,
+    deployable,
+    describe_layers,
+    evaluate,
+    export_compressed,
+    finetune,
+    kd_loss,
+    load_compressed,
+    magnitude_mask,
+    size_bytes,
+)
+from metacompress.learners.quant import fake_quant_weight
+from metacompress.spaces import CompressionPolicy, ConfigError, LayerPolicy
+
+
+class ResNetLike(nn.Module):
+    """A conv net with a residual block, a flatten into a linear head: every coupling case at once."""
+
+    def __init__(self, n_classes: int = 10) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 16, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(16)
+        self.conv2 = nn.Conv2d(16, 16, 3, padding=1)
+        self.bn2 = nn.BatchNorm2d(16)
+        self.conv3 = nn.Conv2d(16, 32, 3, padding=1, stride=2)
+        self.bn3 = nn.BatchNorm2d(32)
+        self.relu = nn.ReLU()
+        self.flatten = nn.Flatten()
+        self.fc1 = nn.Linear(32 * 16, 64)
+        self.fc2 = nn.Linear(64, n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu(self.bn1(self.conv1(x)))
+        x = self.relu(x + self.bn2(self.conv2(x)))
+        x = self.relu(self.bn3(self.conv3(x)))
+        return self.fc2(self.relu(self.fc1(self.flatten(x))))
+
+
+@pytest.fixture(scope="module")
+def digits():
+    x, y = load_digits(return_X_y=True)
+    x = torch.tensor(x / 16.0, dtype=torch.float32).view(-1, 1, 8, 8)
+    y = torch.tensor(y, dtype=torch.long)
+    g = torch.Generator().manual_seed(0)
+    perm = torch.randperm(len(x), generator=g)
+    tr, va = perm[:1400], perm[1400:]
+    return TensorDataset(x[tr], y[tr]), TensorDataset(x[va], y[va])
+
+
+@pytest.fixture(scope="module")
+def teacher(digits):
+    torch.manual_seed(0)
+    model = ResNetLike()
+    train, _ = digits
+    x, y = train.tensors
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(8):
+        for i in range(0, len(x), 64):
+            loss = F.cross_entropy(model(x[i : i + 64]), y[i : i + 64])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return model.eval()
+
+
+LAYERS = ("conv1", "conv2", "conv3", "fc1", "fc2")
+
+
+def test_magnitude_mask_keeps_exactly_the_largest():
+    w = torch.randn(50, 40)
+    mask = magnitude_mask(w, 0.8)
+    assert int(mask.sum()) == 400
+    assert w[mask.bool()].abs().min() >= w[~mask.bool()].abs().max()
+    assert magnitude_mask(w, 0.0) is None
+
+
+def test_channel_groups_couple_the_residual_and_flatten(teacher):
+    groups = {tuple(g.producers): g for g in channel_groups(teacher, torch.zeros(2, 1, 8, 8))}
+    residual = groups[("conv1", "conv2")]
+    assert residual.prunable and set(residual.norms) == {"bn1", "bn2"}
+    assert ("fc1", 16) in groups[("conv3",)].consumers  # 32 channels x 4x4 positions
+    assert not groups[("fc2",)].prunable  # the logits are the model's output
+    assert {i.name: i.structured for i in describe_layers(teacher, torch.zeros(2, 1, 8, 8))}["fc2"] is False
+
+
+def test_structured_compress_physically_shrinks_and_keeps_the_teacher(teacher, digits):
+    before = [p.clone() for p in teacher.parameters()]
+    policy = CompressionPolicy.uniform(LAYERS, prune=0.5, bits=32, prune_method="structured")
+    student = compress(teacher, policy, torch.zeros(2, 1, 8, 8))
+    n_teacher = sum(p.numel() for p in teacher.parameters())
+    n_student = sum(p.numel() for p in student.parameters())
+    assert n_student < 0.4 * n_teacher
+    assert student.conv1.out_channels == 8 and student.conv2.in_channels == 8 and student.bn2.num_features == 8
+    assert student.fc1.in_features == 16 * 16 and student.fc2.out_features == 10
+    assert student(torch.zeros(3, 1, 8, 8)).shape == (3, 10)
+    assert all(torch.equal(a, b) for a, b in zip(before, teacher.parameters()))
+
+
+def test_unstructured_compress_reaches_the_requested_sparsity(teacher):
+    policy = CompressionPolicy(layers={"fc1": LayerPolicy(prune=0.9, bits=4)})
+    student = compress(teacher, policy)
+    w = student.fc1.effective_weight()
+    assert abs(float((w == 0).float().mean()) - 0.9) < 0.01
+    assert torch.equal(student.conv1.weight, teacher.conv1.weight)  # layers not named are left alone
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+def test_fake_quant_uses_at_most_2_pow_bits_levels_and_passes_gradients(bits):
+    w = torch.randn(6, 30, requires_grad=True)
+    q = fake_quant_weight(w, bits)
+    for row in q.detach():
+        assert len(row.unique()) <= 2**bits - 1
+    q.sum().backward()
+    assert torch.allclose(w.grad, torch.ones_like(w))  # straight-through, nothing clipped
+
+
+def test_bad_policy_names_the_field(teacher):
+    with pytest.raises(ConfigError, match="layers"):
+        compress(teacher, CompressionPolicy(layers={"fc9": LayerPolicy(0.5, 4)}))
+    with pytest.raises(ConfigError, match=r"layers\.fc1\.bits"):
+        compress(teacher, CompressionPolicy(layers={"fc1": LayerPolicy(0.5, 9)}))
+
+
+def test_kd_loss_matches_its_formula():
+    s, t, y = torch.randn(8, 5), torch.randn(8, 5), torch.randint(0, 5, (8,))
+    lam, temp = 0.3, 4.0
+    p_t = F.softmax(t / temp, 1)
+    kl = (p_t * (p_t.log() - F.log_softmax(s / temp, 1))).sum(1).mean()
+    expected = lam * F.cross_entropy(s, y) + (1 - lam) * temp**2 * kl
+    assert torch.allclose(kd_loss(s, t, y, lam, temp), expected, atol=1e-5)
+
+
+def test_finetune_recovers_accuracy_and_keeps_masks(teacher, digits):
+    train, val = digits
+    policy = CompressionPolicy.uniform(LAYERS, prune=0.8, bits=4, kd_lambda=0.3, temperature=4.0, epochs=3,
+                                       lr=2e-3)
+    student = compress(teacher, policy)
+    before = accuracy(student, val)
+    seen = []
+    history = finetune(student, teacher, train, policy, val=val, callback=lambda e, r: seen.append(e) and False)
+    assert seen == [1, 2, 3] and len(history) == 3
+    assert history[-1]["val_accuracy"] > before
+    assert history[-1]["val_accuracy"] > accuracy(teacher, val) - 0.05
+    assert float((student.fc1.effective_weight() == 0).float().mean()) >= 0.79
+
+
+def test_callback_can_stop_training_early(teacher, digits):
+    train, val = digits
+    policy = CompressionPolicy.uniform(LAYERS, bits=8, epochs=5)
+    history = finetune(compress(teacher, policy), teacher, train, policy, val=val, callback=lambda e, r: e >= 2)
+    assert len(history) == 2
+
+
+def test_non_finite_loss_raises_a_catchable_error(teacher, digits):
+    train, _ = digits
+    policy = CompressionPolicy.uniform(LAYERS, bits=8, epochs=1)
+    student = compress(teacher, policy)
+    with torch.no_grad():
+        student.fc2.bias.fill_(float("nan"))
+    with pytest.raises(NonFiniteLossError):
+        finetune(student, teacher, train, policy, config=FinetuneConfig(max_steps_per_epoch=2))
+
+
+def test_size_bytes_counts_bits_bitmaps_scales_and_float_params():
+    model = nn.Sequential(nn.Linear(100, 10))
+    assert size_bytes(model) == 4 * (1000 + 10)
+    student = compress(model, CompressionPolicy(layers={"0": LayerPolicy(prune=0.5, bits=4)}))
+    # 500 kept weights x 4 bits + 1000-bit bitmap + 10 fp32 scales + 10 fp32 biases
+    assert size_bytes(student) == 250 + 125 + 40 + 40
+
+
+def test_bitops_are_macs_times_weight_and_activation_bits():
+    model = nn.Sequential(nn.Linear(10, 5))
+    assert bitops(model, torch.zeros(1, 10)) == 50 * 32 * 32
+    student = compress(model, CompressionPolicy(layers={"0": LayerPolicy(bits=4)}, act_bits=8))
+    assert bitops(student, torch.zeros(1, 10)) == 50 * 4 * 8
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [
+        CompressionPolicy.uniform(LAYERS, prune=0.7, bits=3),
+        CompressionPolicy.uniform(LAYERS, prune=0.5, bits=4, prune_method="structured", act_bits=8),
+        CompressionPolicy.uniform(LAYERS, prune=0.0, bits=16),
+        CompressionPolicy(layers={"fc1": LayerPolicy(0.9, 2), "conv2": LayerPolicy(0.0, 8)}),
+    ],
+    ids=["unstructured-3b", "structured-4b-act8", "fp16", "mixed"],
+)
+def test_export_is_as_small_as_computed_and_loads_back_exactly(teacher, digits, tmp_path, policy):
+    _, val = digits
+    student = compress(teacher, policy, torch.zeros(2, 1, 8, 8)).eval()
+    if policy.act_bits:  # give the activation quantizers a range, as fine-tuning would
+        student.train()
+        student(val.tensors[0][:64])
+        student.eval()
+    path = tmp_path / "student.mcz"
+    written = export_compressed(student, path, (1, 8, 8))
+    computed = size_bytes(student)
+    assert written >= computed and (written - computed) / computed < 0.10
+    loaded = load_compressed(path, teacher)
+    x = val.tensors[0]
+    assert torch.allclose(loaded(x), student(x), atol=1e-4)
+    assert accuracy(loaded, val) == accuracy(student, val)
+
+
+def test_deployable_int8_model_keeps_accuracy(teacher, digits):
+    _, val = digits
+    student = compress(teacher, CompressionPolicy.uniform(LAYERS, bits=8))
+    fast = deployable(student, int8=True)
+    assert not any(hasattr(m, "w_bits") for m in fast.modules())
+    assert abs(accuracy(fast, val) - accuracy(student, val)) <= 0.01
+
+
+def test_evaluate_reports_every_metric(teacher, digits):
+    _, val = digits
+    ref = evaluate(teacher, val, torch.zeros(2, 1, 8, 8), latency_repeats=3, batch_sizes=(1, 32))
+    student = compress(teacher, CompressionPolicy.uniform(LAYERS, prune=0.5, bits=4))
+    m = evaluate(student, val, torch.zeros(2, 1, 8, 8), reference=ref, latency_repeats=3, batch_sizes=(1, 32))
+    assert {"accuracy", "size_bytes", "bitops", "latency_ms", "latency_ms_b32", "compression_ratio"} <= set(m)
+    assert m["compression_ratio"] > 5 and math.isfinite(m["latency_ms"]) and m["latency_ms"] > 0
