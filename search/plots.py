@@ -1,0 +1,165 @@
+"""Figures of a search: the Pareto front, the hypervolume history, and anytime-hypervolume comparisons.
+
+matplotlib is imported inside each function with the non-interactive Agg backend, so importing this module is cheap
+and plotting works on headless machines. Every function writes a PNG and returns its path.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["pareto_plot", "hypervolume_plot", "anytime_hv_plot"]
+
+_LABELS = {
+    "accuracy": "accuracy",
+    "size_bytes": "size (bytes)",
+    "latency_ms": "latency (ms)",
+    "bitops": "BitOPs",
+    "compression_ratio": "compression ratio (x)",
+}
+_LOG_AXES = {"size_bytes", "bitops", "compression_ratio"}
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, path: str | os.PathLike[str]) -> Path:
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    _pyplot().close(fig)
+    return out
+
+
+def _human(value: float, _pos: Any = None) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if abs(value) >= scale:
+            return f"{value / scale:g} {unit}"
+    return f"{value:g} B"
+
+
+def _log_x(ax: Any, metric: str) -> None:
+    """Log x axis with ticks at 1, 2, 5 x 10^k (sizes shown as B/kB/MB)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter, NullLocator
+
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    fmt = _human if metric == "size_bytes" else (lambda v, _p=None: f"{v:g}")
+    ax.xaxis.set_major_formatter(FuncFormatter(fmt))
+
+
+def _finite(point: Mapping[str, float] | None, *keys: str) -> bool:
+    if point is None:
+        return False
+    try:
+        return all(math.isfinite(float(point[k])) for k in keys)
+    except (KeyError, TypeError, ValueError):
+        return False
+
+
+def pareto_plot(points: Sequence[Mapping[str, float] | None], pareto_idx: Sequence[int],
+                teacher: Mapping[str, float] | None, path: str | os.PathLike[str], x: str = "size_bytes",
+                y: str = "accuracy", title: str | None = None) -> Path:
+    """Scatter every trial (grey), the Pareto front (highlighted, joined as a step line) and the teacher (star).
+
+    Args:
+        points: Metrics per trial; ``None`` or incomplete entries are skipped.
+        pareto_idx: Indices into ``points`` of the non-dominated trials (see ``pareto.pareto_front``).
+        teacher: The teacher's metrics, or None to leave the star out.
+        path: Where to write the PNG.
+        x: Metric on the x axis (log scale for sizes, BitOPs and ratios).
+        y: Metric on the y axis.
+        title: Figure title; default ``"Pareto front: <y> vs <x>"``.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+    """
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    valid = [i for i, p in enumerate(points) if _finite(p, x, y)]
+    front = sorted((i for i in set(pareto_idx) if i in valid), key=lambda i: float(points[i][x]))  # type: ignore
+    others = [i for i in valid if i not in set(front)]
+    ax.scatter([points[i][x] for i in others], [points[i][y] for i in others], s=22, c="0.65",  # type: ignore
+               label=f"trials ({len(valid)})", zorder=2)
+    if front:
+        fx, fy = [points[i][x] for i in front], [points[i][y] for i in front]  # type: ignore
+        ax.step(fx, fy, where="post", color="tab:blue", lw=1.5, zorder=3)
+        ax.scatter(fx, fy, s=42, c="tab:blue", edgecolors="white", label=f"Pareto front ({len(front)})", zorder=4)
+        for i, fxi, fyi in zip(front, fx, fy):
+            ax.annotate(f"#{i}", (fxi, fyi), textcoords="offset points", xytext=(4, 4), fontsize=7, color="tab:blue")
+    if teacher is not None and _finite(teacher, x, y):
+        ax.scatter([teacher[x]], [teacher[y]], marker="*", s=220, c="tab:orange", edgecolors="black",
+                   linewidths=0.6, label="teacher (fp32)", zorder=5)
+    if x in _LOG_AXES:
+        _log_x(ax, x)
+    ax.set_xlabel(_LABELS.get(x, x))
+    ax.set_ylabel(_LABELS.get(y, y))
+    ax.set_title(title or f"Pareto front: {_LABELS.get(y, y)} vs {_LABELS.get(x, x)}")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    return _save(fig, path)
+
+
+def hypervolume_plot(history: Sequence[float], path: str | os.PathLike[str], title: str | None = None) -> Path:
+    """Plot the running hypervolume after each trial (see ``pareto.hypervolume_history``); returns ``path``."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    trials = list(range(1, len(history) + 1))
+    ax.step(trials, list(history), where="post", color="tab:blue", lw=1.8)
+    ax.plot(trials, list(history), "o", ms=3, color="tab:blue")
+    ax.set_xlabel("trial")
+    ax.set_ylabel("hypervolume (normalized)")
+    ax.set_title(title or "Hypervolume after each trial")
+    ax.set_xlim(0.5, max(len(history), 1) + 0.5)
+    ax.set_ylim(bottom=0)
+    ax.grid(True, alpha=0.3)
+    return _save(fig, path)
+
+
+def anytime_hv_plot(curves: Mapping[str, Sequence[Sequence[float]]], path: str | os.PathLike[str],
+                    title: str | None = None) -> Path:
+    """Compare methods by anytime hypervolume: the median over seeds and its interquartile band.
+
+    Args:
+        curves: ``{method: [hv_history_seed0, hv_history_seed1, ...]}``; shorter histories are padded with their
+            last value (a finished search keeps its hypervolume).
+        path: Where to write the PNG.
+        title: Figure title.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+    """
+    import numpy as np
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for method, runs in curves.items():
+        runs = [list(r) for r in runs if len(r)]
+        if not runs:
+            continue
+        n = max(len(r) for r in runs)
+        data = np.asarray([r + [r[-1]] * (n - len(r)) for r in runs], dtype=float)
+        q1, med, q3 = np.percentile(data, [25, 50, 75], axis=0)
+        trials = np.arange(1, n + 1)
+        (line,) = ax.plot(trials, med, lw=1.8, label=f"{method} (n={len(runs)})")
+        ax.fill_between(trials, q1, q3, color=line.get_color(), alpha=0.2, lw=0)
+    ax.set_xlabel("trial")
+    ax.set_ylabel("hypervolume (normalized)")
+    ax.set_title(title or "Anytime hypervolume: median and IQR over seeds")
+    ax.set_ylim(bottom=0)
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    return _save(fig, path)

@@ -1,0 +1,126 @@
+"""Tests of Pareto fronts, teacher-relative normalization, hypervolume (history) and the figures."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from metacompress.search.pareto import (
+    REFERENCE_POINT,
+    check_objectives,
+    hypervolume,
+    hypervolume_history,
+    normalize,
+    objective_directions,
+    pareto_front,
+)
+from metacompress.search.plots import anytime_hv_plot, hypervolume_plot, pareto_plot
+from metacompress.spaces.errors import ConfigError
+
+AS = {"accuracy": "maximize", "size_bytes": "minimize"}
+TEACHER = {"accuracy": 0.96, "size_bytes": 64_000.0, "latency_ms": 0.5, "bitops": 1e9}
+
+
+def test_pareto_front_respects_directions_and_skips_failed() -> None:
+    points = [
+        {"accuracy": 0.90, "size_bytes": 4000},   # 0 front
+        {"accuracy": 0.95, "size_bytes": 8000},   # 1 front
+        {"accuracy": 0.89, "size_bytes": 5000},   # 2 dominated by 0
+        None,                                      # 3 failed
+        {"accuracy": float("nan"), "size_bytes": 10},  # 4 invalid
+        {"accuracy": 0.95, "size_bytes": 8000},   # 5 duplicate of 1
+        {"accuracy": 0.80, "size_bytes": 1000},   # 6 front
+    ]
+    assert pareto_front(points, AS) == [0, 1, 6]
+    assert pareto_front([], AS) == [] and pareto_front([None], AS) == []
+
+
+def test_pareto_front_three_objectives() -> None:
+    objectives = {"accuracy": "maximize", "size_bytes": "minimize", "latency_ms": "minimize"}
+    points = [{"accuracy": 0.9, "size_bytes": 10, "latency_ms": 1.0},
+              {"accuracy": 0.9, "size_bytes": 10, "latency_ms": 0.5},
+              {"accuracy": 0.8, "size_bytes": 5, "latency_ms": 2.0}]
+    assert pareto_front(points, objectives) == [1, 2]
+    assert objective_directions(objectives) == ["maximize", "minimize", "minimize"]
+
+
+def test_normalize_documented_anchors() -> None:
+    assert normalize(TEACHER, TEACHER, AS) == [0.0, 1.0]
+    assert hypervolume([TEACHER], TEACHER, AS) == 0.0
+    lossless_16x = {"accuracy": 0.96, "size_bytes": 4000.0}
+    assert normalize(lossless_16x, TEACHER, AS) == [0.0, 1 / 16]
+    assert hypervolume([lossless_16x], TEACHER, AS) == pytest.approx(0.9375)
+    assert hypervolume([lossless_16x, TEACHER], TEACHER, AS) == pytest.approx(0.9375)
+
+
+def test_normalize_clips_and_handles_every_objective() -> None:
+    every = {"accuracy": "maximize", "size_bytes": "minimize", "latency_ms": "minimize", "bitops": "minimize",
+             "compression_ratio": "maximize"}
+    better = {"accuracy": 0.99, "size_bytes": 128_000.0, "latency_ms": 5.0, "bitops": 2e8, "compression_ratio": 8.0}
+    assert normalize(better, TEACHER, every) == pytest.approx([0.0, 1.0, 2.0, 0.2, 0.125])
+    assert [REFERENCE_POINT[k] for k in every] == [1.0, 1.0, 2.0, 1.0, 1.0]
+    zero = {"accuracy": 0.0, "size_bytes": 0.0, "latency_ms": 0.0, "bitops": 0.0, "compression_ratio": 0.0}
+    assert normalize(zero, TEACHER, every) == [1.0, 0.0, 0.0, 0.0, 1.0]
+
+
+def test_compression_ratio_matches_size() -> None:
+    objectives = {"accuracy": "maximize", "compression_ratio": "maximize"}
+    point = {"accuracy": 0.9, "size_bytes": 8000.0, "compression_ratio": 8.0}
+    assert normalize(point, TEACHER, objectives) == normalize(point, TEACHER, AS)
+
+
+def test_normalize_rejects_bad_inputs() -> None:
+    with pytest.raises(ConfigError, match="'teacher.size_bytes'"):
+        normalize({"accuracy": 0.9, "size_bytes": 10}, {"accuracy": 0.9}, AS)
+    with pytest.raises(ConfigError, match="'metrics.size_bytes' value must be a finite number"):
+        normalize({"accuracy": 0.9}, TEACHER, AS)
+
+
+def test_hypervolume_history_carries_over_failures() -> None:
+    points = [None, {"accuracy": 0.48, "size_bytes": 32_000.0}, None, {"accuracy": 0.96, "size_bytes": 16_000.0},
+              {"accuracy": 0.5, "size_bytes": 60_000.0}]
+    history = hypervolume_history(points, TEACHER, AS)
+    assert history[0] == 0.0 and history[1] == pytest.approx(0.25) and history[2] == history[1]
+    assert history[3] == pytest.approx(0.75) == history[4]
+    assert history[-1] == pytest.approx(hypervolume(points, TEACHER, AS))
+
+
+_point = st.one_of(st.none(), st.fixed_dictionaries({
+    "accuracy": st.floats(0.0, 1.0), "size_bytes": st.floats(1.0, 100_000.0),
+    "latency_ms": st.floats(0.01, 2.0)}))
+
+
+@settings(max_examples=40, deadline=None)
+@given(points=st.lists(_point, max_size=12))
+def test_history_is_monotone_bounded_and_front_dominates(points: list) -> None:
+    objectives = {"accuracy": "maximize", "size_bytes": "minimize", "latency_ms": "minimize"}
+    history = hypervolume_history(points, TEACHER, objectives)
+    assert len(history) == len(points)
+    assert all(b >= a - 1e-12 for a, b in zip(history, history[1:]))
+    assert all(0.0 <= h <= 2.0 + 1e-12 for h in history)
+    front = [points[i] for i in pareto_front(points, objectives)]
+    assert hypervolume(front, TEACHER, objectives) == pytest.approx(history[-1] if history else 0.0)
+
+
+def test_check_objectives() -> None:
+    assert check_objectives("objectives", ["accuracy", "bitops"]) == {"accuracy": "maximize", "bitops": "minimize"}
+    with pytest.raises(ConfigError, match="Did you mean 'latency_ms'"):
+        check_objectives("objectives", {"accuracy": "maximize", "latency": "minimize"})
+
+
+def test_plots_write_pngs(tmp_path: Path) -> None:
+    points = [{"accuracy": 0.9 - 0.01 * i, "size_bytes": 4000.0 / (i + 1)} for i in range(6)] + [None]
+    front = pareto_front(points, AS)
+    out = pareto_plot(points, front, TEACHER, tmp_path / "fig" / "pareto.png")
+    history = hypervolume_history(points, TEACHER, AS)
+    hv = hypervolume_plot(history, tmp_path / "hv.png")
+    any_hv = anytime_hv_plot({"warm": [history, history[:3]], "cold": [[h / 2 for h in history]], "empty": []},
+                             tmp_path / "anytime.png")
+    for path in (out, hv, any_hv):
+        assert path.is_file() and path.read_bytes()[:4] == b"\x89PNG"
+    assert pareto_plot([], [], None, tmp_path / "empty.png", x="latency_ms").is_file()
+    assert not math.isnan(history[-1])
