@@ -1,0 +1,204 @@
+"""The ``metacompress`` command line: ``search``, ``tasks``, ``suggest``, ``report``.
+
+Bad input (a missing file, an unknown key, an out-of-range value, an unreachable store) ends with exit code 2 and
+one line naming the field and what is allowed; ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+
+from metacompress.spaces import ConfigError, MetacompressError
+
+__all__ = ["app", "main"]
+
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Meta-learned search for pruning, quantization and distillation of PyTorch models.")
+console = Console(width=None if sys.stdout.isatty() else 120)
+err_console = Console(stderr=True)
+_DEBUG = {"on": False}
+
+
+def _friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn bad input into one line and exit code 2 (a traceback only with --debug)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        _DEBUG["on"] = bool(kwargs.get("debug"))
+        logging.basicConfig(level=logging.INFO if _DEBUG["on"] else logging.WARNING, format="%(message)s")
+        try:
+            return fn(*args, **kwargs)
+        except ConfigError as exc:
+            if _DEBUG["on"]:
+                raise
+            err_console.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            err_console.print("interrupted: finished trials are saved; rerun the same command to resume.")
+            raise typer.Exit(130) from None
+        except (typer.Exit, typer.Abort):
+            raise
+        except Exception as exc:  # noqa: BLE001 - one line, the traceback only with --debug
+            if _DEBUG["on"]:
+                raise
+            kind = "error" if isinstance(exc, MetacompressError) else f"internal error ({type(exc).__name__})"
+            err_console.print(f"[bold red]{kind}:[/] {exc} (rerun with --debug for the traceback)",
+                              highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+def _overrides(**flags: Any) -> dict[str, Any]:
+    return {k: v for k, v in flags.items() if v is not None}
+
+
+@app.command()
+@_friendly
+def search(
+    config: Path = typer.Argument(..., help="Experiment YAML (see experiments/configs/)."),
+    trials: Optional[int] = typer.Option(None, "--trials", help="Trial budget (n_trials)."),
+    backend: Optional[str] = typer.Option(None, help="optuna | ray"),
+    sampler: Optional[str] = typer.Option(None, help="tpe | nsga2 | gp | random"),
+    warm_start: Optional[str] = typer.Option(None, "--warm-start", help="auto | off | PATH.json"),
+    seed: Optional[int] = typer.Option(None, help="Seed of the sampler and of training."),
+    storage: Optional[str] = typer.Option(None, help="Optuna storage URL (sqlite:///metacompress.db)."),
+    study_name: Optional[str] = typer.Option(None, "--study-name", help="Resume it if it exists."),
+    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="MLflow URI, or 'none'."),
+    out: Optional[Path] = typer.Option(None, help="Output folder (summary.json, plots)."),
+    n_jobs: Optional[int] = typer.Option(None, "--n-jobs", help="Local worker processes."),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (auto, ray://...)."),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
+) -> None:
+    """Search compression policies for a model; resume when the study exists."""
+    from .config import load_config
+    from .progress import SearchProgress
+    from .report import pareto_table
+    from .runner import prepare, run_search
+    from .warmstart import resolve_warm_start
+
+    cfg = load_config(config, _overrides(
+        n_trials=trials, backend=backend, sampler=sampler, seed=seed, storage=storage, study_name=study_name,
+        tracking_uri=tracking_uri, out=str(out) if out else None, **{"parallel.n_jobs": n_jobs,
+                                                                     "ray.address": address}))
+    mode = warm_start or cfg.warm_start.mode
+    with console.status(f"Preparing {cfg.task_name} (teacher, search space, study)..."):
+        p = prepare(cfg, progress=False)
+        points, info = resolve_warm_start(mode, p.space, p.task, n_points=cfg.warm_start.n_points, seed=cfg.seed,
+                                          file=cfg.warm_start.file)
+    if info.get("reason"):
+        console.print(f"[yellow]warm start:[/] {info['reason']}")
+    with SearchProgress(console, p) as bar:
+        summary = run_search(cfg, warm_points=points, warm_info=info, on_trial_end=bar.update, prepared=p)
+    console.print(pareto_table(summary))
+    console.print(f"Wrote [bold]{Path(cfg.out) / 'summary.json'}[/] (+ pareto.md, pareto.png, hypervolume.png).")
+    if (cfg.tracking_uri != "none"):
+        ui = cfg.tracking_uri if cfg.tracking_uri.startswith("http") else None
+        console.print("Review in MLflow: " + (f"open {ui}" if ui else
+                                              f"mlflow ui --backend-store-uri {cfg.tracking_uri}"))
+
+
+@app.command()
+@_friendly
+def tasks(debug: bool = typer.Option(False, "--debug")) -> None:
+    """List the built-in tasks and their teachers' accuracy (when trained and cached)."""
+    from rich.table import Table
+
+    from metacompress.learners import list_tasks
+
+    table = Table(title="Built-in tasks")
+    for col in ("task", "dataset", "architecture", "teacher accuracy", "description"):
+        table.add_column(col)
+    for t in list_tasks():
+        acc = t.get("teacher_accuracy")
+        table.add_row(t["name"], str(t.get("dataset", "")), str(t.get("arch", "")),
+                      "not trained yet" if acc is None else f"{acc:.4f}", str(t.get("description", "")))
+    console.print(table)
+
+
+@app.command()
+@_friendly
+def suggest(
+    config: Path = typer.Argument(..., help="Experiment YAML."),
+    n: int = typer.Option(8, "--n", min=1, help="How many policies."),
+    seed: Optional[int] = typer.Option(None),
+    as_json: bool = typer.Option(False, "--json", help="Print the proposals as JSON."),
+    debug: bool = typer.Option(False, "--debug"),
+) -> None:
+    """Print the warm-start policies the predictor proposes, without training anything."""
+    from rich.table import Table
+
+    from metacompress.learners import load_task
+
+    from .config import load_config
+    from .runner import _task_spec, build_space
+
+    cfg = load_config(config, _overrides(seed=seed))
+    task = load_task(_task_spec(cfg))
+    space = build_space(cfg, task)
+    from metacompress.learners.meta import propose_for_task
+
+    proposals, reason = propose_for_task(space, task, k=n, seed=cfg.seed)
+    if as_json:
+        print(json.dumps([{"params": pr.params, "predicted": pr.predicted} for pr in proposals], indent=2))
+        return
+    if not proposals:
+        console.print(f"[yellow]{reason}[/]")
+        return
+    table = Table(title=f"Warm-start proposals for {cfg.task_name} ({reason})")
+    for col in ("#", "pred. accuracy retention", "size", "ratio", "policy"):
+        table.add_column(col)
+    from .report import _policy_text, format_bytes
+
+    for i, pr in enumerate(proposals):
+        d = pr.predicted
+        policy = space.decode(pr.params).to_dict()
+        table.add_row(str(i), f"{d['accuracy_retention']:.3f}", format_bytes(d["size_bytes"]),
+                      f"{d['compression_ratio']:.1f}×", _policy_text(policy))
+    console.print(table)
+
+
+@app.command()
+@_friendly
+def report(
+    path: Path = typer.Argument(..., help="An output folder or its summary.json."),
+    debug: bool = typer.Option(False, "--debug"),
+) -> None:
+    """Print the Pareto table of a finished search."""
+    from .report import pareto_table
+
+    file = path / "summary.json" if path.is_dir() else path
+    try:
+        summary = json.loads(file.read_text())
+    except (OSError, ValueError):
+        raise ConfigError(f"The 'path' value must be a search output folder or summary.json. Got '{path}'.",
+                          "path") from None
+    console.print(pareto_table(summary))
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except SystemExit as exc:
+        code = exc.code
+        if code not in (None, 0, 1, 2, 3, 130) and not isinstance(code, int):  # pragma: no cover
+            sys.exit(2)
+        raise
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,52 @@
+"""The progress bar of a search: trials done of the budget, best-so-far, elapsed and ETA."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from optuna.trial import FrozenTrial
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from .pareto import hypervolume
+from .study import counted_trials
+
+__all__ = ["SearchProgress"]
+
+
+class SearchProgress:
+    """A rich progress bar that follows the study (trials run by any worker count)."""
+
+    def __init__(self, console: Console, prepared: Any) -> None:
+        self.p = prepared
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[best]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+            console=console, transient=False,
+        )
+        self.task_id = None
+
+    def __enter__(self) -> SearchProgress:
+        self.progress.start()
+        done = len(counted_trials(self.p.study))
+        self.task_id = self.progress.add_task("trials", total=self.p.cfg.n_trials, completed=done,
+                                              best=self._best())
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.progress.stop()
+
+    def _best(self) -> str:
+        points = [t.user_attrs.get("metrics") for t in counted_trials(self.p.study) if t.user_attrs.get("metrics")]
+        if not points:
+            return "best: -"
+        ref = self.p.reference
+        within = [m for m in points if m["accuracy"] >= ref["accuracy"] - 0.01]
+        ratio = max((m.get("compression_ratio", 0.0) for m in within), default=0.0)
+        hv = hypervolume(points, ref, self.p.cfg.objectives)
+        return f"HV {hv:.3f} · best {ratio:.1f}× within 1 pp"
+
+    def update(self, trial: FrozenTrial, _prepared: Any = None) -> None:
+        """Called after each trial; re-reads the study so trials of other workers count too."""
+        done = len(counted_trials(self.p.study))
+        self.progress.update(self.task_id, completed=done, best=self._best())

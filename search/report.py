@@ -1,0 +1,80 @@
+"""Human-readable views of a search summary: the Pareto table as Markdown and as a rich table."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = ["format_bytes", "pareto_markdown", "pareto_rows", "pareto_table"]
+
+_COLUMNS = ("trial", "accuracy", "Δ acc (pp)", "size", "ratio", "latency (ms)", "speedup", "policy")
+
+
+def format_bytes(n: float) -> str:
+    """``12345`` -> ``12.1 KiB``."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"  # pragma: no cover
+
+
+def _policy_text(params: Mapping[str, Any]) -> str:
+    bits = [v for k, v in params.items() if k.endswith(".bits")]
+    prunes = [v for k, v in params.items() if k.endswith(".prune")]
+    parts = []
+    if bits:
+        parts.append(f"bits {min(bits)}-{max(bits)}" if min(bits) != max(bits) else f"bits {bits[0]}")
+    if prunes:
+        parts.append(f"prune {sum(prunes) / len(prunes):.0%} {params.get('prune_method', '')[:6]}".rstrip())
+    if "kd_lambda" in params:
+        parts.append(f"λ {params['kd_lambda']:.2f} T {params.get('temperature', 0):.1f}")
+    return ", ".join(parts)
+
+
+def pareto_rows(summary: Mapping[str, Any]) -> list[list[str]]:
+    """One row of strings per Pareto model, most accurate first."""
+    teacher = summary.get("teacher", {})
+    rows = []
+    for e in summary["pareto"]:
+        m = e["metrics"]
+        drop = 100 * (m["accuracy"] - teacher.get("accuracy", m["accuracy"]))
+        rows.append([
+            str(e["number"]), f"{m['accuracy']:.4f}", f"{drop:+.2f}", format_bytes(m["size_bytes"]),
+            f"{m.get('compression_ratio', float('nan')):.1f}×", f"{m.get('latency_ms', float('nan')):.3f}",
+            f"{m.get('speedup', float('nan')):.2f}×", _policy_text(e.get("params", {})),
+        ])
+    return rows
+
+
+def pareto_markdown(summary: Mapping[str, Any]) -> str:
+    """The Pareto table as GitHub Markdown, with the teacher on the first line."""
+    t = summary.get("teacher", {})
+    lines = [
+        f"Pareto front of `{summary['study_name']}` ({summary['task']}, {summary['n_complete']} complete trials, "
+        f"hypervolume {summary['hypervolume']:.4f})",
+        "",
+        f"Teacher: accuracy {t.get('accuracy', float('nan')):.4f}, size {format_bytes(t.get('size_bytes', 0))}, "
+        f"latency {t.get('latency_ms', float('nan')):.3f} ms",
+        "",
+        "| " + " | ".join(_COLUMNS) + " |",
+        "|" + "---|" * len(_COLUMNS),
+    ]
+    lines += ["| " + " | ".join(r) + " |" for r in pareto_rows(summary)]
+    return "\n".join(lines) + "\n"
+
+
+def pareto_table(summary: Mapping[str, Any]) -> Any:
+    """The Pareto table as a ``rich.table.Table``."""
+    from rich.table import Table
+
+    t = summary.get("teacher", {})
+    table = Table(title=f"Pareto front — {summary['study_name']} ({summary['n_complete']} trials, "
+                        f"HV {summary['hypervolume']:.4f})",
+                  caption=f"teacher: acc {t.get('accuracy', float('nan')):.4f}, "
+                          f"{format_bytes(t.get('size_bytes', 0))}, {t.get('latency_ms', float('nan')):.3f} ms")
+    for col in _COLUMNS:
+        table.add_column(col, justify="left" if col == "policy" else "right")
+    for row in pareto_rows(summary):
+        table.add_row(*row)
+    return table

@@ -1,0 +1,303 @@
+"""One search from a validated config to a Pareto front: prepare, run a backend, sync MLflow, summarize.
+
+The Optuna study is the single source of truth. Trials are run by a backend (local worker processes or Ray Tune)
+that only writes to the study; :func:`sync_tracking` copies every finished trial to MLflow idempotently (a child
+run per trial number), so a killed search, a resumed one, or one whose tracking server was down for a while ends
+with exactly one child run per counted trial.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing as mp
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+from optuna.trial import FrozenTrial, TrialState
+
+from metacompress.learners import Task, describe_layers, load_compressed, load_task
+from metacompress.spaces import CompressionSpace
+from metacompress.spaces.adapters import to_optuna
+
+from .config import SearchConfig
+from .local import file_lock, lock_path, run_worker
+from .objective import Objective, teacher_metrics
+from .pareto import hypervolume, hypervolume_history, pareto_front
+from .study import (
+    ATTR_REFERENCE,
+    counted_trials,
+    enqueue_points,
+    make_sampler,
+    open_study,
+    recover_interrupted,
+)
+
+__all__ = ["Prepared", "prepare", "run_search", "summarize", "sync_tracking"]
+
+_LOG = logging.getLogger(__name__)
+
+
+@dataclass
+class Prepared:
+    """Everything a worker needs, built from one config."""
+
+    cfg: SearchConfig
+    task: Task
+    space: CompressionSpace
+    reference: dict[str, float]
+    study: optuna.Study
+    objective: Objective
+
+    @property
+    def distributions(self) -> dict[str, Any]:
+        return to_optuna(self.space)
+
+    @property
+    def artifact_dir(self) -> Path:
+        path = Path(self.cfg.out) / "trials"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+
+def _task_spec(cfg: SearchConfig) -> dict[str, Any]:
+    t = cfg.task
+    return {"factory": t.factory, "kwargs": t.kwargs} if t.factory else {"name": t.name, "seed": t.seed}
+
+
+def build_space(cfg: SearchConfig, task: Task) -> CompressionSpace:
+    """The search space over the teacher's compressible layers, bounded by the config."""
+    return cfg.space.build(describe_layers(task.teacher, task.example_input(2)))
+
+
+def prepare(cfg: SearchConfig, *, progress: bool = False) -> Prepared:
+    """Load the task (teacher cached), build the space, open or resume the study, build the objective."""
+    torch.set_num_threads(max(1, cfg.train.num_threads))
+    task = load_task(_task_spec(cfg), progress=progress)
+    space = build_space(cfg, task)
+    sampler = make_sampler(cfg.sampler, cfg.seed)
+    study = open_study(cfg.storage, cfg.study_name, cfg.objectives, sampler, space.fingerprint())
+    reference = study.user_attrs.get(ATTR_REFERENCE)
+    if reference is None:  # measured once per study, so every worker and every resume compares the same way
+        reference = teacher_metrics(task, latency_repeats=cfg.train.latency_repeats)
+        study.set_user_attr(ATTR_REFERENCE, reference)
+    objective = Objective(task, space, reference, batch_size=cfg.train.batch_size, device=cfg.train.device,
+                          latency_repeats=cfg.train.latency_repeats,
+                          trial_timeout_s=cfg.train.trial_timeout_s or float("inf"), seed=cfg.seed)
+    return Prepared(cfg, task, space, reference, study, objective)
+
+
+def _worker_main(cfg: SearchConfig) -> None:  # pragma: no cover - runs in a child process
+    p = prepare(cfg)
+    run_worker(p.study, p.objective, cfg.n_trials, cfg.objectives, p.distributions,
+               lock_path(cfg.storage, cfg.study_name, "budget"), artifact_dir=p.artifact_dir)
+
+
+def run_local(p: Prepared, on_trial_end: Callable[[FrozenTrial], None] | None = None) -> None:
+    """Run the budget with ``parallel.n_jobs`` worker processes (this process is one of them)."""
+    cfg = p.cfg
+    n_jobs = cfg.parallel.n_jobs if cfg.parallel.n_jobs > 0 else (mp.cpu_count() or 1)
+    ctx = mp.get_context("spawn")
+    workers = [ctx.Process(target=_worker_main, args=(cfg,), daemon=True) for _ in range(n_jobs - 1)]
+    for w in workers:
+        w.start()
+    try:
+        run_worker(p.study, p.objective, cfg.n_trials, cfg.objectives, p.distributions,
+                   lock_path(cfg.storage, cfg.study_name, "budget"), artifact_dir=p.artifact_dir,
+                   on_trial_end=on_trial_end)
+    finally:
+        for w in workers:
+            w.join()
+
+
+def trial_points(trials: list[FrozenTrial]) -> list[dict[str, float] | None]:
+    """Metrics of each trial (``None`` for failed ones), in trial order."""
+    return [t.user_attrs.get("metrics") if t.state == TrialState.COMPLETE else None for t in trials]
+
+
+def sync_tracking(tracker: Any, trials: list[FrozenTrial], synced: set[int]) -> int:
+    """Log every counted trial not in ``synced`` (the tracker itself skips trials already in MLflow).
+
+    Returns:
+        How many trials were handed to the tracker now (``synced`` is updated).
+    """
+    n = 0
+    for t in trials:
+        if t.number in synced:
+            continue
+        params = t.user_attrs.get("policy") or dict(t.params)
+        state = "COMPLETE" if t.state == TrialState.COMPLETE else "FAIL"
+        tracker.log_trial(t.number, params, t.user_attrs.get("metrics") or {}, t.user_attrs.get("history"),
+                          state, t.user_attrs.get("fail_reason"))
+        synced.add(t.number)
+        n += 1
+    return n
+
+
+def summarize(p: Prepared, trials: list[FrozenTrial], warm: dict[str, Any]) -> dict[str, Any]:
+    """The ``summary.json`` contract of DESIGN.md (plus the hypervolume history)."""
+    cfg = p.cfg
+    points = trial_points(trials)
+    front = pareto_front(points, cfg.objectives)
+    pareto = []
+    for i in sorted(front, key=lambda i: -points[i]["accuracy"]):
+        t = trials[i]
+        keep = ("accuracy", "size_bytes", "compression_ratio", "latency_ms", "bitops", "speedup")
+        pareto.append({"number": t.number, "params": t.user_attrs.get("policy", t.params),
+                       "metrics": {k: points[i][k] for k in keep if k in points[i]},
+                       "artifact": t.user_attrs.get("artifact"), "model_uri": None})
+    return {
+        "study_name": cfg.study_name, "task": cfg.task_name, "backend": cfg.backend,
+        "n_trials": cfg.n_trials, "n_complete": sum(pt is not None for pt in points),
+        "n_failed": sum(pt is None for pt in points),
+        "objectives": dict(cfg.objectives),
+        "teacher": {k: p.reference[k] for k in ("accuracy", "size_bytes", "latency_ms", "bitops") if k in p.reference},
+        "warm_start": warm,
+        "hypervolume": hypervolume(points, p.reference, cfg.objectives),
+        "hypervolume_history": hypervolume_history(points, p.reference, cfg.objectives),
+        "pareto": pareto,
+    }
+
+
+def _make_tracker(cfg: SearchConfig) -> Any:
+    from .tracking import NullTracker, Tracker
+
+    if not (cfg.tracking_uri != "none"):
+        return NullTracker()
+    tracker = Tracker(cfg.tracking_uri, cfg.experiment_name)
+    tracker.check_reachable()
+    return tracker
+
+
+def _registered(tracker: Any, name: str) -> dict[int, str]:
+    """Trial number -> model URI of the versions of ``name`` already registered (resume: never twice)."""
+    try:
+        versions = tracker.client.search_model_versions(f"name = '{name}'")
+    except Exception:  # noqa: BLE001 - no such model yet
+        return {}
+    out = {}
+    for v in versions:
+        number = (v.tags or {}).get("metacompress.trial_number")
+        if number is not None:
+            out[int(number)] = f"models:/{name}/{v.version}"
+    return out
+
+
+def log_pareto_models(p: Prepared, tracker: Any, summary: dict[str, Any]) -> None:
+    """Load each Pareto trial's packed export, log it with ``mlflow.pytorch`` and register it."""
+    if not (p.cfg.tracking_uri != "none"):
+        return
+    name = f"{p.cfg.experiment_name}-pareto"
+    done = _registered(tracker, name)
+    for entry in summary["pareto"]:
+        if entry["number"] in done:
+            entry["model_uri"] = done[entry["number"]]
+            continue
+        artifact = entry.get("artifact")
+        if not artifact or not Path(artifact).exists():
+            continue
+        model = load_compressed(artifact, p.task.teacher)
+        entry["model_uri"] = tracker.log_pareto_model(entry["number"], model, entry["metrics"], name,
+                                                      extra_artifacts=[artifact])
+
+
+def write_outputs(p: Prepared, summary: dict[str, Any], trials: list[FrozenTrial]) -> list[Path]:
+    """``summary.json``, the Pareto table (Markdown), the Pareto and hypervolume plots; returns their paths."""
+    from .plots import hypervolume_plot, pareto_plot
+    from .report import pareto_markdown
+
+    out = Path(p.cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    points = trial_points(trials)
+    front = pareto_front(points, p.cfg.objectives)
+    paths = [out / "summary.json", out / "pareto.md", out / "pareto.png", out / "hypervolume.png"]
+    paths[0].write_text(json.dumps(summary, indent=2))
+    paths[1].write_text(pareto_markdown(summary))
+    pareto_plot(points, front, p.reference, paths[2], title=f"{p.cfg.study_name}: {p.cfg.task_name}")
+    hypervolume_plot(summary["hypervolume_history"], paths[3])
+    return paths
+
+
+def run_search(
+    cfg: SearchConfig,
+    *,
+    warm_points: list[dict[str, Any]] | None = None,
+    warm_info: dict[str, Any] | None = None,
+    on_trial_end: Callable[[FrozenTrial, Prepared], None] | None = None,
+    prepared: Prepared | None = None,
+) -> dict[str, Any]:
+    """Run (or resume) the search of ``cfg`` to its budget and return the summary.
+
+    Args:
+        cfg: The validated config.
+        warm_points: Params to enqueue first (once per study).
+        warm_info: What the summary says about the warm start.
+        on_trial_end: Called after each trial this process ran (progress bars).
+        prepared: A :func:`prepare` result to reuse.
+    """
+    tracker = _make_tracker(cfg)  # fail fast, before any training, when the tracking server is down
+    p = prepared or prepare(cfg)
+    run_lock = lock_path(cfg.storage, cfg.study_name, "run")
+    with file_lock(run_lock, blocking=False) as owned:
+        if not owned:
+            from metacompress.spaces import ConfigError
+
+            raise ConfigError(f"The 'study_name' value must not be in use by another running search. Got "
+                              f"{cfg.study_name!r}.", "study_name")
+        recover_interrupted(p.study)
+        enqueue_points(p.study, warm_points or [], source=(warm_info or {}).get("mode", "file"))
+        tracker.start_parent(cfg.study_name, tags=_parent_tags(cfg, warm_info), params=cfg.to_dict())
+        _log_meta(p, tracker)
+        synced: set[int] = set()
+        sync_tracking(tracker, counted_trials(p.study), synced)
+
+        def after_trial(trial: FrozenTrial) -> None:
+            sync_tracking(tracker, counted_trials(p.study), synced)
+            if on_trial_end is not None:
+                on_trial_end(trial, p)
+
+        if cfg.backend == "ray":
+            from .ray_backend import run_ray
+
+            run_ray(p, on_trial_end=after_trial)
+        else:
+            run_local(p, on_trial_end=after_trial)
+        trials = counted_trials(p.study)
+        sync_tracking(tracker, trials, synced)
+        summary = summarize(p, trials, warm_info or {"mode": "off", "n_points": 0})
+        log_pareto_models(p, tracker, summary)
+        tracker.mark_pareto({e["number"] for e in summary["pareto"]})
+        paths = write_outputs(p, summary, trials)
+        tracker.log_artifacts(paths)
+        tracker.finish("FINISHED")
+    return summary
+
+
+def _parent_tags(cfg: SearchConfig, warm_info: dict[str, Any] | None) -> dict[str, Any]:
+    return {"task": cfg.task_name, "backend": cfg.backend, "sampler": cfg.sampler,
+            "warm_start": (warm_info or {}).get("mode", "off"), "n_trials": cfg.n_trials}
+
+
+def _log_meta(p: Prepared, tracker: Any) -> None:
+    """Parent artifact ``meta.json``: what the meta-learned history needs to learn from this search."""
+    if not (p.cfg.tracking_uri != "none"):
+        return
+    out = Path(p.cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {"task": p.cfg.task_name, "study_name": p.cfg.study_name, "teacher": p.reference,
+            "layers": [layer.to_dict() for layer in p.space.layers], "objectives": dict(p.cfg.objectives),
+            "space_fingerprint": p.space.fingerprint(), "task_info": p.task.info}
+    try:
+        from metacompress.learners.meta import task_meta_features
+
+        meta["meta_features"] = task_meta_features(p.task)
+    except ImportError:  # pragma: no cover - meta-learning part not installed
+        pass
+    path = out / "meta.json"
+    path.write_text(json.dumps(meta, indent=2, default=str))
+    tracker.log_artifacts([path])

@@ -1,0 +1,158 @@
+"""What to try: the Optuna study behind every search — storage, sampler, resume and warm start.
+
+Both backends share one study (Ray Tune through ``OptunaSearch`` on the same storage), so local and cluster runs
+add to one history. The study remembers the search space's fingerprint, the objectives and the teacher's
+reference metrics; reopening it with another space or other objectives is refused, never overwritten.
+
+Resume: a trial left ``RUNNING`` by a killed process is failed and re-queued with the same parameters through
+Optuna's :class:`~optuna.storages.RetryHeartbeatStaleTrialCallback`, then marked ``interrupted`` so it does not
+count against the budget. The budget counts finished trials (complete, or failed for a reason of their own).
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from metacompress.spaces import ConfigError, invalid_value, unknown_key
+
+__all__ = [
+    "SAMPLERS",
+    "counted_trials",
+    "enqueue_points",
+    "make_sampler",
+    "make_storage",
+    "open_study",
+    "recover_interrupted",
+    "remaining_budget",
+]
+
+SAMPLERS = ("tpe", "nsga2", "gp", "random")
+ATTR_SPACE = "metacompress.space_fingerprint"
+ATTR_OBJECTIVES = "metacompress.objectives"
+ATTR_REFERENCE = "metacompress.teacher"
+ATTR_INTERRUPTED = "metacompress.interrupted"
+ATTR_WARM = "metacompress.warm_start_done"
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+# Heartbeats and the retry callback are Optuna's documented resume mechanism; their "experimental" notices and
+# the ask/tell heartbeat notice are expected here and would only clutter the progress bar.
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+
+
+def make_sampler(name: str, seed: int | None, n_startup_trials: int = 8) -> optuna.samplers.BaseSampler:
+    """The sampler named in the config (multivariate TPE with constant liar for parallel workers)."""
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True,
+                                          n_startup_trials=n_startup_trials)
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, n_startup_trials))
+    if name == "gp":
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=n_startup_trials)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    raise unknown_key("sampler", name, SAMPLERS)
+
+
+def make_storage(url: str) -> optuna.storages.BaseStorage:
+    """An RDB storage with heartbeats for URLs, a journal file for ``*.log`` paths or ``journal:///path``."""
+    retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3)
+    try:
+        if url.startswith("journal://") or url.endswith((".log", ".journal")):
+            path = url.removeprefix("journal://")
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            backend = optuna.storages.journal.JournalFileBackend(path)
+            return optuna.storages.JournalStorage(backend)
+        if url.startswith("sqlite:///"):
+            Path(url.removeprefix("sqlite:///")).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        return optuna.storages.RDBStorage(url, heartbeat_interval=5, grace_period=20,
+                                          heartbeat_stale_trial_callback=retry,
+                                          engine_kwargs=_engine_kwargs(url))
+    except (ImportError, ValueError, OSError) as exc:
+        raise invalid_value("storage", "a reachable Optuna storage (RDB URL, *.log journal file)", url) from exc
+    except Exception as exc:  # sqlalchemy OperationalError and friends: unreachable database
+        raise invalid_value("storage", "a reachable Optuna storage (RDB URL, *.log journal file)", url) from exc
+
+
+def _engine_kwargs(url: str) -> dict[str, Any]:
+    # Several worker processes write one sqlite file: wait for the lock instead of failing at once.
+    return {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+
+
+def open_study(
+    storage: str | optuna.storages.BaseStorage,
+    study_name: str,
+    objectives: Mapping[str, str],
+    sampler: optuna.samplers.BaseSampler,
+    fingerprint: str,
+) -> optuna.Study:
+    """Create the study or load it to resume; refuse one made for another space or other objectives."""
+    store = make_storage(storage) if isinstance(storage, str) else storage
+    directions = list(objectives.values())
+    try:
+        study = optuna.load_study(study_name=study_name, storage=store, sampler=sampler)
+    except KeyError:
+        study = optuna.create_study(study_name=study_name, storage=store, sampler=sampler, directions=directions)
+        study.set_user_attr(ATTR_SPACE, fingerprint)
+        study.set_user_attr(ATTR_OBJECTIVES, dict(objectives))
+        return study
+    if study.user_attrs.get(ATTR_SPACE) != fingerprint:
+        raise ConfigError(
+            f"The 'study_name' value must name a study with this search space (it was made for another space or "
+            f"model; choose a new --study-name). Got {study_name!r}.", "study_name")
+    if study.user_attrs.get(ATTR_OBJECTIVES) != dict(objectives):
+        raise ConfigError(
+            f"The 'study_name' value must name a study with the objectives "
+            f"{study.user_attrs.get(ATTR_OBJECTIVES)}. Got {study_name!r} with {dict(objectives)}.", "study_name")
+    return study
+
+
+def _interrupted(t: FrozenTrial) -> bool:
+    return bool(t.user_attrs.get(ATTR_INTERRUPTED))
+
+
+def counted_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """Finished trials that count against the budget (complete, or failed for their own reason)."""
+    states = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
+    return [t for t in study.get_trials(deepcopy=False, states=states) if not _interrupted(t)]
+
+
+def remaining_budget(study: optuna.Study, n_trials: int) -> int:
+    """Trials still to start: the budget less counted and running trials."""
+    running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+    return n_trials - len(counted_trials(study)) - running
+
+
+def recover_interrupted(study: optuna.Study) -> int:
+    """Fail and re-queue every ``RUNNING`` trial; call only when no worker of this study is alive.
+
+    Returns:
+        How many trials were re-queued.
+    """
+    retry = optuna.storages.RetryHeartbeatStaleTrialCallback()
+    n = 0
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        study._storage.set_trial_user_attr(t._trial_id, ATTR_INTERRUPTED, True)
+        if study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
+            retry(study, study._storage.get_trial(t._trial_id))
+            n += 1
+    if n:
+        logging.getLogger(__name__).warning("re-queued %d interrupted trial(s)", n)
+    return n
+
+
+def enqueue_points(study: optuna.Study, points: Sequence[Mapping[str, Any]], source: str) -> int:
+    """Enqueue warm-start points once per study (a resumed study does not enqueue them again)."""
+    if study.user_attrs.get(ATTR_WARM) or not points:
+        return 0
+    for p in points:
+        study.enqueue_trial(dict(p), user_attrs={"metacompress.warm_start": source}, skip_if_exists=True)
+    study.set_user_attr(ATTR_WARM, source)
+    return len(points)
