@@ -75,13 +75,27 @@ def build_space(cfg: SearchConfig, task: Task) -> CompressionSpace:
     return cfg.space.build(describe_layers(task.teacher, task.example_input(2)))
 
 
-def prepare(cfg: SearchConfig, *, progress: bool = False) -> Prepared:
-    """Load the task (teacher cached), build the space, open or resume the study, build the objective."""
+def sampler_seed(seed: int, n_existing: int, worker: int) -> int:
+    """The sampler seed of one worker: a resumed study or a second worker must not replay the same draws."""
+    return seed if n_existing == 0 and worker == 0 else (seed * 1_000_003 + n_existing * 7919 + worker) % 2**31
+
+
+def prepare(cfg: SearchConfig, *, progress: bool = False, worker: int = 0) -> Prepared:
+    """Load the task (teacher cached), build the space, open or resume the study, build the objective.
+
+    Args:
+        cfg: The validated config.
+        progress: Show teacher training progress.
+        worker: Index of the local worker process (its sampler gets its own seed).
+    """
     torch.set_num_threads(max(1, cfg.train.num_threads))
     task = load_task(_task_spec(cfg), progress=progress)
     space = build_space(cfg, task)
-    sampler = make_sampler(cfg.sampler, cfg.seed)
-    study = open_study(cfg.storage, cfg.study_name, cfg.objectives, sampler, space.fingerprint())
+    study = open_study(cfg.storage, cfg.study_name, cfg.objectives, make_sampler(cfg.sampler, cfg.seed),
+                       space.fingerprint())
+    n_existing = len(study.get_trials(deepcopy=False))
+    if n_existing or worker:
+        study.sampler = make_sampler(cfg.sampler, sampler_seed(cfg.seed, n_existing, worker))
     reference = study.user_attrs.get(ATTR_REFERENCE)
     if reference is None:  # measured once per study, so every worker and every resume compares the same way
         reference = teacher_metrics(task, latency_repeats=cfg.train.latency_repeats)
@@ -92,8 +106,8 @@ def prepare(cfg: SearchConfig, *, progress: bool = False) -> Prepared:
     return Prepared(cfg, task, space, reference, study, objective)
 
 
-def _worker_main(cfg: SearchConfig) -> None:  # pragma: no cover - runs in a child process
-    p = prepare(cfg)
+def _worker_main(cfg: SearchConfig, worker: int) -> None:  # pragma: no cover - runs in a child process
+    p = prepare(cfg, worker=worker)
     run_worker(p.study, p.objective, cfg.n_trials, cfg.objectives, p.distributions,
                lock_path(cfg.storage, cfg.study_name, "budget"), artifact_dir=p.artifact_dir)
 
@@ -103,7 +117,7 @@ def run_local(p: Prepared, on_trial_end: Callable[[FrozenTrial], None] | None = 
     cfg = p.cfg
     n_jobs = cfg.parallel.n_jobs if cfg.parallel.n_jobs > 0 else (mp.cpu_count() or 1)
     ctx = mp.get_context("spawn")
-    workers = [ctx.Process(target=_worker_main, args=(cfg,), daemon=True) for _ in range(n_jobs - 1)]
+    workers = [ctx.Process(target=_worker_main, args=(cfg, i), daemon=True) for i in range(1, n_jobs)]
     for w in workers:
         w.start()
     try:

@@ -139,10 +139,10 @@ def recover_interrupted(study: optuna.Study) -> int:
     retry = optuna.storages.RetryHeartbeatStaleTrialCallback()
     n = 0
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        retry(study, study._storage.get_trial(t._trial_id))  # queues a copy (user attrs too): mark it after
         study._storage.set_trial_user_attr(t._trial_id, ATTR_INTERRUPTED, True)
-        if study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
-            retry(study, study._storage.get_trial(t._trial_id))
-            n += 1
+        study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
+        n += 1
     if n:
         logging.getLogger(__name__).warning("re-queued %d interrupted trial(s)", n)
     return n

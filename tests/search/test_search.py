@@ -1,0 +1,153 @@
+"""End-to-end searches on a real task with a real Optuna storage and a real MLflow store."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from metacompress.search.config import load_config
+from metacompress.search.runner import run_search
+from metacompress.search.study import counted_trials
+
+
+def _children(tracking_uri: str, experiment: str) -> tuple[list, list]:
+    client = mlflow.MlflowClient(tracking_uri, registry_uri=tracking_uri)
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("metacompress.role") == "parent"]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    return parents, children
+
+
+def _study(cfg) -> optuna.Study:
+    return optuna.load_study(study_name=cfg.study_name, storage=cfg.storage)
+
+
+def test_search_writes_the_summary_contract_and_mlflow_layout(search_yaml):
+    cfg = load_config(search_yaml(n_trials=4))
+    summary = run_search(cfg)
+    on_disk = json.loads((Path(cfg.out) / "summary.json").read_text())
+    assert on_disk["study_name"] == summary["study_name"] == cfg.study_name
+    for key in ("task", "backend", "n_trials", "n_complete", "objectives", "teacher", "warm_start",
+                "hypervolume", "pareto"):
+        assert key in on_disk
+    assert on_disk["n_trials"] == 4 and on_disk["n_complete"] + on_disk["n_failed"] == 4
+    assert 0.0 <= on_disk["hypervolume"] <= 1.0 and on_disk["pareto"]
+    for entry in on_disk["pareto"]:
+        assert {"accuracy", "size_bytes", "compression_ratio", "latency_ms"} <= set(entry["metrics"])
+        assert entry["model_uri"].startswith("models:/")
+    for name in ("pareto.md", "pareto.png", "hypervolume.png"):
+        assert (Path(cfg.out) / name).stat().st_size > 0
+
+    parents, children = _children(cfg.tracking_uri, cfg.experiment_name)
+    assert len(parents) == 1 and len(children) == 4
+    pareto_numbers = {e["number"] for e in on_disk["pareto"]}
+    for run in children:
+        number = int(run.data.tags["metacompress.trial_number"])
+        assert run.data.tags["pareto"] == ("true" if number in pareto_numbers else "false")
+        assert "kd_lambda" in run.data.params and any(k.endswith(".bits") for k in run.data.params)
+    client = mlflow.MlflowClient(cfg.tracking_uri, registry_uri=cfg.tracking_uri)
+    versions = client.search_model_versions(f"name = '{cfg.experiment_name}-pareto'")
+    assert len(versions) == len(pareto_numbers)
+    artifacts = {a.path for a in client.list_artifacts(parents[0].info.run_id)}
+    assert {"summary.json", "pareto.png", "hypervolume.png", "meta.json"} <= artifacts
+
+
+def test_rerun_with_a_larger_budget_continues_without_repeating(search_yaml):
+    path = search_yaml(n_trials=2)
+    run_search(load_config(path))
+    cfg = load_config(path, {"n_trials": 4})
+    summary = run_search(cfg)
+    trials = counted_trials(_study(cfg))
+    assert [t.number for t in trials] == [0, 1, 2, 3]
+    assert summary["n_complete"] + summary["n_failed"] == 4
+    _, children = _children(cfg.tracking_uri, cfg.experiment_name)
+    assert sorted(int(r.data.tags["metacompress.trial_number"]) for r in children) == [0, 1, 2, 3]
+    versions = mlflow.MlflowClient(cfg.tracking_uri, registry_uri=cfg.tracking_uri).search_model_versions(f"name = '{cfg.experiment_name}-pareto'")
+    numbers = [v.tags["metacompress.trial_number"] for v in versions]
+    assert len(numbers) == len(set(numbers))  # a Pareto model is registered once, however often we resume
+
+
+def test_warm_start_file_points_run_first_and_only_once(search_yaml, tmp_path):
+    points = tmp_path / "points.json"
+    cfg0 = load_config(search_yaml())
+    from metacompress.learners import describe_layers, load_task
+
+    task = load_task("digits-mlp")
+    layers = [i.name for i in describe_layers(task.teacher, task.example_input(2))]
+    policy = {"prune_method": "unstructured", "act_bits": None, "kd_lambda": 0.5, "temperature": 4.0,
+              "epochs": 1, "lr": 0.003, "feature_beta": 0.0, "prox_mu": 0.0,
+              **{f"layers.{n}.prune": 0.5 for n in layers}, **{f"layers.{n}.bits": 4 for n in layers}}
+    points.write_text(json.dumps([policy]))
+    cfg = load_config(search_yaml(n_trials=2, warm_start={"mode": "auto", "file": str(points)}))
+    summary = run_search(cfg, warm_points=None) if False else None  # noqa: F841 - resolved below
+    from metacompress.search.runner import prepare
+    from metacompress.search.warmstart import resolve_warm_start
+
+    p = prepare(cfg)
+    pts, info = resolve_warm_start("auto", p.space, p.task, n_points=4, seed=0, file=str(points))
+    assert info["mode"] == "file" and len(pts) == 1
+    run_search(cfg, warm_points=pts, warm_info=info, prepared=p)
+    first = counted_trials(_study(cfg))[0]
+    assert first.params["bits." + layers[0]] == 4 and first.params["kd_lambda"] == 0.5
+    cfg2 = load_config(search_yaml(n_trials=3, warm_start={"mode": "auto", "file": str(points)}))
+    run_search(cfg2, warm_points=pts, warm_info=info)
+    same = [t for t in counted_trials(_study(cfg2)) if t.params.get("kd_lambda") == 0.5 and
+            t.params["bits." + layers[0]] == 4]
+    assert len(same) == 1
+    assert cfg0.study_name == cfg.study_name
+
+
+def _wait_for(predicate, timeout: float) -> bool:
+    end = time.time() + timeout
+    while time.time() < end:
+        if predicate():
+            return True
+        time.sleep(0.3)
+    return False
+
+
+def test_kill_9_mid_search_then_rerun_finishes_the_budget_exactly(search_yaml, tmp_path):
+    path = search_yaml(n_trials=5, space={"bits": [2, 4, 8], "epochs": {"low": 10, "high": 10}})
+    cfg = load_config(path)
+    cmd = [sys.executable, "-m", "metacompress.search.cli", "search", str(path)]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def running_after_one_complete() -> bool:
+        try:
+            study = _study(cfg)
+        except KeyError:
+            return False
+        states = [t.state for t in study.get_trials(deepcopy=False)]
+        return states.count(TrialState.COMPLETE) >= 1 and TrialState.RUNNING in states
+
+    assert _wait_for(running_after_one_complete, 180), proc.stderr.read().decode()[-2000:] if proc.poll() else ""
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    interrupted = [t for t in _study(cfg).get_trials(deepcopy=False) if t.state == TrialState.RUNNING]
+    assert len(interrupted) == 1
+
+    rerun = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    study = _study(cfg)
+    counted = counted_trials(study)
+    assert len(counted) == 5
+    assert not study.get_trials(states=(TrialState.RUNNING, TrialState.WAITING))
+    # the killed trial was re-run once with its own params, not lost and not repeated
+    retried = [t for t in counted if t.system_attrs.get("failed_trial") == interrupted[0].number]
+    assert len(retried) == 1 and retried[0].params == interrupted[0].params
+    keys = [json.dumps(t.params, sort_keys=True) for t in counted]
+    assert len(keys) == len(set(keys))
+    _, children = _children(cfg.tracking_uri, cfg.experiment_name)
+    assert sorted(int(r.data.tags["metacompress.trial_number"]) for r in children) == sorted(t.number for t in counted)
