@@ -1,0 +1,122 @@
+"""The Ray Tune backend on a real (local or two-node) Ray: one study shared with the local backend, MLflow in sync.
+
+Each test starts Ray itself (``num_cpus=2`` locally, or a ``ray.cluster_utils.Cluster`` of two one-CPU nodes) and
+shuts it down. Trials are tiny (digits-mlp, 1-2 epochs, latency_repeats 2); most of the time is Ray's start-up.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ray = pytest.importorskip("ray")
+mlflow = pytest.importorskip("mlflow")
+import optuna  # noqa: E402
+from optuna.trial import TrialState  # noqa: E402
+
+from metacompress.search.config import load_config  # noqa: E402
+from metacompress.search.runner import prepare, run_search  # noqa: E402
+from metacompress.search.study import counted_trials  # noqa: E402
+
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(300)]
+_ATTRS = {"metrics", "history", "policy", "timing", "artifact"}
+
+
+def _ray_section(tmp_path: Path, **kw: Any) -> dict[str, Any]:
+    return {"storage_path": str(tmp_path / "ray_results"), "max_concurrent": 2, "cpus_per_trial": 1, **kw}
+
+
+def _children(tracking_uri: str, experiment: str) -> list:
+    client = mlflow.MlflowClient(tracking_uri)
+    exp = client.get_experiment_by_name(experiment)
+    return [r for r in client.search_runs([exp.experiment_id], max_results=1000)
+            if "mlflow.parentRunId" in r.data.tags]
+
+
+def _check_study(cfg: Any, n: int) -> list[optuna.trial.FrozenTrial]:
+    """Exactly ``n`` counted trials numbered 0..n-1, recorded like local ones, none repeated."""
+    trials = counted_trials(optuna.load_study(study_name=cfg.study_name, storage=cfg.storage))
+    assert [t.number for t in trials] == list(range(n))
+    for t in trials:
+        if t.state == TrialState.COMPLETE:
+            assert _ATTRS <= set(t.user_attrs) and Path(t.user_attrs["artifact"]).is_file()
+            assert list(t.values) == [t.user_attrs["metrics"][k] for k in cfg.objectives]
+        else:
+            assert t.state in (TrialState.PRUNED, TrialState.FAIL) and t.user_attrs.get("fail_reason")
+    points = [json.dumps(t.params, sort_keys=True) for t in trials]
+    assert len(set(points)) == n, [(t.number, t.state.name, t.params, dict(t.user_attrs)) for t in trials]
+    children = _children(cfg.tracking_uri, cfg.experiment_name)
+    assert sorted(int(r.data.tags["metacompress.trial_number"]) for r in children) == list(range(n))
+    return trials
+
+
+@pytest.fixture
+def local_ray() -> Iterator[None]:
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture
+def two_nodes() -> Iterator[Any]:
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    yield cluster
+    ray.shutdown()
+    cluster.shutdown()
+
+
+def test_cli_search_on_a_local_ray(search_yaml, tmp_path: Path) -> None:
+    """``metacompress search --backend ray`` end to end: study, summary, MLflow; ASHA may prune (with a reason)."""
+    from typer.testing import CliRunner
+
+    from metacompress.search.cli import app
+
+    path = search_yaml(n_trials=4, ray=_ray_section(tmp_path),
+                       space={"bits": [2, 4, 8], "epochs": {"low": 1, "high": 2}})
+    result = CliRunner().invoke(app, ["search", str(path), "--backend", "ray"])
+    assert result.exit_code == 0, result.output
+    assert not ray.is_initialized()  # the Ray it started is shut down
+    cfg = load_config(path, {"backend": "ray"})
+    trials = _check_study(cfg, 4)
+    summary = json.loads((Path(cfg.out) / "summary.json").read_text())
+    assert summary["backend"] == "ray" and summary["n_complete"] + summary["n_failed"] == 4
+    assert summary["n_complete"] == sum(t.state == TrialState.COMPLETE for t in trials) >= 1
+    assert summary["pareto"] and all(e["model_uri"] for e in summary["pareto"])
+
+
+def test_ray_then_local_continue_one_study(search_yaml, tmp_path: Path, local_ray: None) -> None:
+    """A warm-start point runs first on Ray; the local backend then continues the same study to its budget."""
+    path = search_yaml(n_trials=2, backend="ray", ray=_ray_section(tmp_path, asha=False))
+    cfg = load_config(path)
+    p = prepare(cfg)
+    warm = {name: (d.choices[-1] if hasattr(d, "choices") else d.low) for name, d in p.distributions.items()}
+    ended: list[int] = []
+    run_search(cfg, prepared=p, warm_points=[warm], warm_info={"mode": "file", "n_points": 1},
+               on_trial_end=lambda t, _p: ended.append(t.number))
+    assert sorted(ended) == [0, 1]  # the progress hook saw each Ray trial
+    first = _check_study(cfg, 2)
+    assert first[0].params == warm and first[0].user_attrs.get("metacompress.warm_start") == "file"
+    again = load_config(path, {"backend": "optuna", "n_trials": 4})
+    summary = run_search(again)
+    assert summary["n_complete"] + summary["n_failed"] == 4
+    trials = _check_study(again, 4)
+    assert [t.params for t in trials[:2]] == [t.params for t in first]
+
+
+def test_two_node_cluster_runs_trials_on_both_nodes(search_yaml, tmp_path: Path, two_nodes: Any) -> None:
+    """Connect to an existing cluster by address: one trial per one-CPU node at a time, both nodes used."""
+    path = search_yaml(n_trials=2, backend="ray", tracking_uri="none",
+                       ray=_ray_section(tmp_path, address=two_nodes.address, asha=False))
+    cfg = load_config(path)
+    summary = run_search(cfg)
+    trials = counted_trials(optuna.load_study(study_name=cfg.study_name, storage=cfg.storage))
+    assert summary["n_complete"] == len(trials) == 2
+    assert len({t.user_attrs["ray"]["node_id"] for t in trials}) == 2
