@@ -1,0 +1,218 @@
+"""The trial history a predictor learns from: rows of task meta-features ⊕ policy encoding ⊕ outcome metrics.
+
+Rows come from the meta-dataset shipped with the package (:meth:`History.shipped`), from any CSV written by
+:meth:`History.to_csv`, and from MLflow (:meth:`History.from_mlflow`): every finished search whose parent run
+carries a ``meta.json`` artifact adds its finished trials, so each search makes the next one warmer. Corrupt or
+incompatible rows are skipped and counted by reason (:attr:`History.skipped`), never raised.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from metacompress.spaces import CompressionPolicy, ConfigError, invalid_value
+
+from .features import FEATURE_NAMES
+from .encoding import ENCODING_NAMES
+
+__all__ = ["History", "INPUT_NAMES", "OUTCOME_NAMES", "SCHEMA_VERSION", "make_row", "data_path"]
+
+_LOG = logging.getLogger(__name__)
+
+#: Version of the row layout; rows (and ``meta.json`` files) of another version are skipped.
+SCHEMA_VERSION = 1
+#: Predictor inputs, in column order.
+INPUT_NAMES: tuple[str, ...] = (*FEATURE_NAMES, *ENCODING_NAMES)
+#: Outcome columns; ``retention = accuracy / teacher_accuracy`` is the predictor's target.
+OUTCOME_NAMES: tuple[str, ...] = (
+    "accuracy", "teacher_accuracy", "retention", "size_bytes", "compression_ratio", "latency_ms",
+)
+_TEXT = ("task", "study", "policy")
+_COLUMNS: tuple[str, ...] = ("schema", *_TEXT, *INPUT_NAMES, *OUTCOME_NAMES)
+
+
+def data_path(name: str) -> Path:
+    """Path of a file shipped in ``metacompress/learners/meta/data``."""
+    return Path(str(resources.files("metacompress.learners.meta").joinpath("data", name)))
+
+
+def make_row(
+    task: str, study: str, meta_features: Mapping[str, float], encoding: Mapping[str, float],
+    metrics: Mapping[str, float], teacher_accuracy: float, policy: CompressionPolicy | None = None,
+) -> dict[str, Any]:
+    """One history row from a finished trial (see :data:`INPUT_NAMES`, :data:`OUTCOME_NAMES`)."""
+    acc = float(metrics["accuracy"])
+    row: dict[str, Any] = {"schema": SCHEMA_VERSION, "task": task, "study": study,
+                           "policy": json.dumps(policy.to_dict()) if policy is not None else ""}
+    row.update({k: meta_features[k] for k in FEATURE_NAMES})
+    row.update({k: encoding[k] for k in ENCODING_NAMES})
+    row.update({"accuracy": acc, "teacher_accuracy": float(teacher_accuracy),
+                "retention": acc / float(teacher_accuracy) if teacher_accuracy else float("nan"),
+                "size_bytes": float(metrics.get("size_bytes", float("nan"))),
+                "compression_ratio": float(metrics.get("compression_ratio", float("nan"))),
+                "latency_ms": float(metrics.get("latency_ms", float("nan")))})
+    return row
+
+
+def _row_problem(row: Mapping[str, Any]) -> str | None:
+    """Why a row cannot be used (``None`` when it can)."""
+    try:
+        schema = int(float(row["schema"]))
+    except (TypeError, ValueError):
+        return "schema not a number"
+    if schema != SCHEMA_VERSION:
+        return f"schema {schema} (expected {SCHEMA_VERSION})"
+    if not isinstance(row["task"], str) or not row["task"]:
+        return "no task name"
+    for name in (*INPUT_NAMES, "accuracy", "teacher_accuracy", "size_bytes"):
+        value = row[name]
+        if not isinstance(value, (int, float, np.number)) or not math.isfinite(float(value)):
+            return f"non-finite {name}"
+    if not 0.0 <= float(row["accuracy"]) <= 1.0 or not 0.0 < float(row["teacher_accuracy"]) <= 1.0:
+        return "accuracy outside [0, 1]"
+    if float(row["size_bytes"]) <= 0:
+        return "size_bytes <= 0"
+    return None
+
+
+class History:
+    """Rows of (task meta-features, policy encoding, outcomes), with the count of rows that were skipped.
+
+    Args:
+        frame: A table with the columns of :func:`make_row`; unusable rows are dropped and counted.
+        skipped: Counts of rows already skipped upstream, by reason.
+    """
+
+    def __init__(self, frame: pd.DataFrame | None = None, skipped: Mapping[str, int] | None = None) -> None:
+        self.skipped: Counter[str] = Counter(dict(skipped or {}))
+        frame = pd.DataFrame(columns=list(_COLUMNS)) if frame is None else frame
+        missing = [c for c in _COLUMNS if c not in frame.columns and c not in ("policy", "latency_ms", "study")]
+        if missing and len(frame):
+            self.skipped[f"missing column {missing[0]}"] += len(frame)
+            frame = frame.iloc[0:0]
+        frame = frame.reindex(columns=list(_COLUMNS))
+        numeric = frame.drop(columns=list(_TEXT)).apply(pd.to_numeric, errors="coerce")
+        frame = pd.concat([frame[list(_TEXT)].fillna("").astype(str), numeric], axis=1)[list(_COLUMNS)]
+        problems = [_row_problem(r) for r in frame.to_dict("records")]
+        for p in problems:
+            if p is not None:
+                self.skipped[p] += 1
+        keep = np.array([p is None for p in problems], dtype=bool)
+        self._frame = frame[keep].reset_index(drop=True)
+        self._frame["retention"] = self._frame["accuracy"] / self._frame["teacher_accuracy"]
+
+    # ------------------------------------------------------------------------------------------- constructors
+    @classmethod
+    def from_rows(cls, rows: Iterable[Mapping[str, Any]], skipped: Mapping[str, int] | None = None) -> History:
+        """Build from :func:`make_row` dicts."""
+        return cls(pd.DataFrame(list(rows)), skipped)
+
+    @classmethod
+    def from_csv(cls, path: str | Path) -> History:
+        """Read a CSV written by :meth:`to_csv`; a missing or unreadable file gives an empty history (counted).
+
+        Raises:
+            ConfigError: ``path`` is not a string or path.
+        """
+        if not isinstance(path, (str, Path)):
+            raise invalid_value("history", "a path to a CSV file", path)
+        try:
+            frame = pd.read_csv(path, keep_default_na=True)
+        except FileNotFoundError:
+            return cls(skipped={f"no file {path}": 1})
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as exc:
+            return cls(skipped={f"unreadable CSV ({type(exc).__name__})": 1})
+        return cls(frame)
+
+    @classmethod
+    def shipped(cls) -> History:
+        """The meta-dataset that ships with the package (``experiments/build_metadataset.py`` writes it)."""
+        return cls.from_csv(data_path("metadataset.csv"))
+
+    @classmethod
+    def from_mlflow(cls, tracking_uri: str | None, experiment_names: Iterable[str] | None = None) -> History:
+        """Read every finished search logged to MLflow (see :mod:`.mlflow_source` for the layout it expects)."""
+        from .mlflow_source import read_mlflow  # noqa: PLC0415 (mlflow is heavy)
+
+        rows, skipped = read_mlflow(tracking_uri, experiment_names)
+        return cls.from_rows(rows, skipped)
+
+    @classmethod
+    def collect(cls, tracking_uri: str | None = None, experiment_names: Iterable[str] | None = None) -> History:
+        """The shipped meta-dataset plus every finished search in the tracking store (the flywheel).
+
+        A tracking store that cannot be read adds nothing but a skip reason.
+        """
+        history = cls.shipped()
+        if tracking_uri is not None and tracking_uri != "none":
+            try:
+                history = history.concat(cls.from_mlflow(tracking_uri, experiment_names))
+            except (ConfigError, OSError, ImportError) as exc:
+                history.skipped[f"tracking store unreadable ({type(exc).__name__})"] += 1
+        return history
+
+    # ------------------------------------------------------------------------------------------------ access
+    def concat(self, *others: History) -> History:
+        """A new history holding the rows (and skip counts) of ``self`` and ``others``."""
+        frames = [h._frame for h in (self, *others) if len(h)]
+        skipped: Counter[str] = Counter()
+        for h in (self, *others):
+            skipped.update(h.skipped)
+        return History(pd.concat(frames, ignore_index=True) if frames else None, skipped)
+
+    def __len__(self) -> int:
+        return len(self._frame)
+
+    def __repr__(self) -> str:
+        return f"History({len(self)} rows, {len(self.tasks)} tasks, {self.n_skipped} skipped)"
+
+    @property
+    def frame(self) -> pd.DataFrame:
+        """A copy of the rows."""
+        return self._frame.copy()
+
+    @property
+    def n_skipped(self) -> int:
+        """Number of rows (or sources) skipped, all reasons together."""
+        return int(sum(self.skipped.values()))
+
+    @property
+    def tasks(self) -> list[str]:
+        """Task names, sorted."""
+        return sorted(self._frame["task"].unique().tolist())
+
+    def X(self) -> np.ndarray:  # noqa: N802 (scikit-learn naming)
+        """``(n, len(INPUT_NAMES))`` predictor inputs."""
+        return self._frame[list(INPUT_NAMES)].to_numpy(dtype=np.float64)
+
+    def y(self) -> np.ndarray:
+        """Accuracy retention (student / teacher accuracy) of every row."""
+        return self._frame["retention"].to_numpy(dtype=np.float64)
+
+    def groups(self) -> np.ndarray:
+        """The task name of every row (the meta-learning episodes)."""
+        return self._frame["task"].to_numpy(dtype=object)
+
+    def subset(self, tasks: Iterable[str]) -> History:
+        """The rows of the given tasks."""
+        return History(self._frame[self._frame["task"].isin(list(tasks))].reset_index(drop=True))
+
+    def to_csv(self, path: str | Path) -> None:
+        """Write the rows as CSV (floats with 6 significant digits)."""
+        self._frame.to_csv(path, index=False, float_format="%.6g")
+
+    def explain(self) -> str:
+        """One line: rows, tasks and the main skip reasons."""
+        reasons = ", ".join(f"{n}× {r}" for r, n in self.skipped.most_common(3))
+        return f"{len(self)} rows of {len(self.tasks)} tasks" + (f" ({self.n_skipped} skipped: {reasons})"
+                                                                  if self.skipped else "")

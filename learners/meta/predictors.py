@@ -1,0 +1,211 @@
+"""Retention predictors (scikit-learn estimators) and their pickle-free persistence.
+
+Two predictors map meta-features ⊕ policy encoding (:data:`~.history.INPUT_NAMES`) to accuracy retention:
+
+* :class:`GBMRetentionPredictor` — gradient-boosted trees; saved as a JSON config and refit from the shipped
+  meta-dataset at load time (about a second), so no tree is ever unpickled.
+* :class:`~.reptile.ReptilePredictor` — an MLP meta-trained with Reptile; saved as safetensors + JSON.
+
+:func:`load_predictor` reads only those safe formats (JSON and safetensors; never pickle or joblib) and
+:func:`load_default_predictor` loads the one ``experiments/build_metadataset.py`` chose on held-out tasks.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sklearn.base import BaseEstimator, RegressorMixin
+
+from metacompress.spaces import ConfigError, invalid_value, unknown_key
+
+from .history import INPUT_NAMES, History, data_path
+from .reptile import ReptilePredictor, _check_xy
+
+__all__ = [
+    "GBMRetentionPredictor",
+    "ReptilePredictor",
+    "PREDICTOR_KINDS",
+    "make_predictor",
+    "load_predictor",
+    "save_predictor",
+    "load_default_predictor",
+    "default_kind",
+]
+
+#: Names accepted by :func:`make_predictor` and :func:`load_default_predictor`.
+PREDICTOR_KINDS: tuple[str, ...] = ("gbm", "reptile")
+
+
+class GBMRetentionPredictor(RegressorMixin, BaseEstimator):
+    """Gradient-boosted trees on meta-features ⊕ policy encoding → accuracy retention.
+
+    With ``n_ensemble > 1``, that many models on bootstrap resamples of the tasks give :meth:`predict_std`.
+
+    Args:
+        max_iter: Boosting iterations.
+        learning_rate: Shrinkage.
+        max_depth: Depth of each tree.
+        min_samples_leaf: Rows per leaf at least.
+        n_ensemble: Models in the ensemble (1: a single model, no uncertainty).
+        random_state: Seed.
+    """
+
+    def __init__(self, max_iter: int = 300, learning_rate: float = 0.05, max_depth: int = 4,
+                 min_samples_leaf: int = 10, n_ensemble: int = 1, random_state: int = 0) -> None:
+        self.max_iter = max_iter
+        self.learning_rate = learning_rate
+        self.max_depth = max_depth
+        self.min_samples_leaf = min_samples_leaf
+        self.n_ensemble = n_ensemble
+        self.random_state = random_state
+
+    def _model(self, seed: int) -> Any:
+        from sklearn.ensemble import HistGradientBoostingRegressor  # noqa: PLC0415
+
+        return HistGradientBoostingRegressor(max_iter=self.max_iter, learning_rate=self.learning_rate,
+                                             max_depth=self.max_depth, min_samples_leaf=self.min_samples_leaf,
+                                             random_state=seed)
+
+    def fit(self, X: Any, y: Any, groups: Any = None) -> GBMRetentionPredictor:
+        """Fit on rows ``X``, targets ``y``; ``groups`` (task of each row) drives the ensemble's resampling."""
+        X, y = _check_xy(X, y)
+        groups = np.zeros(len(y)) if groups is None else np.asarray(groups)
+        rng = np.random.default_rng(self.random_state)
+        names = np.unique(groups)
+        self.models_ = []
+        for i in range(max(int(self.n_ensemble), 1)):
+            if i == 0 or len(names) < 2:
+                idx = np.arange(len(y))
+            else:
+                chosen = rng.choice(names, len(names), replace=True)
+                idx = np.concatenate([np.flatnonzero(groups == g) for g in chosen])
+            self.models_.append(self._model(int(self.random_state) + i).fit(X[idx], y[idx]))
+        self.n_features_in_ = X.shape[1]
+        return self
+
+    def predict(self, X: Any) -> np.ndarray:
+        """Predicted accuracy retention (the ensemble mean)."""
+        X, _ = _check_xy(X)
+        return np.mean([m.predict(X) for m in self.models_], axis=0) + getattr(self, "offset_", 0.0)
+
+    def adapt(self, X_task: Any, y_task: Any, steps: int | None = None) -> GBMRetentionPredictor:  # noqa: N803
+        """Return a copy whose predictions are shifted by the mean residual on one task's finished trials.
+
+        ``steps`` is accepted for symmetry with :meth:`ReptilePredictor.adapt` and ignored.
+        """
+        X_task, y_task = _check_xy(X_task, y_task)
+        out = copy.deepcopy(self)
+        if len(y_task):
+            out.offset_ = float(np.mean(y_task - self.predict(X_task)))
+        return out
+
+    def predict_std(self, X: Any) -> np.ndarray:
+        """Spread of the ensemble's predictions (zeros for a single model)."""
+        X, _ = _check_xy(X)
+        return np.std([m.predict(X) for m in self.models_], axis=0)
+
+
+def make_predictor(kind: str, **params: Any) -> GBMRetentionPredictor | ReptilePredictor:
+    """A new unfitted predictor of ``kind`` (one of :data:`PREDICTOR_KINDS`)."""
+    if kind == "gbm":
+        return GBMRetentionPredictor(**params)
+    if kind == "reptile":
+        return ReptilePredictor(**params)
+    raise unknown_key("predictor", str(kind), PREDICTOR_KINDS)
+
+
+def save_predictor(predictor: Any, path: str | Path) -> Path:
+    """Save without pickle; returns the JSON config path.
+
+    A Reptile predictor writes ``<stem>.safetensors`` + ``<stem>.json``; a GBM writes only ``<stem>.json`` (its
+    params): loading refits it on the shipped meta-dataset.
+    """
+    stem = Path(path).with_suffix("")
+    if isinstance(predictor, ReptilePredictor):
+        predictor.save(stem, INPUT_NAMES)
+    elif isinstance(predictor, GBMRetentionPredictor):
+        config = {"class": "GBMRetentionPredictor", "params": predictor.get_params(),
+                  "input_names": list(INPUT_NAMES), "fit_on": "shipped"}
+        stem.with_suffix(".json").write_text(json.dumps(config, indent=1), encoding="utf-8")
+    else:
+        raise invalid_value("predictor", "a GBMRetentionPredictor or ReptilePredictor", type(predictor).__name__)
+    return stem.with_suffix(".json")
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise invalid_value("predictor", "a readable JSON predictor config", f"{path} ({type(exc).__name__})") \
+            from None
+    if not isinstance(config, dict) or config.get("class") not in ("GBMRetentionPredictor", "ReptilePredictor"):
+        raise invalid_value("predictor", "a config with class GBMRetentionPredictor or ReptilePredictor", str(path))
+    if config.get("input_names") != list(INPUT_NAMES):
+        raise invalid_value("predictor", "a predictor of this meta-feature/encoding version", str(path))
+    return config
+
+
+def load_predictor(path: str | Path) -> GBMRetentionPredictor | ReptilePredictor:
+    """Load a predictor saved by :func:`save_predictor`, from safe formats only.
+
+    Args:
+        path: The ``.json`` config or the ``.safetensors`` weights (the other file must sit next to it).
+
+    Raises:
+        ConfigError: Another extension (pickle, joblib, torch ``.pt`` ... are refused), an unreadable or foreign
+            file, or a predictor of another input version.
+    """
+    path = Path(path)
+    if path.suffix not in (".json", ".safetensors"):
+        raise invalid_value("predictor", "a .json or .safetensors file (pickle is never loaded)", str(path))
+    config = _read_config(path.with_suffix(".json"))
+    params = dict(config.get("params", {}))
+    if config["class"] == "GBMRetentionPredictor":
+        history = History.shipped()
+        if not len(history):
+            raise invalid_value("predictor", "a shipped meta-dataset to refit the GBM on", history.explain())
+        return GBMRetentionPredictor(**params).fit(history.X(), history.y(), history.groups())
+    from safetensors import SafetensorError  # noqa: PLC0415
+    from safetensors.torch import load_file  # noqa: PLC0415
+
+    try:
+        tensors = load_file(str(path.with_suffix(".safetensors")))
+    except (OSError, SafetensorError) as exc:
+        raise invalid_value("predictor", "a valid safetensors file", f"{path} ({exc})") from None
+    params["hidden"] = tuple(params.get("hidden", (64, 64)))
+    try:
+        return ReptilePredictor.from_state(params, tensors)
+    except (KeyError, RuntimeError, TypeError) as exc:
+        raise invalid_value("predictor", "weights matching the config", f"{path} ({exc})") from None
+
+
+def default_kind() -> str:
+    """The predictor kind that won on held-out tasks when the shipped one was built (``"gbm"`` if unknown)."""
+    try:
+        kind = json.loads(data_path("predictor.json").read_text(encoding="utf-8"))["default"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return "gbm"
+    return kind if kind in PREDICTOR_KINDS else "gbm"
+
+
+def load_default_predictor(kind: str | None = None) -> GBMRetentionPredictor | ReptilePredictor:
+    """The pretrained predictor shipped with the package.
+
+    Args:
+        kind: ``"gbm"``, ``"reptile"``, or None for the one that won on held-out tasks (``data/predictor.json``).
+
+    Raises:
+        ConfigError: Unknown kind, or the package ships no meta-dataset/predictor.
+    """
+    kind = default_kind() if kind is None else kind
+    if kind not in PREDICTOR_KINDS:
+        raise unknown_key("predictor", str(kind), PREDICTOR_KINDS)
+    path = data_path(f"{kind}.json")
+    if not path.is_file():
+        raise ConfigError(f"The 'predictor' value must be a shipped predictor. Got no file {path.name}.",
+                          field="predictor")
+    return load_predictor(path)

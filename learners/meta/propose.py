@@ -1,0 +1,234 @@
+"""Warm start: score a large candidate pool, take the predicted Pareto set, and choose k diverse points on it.
+
+:func:`propose` scores ``n_candidates`` space-filling points of the space with a retention predictor and the exact
+size of :class:`~.size.SizeModel`, keeps the predicted Pareto set over (predicted retention ↑, exact size ↓), and
+spreads ``k`` points along it by log-size. :func:`warm_start_points` does everything from a space and a task: it
+reads the history, loads or fits a predictor, computes the task's meta-features, and explains itself in one line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from metacompress.spaces import CompressionSpace, ConfigError, LayerInfo, invalid_value
+
+from .encoding import encode_arrays
+from .history import History
+from .pool import CandidatePool
+from .size import SizeModel
+
+__all__ = [
+    "Proposal", "propose", "propose_for_task", "pareto_indices", "spread_along", "warm_start_points",
+    "SUPPORTED_OBJECTIVES",
+]
+
+#: Objectives a warm start can serve (accuracy is predicted, size is exact, the others follow size).
+SUPPORTED_OBJECTIVES: tuple[str, ...] = ("accuracy", "size_bytes", "compression_ratio", "latency_ms", "bitops")
+
+
+@dataclass
+class Proposal:
+    """One proposed trial.
+
+    Attributes:
+        params: Parameter dict, valid for ``space.decode`` (enqueue it with ``study.enqueue_trial``).
+        predicted: ``accuracy_retention``, ``size_bytes`` (exact for the student), ``compression_ratio``, and
+            ``accuracy`` when the teacher's accuracy is known (``retention_std`` when the predictor has one).
+    """
+
+    params: dict[str, Any]
+    predicted: dict[str, float] = field(default_factory=dict)
+
+
+def pareto_indices(retention: np.ndarray, size: np.ndarray) -> np.ndarray:
+    """Indices of the non-dominated points (retention ↑, size ↓), sorted by size ascending. O(N log N)."""
+    order = np.lexsort((-retention, size))
+    best = np.maximum.accumulate(retention[order])
+    keep = np.concatenate([[True], retention[order][1:] > best[:-1]])
+    return order[keep]
+
+
+def spread_along(log_size: np.ndarray, k: int) -> list[int]:
+    """``k`` positions of a size-sorted front, spread evenly in log-size (ends included)."""
+    n = len(log_size)
+    if n <= k:
+        return list(range(n))
+    targets = np.linspace(log_size.min(), log_size.max(), k)
+    chosen: list[int] = []
+    for t in targets:
+        free = [i for i in np.argsort(np.abs(log_size - t)) if i not in chosen]
+        chosen.append(int(free[0]))
+    return sorted(chosen)
+
+
+def _sizes(pool: CandidatePool, size_model: SizeModel) -> np.ndarray:
+    cols = pool.layer_order(size_model.layer_names)
+    n = len(pool)
+    listed = np.broadcast_to(cols >= 0, (n, len(cols)))
+    prune = np.where(listed, pool.prune[:, np.maximum(cols, 0)], 0.0)
+    bits = np.where(listed, pool.bits[:, np.maximum(cols, 0)], 32)
+    act = pool.scalars["act_bits"] < 32
+    return size_model.bytes(prune, bits, structured=pool.scalars["structured"] > 0, act_quant=act, listed=listed)
+
+
+def _select(pool: CandidatePool, retention: np.ndarray, size: np.ndarray, k: int, min_retention: float
+            ) -> list[int]:
+    """k distinct candidates: the predicted front above ``min_retention``, then the next fronts."""
+    remaining = np.arange(len(pool))
+    chosen: list[int] = []
+    seen: set[tuple] = set()
+    while len(chosen) < k and len(remaining):
+        front = remaining[pareto_indices(retention[remaining], size[remaining])]
+        good = front[retention[front] >= min_retention]
+        if len(good) < k - len(chosen):
+            good = front[np.argsort(-retention[front])][: max(k - len(chosen), len(good))]
+            good = good[np.argsort(size[good])]
+        fresh = [i for i in good if pool.key(i) not in seen]
+        for j in spread_along(np.log(size[fresh]), k - len(chosen)) if fresh else []:
+            seen.add(pool.key(fresh[j]))
+            chosen.append(int(fresh[j]))
+        remaining = np.setdiff1d(remaining, front)
+    return chosen
+
+
+def propose(
+    space: CompressionSpace, layers: Sequence[LayerInfo], task_features: Mapping[str, float], predictor: Any, *,
+    k: int = 8, n_candidates: int = 10_000, seed: int = 0, size_model: SizeModel,
+    sensitivity: Mapping[str, Mapping[str, float]], min_retention: float = 0.5,
+    teacher_accuracy: float | None = None,
+) -> list[Proposal]:
+    """Propose ``k`` diverse points of the predicted Pareto set (predicted retention ↑, exact size ↓).
+
+    Args:
+        space: The search space.
+        layers: The teacher's layers (``space.layers`` normally).
+        task_features: :func:`~.features.task_meta_features` of the task.
+        predictor: A fitted retention predictor (``predict(X)`` on :data:`~.history.INPUT_NAMES` columns).
+        k: Number of proposals.
+        n_candidates: Pool size (scrambled Sobol points of the space).
+        seed: Seed of the pool.
+        size_model: :class:`~.size.SizeModel` of the teacher (exact sizes).
+        sensitivity: :func:`~.features.layer_sensitivity` of the teacher.
+        min_retention: Front points predicted below this retention are used only when too few are above.
+        teacher_accuracy: Adds ``accuracy`` to the predictions.
+
+    Returns:
+        Up to ``k`` proposals with distinct params, sorted by predicted size (smallest first).
+    """
+    from .features import FEATURE_NAMES  # noqa: PLC0415
+
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise invalid_value("k", "an integer >= 1", k)
+    missing = [name for name in FEATURE_NAMES if name not in task_features]
+    if missing:
+        raise invalid_value("task_features", "a dict with every FEATURE_NAMES key", f"missing {missing[:3]}")
+    pool = CandidatePool.sobol(space, int(n_candidates), seed)
+    size = _sizes(pool, size_model).astype(np.float64)
+    ratio = size_model.teacher_bytes / size
+    by_name = {info.name: info for info in layers}
+    ordered = [by_name.get(name, info) for name, info in zip(space.layer_names, space.layers)]
+    enc = encode_arrays(pool.prune, pool.bits, pool.scalars, ordered, sensitivity, ratio)
+    feats = np.array([task_features[name] for name in FEATURE_NAMES], dtype=np.float64)
+    X = np.hstack([np.broadcast_to(feats, (len(pool), len(feats))), enc])
+    retention = np.asarray(predictor.predict(X), dtype=np.float64)
+    chosen = _select(pool, retention, size, k, min_retention)
+    std = predictor.predict_std(X[chosen]) if hasattr(predictor, "predict_std") else None
+    out = []
+    for j, i in enumerate(chosen):
+        predicted = {"accuracy_retention": float(retention[i]), "size_bytes": float(size[i]),
+                     "compression_ratio": float(ratio[i])}
+        if teacher_accuracy is not None:
+            predicted["accuracy"] = float(retention[i] * teacher_accuracy)
+        if std is not None:
+            predicted["retention_std"] = float(std[j])
+        out.append(Proposal(pool.params(i), predicted))
+    return sorted(out, key=lambda p: p.predicted["size_bytes"])
+
+
+def _objective_problem(objectives: Mapping[str, str] | None) -> str | None:
+    if objectives is None:
+        return None
+    if objectives.get("accuracy") != "maximize":
+        return "the history predicts accuracy, and accuracy is not maximized"
+    other = [key for key in objectives if key not in SUPPORTED_OBJECTIVES]
+    if other:
+        return f"the history has no {other[0]!r} outcome"
+    return None
+
+
+def _predictor_for(history: History, kind: str | None) -> tuple[Any, str]:
+    from .predictors import default_kind, load_default_predictor, make_predictor  # noqa: PLC0415
+
+    shipped = History.shipped()
+    if len(history) == len(shipped) and history.tasks == shipped.tasks:
+        predictor = load_default_predictor(kind)
+        return predictor, f"pretrained {type(predictor).__name__}"
+    predictor = make_predictor(kind or default_kind())
+    predictor.fit(history.X(), history.y(), history.groups())
+    return predictor, f"{type(predictor).__name__} fit on the history"
+
+
+def propose_for_task(
+    space: CompressionSpace, task: Any, *, history: History | None = None, k: int = 8, seed: int = 0,
+    objectives: Mapping[str, str] | None = None, predictor: Any = None, kind: str | None = None,
+    n_candidates: int = 10_000,
+) -> tuple[list[Proposal], str]:
+    """Warm-start proposals for a new search, and a one-line reason (see :func:`warm_start_points`)."""
+    from .features import layer_sensitivity, task_meta_features  # noqa: PLC0415
+
+    history = History.shipped() if history is None else history
+    problem = _objective_problem(objectives)
+    if problem is None and not len(history):
+        problem = f"the history is empty ({history.explain()})"
+    source = type(predictor).__name__
+    if problem is None and predictor is None:
+        try:
+            predictor, source = _predictor_for(history, kind)
+        except ConfigError as exc:
+            problem = f"no predictor ({exc})"
+    if problem is not None:
+        return [], f"cold start: {problem}"
+    layers = list(space.layers)
+    sensitivity = layer_sensitivity(task, layers, seed=seed)
+    features = task_meta_features(task, seed=seed, layers=layers, sensitivity=sensitivity)
+    own = history.subset([task.name]) if hasattr(predictor, "adapt") else History()
+    if len(own):
+        predictor = predictor.adapt(own.X(), own.y())
+    size_model = SizeModel(task.teacher, task.example_input(2))
+    proposals = propose(space, layers, features, predictor, k=k, n_candidates=n_candidates, seed=seed,
+                        size_model=size_model, sensitivity=sensitivity,
+                        teacher_accuracy=features["teacher_acc"])
+    adapted = f", adapted on {len(own)} trials of {task.name}" if len(own) else ""
+    return proposals, f"warm start: {len(proposals)} points from the {source} ({history.explain()}{adapted})"
+
+
+def warm_start_points(
+    space: CompressionSpace, task: Any, *, history: History | None = None, k: int = 8, seed: int = 0,
+    objectives: Mapping[str, str] | None = None, predictor: Any = None, kind: str | None = None,
+    n_candidates: int = 10_000,
+) -> tuple[list[dict[str, Any]], str]:
+    """Warm-start params for a new search, and a one-line reason.
+
+    Args:
+        space: The search space.
+        task: The :class:`~metacompress.learners.Task`.
+        history: Trial history (default: the shipped meta-dataset; pass ``History.collect(tracking_uri)`` to
+            include every finished search — the flywheel). Rows of the same task name adapt the predictor.
+        k: Number of points.
+        seed: Seed of the probes and of the candidate pool.
+        objectives: The search's objectives (``{"accuracy": "maximize", ...}``); unsupported ones → cold start.
+        predictor: A fitted predictor to use instead of the default.
+        kind: ``"gbm"`` or ``"reptile"`` (default: the shipped choice; a history beyond the shipped one refits).
+        n_candidates: Pool size.
+
+    Returns:
+        ``(params list, reason)``; on an empty or incompatible history ``([], "cold start: <why>")``. Nothing
+        is logged here: the caller prints the reason as its one warning line.
+    """
+    proposals, reason = propose_for_task(space, task, history=history, k=k, seed=seed, objectives=objectives,
+                                         predictor=predictor, kind=kind, n_candidates=n_candidates)
+    return [p.params for p in proposals], reason

@@ -1,0 +1,205 @@
+"""Exact storage size of ``compress(teacher, policy)`` without building the student, vectorized over candidates.
+
+:class:`SizeModel` reads the teacher once and then computes :func:`metacompress.learners.size_bytes` of the
+compressed student with numpy arithmetic, for thousands of candidate policies at a time. It reproduces
+:func:`metacompress.learners.measure.tensor_bits` tensor by tensor (each tensor byte-aligned):
+
+* weight: ``nnz × bits`` with ``nnz = numel − min(round(p·numel), numel − 1)`` for an unstructured prune ratio
+  ``p > 0`` (the exact count :func:`~metacompress.learners.magnitude_mask` keeps), ``numel`` otherwise;
+* bitmap: ``numel`` bits when the layer carries a mask;
+* scales: ``32 × out_channels`` bits when ``bits < 16``;
+* everything else in the state dict in fp32, plus the 4-byte ``amax`` buffer of every activation quantizer.
+
+Structured policies are exact too: the channel couplings of :func:`~metacompress.learners.channel_groups` are read
+once, a group keeps ``max(1, round(width·(1 − max ratio of its producers)))`` channels as
+:func:`~metacompress.learners.shrink` does, and that shrinks the producers' weights and biases, the coupled
+BatchNorm tensors and the inputs of the consumers (``factor`` features per channel after a flatten).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from metacompress.spaces import CompressionPolicy, invalid_value, unknown_key
+
+__all__ = ["SizeModel", "exact_size_bytes", "policy_arrays"]
+
+_SKIP = ("num_batches_tracked", "weight_mask")
+
+
+@dataclass(frozen=True)
+class _Group:
+    producers: np.ndarray  # layer indices
+    consumers: np.ndarray  # layer indices
+    factors: np.ndarray  # input features per channel, per consumer
+    width: int
+    per_channel_bytes: int  # producer biases + BatchNorm tensors, bytes per kept channel
+
+
+class SizeModel:
+    """Storage bytes of compressed students of one teacher, computed from arrays of per-layer settings.
+
+    Args:
+        model: The teacher (uncompressed).
+        example_input: One input batch; needed only for structured policies (traces the channel couplings).
+
+    Attributes:
+        layer_names: Compressible layers in ``describe_layers`` order; array columns follow it.
+        teacher_bytes: ``size_bytes(teacher)``.
+    """
+
+    def __init__(self, model: nn.Module, example_input: torch.Tensor | None = None) -> None:
+        from metacompress.learners import compressible_layers  # noqa: PLC0415 (avoid an import cycle)
+
+        layers = compressible_layers(model)
+        self.layer_names: tuple[str, ...] = tuple(layers)
+        shapes = [tuple(m.weight.shape) for m in layers.values()]
+        self._out = np.array([s[0] for s in shapes], dtype=np.int64)
+        self._in = np.array([s[1] if len(s) > 1 else 1 for s in shapes], dtype=np.int64)
+        self._kernel = np.array([int(np.prod(s[2:], dtype=np.int64)) for s in shapes], dtype=np.int64)
+        self._numel = self._out * self._in * self._kernel
+        weight_keys = {f"{name}.weight" for name in layers}
+        self._fixed = int(sum(4 * t.numel() for k, t in model.state_dict().items()
+                              if k not in weight_keys and k.rsplit(".", 1)[-1] not in _SKIP))
+        self._groups: list[_Group] | None = None
+        if example_input is not None:
+            self._groups = self._read_groups(model, example_input)
+        n_layers = len(self.layer_names)
+        self.teacher_bytes = int(self.bytes(np.zeros((1, n_layers)), np.full((1, n_layers), 32),
+                                            listed=np.zeros((1, n_layers), dtype=bool))[0])
+
+    def _read_groups(self, model: nn.Module, example_input: torch.Tensor) -> list[_Group]:
+        from metacompress.learners import channel_groups  # noqa: PLC0415
+
+        index = {name: i for i, name in enumerate(self.layer_names)}
+        modules = dict(model.named_modules())
+        out = []
+        for g in channel_groups(model, example_input):
+            if not g.prunable:
+                continue
+            per_channel = sum(4 for p in g.producers if getattr(modules[p], "bias", None) is not None)
+            for norm in g.norms:
+                per_channel += 4 * sum(1 for k, t in modules[norm].state_dict().items()
+                                       if k not in _SKIP and t.dim() == 1 and t.numel() == g.width)
+            out.append(_Group(np.array([index[p] for p in g.producers], dtype=np.int64),
+                              np.array([index[c] for c, _ in g.consumers], dtype=np.int64),
+                              np.array([f for _, f in g.consumers], dtype=np.int64), int(g.width), per_channel))
+        return out
+
+    @property
+    def n_layers(self) -> int:
+        """Number of compressible layers (columns of the arrays)."""
+        return len(self.layer_names)
+
+    def bytes(
+        self, prune: np.ndarray, bits: np.ndarray, *, structured: np.ndarray | None = None,
+        act_quant: np.ndarray | None = None, listed: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Exact ``size_bytes`` of the students of ``N`` candidate policies.
+
+        Args:
+            prune: ``(N, L)`` prune ratios in [0, 1) (output-channel fractions for structured rows).
+            bits: ``(N, L)`` weight bit widths.
+            structured: ``(N,)`` bool, True where ``prune_method == "structured"`` (default all False).
+            act_quant: ``(N,)`` bool, True where activations are quantized (``act_bits < 32``).
+            listed: ``(N, L)`` bool, False for layers the policy leaves alone (default all True).
+
+        Returns:
+            ``(N,)`` int64 byte counts.
+        """
+        prune = np.asarray(prune, dtype=np.float64)
+        bits = np.asarray(bits, dtype=np.int64)
+        n = prune.shape[0]
+        if prune.shape != (n, self.n_layers) or bits.shape != prune.shape:
+            raise invalid_value("prune", f"an (N, {self.n_layers}) array with bits of the same shape", prune.shape)
+        structured = np.zeros(n, bool) if structured is None else np.asarray(structured, bool)
+        act_quant = np.zeros(n, bool) if act_quant is None else np.asarray(act_quant, bool)
+        listed = np.ones((n, self.n_layers), bool) if listed is None else np.asarray(listed, bool)
+        bits = np.where(listed, bits, 32)
+        total = np.full(n, self._fixed, dtype=np.int64) + 4 * (act_quant[:, None] & listed).sum(1)
+        unstr = ~structured
+        if unstr.any():
+            total[unstr] += self._unstructured(prune[unstr] * listed[unstr], bits[unstr], listed[unstr])
+        if structured.any():
+            total[structured] += self._structured(prune[structured] * listed[structured], bits[structured],
+                                                  listed[structured])
+        return total
+
+    def _weights(self, nnz, numel, out, bits, masked, listed) -> np.ndarray:
+        weight = (nnz * bits + 7) // 8
+        bitmap = np.where(masked, (numel + 7) // 8, 0)
+        scale = np.where(listed & (bits < 16), (32 * out + 7) // 8, 0)
+        return (weight + bitmap + scale).sum(1)
+
+    def _unstructured(self, prune: np.ndarray, bits: np.ndarray, listed: np.ndarray) -> np.ndarray:
+        numel = np.broadcast_to(self._numel, prune.shape)
+        n_prune = np.where(prune > 0, np.minimum(np.rint(prune * numel), numel - 1), 0).astype(np.int64)
+        masked = n_prune > 0
+        out = np.broadcast_to(self._out, prune.shape)
+        return self._weights(numel - n_prune, numel, out, bits, masked, listed)
+
+    def _structured(self, prune: np.ndarray, bits: np.ndarray, listed: np.ndarray) -> np.ndarray:
+        if self._groups is None:
+            raise invalid_value("example_input", "a tensor batch (SizeModel of a structured policy)", None)
+        n = prune.shape[0]
+        out = np.tile(self._out, (n, 1))
+        inp = np.tile(self._in, (n, 1))
+        extra = np.zeros(n, dtype=np.int64)
+        for g in self._groups:
+            ratio = prune[:, g.producers].max(1)
+            keep = np.maximum(1, np.rint(g.width * (1.0 - ratio))).astype(np.int64)
+            removed = np.clip(g.width - keep, 0, None)
+            out[:, g.producers] -= removed[:, None]
+            for c, f in zip(g.consumers, g.factors):
+                inp[:, c] -= removed * f
+            extra -= removed * g.per_channel_bytes
+        numel = out * inp * self._kernel
+        return self._weights(numel, numel, out, bits, np.zeros_like(listed), listed) + extra
+
+    def policy_bytes(self, policy: CompressionPolicy) -> int:
+        """Exact ``size_bytes(compress(teacher, policy))`` of one policy."""
+        prune, bits, listed, structured, act_quant = policy_arrays(policy, self.layer_names)
+        return int(self.bytes(prune, bits, structured=structured, act_quant=act_quant, listed=listed)[0])
+
+
+def policy_arrays(policy: CompressionPolicy, layer_names: Sequence[str]) -> tuple[np.ndarray, ...]:
+    """``(prune, bits, listed, structured, act_quant)`` arrays (``N = 1``) of one policy over ``layer_names``.
+
+    Raises:
+        ConfigError: The policy names a layer not in ``layer_names``, or holds an invalid value.
+    """
+    if not isinstance(policy, CompressionPolicy):
+        raise invalid_value("policy", "a CompressionPolicy", policy)
+    policy.validate(layer_names)
+    plans = [policy.layer(name) for name in layer_names]
+    prune = np.array([[p.prune for p in plans]], dtype=np.float64)
+    bits = np.array([[p.bits for p in plans]], dtype=np.int64)
+    listed = np.array([[name in policy.layers for name in layer_names]])
+    structured = np.array([policy.prune_method == "structured"])
+    act_quant = np.array([policy.act_bits is not None and policy.act_bits < 32])
+    return prune, bits, listed, structured, act_quant
+
+
+def exact_size_bytes(policy: CompressionPolicy, layers: Sequence, task_or_model) -> int:
+    """Exact ``size_bytes(compress(teacher, policy))`` without compressing.
+
+    Args:
+        policy: The policy.
+        layers: The teacher's ``LayerInfo`` list (or layer names); checked against the model's layers.
+        task_or_model: A :class:`~metacompress.learners.Task` or the teacher module.
+    """
+    model = getattr(task_or_model, "teacher", task_or_model)
+    if not isinstance(model, nn.Module):
+        raise invalid_value("task_or_model", "a Task or a torch.nn.Module", type(task_or_model).__name__)
+    example = task_or_model.example_input(2) if hasattr(task_or_model, "example_input") else None
+    size_model = SizeModel(model, example if policy.prune_method == "structured" else None)
+    names = [getattr(info, "name", info) for info in layers]
+    for name in names:
+        if name not in size_model.layer_names:
+            raise unknown_key("layers", str(name), size_model.layer_names)
+    return size_model.policy_bytes(policy)

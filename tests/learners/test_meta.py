@@ -1,0 +1,369 @@
+"""Meta-learning warm start: meta-features, exact sizes, encodings, history, predictors, proposals."""
+
+from __future__ import annotations
+
+import json
+import math
+import pickle
+import random
+import time
+
+import numpy as np
+import pytest
+import torch
+from sklearn.base import clone
+from torch import nn
+
+from metacompress.learners import compress, describe_layers, load_task, size_bytes
+from metacompress.learners.meta import (
+    ENCODING_NAMES,
+    FEATURE_NAMES,
+    INPUT_NAMES,
+    GBMRetentionPredictor,
+    History,
+    ReptilePredictor,
+    SizeModel,
+    encode_arrays,
+    encode_policy,
+    exact_size_bytes,
+    layer_sensitivity,
+    load_default_predictor,
+    load_predictor,
+    make_row,
+    meta_artifact,
+    propose,
+    save_predictor,
+    task_meta_features,
+    warm_start_points,
+)
+from metacompress.learners.meta.encoding import scalar_arrays
+from metacompress.learners.meta.pool import from_unit_array
+from metacompress.spaces import (
+    Categorical,
+    CompressionPolicy,
+    CompressionSpace,
+    ConfigError,
+    Float,
+    Int,
+    LayerPolicy,
+    Ordinal,
+)
+
+
+class SmallResNet(nn.Module):
+    """Residual conv net with a flatten into a linear head: every channel coupling at once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 8, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(8)
+        self.conv3 = nn.Conv2d(8, 12, 3, padding=1, stride=2)
+        self.relu = nn.ReLU()
+        self.flatten = nn.Flatten()
+        self.fc1 = nn.Linear(12 * 16, 24)
+        self.fc2 = nn.Linear(24, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu(self.bn1(self.conv1(x)))
+        x = self.relu(x + self.bn2(self.conv2(x)))
+        x = self.relu(self.conv3(x))
+        return self.fc2(self.relu(self.fc1(self.flatten(x))))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread():
+    """Tiny models run fastest on one thread, and shared CI cores are not oversubscribed."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def digits():
+    """digits-mlp from the default teacher cache ($METACOMPRESS_CACHE): trains in seconds the first time."""
+    return load_task("digits-mlp")
+
+
+@pytest.fixture(scope="session")
+def wine():
+    return load_task("wine-mlp")
+
+
+@pytest.fixture(scope="session")
+def digits_meta(digits):
+    layers = describe_layers(digits.teacher, digits.example_input(2))
+    sens = layer_sensitivity(digits, layers)
+    return layers, sens, task_meta_features(digits, layers=layers, sensitivity=sens)
+
+
+def _space(layers, **kw) -> CompressionSpace:
+    return CompressionSpace(layers, bits=Ordinal((2, 3, 4, 6, 8)), **kw)
+
+
+# ----------------------------------------------------------------------------------------------- meta-features
+def test_meta_features_are_deterministic_finite_and_fast(digits, wine):
+    t0 = time.perf_counter()
+    first = task_meta_features(digits, seed=0)
+    assert time.perf_counter() - t0 < 10
+    assert tuple(first) == FEATURE_NAMES
+    assert all(math.isfinite(v) for v in first.values())
+    assert task_meta_features(digits, seed=0) == first
+    assert tuple(task_meta_features(wine)) == FEATURE_NAMES
+
+
+def test_layer_sensitivity_restores_the_teacher(digits):
+    before = {k: v.clone() for k, v in digits.teacher.state_dict().items()}
+    sens = layer_sensitivity(digits)
+    assert set(sens) == {"fc1", "fc2", "head"}
+    assert {"prune50", "bits4", "qerr4", "energy50"} <= set(sens["fc1"])
+    assert all(torch.equal(before[k], v) for k, v in digits.teacher.state_dict().items())
+
+
+# ------------------------------------------------------------------------------------------------- exact sizes
+def test_size_model_equals_size_bytes_unstructured(digits, digits_meta):
+    layers = digits_meta[0]
+    size_model = SizeModel(digits.teacher)
+    assert size_model.teacher_bytes == size_bytes(digits.teacher)
+    space = CompressionSpace(layers, bits=Ordinal((2, 3, 5, 8, 16, 32)), act_bits=Ordinal((4, 8, 32)))
+    rng = random.Random(0)
+    policies = [space.decode(space.sample(rng)) for _ in range(8)]
+    policies.append(CompressionPolicy(layers={"fc1": LayerPolicy(0.5, 4)}))  # other layers left alone
+    policies.append(CompressionPolicy.uniform(space.layer_names, prune=1e-5, bits=8))  # rounds to no mask
+    for policy in policies:
+        assert size_model.policy_bytes(policy) == size_bytes(compress(digits.teacher, policy))
+    assert exact_size_bytes(policies[0], layers, digits) == size_bytes(compress(digits.teacher, policies[0]))
+
+
+def test_size_model_equals_size_bytes_structured():
+    torch.manual_seed(0)
+    model, example = SmallResNet().eval(), torch.randn(2, 1, 8, 8)
+    layers = describe_layers(model, example)
+    size_model = SizeModel(model, example)
+    space = _space(layers, prune_method=Categorical(("structured",)))
+    rng = random.Random(1)
+    for _ in range(6):
+        policy = space.decode(space.sample(rng))
+        assert size_model.policy_bytes(policy) == size_bytes(compress(model, policy, example))
+
+
+# --------------------------------------------------------------------------------------------------- encoding
+def test_encoding_is_layer_count_agnostic(digits, digits_meta):
+    layers, sens, _ = digits_meta
+    torch.manual_seed(0)
+    conv, example = SmallResNet().eval(), torch.randn(2, 1, 8, 8)
+    conv_layers = describe_layers(conv, example)
+    conv_sens = {info.name: {**sens["fc1"]} for info in conv_layers}  # probes of the right keys
+    a = encode_policy(CompressionPolicy.uniform([i.name for i in layers], 0.5, 4), layers, sens,
+                      SizeModel(digits.teacher))
+    b = encode_policy(CompressionPolicy.uniform([i.name for i in conv_layers], 0.5, 4), conv_layers, conv_sens,
+                      SizeModel(conv, example))
+    assert len(layers) != len(conv_layers)
+    assert tuple(a) == tuple(b) == ENCODING_NAMES
+    assert all(math.isfinite(v) for v in (*a.values(), *b.values()))
+    assert a["prune_mean"] == pytest.approx(0.5) and a["bits_mean"] == 4
+
+
+def test_encode_arrays_matches_encode_policy(digits, digits_meta):
+    layers, sens, _ = digits_meta
+    space, size_model = _space(layers), SizeModel(digits.teacher)
+    policies = [space.decode(p) for p in space.space_filling(5, seed=3)]
+    names = space.layer_names
+    prune = np.array([[p.layer(n).prune for n in names] for p in policies])
+    bits = np.array([[p.layer(n).bits for n in names] for p in policies])
+    ratio = np.array([size_model.teacher_bytes / size_model.policy_bytes(p) for p in policies])
+    rows = encode_arrays(prune, bits, scalar_arrays(policies), layers, sens, ratio)
+    for row, policy in zip(rows, policies):
+        assert row == pytest.approx(list(encode_policy(policy, layers, sens, size_model).values()))
+
+
+# ---------------------------------------------------------------------------------------------------- history
+def _rows(n_tasks: int = 4, n: int = 24, seed: int = 0) -> list[dict]:
+    """Synthetic rows with a real structure: retention falls with compression, plus a per-task offset."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for t in range(n_tasks):
+        feats = dict(zip(FEATURE_NAMES, rng.normal(size=len(FEATURE_NAMES))))
+        offset = rng.uniform(-0.1, 0.1)
+        for _ in range(n):
+            enc = dict(zip(ENCODING_NAMES, rng.uniform(0, 1, size=len(ENCODING_NAMES))))
+            enc["log_compression_ratio"] = lcr = rng.uniform(0, 4)
+            acc = float(np.clip(0.9 - 0.1 * lcr + offset + rng.normal(0, 0.01), 0, 1))
+            rows.append(make_row(f"task{t}", "s", feats, enc, {"accuracy": acc, "size_bytes": 100.0}, 0.95))
+    return rows
+
+
+def test_history_skips_and_counts_corrupt_rows(tmp_path):
+    rows = _rows(2, 5)
+    rows[0]["prune_mean"] = float("nan")
+    rows[1]["accuracy"] = 1.7
+    rows[2]["schema"] = 99
+    rows[3]["task"] = ""
+    history = History.from_rows(rows)
+    assert len(history) == 6 and history.n_skipped == 4
+    assert history.skipped["schema 99 (expected 1)"] == 1
+    assert history.X().shape == (6, len(INPUT_NAMES)) and np.isfinite(history.y()).all()
+    path = tmp_path / "h.csv"
+    history.to_csv(path)
+    again = History.from_csv(path)
+    assert len(again) == 6 and again.tasks == history.tasks
+    both = again.concat(history)
+    assert len(both) == 12 and both.n_skipped == 4
+    (tmp_path / "bad.csv").write_text("task,accuracy\nx,0.5\n")
+    bad = History.from_csv(tmp_path / "bad.csv")
+    assert len(bad) == 0 and bad.n_skipped == 1
+    assert len(History.from_csv(tmp_path / "missing.csv")) == 0
+
+
+def test_history_from_mlflow(tmp_path, digits, digits_meta):
+    mlflow = pytest.importorskip("mlflow")
+    layers, sens, feats = digits_meta
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow.tracking.MlflowClient(uri)
+    exp = client.create_experiment("e", artifact_location=str(tmp_path / "art"))
+    meta = meta_artifact(digits, layers, {"accuracy": 0.97, "size_bytes": 68904, "latency_ms": 0.1})
+    assert meta["meta_features"] == feats and meta["sensitivity"] == sens
+    for with_meta in (True, False):
+        parent = client.create_run(exp, tags={"metacompress.role": "parent", "metacompress.study_name": "s"})
+        if with_meta:
+            (tmp_path / "meta.json").write_text(json.dumps(meta))
+            client.log_artifact(parent.info.run_id, str(tmp_path / "meta.json"))
+        policy = CompressionPolicy.uniform([i.name for i in layers], 0.5, 4)
+        for number, params in enumerate([policy.to_dict(), {**policy.to_dict(), "layers.fc1.bits": "x"}]):
+            child = client.create_run(exp, tags={"mlflow.parentRunId": parent.info.run_id,
+                                                 "metacompress.role": "trial"})
+            for k, v in params.items():
+                client.log_param(child.info.run_id, k, v)
+            for k, v in {"accuracy": 0.9, "size_bytes": 9000.0, "compression_ratio": 7.6}.items():
+                client.log_metric(child.info.run_id, k, v)
+            client.set_terminated(child.info.run_id)
+    history = History.from_mlflow(uri)
+    assert len(history) == 1 and history.tasks == ["digits-mlp"]
+    assert history.n_skipped == 3  # a bad param, and two trials of a search without meta.json
+    assert history.y()[0] == pytest.approx(0.9 / 0.97)
+
+
+# ------------------------------------------------------------------------------------------------- predictors
+@pytest.mark.parametrize("cls", [GBMRetentionPredictor, ReptilePredictor])
+def test_predictors_are_sklearn_estimators(cls):
+    history = History.from_rows(_rows(3, 16))
+    model = cls(max_iter=30, random_state=1) if cls is GBMRetentionPredictor else cls(meta_epochs=10, random_state=1)
+    clone(model)
+    assert model.fit(history.X(), history.y(), history.groups()) is model
+    assert clone(model).get_params() == model.get_params()
+    assert model.predict(history.X()).shape == (len(history),)
+    adapted = model.adapt(history.X()[:4], history.y()[:4])
+    assert adapted is not model and adapted.predict(history.X()[:2]).shape == (2,)
+
+
+def test_reptile_adaptation_reduces_error_on_a_held_out_task():
+    rng = np.random.default_rng(0)
+
+    def task(offset: float, n: int = 40) -> tuple[np.ndarray, np.ndarray]:
+        x = rng.uniform(-1, 1, size=(n, 3))  # a meta-feature that tells nothing, and two policy numbers
+        return x, 0.8 - 0.3 * x[:, 1] ** 2 + 0.1 * x[:, 2] + offset
+
+    parts = [task(o) for o in rng.uniform(-0.1, 0.1, size=8)]
+    X = np.vstack([p[0] for p in parts])
+    y = np.concatenate([p[1] for p in parts])
+    groups = np.repeat(np.arange(8), 40)
+    model = ReptilePredictor(hidden=(32, 32), meta_epochs=25, random_state=0).fit(X, y, groups)
+    x_new, y_new = task(0.25)
+    before = np.mean((model.predict(x_new[8:]) - y_new[8:]) ** 2)
+    adapted = model.adapt(x_new[:8], y_new[:8], steps=30)
+    after = np.mean((adapted.predict(x_new[8:]) - y_new[8:]) ** 2)
+    assert after < 0.5 * before
+
+
+def test_predictor_persistence_never_unpickles(tmp_path, monkeypatch):
+    history = History.from_rows(_rows(2, 12))
+    model = ReptilePredictor(meta_epochs=5).fit(history.X(), history.y(), history.groups())
+    config = save_predictor(model, tmp_path / "reptile")
+    loaded = load_predictor(config)
+    assert np.allclose(loaded.predict(history.X()), model.predict(history.X()), atol=1e-6)
+
+    def refuse(*_a, **_k):
+        raise AssertionError("pickle must never be loaded")
+
+    monkeypatch.setattr(pickle, "load", refuse)
+    monkeypatch.setattr(pickle, "loads", refuse)
+    monkeypatch.setattr(torch, "load", refuse)
+    evil = tmp_path / "evil.pkl"
+    evil.write_bytes(pickle.dumps({"x": 1}))
+    with pytest.raises(ConfigError, match="pickle is never loaded"):
+        load_predictor(evil)
+    (tmp_path / "evil.json").write_text(config.read_text())  # a valid config next to a pickle in disguise
+    (tmp_path / "evil.safetensors").write_bytes(pickle.dumps({"x": 1}))
+    with pytest.raises(ConfigError, match="safetensors"):
+        load_predictor(tmp_path / "evil.safetensors")
+    (tmp_path / "other.json").write_text(json.dumps({"class": "ReptilePredictor", "input_names": ["a"]}))
+    with pytest.raises(ConfigError, match="version"):
+        load_predictor(tmp_path / "other.json")
+
+
+# -------------------------------------------------------------------------------------------------- proposals
+def test_vectorized_from_unit_matches_domains():
+    u = np.random.default_rng(0).uniform(size=200)
+    for domain in (Float(0.0, 0.9), Float(1e-4, 1e-2, log=True), Int(1, 3), Int(1, 100, log=True)):
+        assert np.allclose(from_unit_array(domain, u), [domain.from_unit(float(x)) for x in u])
+    for domain in (Ordinal((2, 3, 4, 8)), Categorical(("unstructured", "structured"))):
+        idx = from_unit_array(domain, u)
+        assert [domain.landmarks()[i] for i in idx] == [domain.from_unit(float(x)) for x in u]
+
+
+@pytest.fixture(scope="module")
+def fitted_gbm():
+    history = History.from_rows(_rows(3, 40))
+    return GBMRetentionPredictor(max_iter=50).fit(history.X(), history.y(), history.groups())
+
+
+def test_propose_returns_k_distinct_decodable_points_on_the_front(digits, digits_meta, fitted_gbm):
+    layers, sens, feats = digits_meta
+    space = _space(layers, prune_method=Categorical(("unstructured", "structured")), epochs=Int(1, 3))
+    size_model = SizeModel(digits.teacher, digits.example_input(2))
+    t0 = time.perf_counter()
+    proposals = propose(space, layers, feats, fitted_gbm, k=8, n_candidates=10_000, seed=0,
+                        size_model=size_model, sensitivity=sens)
+    elapsed = time.perf_counter() - t0
+    assert elapsed < 10  # ~0.3 s measured; generous for shared CI machines
+    assert len(proposals) == 8
+    assert len({json.dumps(p.params, sort_keys=True) for p in proposals}) == 8
+    for p in proposals:
+        policy = space.decode(p.params)
+        assert p.predicted["size_bytes"] == size_bytes(compress(digits.teacher, policy, digits.example_input(2)))
+    sizes = [p.predicted["size_bytes"] for p in proposals]
+    assert sizes == sorted(sizes) and len(set(sizes)) > 1
+
+
+def test_warm_start_cold_starts_with_a_reason(digits, digits_meta):
+    space = _space(digits_meta[0])
+    points, reason = warm_start_points(space, digits, history=History())
+    assert points == [] and reason.startswith("cold start: the history is empty")
+    assert "\n" not in reason
+    points, reason = warm_start_points(space, digits, history=History.from_rows(_rows(2, 5)),
+                                       objectives={"accuracy": "maximize", "energy_j": "minimize"})
+    assert points == [] and "energy_j" in reason
+
+
+def test_warm_start_points_with_a_history(digits, digits_meta, fitted_gbm):
+    space = _space(digits_meta[0])
+    history = History.from_rows(_rows(3, 10))
+    points, reason = warm_start_points(space, digits, history=history, predictor=fitted_gbm, k=4,
+                                       n_candidates=2048)
+    assert len(points) == 4 and reason.startswith("warm start: 4 points")
+    for params in points:
+        space.decode(params)
+
+
+def test_shipped_meta_dataset_and_default_predictor(digits, digits_meta):
+    shipped = History.shipped()
+    assert len(shipped) > 0 and shipped.n_skipped == 0 and "digits-mlp" in shipped.tasks
+    for kind in ("gbm", "reptile"):
+        assert load_default_predictor(kind).predict(shipped.X()[:3]).shape == (3,)
+    space = _space(digits_meta[0])
+    points, reason = warm_start_points(space, digits, k=4, n_candidates=4096)
+    assert len(points) == 4 and "pretrained" in reason and "adapted on" in reason
+    for params in points:
+        space.decode(params)
