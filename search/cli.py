@@ -87,7 +87,7 @@ def search(
     from .config import load_config
     from .progress import SearchProgress
     from .report import pareto_table
-    from .runner import prepare, run_search
+    from .runner import make_tracker, prepare, run_search
     from .warmstart import resolve_warm_start
 
     cfg = load_config(config, _overrides(
@@ -95,6 +95,7 @@ def search(
         tracking_uri=tracking_uri, out=str(out) if out else None, **{"parallel.n_jobs": n_jobs,
                                                                      "ray.address": address}))
     mode = warm_start or cfg.warm_start.mode
+    tracker = make_tracker(cfg)  # an unreachable tracking server fails here, before any training
     with console.status(f"Preparing {cfg.task_name} (teacher, search space, study)..."):
         p = prepare(cfg, progress=False)
         points, info = resolve_warm_start(mode, p.space, p.task, n_points=cfg.warm_start.n_points, seed=cfg.seed,
@@ -102,7 +103,8 @@ def search(
     if info.get("reason"):
         console.print(f"[yellow]warm start:[/] {info['reason']}")
     with SearchProgress(console, p) as bar:
-        summary = run_search(cfg, warm_points=points, warm_info=info, on_trial_end=bar.update, prepared=p)
+        summary = run_search(cfg, warm_points=points, warm_info=info, on_trial_end=bar.update, prepared=p,
+                             tracker=tracker)
     console.print(pareto_table(summary))
     console.print(f"Wrote [bold]{Path(cfg.out) / 'summary.json'}[/] (+ pareto.md, pareto.png, hypervolume.png).")
     if (cfg.tracking_uri != "none"):

@@ -38,7 +38,7 @@ from .study import (
     recover_interrupted,
 )
 
-__all__ = ["Prepared", "prepare", "run_search", "summarize", "sync_tracking"]
+__all__ = ["Prepared", "make_tracker", "prepare", "run_search", "summarize", "sync_tracking"]
 
 _LOG = logging.getLogger(__name__)
 
@@ -178,7 +178,8 @@ def summarize(p: Prepared, trials: list[FrozenTrial], warm: dict[str, Any]) -> d
     }
 
 
-def _make_tracker(cfg: SearchConfig) -> Any:
+def make_tracker(cfg: SearchConfig) -> Any:
+    """The MLflow tracker of ``cfg``, checked to be reachable (fails fast, before any training)."""
     from .tracking import NullTracker, Tracker
 
     if not (cfg.tracking_uri != "none"):
@@ -244,6 +245,7 @@ def run_search(
     warm_info: dict[str, Any] | None = None,
     on_trial_end: Callable[[FrozenTrial, Prepared], None] | None = None,
     prepared: Prepared | None = None,
+    tracker: Any = None,
 ) -> dict[str, Any]:
     """Run (or resume) the search of ``cfg`` to its budget and return the summary.
 
@@ -253,8 +255,9 @@ def run_search(
         warm_info: What the summary says about the warm start.
         on_trial_end: Called after each trial this process ran (progress bars).
         prepared: A :func:`prepare` result to reuse.
+        tracker: A :func:`make_tracker` result to reuse.
     """
-    tracker = _make_tracker(cfg)  # fail fast, before any training, when the tracking server is down
+    tracker = tracker or make_tracker(cfg)  # fail fast, before any training, when the tracking server is down
     p = prepared or prepare(cfg)
     run_lock = lock_path(cfg.storage, cfg.study_name, "run")
     with file_lock(run_lock, blocking=False) as owned:

@@ -90,7 +90,6 @@ def test_warm_start_file_points_run_first_and_only_once(search_yaml, tmp_path):
               **{f"layers.{n}.prune": 0.5 for n in layers}, **{f"layers.{n}.bits": 4 for n in layers}}
     points.write_text(json.dumps([policy]))
     cfg = load_config(search_yaml(n_trials=2, warm_start={"mode": "auto", "file": str(points)}))
-    summary = run_search(cfg, warm_points=None) if False else None  # noqa: F841 - resolved below
     from metacompress.search.runner import prepare
     from metacompress.search.warmstart import resolve_warm_start
 

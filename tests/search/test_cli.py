@@ -1,0 +1,103 @@
+"""The command line: listing tasks, reports, and one clear line with exit code 2 for every kind of bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from metacompress.search.cli import app
+
+runner = CliRunner()
+
+
+def _one_error_line(result) -> str:
+    text = result.output.strip()
+    assert "Traceback" not in text
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    assert len(lines) == 1, text
+    return lines[0]
+
+
+def test_tasks_lists_every_builtin():
+    result = runner.invoke(app, ["tasks"])
+    assert result.exit_code == 0
+    for name in ("digits-cnn", "mnist1d-cnn", "wine-mlp", "digits-5w5s"):
+        assert name in result.output
+
+
+def _write(tmp_path: Path, data) -> Path:
+    path = tmp_path / "bad.yaml"
+    path.write_text(data if isinstance(data, str) else yaml.safe_dump(data))
+    return path
+
+
+BASE = {"task": "digits-mlp", "n_trials": 2, "warm_start": {"mode": "off"}}
+
+
+@pytest.mark.parametrize(
+    ("config", "flags", "field"),
+    [
+        (None, [], "config"),  # missing file
+        ("task: [unclosed\n", [], "config"),  # unreadable YAML
+        ({**BASE, "n_trails": 3}, [], "n_trails"),  # unknown key, with a suggestion
+        ({**BASE, "task": "digits-cnm"}, [], "task"),  # unknown task
+        (BASE, ["--backend", "spark"], "backend"),
+        (BASE, ["--sampler", "bayes"], "sampler"),
+        (BASE, ["--trials", "0"], "n_trials"),
+        ({**BASE, "space": {"prune": {"low": 0.0, "high": 1.2}}}, [], "space.prune"),
+        ({**BASE, "space": {"bits": [9]}}, [], "space.bits"),
+        (BASE, ["--tracking-uri", "http://127.0.0.1:9"], "tracking_uri"),  # server down: fail before training
+        (BASE, ["--storage", "mysql://u:p@127.0.0.1:9/db"], "storage"),  # unreachable storage
+    ],
+    ids=["missing-file", "bad-yaml", "unknown-key", "unknown-task", "backend", "sampler", "trials",
+         "prune-range", "bits", "tracking-down", "storage-down"],
+)
+def test_bad_input_is_one_line_and_exit_code_2(tmp_path, monkeypatch, config, flags, field):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "missing.yaml" if config is None else _write(tmp_path, config)
+    args = ["search", str(path), *flags]
+    if "--tracking-uri" not in flags:
+        args += ["--tracking-uri", "none"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    line = _one_error_line(result)
+    assert f"'{field}" in line
+
+
+def test_unknown_key_suggests_the_close_one(tmp_path):
+    result = runner.invoke(app, ["search", str(_write(tmp_path, {**BASE, "n_trails": 3}))])
+    assert "Did you mean 'n_trials'" in _one_error_line(result)
+
+
+def test_reusing_a_study_name_with_another_space_is_refused_and_overwrites_nothing(search_yaml, tmp_path):
+    first = search_yaml(n_trials=1, tracking_uri="none")
+    assert runner.invoke(app, ["search", str(first)]).exit_code == 0
+    other = search_yaml(n_trials=1, tracking_uri="none", space={"bits": [4, 8]})
+    result = runner.invoke(app, ["search", str(other)])
+    assert result.exit_code == 2
+    assert "'study_name'" in _one_error_line(result)
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["n_complete"] + summary["n_failed"] == 1
+
+
+def test_report_prints_the_pareto_table_of_a_finished_search(search_yaml, tmp_path):
+    path = search_yaml(n_trials=2, tracking_uri="none")
+    assert runner.invoke(app, ["search", str(path)]).exit_code == 0
+    result = runner.invoke(app, ["report", str(tmp_path / "out")])
+    assert result.exit_code == 0 and "Pareto front" in result.output
+    bad = runner.invoke(app, ["report", str(tmp_path / "nowhere")])
+    assert bad.exit_code == 2 and "'path'" in _one_error_line(bad)
+
+
+def test_console_script_runs_without_a_traceback_on_bad_input(tmp_path):
+    exe = Path(sys.executable).with_name("metacompress")
+    result = subprocess.run([str(exe), "search", str(tmp_path / "nope.yaml")], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr and "'config'" in result.stderr
