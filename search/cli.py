@@ -99,7 +99,8 @@ def search(
     with console.status(f"Preparing {cfg.task_name} (teacher, search space, study)..."):
         p = prepare(cfg, progress=False)
         points, info = resolve_warm_start(mode, p.space, p.task, n_points=cfg.warm_start.n_points, seed=cfg.seed,
-                                          file=cfg.warm_start.file)
+                                          file=cfg.warm_start.file, tracking_uri=cfg.tracking_uri,
+                                          objectives=cfg.objectives)
     if info.get("reason"):
         console.print(f"[yellow]warm start:[/] {info['reason']}")
     with SearchProgress(console, p) as bar:
@@ -147,13 +148,15 @@ def suggest(
 
     from .config import load_config
     from .runner import _task_spec, build_space
+    from .warmstart import history_store
 
     cfg = load_config(config, _overrides(seed=seed))
     task = load_task(_task_spec(cfg))
     space = build_space(cfg, task)
-    from metacompress.learners.meta import propose_for_task
+    from metacompress.learners.meta import History, propose_for_task
 
-    proposals, reason = propose_for_task(space, task, k=n, seed=cfg.seed)
+    proposals, reason = propose_for_task(space, task, history=History.collect(history_store(cfg.tracking_uri)), k=n,
+                                         seed=cfg.seed, objectives=cfg.objectives)
     if as_json:
         print(json.dumps([{"params": pr.params, "predicted": pr.predicted} for pr in proposals], indent=2))
         return

@@ -10,7 +10,7 @@ from typing import Any
 from metacompress.learners import Task
 from metacompress.spaces import CompressionPolicy, CompressionSpace, ConfigError, invalid_value
 
-__all__ = ["load_points", "resolve_warm_start"]
+__all__ = ["history_store", "load_points", "resolve_warm_start"]
 
 _LOG = logging.getLogger(__name__)
 
@@ -41,8 +41,22 @@ def load_points(path: str | Path, space: CompressionSpace) -> list[dict[str, Any
     return points
 
 
+def history_store(tracking_uri: str | None) -> str | None:
+    """The tracking URI to read the history from; ``None`` when there is nothing to read.
+
+    A sqlite store that does not exist yet is skipped (reading it would create an empty database).
+    """
+    if not tracking_uri or tracking_uri == "none":
+        return None
+    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri[len("sqlite:///"):]).exists():
+        return None
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    return tracking_uri
+
+
 def resolve_warm_start(
     mode: str, space: CompressionSpace, task: Task, *, n_points: int, seed: int, file: str | None = None,
+    tracking_uri: str | None = None, objectives: dict[str, str] | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """The points to enqueue and the summary's ``warm_start`` entry.
 
@@ -53,6 +67,8 @@ def resolve_warm_start(
         n_points: How many proposals.
         seed: Seed of the candidate pool.
         file: ``warm_start.file`` of the config (used when ``mode`` is ``auto`` and it is set).
+        tracking_uri: MLflow store whose finished searches join the shipped meta-dataset (the flywheel).
+        objectives: The search's objectives (a history for other objectives means a cold start).
     """
     if mode not in ("auto", "off"):
         file, mode = mode, "file"
@@ -61,11 +77,10 @@ def resolve_warm_start(
     if file:
         points = load_points(file, space)[:n_points] if mode != "file" else load_points(file, space)
         return points, {"mode": "file", "n_points": len(points), "source": str(file)}
-    try:
-        from metacompress.learners.meta import warm_start_points
-    except ImportError:  # pragma: no cover - meta-learning part absent
-        return [], {"mode": "auto", "n_points": 0, "reason": "cold start: no predictor installed"}
-    points, reason = warm_start_points(space, task, k=n_points, seed=seed)
+    from metacompress.learners.meta import History, warm_start_points
+
+    history = History.collect(history_store(tracking_uri))
+    points, reason = warm_start_points(space, task, history=history, k=n_points, seed=seed, objectives=objectives)
     if not points:
         _LOG.warning("%s", reason)
     return points, {"mode": "auto", "n_points": len(points), "reason": reason}
