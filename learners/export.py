@@ -1,8 +1,9 @@
 """A really smaller artefact: bit-packed low-bit weights, sparsity bitmaps, and the shrunk architecture.
 
 File layout: ``MCZ1`` | uint32 header length | zlib-compressed JSON header | payload. The payload holds, per
-tensor, byte-aligned sections in this order: sparsity bitmap (sparse layers), packed codes (or fp16/fp32 values) of
-the kept weights, per-channel fp32 scales (quantized layers). Its size is exactly
+tensor, byte-aligned sections in this order: index of the kept positions (sparse layers: a bitmap, or packed gap
+codes when cheaper, see :func:`metacompress.learners.measure.sparse_index`), packed codes (or fp16/fp32 values)
+of the kept weights, per-channel fp32 scales (quantized layers). Its size is exactly
 :func:`metacompress.learners.measure.size_bytes`; the header adds a few hundred bytes.
 
 Loading rebuilds the model from a *skeleton* (the teacher's architecture): channels are removed to the recorded
@@ -24,7 +25,7 @@ from torch import nn
 
 from metacompress.spaces import ConfigError
 
-from .measure import _SKIP_BUFFERS
+from .measure import _SKIP_BUFFERS, index_gaps, sparse_index
 from .prune import shrink, structure_of
 from .quant import is_compressed, qmax, quantize_codes, to_quantized
 
@@ -34,13 +35,34 @@ MAGIC = b"MCZ1"
 
 
 def _pack(codes: np.ndarray, bits: int) -> bytes:
-    bitplanes = (codes[:, None] >> np.arange(bits, dtype=np.uint8)) & 1
+    bitplanes = (codes.astype(np.uint32)[:, None] >> np.arange(bits, dtype=np.uint32)) & 1
     return np.packbits(bitplanes.astype(np.uint8).ravel(), bitorder="little").tobytes()
 
 
 def _unpack(buf: bytes, n: int, bits: int) -> np.ndarray:
     flat = np.unpackbits(np.frombuffer(buf, dtype=np.uint8), bitorder="little")[: n * bits]
-    return (flat.reshape(n, bits).astype(np.uint16) << np.arange(bits, dtype=np.uint16)).sum(1)
+    return (flat.reshape(n, bits).astype(np.uint32) << np.arange(bits, dtype=np.uint32)).sum(1)
+
+
+def _encode_index(mask: torch.Tensor, width: int) -> tuple[bytes, int]:
+    """Gap codes of the kept positions (see ``sparse_index``) packed at ``width`` bits, and their count."""
+    esc = 2**width - 1
+    gaps = index_gaps(mask).numpy()
+    n_esc = gaps // esc
+    codes = np.full(int(n_esc.sum()) + len(gaps), esc, dtype=np.uint32)
+    # each kept weight's code comes after its escapes
+    codes[np.cumsum(n_esc + 1) - 1] = gaps % esc
+    return _pack(codes, width), len(codes)
+
+
+def _decode_index(buf: bytes, n: int, width: int, count: int) -> np.ndarray:
+    esc = 2**width - 1
+    codes = _unpack(buf, count, width).astype(np.int64)
+    keep = codes != esc
+    pos = np.cumsum(np.where(keep, codes + 1, esc)) - 1
+    mask = np.zeros(n, dtype=bool)
+    mask[pos[keep]] = True
+    return mask
 
 
 def _weight_sections(mod: nn.Module) -> tuple[dict, list[bytes]]:
@@ -50,8 +72,14 @@ def _weight_sections(mod: nn.Module) -> tuple[dict, list[bytes]]:
     entry: dict = {"b": mod.w_bits, "s": list(w.shape)}
     parts: list[bytes] = []
     if mask is not None:
-        entry["m"] = 1
-        parts.append(np.packbits(mask.numpy().ravel()).tobytes())
+        width, _ = sparse_index(mask)
+        if width == 0:
+            entry["m"] = 1
+            parts.append(np.packbits(mask.numpy().ravel()).tobytes())
+        else:
+            index, count = _encode_index(mask, width)
+            entry.update({"m": 2, "iw": width, "ic": count})
+            parts.append(index)
     keep = slice(None) if mask is None else mask.flatten().numpy()
     if mod.w_bits < 16:
         codes, scale = quantize_codes(w, mod.w_bits)
@@ -103,7 +131,9 @@ def _decode_weight(entry: dict, sections: list[bytes]) -> tuple[torch.Tensor, to
     shape, bits = entry["s"], entry["b"]
     n = int(np.prod(shape))
     mask = None
-    if entry.get("m"):
+    if entry.get("m") == 2:
+        mask = _decode_index(sections.pop(0), n, entry["iw"], entry["ic"])
+    elif entry.get("m"):
         mask = np.unpackbits(np.frombuffer(sections.pop(0), dtype=np.uint8))[:n].astype(bool)
     nnz = n if mask is None else int(mask.sum())
     if bits < 16:

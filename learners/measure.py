@@ -1,8 +1,9 @@
 """Honest measurements of a (compressed) model: accuracy, storage size, bit-operations and latency.
 
 ``size_bytes`` is the storage cost of :mod:`.export`'s format, tensor by tensor (each byte-aligned):
-non-zero weights × bits, a 1-bit-per-weight bitmap for sparse layers, per-channel fp32 scales for quantized
-layers, and every other parameter or buffer needed at inference (biases, BatchNorm statistics) in fp32.
+non-zero weights × bits, an index of the kept positions for sparse layers (the cheaper of a 1-bit-per-weight
+bitmap and gap codes, see :func:`sparse_index`), per-channel fp32 scales for quantized layers, and every other
+parameter or buffer needed at inference (biases, BatchNorm statistics) in fp32.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ __all__ = [
     "measure_latency",
     "predict_logits",
     "size_bytes",
+    "sparse_index",
     "tensor_bits",
 ]
 
@@ -55,6 +57,34 @@ def accuracy(model: nn.Module, dataset: Dataset, device: str = "cpu") -> float:
     return float((predict_logits(model, x, device=device).argmax(1) == y).float().mean())
 
 
+#: Widths tried for the gap-coded sparse index (1 bit would only be a bitmap without its trailing zeros).
+INDEX_WIDTHS = range(2, 17)
+
+
+def index_gaps(mask: torch.Tensor) -> torch.Tensor:
+    """Zeros skipped before each kept position of the flattened ``mask`` (int64, one per kept weight)."""
+    pos = mask.detach().flatten().cpu().nonzero().flatten()
+    return torch.diff(pos, prepend=pos.new_full((1,), -1)) - 1
+
+
+def sparse_index(mask: torch.Tensor) -> tuple[int, int]:
+    """The cheapest index of the kept positions of ``mask``: ``(width, bits)``.
+
+    ``width == 0`` is the 1-bit-per-weight bitmap (``bits == mask.numel()``). ``width = w >= 2`` are ``w``-bit
+    gap codes, one per kept weight, holding the number of zeros skipped before it; the code ``2**w - 1`` is an
+    escape that skips ``2**w - 1`` positions without a weight, so a gap ``g`` costs ``g // (2**w - 1) + 1``
+    codes. A gap code is chosen only when strictly smaller than the bitmap (high sparsity).
+    """
+    n = mask.numel()
+    gaps = index_gaps(mask)
+    best = (0, n)
+    for w in INDEX_WIDTHS:
+        bits = w * (len(gaps) + int((gaps // (2**w - 1)).sum()))
+        if bits < best[1]:
+            best = (w, bits)
+    return best
+
+
 def tensor_bits(module: nn.Module) -> list[tuple[str, int]]:
     """``(tensor, storage bits)`` for the weight of one layer as the export writes it."""
     if not is_compressed(module):
@@ -64,7 +94,8 @@ def tensor_bits(module: nn.Module) -> list[tuple[str, int]]:
     nnz = n if mask is None else int(mask.count_nonzero())
     out = [("weight", nnz * module.w_bits)]
     if mask is not None:
-        out.append(("bitmap", n))
+        width, bits = sparse_index(mask)
+        out.append(("bitmap" if width == 0 else "index", bits))
     if module.w_bits < 16:
         out.append(("scale", 32 * module.weight.shape[0]))
     return out

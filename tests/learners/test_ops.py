@@ -188,6 +188,33 @@ def test_size_bytes_counts_bits_bitmaps_scales_and_float_params():
     assert size_bytes(student) == 250 + 125 + 40 + 40
 
 
+@pytest.mark.parametrize("sparsity", [0.0, 0.5, 0.8, 0.9, 0.97, 0.999])
+def test_sparse_index_round_trips_and_is_never_bigger_than_the_bitmap(sparsity):
+    from metacompress.learners.export import _decode_index, _encode_index
+    from metacompress.learners.measure import sparse_index
+
+    g = torch.Generator().manual_seed(1)
+    mask = magnitude_mask(torch.randn(300, 70, generator=g), sparsity)
+    mask = torch.ones(300, 70) if mask is None else mask
+    width, bits = sparse_index(mask)
+    assert bits <= mask.numel()
+    if width:
+        buf, count = _encode_index(mask, width)
+        assert len(buf) == (bits + 7) // 8 and count * width == bits
+        assert (torch.from_numpy(_decode_index(buf, mask.numel(), width, count)).view_as(mask) == mask.bool()).all()
+    if sparsity >= 0.9:  # the gap code pays off at high sparsity
+        assert width > 0 and bits < 0.6 * mask.numel()
+    if sparsity <= 0.5:
+        assert width == 0
+
+
+def test_sparse_layers_are_smaller_with_the_gap_index():
+    model = nn.Sequential(nn.Linear(1000, 10))
+    student = compress(model, CompressionPolicy(layers={"0": LayerPolicy(prune=0.9, bits=4)}))
+    # 1000 kept weights x 4 bits + a gap index well under the 10000-bit bitmap + 10 scales + 10 biases
+    assert 500 + 40 + 40 < size_bytes(student) < 500 + 1250 * 0.6 + 40 + 40
+
+
 def test_bitops_are_macs_times_weight_and_activation_bits():
     model = nn.Sequential(nn.Linear(10, 5))
     assert bitops(model, torch.zeros(1, 10)) == 50 * 32 * 32
@@ -202,8 +229,10 @@ def test_bitops_are_macs_times_weight_and_activation_bits():
         CompressionPolicy.uniform(LAYERS, prune=0.5, bits=4, prune_method="structured", act_bits=8),
         CompressionPolicy.uniform(LAYERS, prune=0.0, bits=16),
         CompressionPolicy(layers={"fc1": LayerPolicy(0.9, 2), "conv2": LayerPolicy(0.0, 8)}),
+        CompressionPolicy.uniform(LAYERS, prune=0.95, bits=3),
+        CompressionPolicy.uniform(LAYERS, prune=0.9, bits=16),
     ],
-    ids=["unstructured-3b", "structured-4b-act8", "fp16", "mixed"],
+    ids=["unstructured-3b", "structured-4b-act8", "fp16", "mixed", "gap-index-3b", "gap-index-fp16"],
 )
 def test_export_is_as_small_as_computed_and_loads_back_exactly(teacher, digits, tmp_path, policy):
     _, val = digits
