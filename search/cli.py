@@ -1,4 +1,4 @@
-"""The ``metacompress`` command line: ``search``, ``tasks``, ``suggest``, ``report``.
+"""The ``metacompress`` command line: ``search``, ``tasks``, ``suggest``, ``report``, ``retrain``.
 
 Bad input (a missing file, an unknown key, an out-of-range value, an unreachable store) ends with exit code 2 and
 one line naming the field and what is allowed; ``--debug`` shows the traceback instead.
@@ -27,7 +27,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Meta-learned search for pruning, quantization and distillation of PyTorch models.")
-console = Console(width=None if sys.stdout.isatty() else 120)
+console = Console(width=None if sys.stdout.isatty() else 132)
 err_console = Console(stderr=True)
 _DEBUG = {"on": False}
 
@@ -102,7 +102,7 @@ def search(
                                           file=cfg.warm_start.file, tracking_uri=cfg.tracking_uri,
                                           objectives=cfg.objectives)
     if info.get("reason"):
-        console.print(f"[yellow]warm start:[/] {info['reason']}")
+        console.print(info["reason"], style="yellow" if info["reason"].startswith("cold") else None)
     with SearchProgress(console, p) as bar:
         summary = run_search(cfg, warm_points=points, warm_info=info, on_trial_end=bar.update, prepared=p,
                              tracker=tracker)
@@ -192,6 +192,66 @@ def report(
         raise ConfigError(f"The 'path' value must be a search output folder or summary.json. Got '{path}'.",
                           "path") from None
     console.print(pareto_table(summary))
+
+
+def _number_flag(name: str, text: Optional[str], kind: type) -> Any:
+    """A numeric flag taken as text, so a bad value is reported by the config checks as one line."""
+    if text is None:
+        return None
+    try:
+        return kind(text)
+    except ValueError:
+        return text if name != "accuracy_tolerance" else float("nan")
+
+
+@app.command()
+@_friendly
+def retrain(
+    config: Path = typer.Argument(..., help="Experiment YAML of the job (its task factory loads the retrained model)."),
+    registered_model: Optional[str] = typer.Option(None, "--registered-model", help="Registered model whose "
+                                                   "'champion' alias is compared and moved (required)."),
+    constraint: Optional[list[str]] = typer.Option(None, "--constraint", help="'metric<=value' or 'metric>=value' "
+                                                   "(repeatable), e.g. 'accuracy>=0.97', 'latency_ms<=1.0'."),
+    run_key: Optional[str] = typer.Option(None, "--run-key", help="Names this run's study (default: UTC date "
+                                          "YYYYMMDD); a rerun with the same key resumes it."),
+    trials: Optional[str] = typer.Option(None, "--trials", help="Trial budget (n_trials)."),
+    tolerance: Optional[str] = typer.Option(None, "--accuracy-tolerance", help="Accuracy a smaller model may lose "
+                                            "and still replace the champion (default 0.005)."),
+    storage: Optional[str] = typer.Option(None, help="Optuna storage URL."),
+    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="MLflow tracking + registry URI."),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
+) -> None:
+    """Scheduled job: search the retrained model (warm), promote the best constrained model only when better.
+
+    Exit codes: 0 promoted or champion kept (the last line says which), 3 no model met the constraints (nothing
+    promoted, everything logged), 2 bad input or another run of this job is running, 1 other errors (rerun).
+    """
+    from .config import load_config
+    from .retrain import parse_constraint, retrain as run_job, validate_name
+
+    cfg = load_config(config, _overrides(n_trials=_number_flag("n_trials", trials, int), storage=storage,
+                                         tracking_uri=tracking_uri))
+    validate_name("registered_model", registered_model)
+    constraints = [parse_constraint(c) for c in constraint or []]
+    tol = 0.005 if tolerance is None else _number_flag("accuracy_tolerance", tolerance, float)
+    if not 0.0 <= tol <= 1.0:
+        raise ConfigError(f"The 'accuracy_tolerance' value must be a number in [0, 1]. Got {tolerance!r}.",
+                          "accuracy_tolerance")
+    result = run_job(cfg, registered_model, constraints, run_key=run_key, tolerance=tol,
+                     say=lambda line: console.print(line, highlight=False))
+    cand = result.candidate
+    if cand:
+        m = cand["metrics"]
+        console.print(f"selected trial {cand['number']}: accuracy {m['accuracy']:.4f}, "
+                      f"{m['size_bytes']:.0f} B, {m.get('latency_ms', float('nan')):.3f} ms", highlight=False)
+    lines = {"promoted": f"promoted: version {result.version} of {registered_model} is now 'champion' "
+                         f"({result.reason})",
+             "already_promoted": f"champion unchanged: {result.reason}",
+             "kept": f"champion kept: {result.reason}",
+             "no_candidate": f"nothing promoted: {result.reason}"}
+    console.print(lines[result.outcome], highlight=False)
+    if result.exit_code:
+        raise typer.Exit(result.exit_code)
 
 
 def main() -> None:

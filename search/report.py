@@ -20,16 +20,18 @@ def format_bytes(n: float) -> str:
 
 
 def _policy_text(params: Mapping[str, Any]) -> str:
+    """A compact one-line policy: ``bits 2-8 · prune 35% unstr · λ 0.46 · T 2.6``."""
     bits = [v for k, v in params.items() if k.endswith(".bits")]
     prunes = [v for k, v in params.items() if k.endswith(".prune")]
     parts = []
     if bits:
         parts.append(f"bits {min(bits)}-{max(bits)}" if min(bits) != max(bits) else f"bits {bits[0]}")
     if prunes:
-        parts.append(f"prune {sum(prunes) / len(prunes):.0%} {params.get('prune_method', '')[:6]}".rstrip())
+        method = {"structured": "struct", "unstructured": "unstr"}.get(params.get("prune_method", ""), "")
+        parts.append(f"prune {sum(prunes) / len(prunes):.0%} {method}".rstrip())
     if "kd_lambda" in params:
-        parts.append(f"λ {params['kd_lambda']:.2f} T {params.get('temperature', 0):.1f}")
-    return ", ".join(parts)
+        parts.append(f"λ {params['kd_lambda']:.2f} · T {params.get('temperature', 0):.1f}")
+    return " · ".join(parts)
 
 
 def pareto_rows(summary: Mapping[str, Any]) -> list[list[str]]:
@@ -74,7 +76,7 @@ def pareto_table(summary: Mapping[str, Any]) -> Any:
                   caption=f"teacher: acc {t.get('accuracy', float('nan')):.4f}, "
                           f"{format_bytes(t.get('size_bytes', 0))}, {t.get('latency_ms', float('nan')):.3f} ms")
     for col in _COLUMNS:
-        table.add_column(col, justify="left" if col == "policy" else "right")
+        table.add_column(col, justify="left" if col == "policy" else "right", no_wrap=col != "policy")
     for row in pareto_rows(summary):
         table.add_row(*row)
     return table
