@@ -190,7 +190,9 @@ def make_tracker(cfg: SearchConfig) -> Any:
 
 
 def _registered(tracker: Any, name: str) -> dict[int, str]:
-    """Trial number -> model URI of the versions of ``name`` already registered (resume: never twice)."""
+    """Trial number -> model URI of the versions of ``name`` already registered for *this* study (resume: never
+    twice). Several studies share one experiment and its ``-pareto`` model: a version counts only when it was
+    logged from this study's child run of that trial."""
     try:
         versions = tracker.client.search_model_versions(f"name = '{name}'")
     except Exception:  # noqa: BLE001 - no such model yet
@@ -198,7 +200,8 @@ def _registered(tracker: Any, name: str) -> dict[int, str]:
     out = {}
     for v in versions:
         number = (v.tags or {}).get("metacompress.trial_number")
-        if number is not None:
+        child = tracker._children.get(int(number)) if number is not None else None
+        if child is not None and v.run_id == child[0]:
             out[int(number)] = f"models:/{name}/{v.version}"
     return out
 
