@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import multiprocessing as mp
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,7 +39,7 @@ from .study import (
     recover_interrupted,
 )
 
-__all__ = ["Prepared", "make_tracker", "prepare", "run_search", "summarize", "sync_tracking"]
+__all__ = ["Prepared", "flush_tracking", "make_tracker", "prepare", "run_search", "summarize", "sync_tracking"]
 
 _LOG = logging.getLogger(__name__)
 
@@ -249,8 +250,13 @@ def run_search(
     on_trial_end: Callable[[FrozenTrial, Prepared], None] | None = None,
     prepared: Prepared | None = None,
     tracker: Any = None,
+    flush_timeout_s: float | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) the search of ``cfg`` to its budget and return the summary.
+
+    When the tracking store fails mid-search the search goes on (the study is the source of truth); at the end
+    :func:`flush_tracking` retries the MLflow logging with backoff, and ``summary["tracking_flushed"]`` says
+    whether it all arrived (when False, one warning line asks to rerun the same command, which flushes it).
 
     Args:
         cfg: The validated config.
@@ -259,7 +265,11 @@ def run_search(
         on_trial_end: Called after each trial this process ran (progress bars).
         prepared: A :func:`prepare` result to reuse.
         tracker: A :func:`make_tracker` result to reuse.
+        flush_timeout_s: How long to retry an unreachable tracking store at the end (default: environment
+            variable ``METACOMPRESS_TRACKING_FLUSH_S``, else 120 s).
     """
+    if flush_timeout_s is None:
+        flush_timeout_s = float(os.environ.get("METACOMPRESS_TRACKING_FLUSH_S", "120"))
     tracker = tracker or make_tracker(cfg)  # fail fast, before any training, when the tracking server is down
     p = prepared or prepare(cfg)
     run_lock = lock_path(cfg.storage, cfg.study_name, "run")
@@ -288,14 +298,56 @@ def run_search(
         else:
             run_local(p, on_trial_end=after_trial)
         trials = counted_trials(p.study)
-        sync_tracking(tracker, trials, synced)
         summary = summarize(p, trials, warm_info or {"mode": "off", "n_points": 0})
-        log_pareto_models(p, tracker, summary)
-        tracker.mark_pareto({e["number"] for e in summary["pareto"]})
-        paths = write_outputs(p, summary, trials)
-        tracker.log_artifacts(paths)
-        tracker.finish("FINISHED")
+
+        def track_end() -> None:
+            sync_tracking(tracker, trials, set())  # a fresh set: trials handed over during an outage were lost
+            log_pareto_models(p, tracker, summary)
+            tracker.mark_pareto({e["number"] for e in summary["pareto"]})
+            tracker.log_artifacts(write_outputs(p, summary, trials))
+            tracker.finish("FINISHED")
+
+        def restart() -> None:
+            tracker.start_parent(cfg.study_name, tags=_parent_tags(cfg, warm_info), params=cfg.to_dict())
+            _log_meta(p, tracker)
+
+        summary["tracking_flushed"] = flush_tracking(tracker, track_end, restart, flush_timeout_s)
+        if not summary["tracking_flushed"]:
+            write_outputs(p, summary, trials)
     return summary
+
+
+def flush_tracking(tracker: Any, step: Callable[[], None], restart: Callable[[], Any], timeout_s: float) -> bool:
+    """Run ``step`` (the end-of-search MLflow logging) until the tracker stays enabled, with backoff.
+
+    A tracking store that failed mid-search disabled the tracker (see :mod:`.tracking`); every trial is still in
+    the Optuna study. This retries ``restart`` (re-find the parent run) + ``step`` every 1, 2, 4 … 30 s for at
+    most ``timeout_s``. Everything it logs is idempotent, so a later rerun of the same command flushes whatever
+    is still missing.
+
+    Returns:
+        True when everything reached MLflow (or tracking is off); False after one warning line otherwise.
+    """
+    if tracker.tracking_uri == "none":
+        return True
+    step()
+    deadline, delay = time.monotonic() + timeout_s, 1.0
+    while tracker.disabled and time.monotonic() + delay <= deadline:
+        time.sleep(delay)
+        delay = min(2 * delay, 30.0)
+        tracker.disabled = False
+        try:
+            restart()
+        except Exception as exc:  # noqa: BLE001 - still down: wait and try again
+            _LOG.info("MLflow still unreachable (%r); retrying in %g s", exc, delay)
+            tracker.disabled = True
+            continue
+        step()
+    if tracker.disabled:
+        _LOG.warning("MLflow at %s stayed unreachable for %g s: every trial is saved in the study; rerun the same "
+                     "command when it is back to flush the results to MLflow.", tracker.tracking_uri, timeout_s)
+        return False
+    return True
 
 
 def _parent_tags(cfg: SearchConfig, warm_info: dict[str, Any] | None) -> dict[str, Any]:
