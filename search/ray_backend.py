@@ -54,6 +54,7 @@ __all__ = ["StudySearch", "TrialEndCallback", "run_ray", "init_ray"]
 _LOG = logging.getLogger(__name__)
 # Tune's result loggers are off (the study and MLflow are the records): its analysis would warn about each trial.
 logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+logging.getLogger("ray.tune.tune").setLevel(logging.WARNING)  # "Wrote the latest version of all result files..."
 #: Keys the searcher adds to each Tune config: the Optuna trial's storage id and number.
 TRIAL_ID_KEY, NUMBER_KEY = "_mc_trial_id", "_mc_number"
 #: Keys of the final Tune result: the JSON payload of a finished trial, or the reason it failed.
