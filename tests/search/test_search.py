@@ -150,3 +150,14 @@ def test_kill_9_mid_search_then_rerun_finishes_the_budget_exactly(search_yaml, t
     assert len(keys) == len(set(keys))
     _, children = _children(cfg.tracking_uri, cfg.experiment_name)
     assert sorted(int(r.data.tags["metacompress.trial_number"]) for r in children) == sorted(t.number for t in counted)
+
+
+def test_two_local_worker_processes_share_the_study_without_overshooting(search_yaml):
+    cfg = load_config(search_yaml(n_trials=5, parallel={"n_jobs": 2}, tracking_uri="none"))
+    run_search(cfg)
+    study = _study(cfg)
+    counted = counted_trials(study)
+    assert len(counted) == 5 and len(study.get_trials()) == 5
+    keys = [json.dumps(t.params, sort_keys=True) for t in counted]
+    assert len(set(keys)) == 5  # each worker samples with its own seed
+    assert all(Path(t.user_attrs["artifact"]).exists() for t in counted if t.state == TrialState.COMPLETE)
