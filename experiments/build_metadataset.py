@@ -13,7 +13,8 @@ Runs ``--n`` space-filling (scrambled Sobol) policies on every built-in task (fe
 
 Seeded and reproducible on a given machine (CPU, one thread per process). Cost with the defaults (48 policies × 8
 tasks, 1–3 fine-tuning epochs each): about 10–15 minutes on 2 CPU cores; ``--train-only`` refits the predictors
-from an existing CSV in about a minute.
+from an existing CSV in about two minutes (``--reencode`` first recomputes sizes and encodings of its rows from
+their policies, after a change of the size format or of the encoding, without re-running any trial).
 
 Usage::
 
@@ -46,7 +47,7 @@ from metacompress.learners.meta import (
     task_meta_features,
 )
 from metacompress.search.objective import Objective, TrialFailed, teacher_metrics
-from metacompress.spaces import Categorical, CompressionSpace, Float, Int, Ordinal
+from metacompress.spaces import Categorical, CompressionPolicy, CompressionSpace, Float, Int, Ordinal
 
 DATA = Path(__file__).resolve().parents[1] / "learners" / "meta" / "data"
 console = Console()
@@ -94,6 +95,25 @@ def run_task(name: str, n: int, seed: int, progress: Progress) -> tuple[list[dic
                              meta["teacher"]["accuracy"], out.policy))
         progress.advance(bar)
     return rows, meta, counts
+
+
+def reencode(history: History, seed: int) -> History:
+    """Recompute sizes and encodings of existing rows from their policies (after a change of the size format or
+    of the encoding); accuracies are kept, so no trial is re-run."""
+    rows = []
+    frame = history.frame
+    for name in history.tasks:
+        task, meta, size_model = task_meta(name, seed)
+        layers = describe_layers(task.teacher, task.example_input(2))
+        for rec in frame[frame["task"] == name].to_dict("records"):
+            policy = CompressionPolicy.from_dict(json.loads(rec["policy"]), [i.name for i in layers])
+            size = size_model.policy_bytes(policy)
+            metrics = {"accuracy": rec["accuracy"], "size_bytes": float(size), "latency_ms": rec["latency_ms"],
+                       "compression_ratio": size_model.teacher_bytes / size}
+            enc = encode_policy(policy, layers, meta["sensitivity"], compression_ratio=metrics["compression_ratio"])
+            rows.append(make_row(name, rec["study"], meta["meta_features"], enc, metrics,
+                                 rec["teacher_accuracy"], policy))
+    return History.from_rows(rows)
 
 
 def _spearman(a: np.ndarray, b: np.ndarray) -> float:
@@ -146,6 +166,8 @@ def main() -> None:
     parser.add_argument("--tasks", nargs="*", default=None, help="default: every built-in task")
     parser.add_argument("--skip-fewshot", action="store_true")
     parser.add_argument("--train-only", action="store_true", help="refit the predictors from the existing CSV")
+    parser.add_argument("--reencode", action="store_true",
+                        help="with --train-only: recompute sizes and encodings of the CSV's rows first")
     args = parser.parse_args()
     torch.set_num_threads(1)
     DATA.mkdir(parents=True, exist_ok=True)
@@ -167,6 +189,9 @@ def main() -> None:
                  "threads": 1, "machine": f"{torch.get_num_threads()} torch thread(s), CPU"}
         console.print(f"{len(rows)} rows in {extra['build_s']} s; failures/size mismatches: {counts}")
     history = History.from_csv(DATA / "metadataset.csv")
+    if args.train_only and args.reencode:
+        history = reencode(history, args.seed)
+        history.to_csv(DATA / "metadataset.csv")
     info = train_and_save(history, args.seed, extra)
     for kind, s in info["scores"].items():
         console.print(f"{kind:>14}: held-out Spearman {s['spearman']:.3f}, MAE {s['mae']:.3f}")

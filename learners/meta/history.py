@@ -208,8 +208,8 @@ class History:
         return History(self._frame[self._frame["task"].isin(list(tasks))].reset_index(drop=True))
 
     def to_csv(self, path: str | Path) -> None:
-        """Write the rows as CSV (floats with 6 significant digits)."""
-        self._frame.to_csv(path, index=False, float_format="%.6g")
+        """Write the rows as CSV (floats with 10 significant digits: sizes stay exact)."""
+        self._frame.to_csv(path, index=False, float_format="%.10g")
 
     def explain(self) -> str:
         """One line: rows, tasks and the main skip reasons."""

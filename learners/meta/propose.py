@@ -117,7 +117,8 @@ def propose(
         teacher_accuracy: Adds ``accuracy`` to the predictions.
 
     Returns:
-        Up to ``k`` proposals with distinct params, sorted by predicted size (smallest first).
+        Up to ``k`` proposals with distinct params, sorted by predicted size (smallest first). Predicted
+        retention is clipped to [0, 1].
     """
     from .features import FEATURE_NAMES  # noqa: PLC0415
 
@@ -134,9 +135,11 @@ def propose(
     enc = encode_arrays(pool.prune, pool.bits, pool.scalars, ordered, sensitivity, ratio)
     feats = np.array([task_features[name] for name in FEATURE_NAMES], dtype=np.float64)
     X = np.hstack([np.broadcast_to(feats, (len(pool), len(feats))), enc])
-    retention = np.asarray(predictor.predict(X), dtype=np.float64)
+    # above 1 (a student better than its teacher) is noise the max over 10 000 candidates would select
+    retention = np.clip(np.asarray(predictor.predict(X), dtype=np.float64), 0.0, 1.0)
     chosen = _select(pool, retention, size, k, min_retention)
     std = predictor.predict_std(X[chosen]) if hasattr(predictor, "predict_std") else None
+    std = std if std is not None and np.any(std > 0) else None
     out = []
     for j, i in enumerate(chosen):
         predicted = {"accuracy_retention": float(retention[i]), "size_bytes": float(size[i]),

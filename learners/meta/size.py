@@ -6,7 +6,9 @@ compressed student with numpy arithmetic, for thousands of candidate policies at
 
 * weight: ``nnz × bits`` with ``nnz = numel − min(round(p·numel), numel − 1)`` for an unstructured prune ratio
   ``p > 0`` (the exact count :func:`~metacompress.learners.magnitude_mask` keeps), ``numel`` otherwise;
-* bitmap: ``numel`` bits when the layer carries a mask;
+* sparse index when the layer carries a mask: the bitmap's ``numel`` bits or, when cheaper, gap codes of the kept
+  positions (:func:`~metacompress.learners.measure.sparse_index`); the mask keeps the largest magnitudes, so
+  :func:`index_bits_by_nnz` precomputes the exact index cost for every count of kept weights once;
 * scales: ``32 × out_channels`` bits when ``bits < 16``;
 * everything else in the state dict in fp32, plus the 4-byte ``amax`` buffer of every activation quantizer.
 
@@ -27,9 +29,51 @@ from torch import nn
 
 from metacompress.spaces import CompressionPolicy, invalid_value, unknown_key
 
-__all__ = ["SizeModel", "exact_size_bytes", "policy_arrays"]
+__all__ = ["SizeModel", "exact_size_bytes", "index_bits_by_nnz", "policy_arrays"]
 
 _SKIP = ("num_batches_tracked", "weight_mask")
+
+
+def _nearest_smaller(prio: np.ndarray) -> np.ndarray:
+    """For each position, the nearest position to its left with a smaller priority (−1 if none)."""
+    out = np.full(len(prio), -1, dtype=np.int64)
+    stack: list[int] = []
+    values = prio.tolist()
+    for q, v in enumerate(values):
+        while stack and values[stack[-1]] > v:
+            stack.pop()
+        if stack:
+            out[q] = stack[-1]
+        stack.append(q)
+    return out
+
+
+def index_bits_by_nnz(weight: torch.Tensor) -> np.ndarray:
+    """Storage bits of the sparse index of ``magnitude_mask(weight, ·)`` for every count of kept weights.
+
+    Entry ``k`` is ``measure.sparse_index(mask)[1]`` for the mask keeping the ``k`` largest-magnitude weights
+    (ties kept in flattened order, as :func:`~metacompress.learners.magnitude_mask` does): the bitmap's ``numel``
+    bits or the cheapest gap code. Adding the weights in keep order, each new position ``q`` between kept
+    neighbours ``a < q < b`` splits the gap of ``b``; the cost of every code width is a cumulative sum of those
+    changes, so all ``k`` cost ``O(numel · widths)`` once.
+    """
+    from metacompress.learners.measure import INDEX_WIDTHS  # noqa: PLC0415
+
+    mag = weight.detach().abs().flatten().double().cpu().numpy()
+    n = mag.size
+    order = np.argsort(-mag, kind="stable")  # keep order: larger first, ties by position
+    prio = np.empty(n, dtype=np.int64)
+    prio[order] = np.arange(n)
+    left = _nearest_smaller(prio)
+    right = n - 1 - _nearest_smaller(prio[::-1])[::-1]  # n (none) maps to n - 1 - (-1) = n
+    q, a, b = order, left[order], right[order]
+    has_b = b < n
+    best = np.full(n + 1, n, dtype=np.int64)
+    for w in INDEX_WIDTHS:
+        esc = 2**w - 1
+        delta = (q - a - 1) // esc + 1 + np.where(has_b, (b - q - 1) // esc - (b - a - 1) // esc, 0)
+        best = np.minimum(best, w * np.concatenate([[0], np.cumsum(delta)]))
+    return best
 
 
 @dataclass(frozen=True)
@@ -63,6 +107,7 @@ class SizeModel:
         self._in = np.array([s[1] if len(s) > 1 else 1 for s in shapes], dtype=np.int64)
         self._kernel = np.array([int(np.prod(s[2:], dtype=np.int64)) for s in shapes], dtype=np.int64)
         self._numel = self._out * self._in * self._kernel
+        self._index = [index_bits_by_nnz(m.weight) for m in layers.values()]
         weight_keys = {f"{name}.weight" for name in layers}
         self._fixed = int(sum(4 * t.numel() for k, t in model.state_dict().items()
                               if k not in weight_keys and k.rsplit(".", 1)[-1] not in _SKIP))
@@ -130,18 +175,20 @@ class SizeModel:
                                                   listed[structured])
         return total
 
-    def _weights(self, nnz, numel, out, bits, masked, listed) -> np.ndarray:
+    @staticmethod
+    def _weights(nnz, out, bits, index_bits, listed) -> np.ndarray:
         weight = (nnz * bits + 7) // 8
-        bitmap = np.where(masked, (numel + 7) // 8, 0)
         scale = np.where(listed & (bits < 16), (32 * out + 7) // 8, 0)
-        return (weight + bitmap + scale).sum(1)
+        return (weight + (index_bits + 7) // 8 + scale).sum(1)
 
     def _unstructured(self, prune: np.ndarray, bits: np.ndarray, listed: np.ndarray) -> np.ndarray:
         numel = np.broadcast_to(self._numel, prune.shape)
         n_prune = np.where(prune > 0, np.minimum(np.rint(prune * numel), numel - 1), 0).astype(np.int64)
-        masked = n_prune > 0
+        nnz = numel - n_prune
+        index_bits = np.column_stack([np.where(n_prune[:, j] > 0, self._index[j][nnz[:, j]], 0)
+                                      for j in range(self.n_layers)])
         out = np.broadcast_to(self._out, prune.shape)
-        return self._weights(numel - n_prune, numel, out, bits, masked, listed)
+        return self._weights(nnz, out, bits, index_bits, listed)
 
     def _structured(self, prune: np.ndarray, bits: np.ndarray, listed: np.ndarray) -> np.ndarray:
         if self._groups is None:
@@ -159,7 +206,7 @@ class SizeModel:
                 inp[:, c] -= removed * f
             extra -= removed * g.per_channel_bytes
         numel = out * inp * self._kernel
-        return self._weights(numel, numel, out, bits, np.zeros_like(listed), listed) + extra
+        return self._weights(numel, out, bits, np.zeros(numel.shape, dtype=np.int64), listed) + extra
 
     def policy_bytes(self, policy: CompressionPolicy) -> int:
         """Exact ``size_bytes(compress(teacher, policy))`` of one policy."""
