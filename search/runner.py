@@ -361,15 +361,11 @@ def _log_meta(p: Prepared, tracker: Any) -> None:
         return
     out = Path(p.cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    meta = {"task": p.cfg.task_name, "study_name": p.cfg.study_name, "teacher": p.reference,
-            "layers": [layer.to_dict() for layer in p.space.layers], "objectives": dict(p.cfg.objectives),
-            "space_fingerprint": p.space.fingerprint(), "task_info": p.task.info}
-    try:
-        from metacompress.learners.meta import task_meta_features
+    from metacompress.learners.meta import meta_artifact
 
-        meta["meta_features"] = task_meta_features(p.task)
-    except ImportError:  # pragma: no cover - meta-learning part not installed
-        pass
+    meta = {**meta_artifact(p.task, p.space.layers, p.reference, seed=p.cfg.seed),
+            "study_name": p.cfg.study_name, "objectives": dict(p.cfg.objectives),
+            "space_fingerprint": p.space.fingerprint(), "task_info": p.task.info}
     path = out / "meta.json"
     path.write_text(json.dumps(meta, indent=2, default=str))
     tracker.log_artifacts([path])

@@ -161,3 +161,13 @@ def test_two_local_worker_processes_share_the_study_without_overshooting(search_
     keys = [json.dumps(t.params, sort_keys=True) for t in counted]
     assert len(set(keys)) == 5  # each worker samples with its own seed
     assert all(Path(t.user_attrs["artifact"]).exists() for t in counted if t.state == TrialState.COMPLETE)
+
+
+def test_a_finished_search_joins_the_history_the_next_warm_start_learns_from(search_yaml):
+    from metacompress.learners.meta import History
+
+    cfg = load_config(search_yaml(n_trials=3))
+    run_search(cfg)
+    history = History.from_mlflow(cfg.tracking_uri)
+    assert len(history) == 3 and history.tasks == ["digits-mlp"]
+    assert len(History.collect(cfg.tracking_uri)) == len(History.shipped()) + 3
