@@ -301,7 +301,8 @@ def _decide(p: Any, tracker: Any, summary: Mapping[str, Any], name: str, constra
     client = tracker.client
     done = _versions_of_run(client, name, p.cfg.study_name)
     champ, champ_metrics, note = _champion(p, client, name)
-    result.champion = None if champ is None else {"version": champ.version, "metrics": champ_metrics, "note": note}
+    result.champion = None if champ is None else {"version": str(champ.version), "metrics": champ_metrics,
+                                                  "note": note}
     if done:
         return _finish_promotion(client, name, done, champ, result)
     better, why = is_better(chosen["metrics"], champ_metrics, constraints, tolerance)
@@ -309,7 +310,8 @@ def _decide(p: Any, tracker: Any, summary: Mapping[str, Any], name: str, constra
     if not better:
         result.outcome = "kept"
         return result
-    version = _register(client, name, chosen, p.cfg.study_name)
+    with tracker._fluent_uri():  # MLflow resolves a logged model's ``models:/m-…`` source in the global store
+        version = _register(client, name, chosen, p.cfg.study_name)
     return _finish_promotion(client, name, [version], champ, result)
 
 

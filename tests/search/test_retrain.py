@@ -1,0 +1,160 @@
+"""``metacompress retrain``: constraints, the promotion rule, and every exit code against a real sqlite registry."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+
+import mlflow
+import optuna
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from metacompress.search.cli import app
+from metacompress.search.config import load_config
+from metacompress.search.local import file_lock, lock_path
+from metacompress.search.retrain import (
+    Constraint,
+    default_run_key,
+    is_better,
+    parse_constraint,
+    select_candidate,
+)
+from metacompress.spaces import ConfigError
+
+runner = CliRunner()
+
+
+# ------------------------------------------------------------------------------------------------ pure rules
+@pytest.mark.parametrize("text", ["accuracy>=0.97", " latency_ms <= 1.0 ", "size_bytes<=2e4", "speedup>=1.5"])
+def test_constraints_parse(text):
+    c = parse_constraint(text)
+    assert str(c).replace(" ", "") in text.replace(" ", "").replace("2e4", "20000").replace("1.0", "1")
+
+
+@pytest.mark.parametrize("text", ["accuracy>0.9", "acc>=0.9", "accuracy>=", "accuracy>=1.5", "size_bytes<=-1",
+                                  "latency_ms<=nan", "", "accuracy>=0.9,size_bytes<=1", None])
+def test_bad_constraints_name_the_field(text):
+    with pytest.raises(ConfigError) as info:
+        parse_constraint(text)
+    assert info.value.field == "constraint" and str(info.value).startswith("The 'constraint' value must be")
+
+
+def test_selection_takes_the_smallest_model_that_meets_the_constraints():
+    cands = [{"number": 0, "metrics": {"accuracy": 0.99, "size_bytes": 900.0}},
+             {"number": 1, "metrics": {"accuracy": 0.95, "size_bytes": 100.0}},
+             {"number": 2, "metrics": {"accuracy": 0.97, "size_bytes": 300.0}},
+             {"number": 3, "metrics": {"accuracy": 0.98, "size_bytes": 300.0}}]
+    assert select_candidate(cands, [parse_constraint("accuracy>=0.97")])["number"] == 3  # tie -> more accurate
+    assert select_candidate(cands, [])["number"] == 1
+    assert select_candidate(cands, [parse_constraint("accuracy>=0.999")]) is None
+
+
+def test_promotion_rule_both_directions():
+    champ = {"accuracy": 0.970, "size_bytes": 1000.0}
+    acc = [parse_constraint("accuracy>=0.95")]
+    assert is_better({"accuracy": 0.968, "size_bytes": 800.0}, champ, acc)[0]  # smaller, within tolerance
+    assert not is_better({"accuracy": 0.960, "size_bytes": 800.0}, champ, acc)[0]  # smaller but much worse
+    assert is_better({"accuracy": 0.975, "size_bytes": 1000.0}, champ, acc)[0]  # more accurate, same size
+    assert not is_better({"accuracy": 0.990, "size_bytes": 1001.0}, champ, acc)[0]  # more accurate but larger
+    assert not is_better(dict(champ), champ, acc)[0]  # a tie keeps the champion
+    assert is_better({"accuracy": 0.96, "size_bytes": 5000.0}, {"accuracy": 0.94, "size_bytes": 10.0}, acc)[0]
+    assert not is_better({"accuracy": 0.94, "size_bytes": 10.0}, None, acc)[0]  # must meet the constraints
+    assert is_better({"accuracy": 0.96, "size_bytes": 10.0}, None, acc)[0]
+    assert Constraint("latency_ms", "<=", 1.0).ok({"latency_ms": float("nan")}) is False
+
+
+def test_default_run_key_is_the_utc_date():
+    assert default_run_key(dt.datetime(2026, 3, 4, 23, 59, tzinfo=dt.timezone.utc)) == "20260304"
+
+
+# ------------------------------------------------------------------------------------------- real registry
+def _job(tmp_path: Path, bits: list[int], name: str = "job", warm_start: object = "off", **space) -> Path:
+    cfg = {"task": "digits-mlp", "study_name": "job", "n_trials": 1, "seed": 0,
+           "storage": f"sqlite:///{tmp_path}/study.db", "tracking_uri": f"sqlite:///{tmp_path}/mlflow.db",
+           "out": str(tmp_path / "out"), "warm_start": warm_start,
+           "space": {"bits": bits, "prune": 0.0, "epochs": 1, **space},
+           "train": {"latency_repeats": 2, "batch_size": 128}}
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _retrain(path: Path, key: str, *flags: str):
+    result = runner.invoke(app, ["retrain", str(path), "--registered-model", "digits", "--run-key", key, *flags])
+    assert "Traceback" not in result.output, result.output
+    return result
+
+
+def _registry(tmp_path: Path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    return mlflow.MlflowClient(uri, registry_uri=uri)
+
+
+def _alias(client, alias: str) -> str:
+    return str(client.get_model_version_by_alias("digits", alias).version)
+
+
+def test_retrain_promotes_only_a_better_model_once(tmp_path):
+    """No champion -> promoted; rerun -> nothing twice; a larger model -> kept; a smaller, as accurate one ->
+    promoted with 'previous' on the old champion; no model meeting the constraints -> exit 3, all logged."""
+    first = _retrain(_job(tmp_path, [4]), "r1")
+    assert first.exit_code == 0 and "promoted: version 1" in first.output, first.output
+    client = _registry(tmp_path)
+    assert _alias(client, "champion") == "1"
+    v1 = client.get_model_version("digits", "1")
+    assert v1.tags["metacompress.run_key"] == "job-r1" and v1.tags["metacompress.packed"].endswith(".mcz")
+
+    again = _retrain(_job(tmp_path, [4]), "r1")  # the crash-rerun of the same run: resumes, never twice
+    assert again.exit_code == 0 and "champion unchanged" in again.output
+    assert len(client.search_model_versions("name = 'digits'")) == 1
+
+    worse = _retrain(_job(tmp_path, [8], name="wide"), "r2")  # 8-bit: twice the size
+    assert worse.exit_code == 0 and "champion kept: not better: size +" in worse.output, worse.output
+    assert _alias(client, "champion") == "1" and len(client.search_model_versions("name = 'digits'")) == 1
+
+    better = _retrain(_job(tmp_path, [3], name="narrow", kd_lambda=0.5, lr=0.003, epochs=3), "r3")
+    assert better.exit_code == 0 and "promoted: version 2" in better.output, better.output
+    assert _alias(client, "champion") == "2" and _alias(client, "previous") == "1"
+    record = json.loads((tmp_path / "out" / "r3" / "retrain.json").read_text())
+    assert record["outcome"] == "promoted" and record["champion"]["version"] == "1"
+    assert record["candidate"]["metrics"]["size_bytes"] < record["champion"]["metrics"]["size_bytes"]
+    assert record["candidate"]["metrics"]["accuracy"] >= record["champion"]["metrics"]["accuracy"] - 0.005
+
+    warm = _job(tmp_path, [4], name="warm", warm_start={"mode": "auto", "n_points": 1})
+    none = _retrain(warm, "r4", "--constraint", "size_bytes<=1")
+    assert none.exit_code == 3 and "nothing promoted" in none.output
+    assert _alias(client, "champion") == "2" and len(client.search_model_versions("name = 'digits'")) == 2
+    study = optuna.load_study(study_name="job-r4", storage=f"sqlite:///{tmp_path}/study.db")
+    previous = optuna.load_study(study_name="job-r1", storage=f"sqlite:///{tmp_path}/study.db")
+    assert study.trials[0].params == previous.best_trials[0].params  # warm: the last run's Pareto policy first
+    parent = client.search_runs([client.get_experiment_by_name("metacompress-digits-mlp").experiment_id],
+                                filter_string="tags.`metacompress.study_name` = 'job-r4'")[0]
+    assert parent.data.tags["metacompress.retrain.outcome"] == "no_candidate"
+
+
+def test_second_run_of_the_same_job_exits_2_without_waiting(tmp_path):
+    path = _job(tmp_path, [4])
+    cfg = load_config(path)
+    with file_lock(lock_path(cfg.storage, "retrain-job-digits", "job")):
+        result = _retrain(path, "r1")
+    assert result.exit_code == 2
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "'registered_model'" in lines[0] and "in use" in lines[0]
+
+
+@pytest.mark.parametrize(("flags", "field"), [
+    ([], "registered_model"), (["--registered-model", "a/b"], "registered_model"),
+    (["--registered-model", "m", "--run-key", "../x"], "run_key"),
+    (["--registered-model", "m", "--constraint", "accuracy=0.9"], "constraint"),
+    (["--registered-model", "m", "--accuracy-tolerance", "2"], "accuracy_tolerance"),
+    (["--registered-model", "m", "--trials", "many"], "n_trials"),
+    (["--registered-model", "m", "--tracking-uri", "none"], "tracking_uri"),
+])
+def test_bad_retrain_input_is_one_line_and_exit_2(tmp_path, flags, field):
+    result = runner.invoke(app, ["retrain", str(_job(tmp_path, [4])), *flags])
+    assert result.exit_code == 2, result.output
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and f"'{field}'" in lines[0] and "Traceback" not in result.output
