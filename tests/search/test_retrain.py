@@ -158,3 +158,64 @@ def test_bad_retrain_input_is_one_line_and_exit_2(tmp_path, flags, field):
     assert result.exit_code == 2, result.output
     lines = [ln for ln in result.output.splitlines() if ln.strip()]
     assert len(lines) == 1 and f"'{field}'" in lines[0] and "Traceback" not in result.output
+
+
+# ------------------------------------------------------------------------------------ job examples (not run)
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "scheduled"
+
+
+def _parses(args: list[str]) -> None:
+    """``args`` (after ``metacompress``) parse as a ``retrain`` call whose own values pass our checks."""
+    import typer
+
+    from metacompress.search.retrain import validate_name
+
+    assert args[0] == "retrain"
+    command = typer.main.get_command(app).commands["retrain"]
+    ctx = command.make_context("retrain", list(args[1:]))
+    validate_name("registered_model", ctx.params["registered_model"])
+    for text in ctx.params["constraint"] or []:
+        parse_constraint(text)
+    assert str(ctx.params["config"]).endswith(".yaml")
+
+
+def test_crontab_example_is_a_valid_schedule_and_call():
+    import shlex
+
+    lines = [ln for ln in (EXAMPLES / "crontab").read_text().splitlines()
+             if ln.strip() and not ln.startswith("#") and "=" not in ln.split()[0]]
+    assert lines
+    for line in lines:
+        fields = line.split(None, 5)
+        for value, (low, high) in zip(fields[:5], [(0, 59), (0, 23), (1, 31), (1, 12), (0, 7)]):
+            assert value == "*" or low <= int(value) <= high
+        words = shlex.split(fields[5].split("&&", 1)[1].split(">>", 1)[0])
+        _parses(words[words.index("retrain"):])
+
+
+def test_kubernetes_cronjob_example_is_valid():
+    job = yaml.safe_load((EXAMPLES / "cronjob.yaml").read_text())
+    assert job["apiVersion"] == "batch/v1" and job["kind"] == "CronJob"
+    spec = job["spec"]
+    assert spec["concurrencyPolicy"] == "Forbid" and len(spec["schedule"].split()) == 5
+    pod = spec["jobTemplate"]["spec"]["template"]["spec"]
+    assert pod["restartPolicy"] == "Never"
+    container = pod["containers"][0]
+    assert container["command"] == ["metacompress"]
+    _parses(container["args"])
+    rule = spec["jobTemplate"]["spec"]["podFailurePolicy"]["rules"][0]
+    assert rule["action"] == "FailJob" and set(rule["onExitCodes"]["values"]) == {2, 3}
+
+
+def test_airflow_example_is_valid_python_calling_the_cli():
+    import ast
+    import shlex
+
+    source = (EXAMPLES / "airflow_dag.py").read_text()
+    tree = ast.parse(source)
+    command = next(node.value for node in ast.walk(tree) if isinstance(node, ast.Assign)
+                   and getattr(node.targets[0], "id", "") == "RETRAIN")
+    words = shlex.split(ast.literal_eval(command).replace("{{ ds_nodash }}", "20260101"))
+    assert words[0] == "metacompress"
+    _parses(words[1:])
+    assert "skip_on_exit_code=3" in source and "max_active_runs=1" in source
