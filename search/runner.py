@@ -328,9 +328,9 @@ def flush_tracking(tracker: Any, step: Callable[[], None], restart: Callable[[],
     Returns:
         True when everything reached MLflow (or tracking is off); False after one warning line otherwise.
     """
+    step()  # with tracking off (NullTracker) this only writes the outputs
     if tracker.tracking_uri == "none":
         return True
-    step()
     deadline, delay = time.monotonic() + timeout_s, 1.0
     while tracker.disabled and time.monotonic() + delay <= deadline:
         time.sleep(delay)
