@@ -6,7 +6,8 @@
 2. **Lock**: one ``fcntl`` lock per job (storage, config's study name, registered model). A second run of the same
    job while one is running does not wait: it exits 2 at once (``'registered_model' ... in use``), so a scheduler
    never piles up runs; the next tick runs normally. The lock guards one machine (or a shared cache folder,
-   ``METACOMPRESS_CACHE``); across machines use the scheduler's own (``concurrencyPolicy: Forbid``, ``max_active_runs``).
+   ``METACOMPRESS_CACHE``); across machines use the scheduler's own (``concurrencyPolicy: Forbid``,
+   ``max_active_runs``).
 3. **Study** ``f"{study_name}-{run_key}"`` (``run_key``: ``--run-key`` or today's UTC date ``YYYYMMDD``), outputs
    in ``out/<run_key>``: a rerun after a crash resumes it (finished trials are never repeated).
 4. **Warm start** (``warm_start.mode: auto``): the Pareto policies of the latest earlier study of this job (same
@@ -347,7 +348,8 @@ def _register(client: Any, name: str, chosen: Mapping[str, Any], run_key: str) -
 
 def _finish_promotion(client: Any, name: str, versions: list[Any], champ: Any, result: RetrainResult
                       ) -> RetrainResult:
-    """Move ``previous`` and ``champion`` to promote ``versions[-1]`` unless it is, or was superseded by, the champion."""
+    """Move ``previous`` and ``champion`` to promote ``versions[-1]``, unless it is (or was superseded by) the
+    champion."""
     version = versions[-1]
     result.version = str(version.version)
     if champ is not None and int(champ.version) >= int(version.version):

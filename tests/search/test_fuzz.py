@@ -70,8 +70,9 @@ FLAGS: list[tuple[str, st.SearchStrategy[list[str]]]] = [
     ("run_key", st.text(min_size=1, max_size=10).filter(lambda t: not t[:1].isalnum() or any(
         not (ch.isascii() and (ch.isalnum() or ch in "._-")) for ch in t)).map(lambda t: ["--run-key", t])),
     ("n_trials", st.one_of(st.integers(max_value=0).map(str), _word(set())).map(lambda t: ["--trials", t])),
-    ("accuracy_tolerance", st.one_of(st.floats(min_value=1.001, max_value=1e9), st.floats(max_value=-1e-6, min_value=-1e9),
-                                     _word(set())).map(lambda t: ["--accuracy-tolerance", str(t)])),
+    ("accuracy_tolerance", st.one_of(st.floats(min_value=1.001, max_value=1e9),
+                                     st.floats(max_value=-1e-6, min_value=-1e9), _word(set())).map(
+        lambda t: ["--accuracy-tolerance", str(t)])),
 ]
 
 
