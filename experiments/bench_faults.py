@@ -1,4 +1,4 @@
-"""Fault tolerance, measured: kill -9, Ray node loss, failing trials, tracking outage, bad input.
+"""Fault tolerance, measured: kill -9, Ray node loss, Tune restore, failing trials, tracking outage, bad input.
 
 Scenarios (each on digits-mlp, real sqlite Optuna storage, real MLflow store; seeds fixed, kill moments drawn by
 ``random.Random(--seed)``):
@@ -8,6 +8,8 @@ Scenarios (each on digits-mlp, real sqlite Optuna storage, real MLflow store; se
   (``lost``); repeated trial points, second child runs of a trial, second promotions (``duplicated``).
 * ``ray_node_loss`` — ``metacompress search --backend ray`` on a two-node ``ray.cluster_utils.Cluster``; the worker
   node is removed while trials run on both. Every trial must complete (Tune retries it, ``ray.max_failures``).
+* ``tune_restore`` — a plain Tune experiment of the metacompress trainable over fixed policies, its driver killed
+  with SIGKILL after the first trial, restored with ``Tuner.restore(resume_errored=True)`` and finished.
 * ``trial_faults`` — a task plugin (``tests/search/faulty_task.py``) whose trials raise, give NaN, or pass
   ``train.trial_timeout_s``: each must be a failed trial with its reason in MLflow, the budget still done.
 * ``tracking_outage`` — a real ``mlflow server`` stopped mid-search and restarted on the same port and store (the
@@ -59,7 +61,8 @@ def job_yaml(tmp: Path, name: str = "job", **over: Any) -> Path:
     return path
 
 
-def audit(cfg_path: Path, study_name: str, tracking_uri: str | None = None) -> dict[str, Any]:
+def audit(cfg_path: Path, study_name: str, tracking_uri: str | None = None, out: Path | None = None
+          ) -> dict[str, Any]:
     """Counts of one finished study against its budget, its MLflow children and its Pareto models."""
     import mlflow
     import optuna
@@ -80,8 +83,7 @@ def audit(cfg_path: Path, study_name: str, tracking_uri: str | None = None) -> d
                                   max_results=5000) if parent else []
     per_trial = Counter(int(r.data.tags["metacompress.trial_number"]) for r in children)
     numbers = {t.number for t in counted}
-    summary = json.loads((Path(cfg.out) / "summary.json").read_text()) if (Path(cfg.out) / "summary.json").exists() \
-        else json.loads((Path(cfg.out).parent / "summary.json").read_text())
+    summary = json.loads((Path(out or cfg.out) / "summary.json").read_text())
     pareto_ok = bool(summary["pareto"]) and all(e.get("model_uri") for e in summary["pareto"])
     return {"budget": cfg.n_trials, "counted": len(counted),
             "complete": sum(t.state == TrialState.COMPLETE for t in counted),
@@ -99,7 +101,7 @@ def kill9(runs: int, seed: int) -> dict[str, Any]:
     rng = random.Random(seed)
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        cfg = job_yaml(tmp, n_trials=8)
+        cfg = job_yaml(tmp, n_trials=16)
         cmd = [str(EXE), "retrain", str(cfg), "--registered-model", "digits", "--run-key", "k9"]
         moments, codes = [], []
         for _ in range(runs):
@@ -111,7 +113,7 @@ def kill9(runs: int, seed: int) -> dict[str, Any]:
             moments.append(round(moment, 2))
             codes.append(proc.wait())
         final = subprocess.run(cmd, cwd=tmp, env=ENV, capture_output=True, text=True, timeout=1800)
-        result = audit(cfg, "job-k9")
+        result = audit(cfg, "job-k9", out=tmp / "out" / "k9")
         uri = f"sqlite:///{tmp}/mlflow.db"
         versions = mlflow.MlflowClient(uri, registry_uri=uri).search_model_versions(
             "name = 'digits' and tags.`metacompress.run_key` = 'job-k9'")
@@ -252,12 +254,68 @@ def ray_node_loss() -> dict[str, Any]:
             code = proc.wait(timeout=1800)
             result = audit(cfg, "job")
             missing_children = result["lost"] - max(0, result["budget"] - result["counted"])
-            return {"exit": code, "worker_removed_mid_sweep": removed, **{k: result[k] for k in (
+            errors = len(list((tmp / "ray").rglob("error*.txt")))  # a trial that failed on the lost node, retried
+            return {"exit": code, "worker_removed_mid_sweep": removed, "trial_errors_retried": errors,
+                    **{k: result[k] for k in (
                 "budget", "counted", "complete", "duplicated", "children", "pareto_models")},
                 "lost": result["budget"] - result["complete"] + missing_children}
         finally:
             ray.shutdown()
             cluster.shutdown()
+
+
+TUNE_SCRIPT = """
+import json, sys
+import optuna, ray
+from ray import tune
+from metacompress.search.config import load_config
+from metacompress.search.runner import prepare
+from metacompress.search.ray_backend import NUMBER_KEY, PAYLOAD_KEY, TRIAL_ID_KEY, _make_trainable
+mode, cfg_path, storage = sys.argv[1:4]
+p = prepare(load_config(cfg_path))
+sampler = optuna.samplers.RandomSampler(seed=0)
+study = optuna.create_study(sampler=sampler, directions=["maximize", "minimize"])
+points = [study.ask(p.distributions).params for _ in range(int(sys.argv[4]))]
+ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+trainable = tune.with_resources(_make_trainable([ray.put(p.objective)], storage + "/art", "cpu", 1), {"cpu": 1})
+space = {TRIAL_ID_KEY: 0, NUMBER_KEY: tune.grid_search(list(range(len(points))))}
+space.update({k: tune.sample_from(lambda spec, k=k: points[spec.config[NUMBER_KEY]][k]) for k in points[0]})
+if mode == "start":
+    tuner = tune.Tuner(trainable, param_space=space, run_config=tune.RunConfig(name="exp", storage_path=storage,
+                       verbose=0))
+else:
+    tuner = tune.Tuner.restore(storage + "/exp", trainable=trainable, resume_errored=True)
+grid = tuner.fit()
+done = [r.config[NUMBER_KEY] for r in grid if r.metrics and r.metrics.get(PAYLOAD_KEY)]
+print(json.dumps({"n": len(grid), "done": sorted(done)}))
+"""
+
+
+def tune_restore(n: int = 4) -> dict[str, Any]:
+    """A Tune experiment of the metacompress trainable over ``n`` policies, its driver killed with SIGKILL after
+    the first trial, then ``Tuner.restore(..., resume_errored=True).fit()``: every trial must finish once."""
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        cfg = job_yaml(tmp, space={"bits": [2, 4, 8], "epochs": {"low": 6, "high": 6}}, tracking_uri="none")
+        script = tmp / "tune_exp.py"
+        script.write_text(TUNE_SCRIPT)
+        args = [sys.executable, str(script), "start", str(cfg), str(tmp / "ray"), str(n)]
+        proc = subprocess.Popen(args, cwd=tmp, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+
+        def finished_one() -> bool:  # a finished trial has written its packed export
+            return any((tmp / "ray" / "art").glob("*.mcz"))
+
+        killed = _wait(finished_one, 900) and proc.poll() is None
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        args[2] = "restore"
+        run = subprocess.run(args, cwd=tmp, env=ENV, capture_output=True, text=True, timeout=1800)
+        last = json.loads(run.stdout.strip().splitlines()[-1]) if run.returncode == 0 else {"n": 0, "done": []}
+        done = last["done"]
+        return {"killed_mid_experiment": killed, "restore_exit": run.returncode, "trials": n,
+                "finished": len(set(done)),
+                "lost": n - len(set(done)), "duplicated": len(done) - len(set(done)),
+                "error": None if run.returncode == 0 else run.stderr[-500:]}
 
 
 def fuzz(n: int) -> dict[str, Any]:
@@ -292,12 +350,12 @@ def main() -> None:
     parser.add_argument("--kills", type=int, default=10)
     parser.add_argument("--fuzz", type=int, default=500)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--only", default="kill9,trial_faults,tracking_outage,ray_node_loss,fuzz")
+    parser.add_argument("--only", default="kill9,trial_faults,tracking_outage,ray_node_loss,tune_restore,fuzz")
     args = parser.parse_args()
     out = ROOT / "experiments" / "results" / "faults.json"
     results: dict[str, Any] = json.loads(out.read_text()) if out.exists() else {}
     scenarios = {"kill9": lambda: kill9(args.kills, args.seed), "trial_faults": trial_faults,
-                 "tracking_outage": tracking_outage, "ray_node_loss": ray_node_loss,
+                 "tracking_outage": tracking_outage, "ray_node_loss": ray_node_loss, "tune_restore": tune_restore,
                  "fuzz": lambda: fuzz(args.fuzz)}
     for name in args.only.split(","):
         t0 = time.time()
@@ -316,10 +374,11 @@ def main() -> None:
 def markdown(r: dict[str, Any]) -> str:
     """A short table of the headline counts."""
     rows = ["| scenario | lost | duplicated | notes |", "|---|---|---|---|"]
-    for name in ("kill9", "ray_node_loss", "tracking_outage", "trial_faults"):
+    for name in ("kill9", "ray_node_loss", "tune_restore", "tracking_outage", "trial_faults"):
         v = r.get(name, {})
-        note = v.get("error") or ", ".join(f"{k}={v[k]}" for k in ("runs", "killed", "counted", "children",
-                                                                   "promotions", "failed_with_reason") if k in v)
+        keys = ("runs", "killed", "counted", "children", "promotions", "failed_with_reason", "trial_errors_retried",
+                "finished")
+        note = v.get("error") or ", ".join(f"{k}={v[k]}" for k in keys if k in v)
         rows.append(f"| {name} | {v.get('lost', '-')} | {v.get('duplicated', '-')} | {note} |")
     f = r.get("fuzz", {})
     rows.append(f"| fuzz | - | - | cases={f.get('cases')}, tracebacks={f.get('tracebacks')} |")

@@ -98,3 +98,14 @@ def test_ray_worker_node_loss_retries_every_trial():
     result = bench_faults.ray_node_loss()
     assert result["worker_removed_mid_sweep"] and result["exit"] == 0, result
     assert result["lost"] == 0 and result["duplicated"] == 0, result
+
+
+@pytest.mark.slow(reason="a Tune experiment killed with SIGKILL and restored with Tuner.restore (~2-3 min)")
+@pytest.mark.ray
+def test_tune_experiment_killed_and_restored_finishes():
+    pytest.importorskip("ray")
+    import bench_faults
+
+    result = bench_faults.tune_restore(n=3)
+    assert result["killed_mid_experiment"] and result["restore_exit"] == 0, result
+    assert result["lost"] == 0 and result["duplicated"] == 0, result
