@@ -113,6 +113,30 @@ def _log_torch_model(model: Any, registered_model_name: str, input_example: Any)
         quiet.setLevel(level)
 
 
+def _create_sqlite_store(uri: str) -> None:
+    """Create a missing sqlite tracking database atomically.
+
+    MLflow creates and migrates its tables on first use; a process killed during that (``kill -9`` of a job run)
+    leaves a half-made database on which every later run fails ("table ... already exists"). Here the tables are
+    made in a temporary file that is then hard-linked into place (a concurrent creator wins, its file is kept).
+    """
+    if not uri.startswith("sqlite:///"):
+        return
+    db = Path(uri[len("sqlite:///"):])
+    if db.exists() or not db.parent.is_dir():
+        return
+    from mlflow import MlflowClient
+
+    tmp = db.with_name(f".{db.name}.init-{os.getpid()}")
+    try:
+        MlflowClient(tracking_uri=f"sqlite:///{tmp}").search_experiments(max_results=1)  # creates every table
+        os.link(tmp, db)
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def _soft(method: Callable[..., _T]) -> Callable[..., _T | None]:
     """Run ``method`` only while the tracker is enabled; in non-strict mode turn a failure into one warning."""
 
@@ -164,6 +188,7 @@ class Tracker:
         if self._client is None:
             from mlflow import MlflowClient
 
+            _create_sqlite_store(self.tracking_uri)
             self._client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
         return self._client
 
