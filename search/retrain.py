@@ -205,6 +205,7 @@ def retrain(
                             "and promotes in it)", "none")
     job = job_config(cfg, run_key)
     tracker = make_tracker(job)
+    _ = tracker.client  # a new sqlite store is created atomically before anything else opens it
     lock = lock_path(cfg.storage, f"retrain-{cfg.study_name}-{registered_model}", "job")
     with file_lock(lock, blocking=False) as owned:
         if not owned:
