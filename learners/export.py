@@ -1,10 +1,15 @@
 """A really smaller artefact: bit-packed low-bit weights, sparsity bitmaps, and the shrunk architecture.
 
-File layout: ``MCZ1`` | uint32 header length | zlib-compressed JSON header | payload. The payload holds, per
-tensor, byte-aligned sections in this order: index of the kept positions (sparse layers: a bitmap, or packed gap
-codes when cheaper, see :func:`metacompress.learners.measure.sparse_index`), packed codes (or fp16/fp32 values)
-of the kept weights, per-channel fp32 scales (quantized layers). Its size is exactly
-:func:`metacompress.learners.measure.size_bytes`; the header adds a few hundred bytes.
+File layout: ``MCZ2`` | binary header | payload. The header is a few dozen bytes of LEB128 varints: the input
+shape, the width of every Linear/Conv layer (in module order), and per compressed layer its index in that order,
+weight bits, activation bits, sparse-index kind (none, bitmap or gap-code width), kept-weight count and gap-code
+count; names, shapes and section lengths follow from the skeleton. (``MCZ1`` files — a zlib-compressed JSON
+header of a few hundred bytes, which outweighed the payload of the smallest students — still load.)
+
+The payload holds, per tensor, byte-aligned sections in this order: index of the kept positions (sparse layers: a
+bitmap, or packed gap codes when cheaper, see :func:`metacompress.learners.measure.sparse_index`), packed codes
+(or fp16/fp32 values) of the kept weights, per-channel fp32 scales (quantized layers). Its size is exactly
+:func:`metacompress.learners.measure.size_bytes`; the header adds a few dozen bytes.
 
 Loading rebuilds the model from a *skeleton* (the teacher's architecture): channels are removed to the recorded
 widths, layers become quantization-aware at their recorded bit-widths, and the weights are filled in, so the
@@ -31,7 +36,32 @@ from .quant import is_compressed, qmax, quantize_codes, to_quantized
 
 __all__ = ["export_compressed", "load_compressed"]
 
-MAGIC = b"MCZ1"
+MAGIC = b"MCZ2"
+MAGIC_V1 = b"MCZ1"
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+class _Cursor:
+    def __init__(self, raw: bytes, pos: int) -> None:
+        self.raw, self.pos = raw, pos
+
+    def varint(self) -> int:
+        n, shift = 0, 0
+        while True:
+            byte = self.raw[self.pos]
+            self.pos += 1
+            n |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                return n
 
 
 def _pack(codes: np.ndarray, bits: int) -> bytes:
@@ -73,6 +103,7 @@ def _weight_sections(mod: nn.Module) -> tuple[dict, list[bytes]]:
     parts: list[bytes] = []
     if mask is not None:
         width, _ = sparse_index(mask)
+        entry["nnz"] = int(mask.sum())
         if width == 0:
             entry["m"] = 1
             parts.append(np.packbits(mask.numpy().ravel()).tobytes())
@@ -98,6 +129,45 @@ def export_compressed(model: nn.Module, path: str | Path, input_shape: tuple[int
     for name, mod in model.named_modules():
         if is_compressed(mod):
             entry, parts = _weight_sections(mod)
+            tensors.append({"n": f"{name}.weight", "k": "q", **entry})
+            payload += parts
+            weight_keys.add(f"{name}.weight")
+    for key, t in model.state_dict().items():
+        if key in weight_keys or key.rsplit(".", 1)[-1] in _SKIP_BUFFERS:
+            continue
+        payload.append(t.detach().float().cpu().numpy().tobytes())
+    acts = {n: m.act_quant.bits for n, m in model.named_modules() if is_compressed(m) and m.act_quant is not None}
+    widths = structure_of(model)
+    order = {name: i for i, name in enumerate(widths)}
+    head = bytearray(_varint(len(input_shape)) + b"".join(_varint(int(d)) for d in input_shape))
+    head += _varint(len(widths)) + b"".join(_varint(w) for w in widths.values())
+    quantized = [t for t in tensors if t["k"] == "q"]
+    head += _varint(len(quantized))
+    for t in quantized:
+        layer = t["n"].rsplit(".", 1)[0]
+        kind = {0: 0, 1: 1, 2: t.get("iw", 0)}[t.get("m", 0)]
+        head += _varint(order[layer]) + bytes([t["b"], acts.get(layer, 0), kind])
+        if kind:
+            head += _varint(t["nnz"])
+        if kind >= 2:
+            head += _varint(t["ic"])
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(MAGIC + bytes(head))
+        for part in payload:
+            f.write(part)
+    return path.stat().st_size
+
+
+def _write_v1(model: nn.Module, path: Path, input_shape: tuple[int, ...]) -> int:
+    """The former ``MCZ1`` writer (zlib JSON header); kept to test that old files still load."""
+    tensors, payload = [], []
+    weight_keys = set()
+    for name, mod in model.named_modules():
+        if is_compressed(mod):
+            entry, parts = _weight_sections(mod)
+            entry.pop("nnz", None)
             tensors.append({"n": f"{name}.weight", "k": "q", **entry, "l": [len(p) for p in parts]})
             payload += parts
             weight_keys.add(f"{name}.weight")
@@ -110,21 +180,66 @@ def export_compressed(model: nn.Module, path: str | Path, input_shape: tuple[int
     acts = {n: m.act_quant.bits for n, m in model.named_modules() if is_compressed(m) and m.act_quant is not None}
     header = {"v": 1, "in": list(input_shape), "w": structure_of(model), "a": acts, "t": tensors}
     blob = zlib.compress(json.dumps(header, separators=(",", ":")).encode(), 9)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "wb") as f:
-        f.write(MAGIC + struct.pack("<I", len(blob)) + blob)
+        f.write(MAGIC_V1 + struct.pack("<I", len(blob)) + blob)
         for part in payload:
             f.write(part)
     return path.stat().st_size
 
 
-def _read(path: Path) -> tuple[dict, bytes]:
+def _read(path: Path, skeleton: nn.Module) -> tuple[dict, bytes]:
+    """The header as a dict (the ``MCZ1`` JSON layout: tensor names, shapes, section lengths) and the payload."""
     raw = path.read_bytes()
+    if raw[:4] == MAGIC_V1:
+        (n,) = struct.unpack("<I", raw[4:8])
+        return json.loads(zlib.decompress(raw[8 : 8 + n])), raw[8 + n :]
     if raw[:4] != MAGIC:
-        raise ConfigError(f"The 'path' value must be a metacompress export (MCZ1). Got {str(path)!r}.", "path")
-    (n,) = struct.unpack("<I", raw[4:8])
-    return json.loads(zlib.decompress(raw[8 : 8 + n])), raw[8 + n :]
+        raise ConfigError(f"The 'path' value must be a metacompress export (MCZ2). Got {str(path)!r}.", "path")
+    cur = _Cursor(raw, 4)
+    input_shape = [cur.varint() for _ in range(cur.varint())]
+    names = list(structure_of(skeleton))
+    n_widths = cur.varint()
+    if n_widths != len(names):
+        raise ConfigError(f"The 'skeleton' value must have the exported model's {n_widths} Linear/Conv layers. "
+                          f"Got {len(names)}.", "skeleton")
+    widths = {name: cur.varint() for name in names}
+    layers = []
+    for _ in range(cur.varint()):
+        index = cur.varint()
+        bits, act, kind = raw[cur.pos : cur.pos + 3]
+        cur.pos += 3
+        nnz = cur.varint() if kind else None
+        count = cur.varint() if kind >= 2 else None
+        layers.append((names[index], bits, act, kind, nnz, count))
+    # names, shapes and section lengths follow from the skeleton shrunk to the recorded widths
+    model = copy.deepcopy(skeleton).cpu()
+    shrink(model, None, torch.zeros(2, *input_shape), widths=widths)
+    modules = dict(model.named_modules())
+    tensors, acts = [], {}
+    for name, bits, act, kind, nnz, count in layers:
+        layer = to_quantized(modules[name], bits, act or None)
+        shape = list(layer.weight.shape)
+        n = layer.weight.numel()
+        kept = n if nnz is None else nnz
+        entry: dict = {"n": f"{name}.weight", "k": "q", "b": bits, "s": shape, "l": []}
+        if kind == 1:
+            entry.update({"m": 1, "l": [(n + 7) // 8]})
+        elif kind >= 2:
+            entry.update({"m": 2, "iw": kind, "ic": count, "l": [(count * kind + 7) // 8]})
+        if bits < 16:
+            entry["l"] += [(kept * bits + 7) // 8, 4 * shape[0]]
+        else:
+            entry["l"].append(kept * (2 if bits == 16 else 4))
+        tensors.append(entry)
+        if act:
+            acts[name] = act
+    weight_keys = {t["n"] for t in tensors}
+    for key, t in model.state_dict().items():
+        if key in weight_keys or key.rsplit(".", 1)[-1] in _SKIP_BUFFERS:
+            continue
+        tensors.append({"n": key, "k": "f", "s": list(t.shape), "l": [4 * t.numel()]})
+    header = {"v": 2, "in": input_shape, "w": widths, "a": acts, "t": tensors}
+    return header, raw[cur.pos :]
 
 
 def _decode_weight(entry: dict, sections: list[bytes]) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -150,7 +265,7 @@ def _decode_weight(entry: dict, sections: list[bytes]) -> tuple[torch.Tensor, to
 
 def load_compressed(path: str | Path, skeleton: nn.Module) -> nn.Module:
     """Rebuild the exported model on a copy of ``skeleton`` (the teacher's architecture)."""
-    header, payload = _read(Path(path))
+    header, payload = _read(Path(path), skeleton)
     model = copy.deepcopy(skeleton).cpu()
     shrink(model, None, torch.zeros(2, *header["in"]), widths=header["w"])
     modules = dict(model.named_modules())

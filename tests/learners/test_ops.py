@@ -251,6 +251,23 @@ def test_export_is_as_small_as_computed_and_loads_back_exactly(teacher, digits, 
     assert accuracy(loaded, val) == accuracy(student, val)
 
 
+def test_tiny_students_export_within_10_percent_and_old_files_still_load(teacher, digits, tmp_path):
+    from metacompress.learners.export import _write_v1
+
+    _, val = digits
+    x = val.tensors[0]
+    policy = CompressionPolicy.uniform(LAYERS, prune=0.9, bits=2, prune_method="structured")
+    student = compress(teacher, policy, torch.zeros(2, 1, 8, 8)).eval()
+    computed = size_bytes(student)
+    assert computed < 2000  # a student of a few hundred bytes: the header must stay small
+    written = export_compressed(student, tmp_path / "tiny.mcz", (1, 8, 8))
+    assert 0 <= written - computed <= 64 and (written - computed) / computed < 0.10
+    assert torch.allclose(load_compressed(tmp_path / "tiny.mcz", teacher)(x), student(x), atol=1e-4)
+    sparse = compress(teacher, CompressionPolicy.uniform(LAYERS, prune=0.9, bits=3)).eval()
+    _write_v1(sparse, tmp_path / "v1.mcz", (1, 8, 8))
+    assert torch.allclose(load_compressed(tmp_path / "v1.mcz", teacher)(x), sparse(x), atol=1e-4)
+
+
 def test_deployable_int8_model_keeps_accuracy(teacher, digits):
     _, val = digits
     student = compress(teacher, CompressionPolicy.uniform(LAYERS, bits=8))
