@@ -3,7 +3,8 @@
 Scenarios (each on digits-mlp, real sqlite Optuna storage, real MLflow store; seeds fixed, kill moments drawn by
 ``random.Random(--seed)``):
 
-* ``kill9`` — ``metacompress retrain`` (local backend) killed with SIGKILL at ``--kills`` random moments, rerun
+* ``kill9`` — ``metacompress retrain`` (local backend, 40 trials) killed with SIGKILL at ``--kills`` random moments
+  (2-12 s after each start; ``killed`` counts the runs still alive at their moment), rerun
   each time, then run to the end. Counted: trials missing from the budget or without an MLflow child run
   (``lost``); repeated trial points, second child runs of a trial, second promotions (``duplicated``).
 * ``ray_node_loss`` — ``metacompress search --backend ray`` on a two-node ``ray.cluster_utils.Cluster``; the worker
@@ -94,19 +95,20 @@ def audit(cfg_path: Path, study_name: str, tracking_uri: str | None = None, out:
                                if r.data.tags.get("metacompress.state") == "FAIL"]}
 
 
-def kill9(runs: int, seed: int) -> dict[str, Any]:
+def kill9(runs: int, seed: int, n_trials: int = 40) -> dict[str, Any]:
     """Kill ``metacompress retrain`` ``runs`` times at random moments, rerun each time, then audit."""
     import mlflow
 
     rng = random.Random(seed)
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        cfg = job_yaml(tmp, n_trials=16)
+        cfg = job_yaml(tmp, n_trials=n_trials, space={"bits": [2, 4, 8], "epochs": {"low": 8, "high": 12},
+                                                "prune_method": ["unstructured"]})
         cmd = [str(EXE), "retrain", str(cfg), "--registered-model", "digits", "--run-key", "k9"]
         moments, codes = [], []
         for _ in range(runs):
             proc = subprocess.Popen(cmd, cwd=tmp, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            moment = rng.uniform(3.0, 25.0)
+            moment = rng.uniform(2.0, 12.0)
             time.sleep(moment)
             if proc.poll() is None:
                 proc.send_signal(signal.SIGKILL)
@@ -119,6 +121,7 @@ def kill9(runs: int, seed: int) -> dict[str, Any]:
             "name = 'digits' and tags.`metacompress.run_key` = 'job-k9'")
         result["duplicated"] += max(0, len(versions) - 1)
         return {"runs": runs, "killed": sum(c == -signal.SIGKILL for c in codes), "kill_moments_s": moments,
+                "exit_codes": codes,
                 "final_exit": final.returncode, "final_line": (final.stdout.strip().splitlines() or [""])[-1],
                 "promotions": len(versions), **result}
 
@@ -382,7 +385,10 @@ def markdown(r: dict[str, Any]) -> str:
         rows.append(f"| {name} | {v.get('lost', '-')} | {v.get('duplicated', '-')} | {note} |")
     f = r.get("fuzz", {})
     rows.append(f"| fuzz | - | - | cases={f.get('cases')}, tracebacks={f.get('tracebacks')} |")
-    return "# Fault tolerance (`python experiments/bench_faults.py`)\n\n" + "\n".join(rows) + "\n"
+    m = r.get("machine", {})
+    head = (f"# Fault tolerance (`python experiments/bench_faults.py`)\n\n{m.get('cpus')} CPUs ({m.get('platform')}, "
+            f"shared with other jobs), Python {m.get('python')}, seed {m.get('seed')}; counts, not timings.\n\n")
+    return head + "\n".join(rows) + "\n"
 
 
 if __name__ == "__main__":

@@ -84,7 +84,7 @@ def test_tracking_server_outage_loses_nothing():
 def test_kill_9_of_a_retrain_job_loses_and_duplicates_nothing():
     import bench_faults
 
-    result = bench_faults.kill9(runs=3, seed=1)
+    result = bench_faults.kill9(runs=3, seed=1, n_trials=8)
     assert result["lost"] == 0 and result["duplicated"] == 0 and result["promotions"] == 1, result
     assert result["final_exit"] == 0 and result["pareto_models"]
 
