@@ -38,7 +38,7 @@ RESULTS = ROOT / "experiments" / "results"
 RUNS = RESULTS / "warmstart_runs.jsonl"
 OBJECTIVES = {"accuracy": "maximize", "size_bytes": "minimize"}
 TASKS = ["digits-mlp", "wine-mlp", "breast-cancer-mlp", "mnist1d-mlp", "digits-cnn", "mnist1d-5w10s"]
-METHODS = ["warm", "cold_tpe", "nsga2", "random", "warm_reptile"]
+METHODS = ["warm", "warm_hedge", "cold_tpe", "nsga2", "random", "warm_lcb", "size_bins", "warm_reptile"]
 FEWSHOT_EPOCHS = {"low": 2, "high": 6}
 CHEAP_EPOCHS = {"low": 1, "high": 2}
 
@@ -72,12 +72,12 @@ def loto_history(held_out: str) -> Any:
     return shipped.subset([t for t in shipped.tasks if t != held_out])
 
 
-def loto_predictor(held_out: str, kind: str) -> Any:
+def loto_predictor(held_out: str, kind: str, **params: Any) -> Any:
     """A predictor of ``kind`` fit on every task but ``held_out``."""
     from metacompress.learners.meta import make_predictor
 
     history = loto_history(held_out)
-    return make_predictor(kind, random_state=0).fit(history.X(), history.y(), history.groups())
+    return make_predictor(kind, random_state=0, **params).fit(history.X(), history.y(), history.groups())
 
 
 def hv_order(proposals: list[Any], reference: dict[str, float]) -> list[Any]:
@@ -96,14 +96,16 @@ def hv_order(proposals: list[Any], reference: dict[str, float]) -> list[Any]:
     return chosen
 
 
-def hedged_proposals(space: Any, task: Any, predictor: Any, k: int, seed: int, reference: dict[str, float]
-                     ) -> list[Any]:
+def hedged_proposals(space: Any, task: Any, predictor: Any, k: int, seed: int, reference: dict[str, float],
+                     score: str = "mean") -> list[Any]:
     """Hedged warm start: the best predicted retention in each of ``k`` log-size bins, from the smallest size
     predicted to keep half the teacher's accuracy up to half the teacher's size.
 
     The predicted front alone collapses onto a narrow size range when the predictor is over-confident at high
     compression (it predicts full retention at tiny sizes, so every larger point is dominated); the bins spread
-    the bet across compression levels, so a wrong prediction costs one point, not all of them.
+    the bet across compression levels, so a wrong prediction costs one point, not all of them. ``score="lcb"``
+    ranks by the ensemble's mean minus one standard deviation (less winner's curse); ``score="none"`` is the
+    ablation without a predictor (a random candidate per bin, bins from the pool's 1st size percentile).
     """
     from metacompress.learners.meta import FEATURE_NAMES, Proposal, SizeModel, encode_arrays
     from metacompress.learners.meta import layer_sensitivity, task_meta_features
@@ -120,9 +122,16 @@ def hedged_proposals(space: Any, task: Any, predictor: Any, k: int, seed: int, r
     enc = encode_arrays(pool.prune, pool.bits, pool.scalars, layers, sens, ratio)
     f = np.array([feats[n] for n in FEATURE_NAMES])
     X = np.hstack([np.broadcast_to(f, (len(pool), len(f))), enc])
-    ret = np.clip(np.asarray(predictor.predict(X), dtype=np.float64), 0.0, 1.0)
-    ok = ret >= 0.5
-    lo = np.log(size[ok].min() if ok.any() else size.min())
+    if score == "none":
+        ret = np.random.default_rng(seed).random(len(pool))
+        lo = np.log(np.percentile(size, 1))
+    else:
+        ret = np.asarray(predictor.predict(X), dtype=np.float64)
+        if score == "lcb":
+            ret = ret - np.asarray(predictor.predict_std(X), dtype=np.float64)
+        ret = np.clip(ret, 0.0, 1.0)
+        ok = ret >= 0.5
+        lo = np.log(size[ok].min() if ok.any() else size.min())
     hi = np.log(max(size_model.teacher_bytes * 0.5, np.exp(lo) * 1.01))
     edges = np.linspace(lo, hi, k + 1)
     logs = np.log(size)
@@ -132,7 +141,7 @@ def hedged_proposals(space: Any, task: Any, predictor: Any, k: int, seed: int, r
         if not len(idx):
             continue
         i = int(idx[np.lexsort((size[idx], -ret[idx]))[0]])
-        out.append(Proposal(pool.params(i), {"accuracy_retention": float(ret[i]), "size_bytes": float(size[i]),
+        out.append(Proposal(pool.params(i), {"accuracy_retention": 1.0 if score == "none" else float(ret[i]), "size_bytes": float(size[i]),
                                              "compression_ratio": float(ratio[i])}))
     return out
 
@@ -154,17 +163,24 @@ def run_one(job: tuple[str, int, str, int, int]) -> dict[str, Any]:
     t0 = time.perf_counter()
     s = _setup(name)
     space, reference = s["space"], s["reference"]
-    sampler = make_sampler("tpe" if method.startswith("warm") or method == "cold_tpe" else method, seed)
+    sampler = make_sampler("tpe" if method.startswith("warm") or method in ("cold_tpe", "size_bins") else method,
+                           seed)
     study = optuna.create_study(directions=list(OBJECTIVES.values()), sampler=sampler)
     predicted: list[dict[str, float]] = []
     reason = ""
-    if method.startswith("warm"):
+    if method.startswith("warm") or method == "size_bins":
         kind = "reptile" if method == "warm_reptile" else "gbm"
         if kind not in s["predictors"]:
             s["predictors"][kind] = loto_predictor(name, kind)
-        if method == "warm_hedge":
-            proposals = hedged_proposals(space, s["task"], s["predictors"][kind], k, seed, reference)
-            reason = f"hedged: {len(proposals)} points"
+        if method in ("warm_hedge", "warm_lcb", "size_bins"):
+            score = {"warm_hedge": "mean", "warm_lcb": "lcb", "size_bins": "none"}[method]
+            predictor = s["predictors"][kind]
+            if method == "warm_lcb":
+                if "gbm5" not in s["predictors"]:
+                    s["predictors"]["gbm5"] = loto_predictor(name, "gbm", n_ensemble=5)
+                predictor = s["predictors"]["gbm5"]
+            proposals = hedged_proposals(space, s["task"], predictor, k, seed, reference, score)
+            reason = f"hedged ({score}): {len(proposals)} points"
         else:
             proposals, reason = propose_for_task(space, s["task"], history=loto_history(name), k=k, seed=seed,
                                                  objectives=OBJECTIVES, predictor=s["predictors"][kind])
@@ -189,7 +205,7 @@ def run_one(job: tuple[str, int, str, int, int]) -> dict[str, Any]:
         trials.append({"params": trial.params, "metrics": metrics, "s": round(time.perf_counter() - a, 3),
                        "warm": "metacompress.warm_start" in trial.user_attrs})
     hv = hypervolume_history([t["metrics"] for t in trials], reference, OBJECTIVES)
-    return {"task": name, "seed": seed, "method": method, "budget": budget, "k": k if method.startswith("warm")
+    return {"task": name, "seed": seed, "method": method, "budget": budget, "k": k if method.startswith("warm") or method == "size_bins"
             else 0, "teacher": {key: reference[key] for key in OBJECTIVES}, "hv": hv, "trials": trials,
             "predicted": predicted, "reason": reason, "wall_s": round(time.perf_counter() - t0, 1),
             "kind": "real"}
@@ -301,6 +317,7 @@ def predictor_quality(runs: list[dict[str, Any]], tasks: list[str], shots: int =
                     scores.setdefault(f"{label}_{tag}_spearman", []).append(rho)
                     scores.setdefault(f"{label}_{tag}_kendall", []).append(tau)
             per_task[name] = {key: float(np.mean(v)) for key, v in scores.items()}
+            print(f"quality {kind} {name}: {per_task[name]}", flush=True)
         keys = sorted({k for v in per_task.values() for k in v})
         out[kind] = {"mean": {k: float(np.mean([v[k] for v in per_task.values() if k in v])) for k in keys},
                      "per_task": per_task}
@@ -361,11 +378,32 @@ def summarize(runs: list[dict[str, Any]], budget: int) -> dict[str, Any]:
                               else float("nan")},
         "trials_to_cold_hv_by_method": {m: {"median": _median(v), "frac_reached": float(np.mean(
             [n <= budget for n in v])) if v else float("nan")} for m, v in by_method.items()},
+        "n_runs": {m: sum(len(d) for d in by[m].values()) for m in methods},
         "hv_at_5": {m: at(m, 5) for m in methods}, "hv_at_10": {m: at(m, 10) for m in methods},
         "hv_at_budget": {m: at(m, budget) for m in methods},
         "warm_never_worse_at_budget": never_worse, "per_task": per_task,
         "curves": {m: [h for t in by[m].values() for h in t.values()] for m in methods},
     }
+
+
+def calibration(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """How the warm points did against their predictions: predicted minus real retention of the enqueued trials."""
+    out: dict[str, Any] = {}
+    for method in ("warm", "warm_hedge", "warm_lcb", "warm_reptile"):
+        gaps, per_task = [], {}
+        for r in runs:
+            if r["method"] != method or r.get("kind") != "real":
+                continue
+            for p, t in zip(r["predicted"], r["trials"]):
+                if t["metrics"] is not None:
+                    gap = p["accuracy_retention"] - t["metrics"]["accuracy"] / r["teacher"]["accuracy"]
+                    gaps.append(gap)
+                    per_task.setdefault(r["task"], []).append(gap)
+        if gaps:
+            out[method] = {"mean_gap": float(np.mean(gaps)), "median_abs_gap": float(np.median(np.abs(gaps))),
+                           "frac_within_0.05": float(np.mean(np.abs(gaps) <= 0.05)), "n": len(gaps),
+                           "per_task_mean_gap": {k: float(np.mean(v)) for k, v in sorted(per_task.items())}}
+    return out
 
 
 def aggregate(args: argparse.Namespace) -> dict[str, Any]:
@@ -384,6 +422,7 @@ def aggregate(args: argparse.Namespace) -> dict[str, Any]:
         "kendall_zero_shot": gq.get("real_zero_shot_kendall", float("nan")),
         "kendall_after_5": gq.get("real_after_5_kendall", float("nan")),
         "predictor_quality": quality,
+        "warm_point_calibration": calibration(runs),
         "setup": {"objectives": OBJECTIVES, "k_warm": max([r["k"] for r in runs] or [0]),
                   "epochs": {"regular": CHEAP_EPOCHS, "few-shot": FEWSHOT_EPOCHS}, "latency_repeats": 0,
                   "predictor": "GBM (default, learners/meta/data/predictor.json) fit leave-one-task-out on the "
@@ -402,7 +441,31 @@ def aggregate(args: argparse.Namespace) -> dict[str, Any]:
 
 
 LABELS = {"warm": "warm TPE (ours: GBM, shipped proposer)", "warm_hedge": "warm TPE (GBM, hedged proposals)",
-          "warm_reptile": "warm TPE (Reptile)", "cold_tpe": "cold TPE", "nsga2": "NSGA-II", "random": "random"}
+          "warm_reptile": "warm TPE (Reptile)",
+          "warm_lcb": "warm TPE (GBM ensemble, hedged, mean-std)",
+          "size_bins": "TPE + size-binned random start (no predictor)", "cold_tpe": "cold TPE", "nsga2": "NSGA-II", "random": "random"}
+
+
+NOTES = [
+    "- All numbers above are **real trials** (compress → distill → evaluate); no tabular replay was run, so there "
+    "are no replay numbers to separate.",
+    "- Targets (warm reaches cold TPE's 40-trial HV in ≤ 5 trials; zero-shot Spearman ≥ 0.85, ≥ 0.92 after 5) are "
+    "**not met**. The limit is the predictor: fit on 7 tasks (336 rows), its held-out rank correlation is about "
+    "0.4-0.55, and it is near zero or negative on the two near-saturated tasks (wine, breast-cancer: most "
+    "policies keep the teacher's accuracy, so ranks are mostly noise). The GBM's `adapt` only shifts predictions "
+    "by the mean residual, so its Spearman cannot change after 5 trials; refitting with the 5 trials up-weighted "
+    "(×5, ×20, ×50) lowered the meta-dataset LOTO Spearman (0.60 → 0.59/0.58/0.56), so it was not kept.",
+    "- The shipped proposer takes the predicted Pareto front; picking the best of 10 000 candidates under a noisy "
+    "predictor is over-optimistic (winner's curse: +0.13 predicted-minus-real retention on the warm points) and, "
+    "when the predictor believes in full retention at high compression, the front collapses onto a narrow size "
+    "range (wine: 8 points between 481 and 521 bytes, at 39–72 % accuracy against a teacher at 100 %). Hedged proposals (best predicted "
+    "retention in each of k log-size bins) cut the gap to +0.06 and raise HV@5 above cold TPE; the ensemble "
+    "lower bound (mean − std) cuts it further. The size-binned start without any predictor is the ablation: "
+    "the learned predictor is what lifts HV@5 above it.",
+    "- Syne Tune (ZeroShotTransfer / BoundingBox) was not compared: `syne-tune` 0.16 pulls xgboost and a 350 MB "
+    "CUDA NCCL wheel, and both methods need one configuration space shared by all tasks, while ours is per-layer "
+    "(a different number of parameters per model).",
+]
 
 
 def _f(x: float) -> str:
@@ -423,11 +486,11 @@ def write_md(r: dict[str, Any]) -> None:
         f"{_f(r['hv_at_5']['cold_tpe'])} cold, after {b} {_f(r['hv_at_budget']['warm'])} vs "
         f"{_f(r['hv_at_budget']['cold_tpe'])}. Predictor rank quality on held-out real trials: Spearman "
         f"{_f(r['spearman_zero_shot'])} zero-shot, {_f(r['spearman_after_5'])} after 5 trials.", "",
-        "| method | HV@5 | HV@10 | HV@" + str(b) + " | trials to cold TPE's HV@" + str(b) + " (median; reached) |",
-        "|---|---|---|---|---|",
+        "| method | runs | HV@5 | HV@10 | HV@" + str(b) + " | trials to cold TPE's HV@" + str(b) + " (median; reached) |",
+        "|---|---|---|---|---|---|",
     ]
     tm = r["trials_to_cold_hv_by_method"]
-    lines += [f"| {LABELS[m]} | {_f(r['hv_at_5'][m])} | {_f(r['hv_at_10'][m])} | {_f(r['hv_at_budget'][m])} | "
+    lines += [f"| {LABELS[m]} | {r['n_runs'][m]} | {_f(r['hv_at_5'][m])} | {_f(r['hv_at_10'][m])} | {_f(r['hv_at_budget'][m])} | "
               f"{tm[m]['median']:g}; {tm[m]['frac_reached']:.0%} |" for m in order]
     lines += ["", "![anytime hypervolume](warmstart.png)", "", "## Per task (mean over seeds)", "",
               "| task | " + " | ".join(f"{m} HV@5 / @{b}" for m in order) + " | warm: trials to cold HV |",
@@ -446,6 +509,13 @@ def write_md(r: dict[str, Any]) -> None:
                          f"{_f(m.get(label + '_after_5_spearman', float('nan')))} | "
                          f"{_f(m.get(label + '_zero_shot_kendall', float('nan')))} | "
                          f"{_f(m.get(label + '_after_5_kendall', float('nan')))} |")
+    lines += ["", "## Warm points: predicted minus real retention (over-optimism)", "",
+              "| proposer | mean gap | median abs gap | within 0.05 | per task |", "|---|---|---|---|---|"]
+    for m, c in r["warm_point_calibration"].items():
+        per = ", ".join(f"{k} {v:+.2f}" for k, v in c["per_task_mean_gap"].items())
+        lines.append(f"| {LABELS[m]} | {c['mean_gap']:+.3f} | {c['median_abs_gap']:.3f} | "
+                     f"{c['frac_within_0.05']:.0%} | {per} |")
+    lines += ["", "## What limits it, what was tried", "", *NOTES]
     s = r["setup"]
     lines += ["", f"Setup: {s['machine']}; epochs {s['epochs']}; k={s['k_warm']} warm points; latency not an "
               f"objective; {s['wall_s_total']} s of trial time in all. Reproduce: "
@@ -455,6 +525,9 @@ def write_md(r: dict[str, Any]) -> None:
 
 
 def main() -> None:
+    import torch
+
+    torch.set_num_threads(1)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", nargs="*", default=TASKS)
     parser.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
@@ -464,9 +537,12 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--runs", type=Path, default=RUNS)
     parser.add_argument("--aggregate", action="store_true", help="only aggregate what is recorded")
+    parser.add_argument("--no-aggregate", action="store_true", help="only run (another process aggregates)")
     args = parser.parse_args()
     if not args.aggregate:
         run_all(args)
+    if args.no_aggregate:
+        return
     result = aggregate(args)
     print(json.dumps({k: result[k] for k in ("tasks", "seeds", "trials_to_cold_hv", "hv_at_5", "hv_at_budget",
                                              "spearman_zero_shot", "spearman_after_5")}, indent=1))
