@@ -367,3 +367,22 @@ def test_shipped_meta_dataset_and_default_predictor(digits, digits_meta):
     assert len(points) == 4 and "pretrained" in reason and "adapted on" in reason
     for params in points:
         space.decode(params)
+
+
+def test_hedged_and_front_strategies_both_give_k_distinct_valid_points(digits, digits_meta, fitted_gbm):
+    layers, sens, feats = digits_meta
+    space = _space(layers, prune_method=Categorical(("unstructured", "structured")), epochs=Int(1, 3))
+    size_model = SizeModel(digits.teacher, digits.example_input(2))
+    sizes = {}
+    for strategy in ("hedged", "front"):
+        proposals = propose(space, layers, feats, fitted_gbm, k=6, n_candidates=2_000, seed=1,
+                            size_model=size_model, sensitivity=sens, strategy=strategy)
+        assert len({json.dumps(p.params, sort_keys=True) for p in proposals}) == len(proposals) == 6
+        for p in proposals:
+            space.decode(p.params)
+        sizes[strategy] = sorted(p.predicted["size_bytes"] for p in proposals)
+    # hedged points are spread over log-size bins up to half the teacher: no two share a bin
+    logs = np.log(sizes["hedged"])
+    assert np.all(np.diff(logs) > 0)
+    with pytest.raises(ConfigError, match="strategy"):
+        propose(space, layers, feats, fitted_gbm, k=2, size_model=size_model, sensitivity=sens, strategy="best")
