@@ -276,6 +276,19 @@ def test_deployable_int8_model_keeps_accuracy(teacher, digits):
     assert abs(accuracy(fast, val) - accuracy(student, val)) <= 0.01
 
 
+def test_deployable_can_be_frozen_for_any_batch_size(teacher, digits):
+    _, val = digits
+    x = val.tensors[0]
+    student = compress(teacher, CompressionPolicy.uniform(LAYERS, prune=0.5, bits=4, prune_method="structured"),
+                       torch.zeros(2, 1, 8, 8)).eval()
+    eager = deployable(student, int8=True)
+    frozen = deployable(student, int8=True, example_input=x[:4])
+    assert isinstance(frozen.graph, torch.jit.ScriptModule)
+    for batch in (1, 7, len(x)):
+        assert torch.allclose(frozen(x[:batch]), eager(x[:batch]), atol=1e-5)
+    assert accuracy(frozen, val) == accuracy(eager, val)
+
+
 def test_evaluate_reports_every_metric(teacher, digits):
     _, val = digits
     ref = evaluate(teacher, val, torch.zeros(2, 1, 8, 8), latency_repeats=3, batch_sizes=(1, 32))
