@@ -12,7 +12,9 @@ Grid, per task: weight bits {8, 4, 3, 2} x sparsity {0, 50, 80, 90} % x method {
 * ``export_size_error``: max over all exported policies of ``|file bytes - size_bytes| / size_bytes`` (every
   policy is exported, re-loaded from the file and its accuracy checked against the in-memory student).
 * ``speedup_at_1pp``: teacher / student latency ratio at batch ``--batch`` (256), in CPU time of the process (wall
-  time is reported as ``speedup_at_1pp_wall``; the 2 cores are shared), of one STRUCTURED policy chosen before
+  time is reported as ``speedup_at_1pp_wall``; the 2 cores are shared), both deployed with
+  ``deployable(..., example_input=)`` (BN folded, traced and frozen TorchScript; the eager ``deployable`` ratio is
+  ``speedup_at_1pp_eager``), of one STRUCTURED policy chosen before
   timing: the most pruned (then the smallest) among those within 1 pp after fine-tuning and whose re-loaded,
   int8-deployed model (``deployable(load_compressed(file), int8=True)``: BN folded, dynamic
   int8 Linear, float convs with the quantized weights) is within 1 pp of the teacher. The teacher is timed as
@@ -185,14 +187,24 @@ def run_task(name: str, args: argparse.Namespace, progress, tmp: Path) -> dict[s
     speed = None
     if ok:
         i = max(ok, key=lambda i: (rows[i]["sparsity"], rows[i]["compression_ratio"], rows[i]["accuracy"]))
-        big = paired_latency(teacher_folded, deployed[i], sample, 3 * args.repeats)
-        one = paired_latency(teacher_folded, deployed[i], sample[:1], 3 * args.repeats)
-        speed = {"policy": rows[i]["label"], "index": i,
-                 f"teacher_ms_b{args.batch}": big["cpu_a"], f"student_ms_b{args.batch}": big["cpu_b"],
-                 "teacher_ms_b1": one["cpu_a"], "student_ms_b1": one["cpu_b"],
-                 f"speedup_b{args.batch}": big["cpu_a"] / big["cpu_b"], "speedup_b1": one["cpu_a"] / one["cpu_b"],
-                 f"speedup_b{args.batch}_wall": big["wall_a"] / big["wall_b"],
-                 "speedup_b1_wall": one["wall_a"] / one["wall_b"]}
+        speed = {"policy": rows[i]["label"], "index": i}
+        # "frozen": deployable(..., example_input=) traces and freezes teacher and student alike (TorchScript);
+        # "eager": the plain deployable modules. The frozen numbers are the headline ones.
+        student_frozen = deployable(load_compressed(tmp / f"{name}-{i}.mcz", teacher), int8=True,
+                                    example_input=sample[:8])
+        teacher_frozen = deployable(teacher, int8=False, example_input=sample[:8])
+        speed["frozen_is_torchscript"] = hasattr(student_frozen, "graph") and hasattr(teacher_frozen, "graph")
+        speed["frozen_student_accuracy"] = accuracy(student_frozen, task.val)
+        for form, (t_m, s_m) in {"": (teacher_frozen, student_frozen), "eager_": (teacher_folded, deployed[i])}.items():
+            big = paired_latency(t_m, s_m, sample, 3 * args.repeats)
+            one = paired_latency(t_m, s_m, sample[:1], 3 * args.repeats)
+            speed.update({
+                f"{form}teacher_ms_b{args.batch}": big["cpu_a"], f"{form}student_ms_b{args.batch}": big["cpu_b"],
+                f"{form}teacher_ms_b1": one["cpu_a"], f"{form}student_ms_b1": one["cpu_b"],
+                f"{form}speedup_b{args.batch}": big["cpu_a"] / big["cpu_b"],
+                f"{form}speedup_b1": one["cpu_a"] / one["cpu_b"],
+                f"{form}speedup_b{args.batch}_wall": big["wall_a"] / big["wall_b"],
+                f"{form}speedup_b1_wall": one["wall_a"] / one["wall_b"]})
     return summarize(name, teacher_info, rows, speed, args)
 
 
@@ -217,6 +229,8 @@ def summarize(name: str, teacher: dict, rows: list[dict], speed: dict | None,
         "speedup_b1_at_1pp": speed["speedup_b1"] if speed else 0.0,
         "speedup_at_1pp_wall": speed[f"speedup_b{b}_wall"] if speed else 0.0,
         "speedup_b1_at_1pp_wall": speed["speedup_b1_wall"] if speed else 0.0,
+        "speedup_at_1pp_eager": speed[f"eager_speedup_b{b}"] if speed else 0.0,
+        "speedup_b1_at_1pp_eager": speed["eager_speedup_b1"] if speed else 0.0,
         "speedup_batch": b,
         "speedup": speed,
         "policies": rows,
@@ -281,25 +295,28 @@ def markdown(out: dict[str, Any]) -> str:
         lines.append(f"| {text} | " + " | ".join("met" if out["targets"][name][key] else "**missed**"
                                                    for name in out["tasks"]) + " |")
     lines += ["", "## Latency", "",
-              f"| task | teacher b1 (ms) | teacher b{b} (ms) | BN-folded teacher b{b} | policy | student b1 | "
-              f"student b{b} | speedup b1 | speedup b{b} |", "|---|---|---|---|---|---|---|---|---|"]
+              f"| task | form | teacher b1 (ms) | teacher b{b} (ms) | policy | student b1 | "
+              f"student b{b} | speedup b1 | speedup b{b} |", "|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in out["tasks"].items():
         t, p = r["teacher"], r["speedup"]
-        if p:
-            lines.append(f"| {name} | {t['latency_ms_b1']:.3f} | {t[f'latency_ms_b{b}']:.2f} | "
-                         f"{t[f'latency_ms_b{b}_bn_folded']:.2f} | {p['policy']} | {p['student_ms_b1']:.3f} | "
-                         f"{p[f'student_ms_b{b}']:.2f} | {p['speedup_b1']:.2f}× ({p['speedup_b1_wall']:.2f}×) | "
-                         f"{p[f'speedup_b{b}']:.2f}× ({p[f'speedup_b{b}_wall']:.2f}×) |")
+        for form, text in (("", "TorchScript frozen"), ("eager_", "eager")):
+            if p:
+                lines.append(f"| {name} | {text} | {p[f'{form}teacher_ms_b1']:.3f} | "
+                             f"{p[f'{form}teacher_ms_b{b}']:.2f} | {p['policy']} | {p[f'{form}student_ms_b1']:.3f} | "
+                             f"{p[f'{form}student_ms_b{b}']:.2f} | {p[f'{form}speedup_b1']:.2f}× "
+                             f"({p[f'{form}speedup_b1_wall']:.2f}×) | {p[f'{form}speedup_b{b}']:.2f}× "
+                             f"({p[f'{form}speedup_b{b}_wall']:.2f}×) |")
     lines += ["", "Latencies are CPU milliseconds per forward (`time.process_time`, 1 thread; wall-clock speedups in "
               "parentheses), medians of interleaved teacher/student pairs. The cores are shared with other jobs, "
               "so wall time swings with their load; CPU time counts only this process's compute. The policy is "
               "chosen before timing it (among structured policies within 1 pp after fine-tuning and after "
               "export + int8 deployment: the most pruned, then the smallest), so the maximum of noisy numbers is "
-              "not what is reported. Teacher columns are fp32, unfolded / BN-folded. "
-              "Speedups are against the BN-folded fp32 teacher (the faster teacher form). Batch-1 latency of "
-              "these models is a fraction of a millisecond and dominated by Python/dispatch overhead per layer, "
-              "not arithmetic — especially the 8×8 digits CNN — so the batch-1 speedup says little about the "
-              f"compression; the batch-{b} number is the meaningful one. The deployed student is the exported "
+              "not what is reported. The teacher is the fp32 teacher with BatchNorm folded (its faster form), "
+              "deployed the same way as the student: `deployable(model, example_input=...)` traces and freezes both "
+              "with TorchScript (the headline numbers), `eager` are the plain `deployable` modules. Batch-1 latency of "
+              "these models is a fraction of a millisecond and dominated by Python/dispatch overhead per layer "
+              "(eager) and per-op overhead (frozen), not arithmetic — especially the 8×8 digits CNN — so the "
+              f"batch-1 speedup says little about the compression; the batch-{b} number is the meaningful one. The deployed student is the exported "
               "file re-loaded, BN folded, Linear layers as dynamic int8 (torch.ao), convolutions in fp32 with the "
               "quantized weights: the speedup comes from the channels removed by structured pruning.", "",
               "## Policies (fine-tuned accuracy, sorted by compression ratio)", ""]
