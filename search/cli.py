@@ -255,14 +255,25 @@ def retrain(
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point: a usage error (unknown flag, bad flag value) is one line and exit code 2 too."""
+    try:  # typer >= 0.26 vendors click
+        from typer._click.exceptions import ClickException, NoArgsIsHelpError
+    except ImportError:  # pragma: no cover - typer on top of click
+        from click.exceptions import ClickException, NoArgsIsHelpError
+
     try:
-        app()
-    except SystemExit as exc:
-        code = exc.code
-        if code not in (None, 0, 1, 2, 3, 130) and not isinstance(code, int):  # pragma: no cover
-            sys.exit(2)
-        raise
+        code = app(standalone_mode=False)
+    except NoArgsIsHelpError as exc:
+        exc.show()
+        code = 0
+    except ClickException as exc:
+        if "--debug" in sys.argv:
+            raise
+        err_console.print(f"[bold red]error:[/] {exc.format_message()}", highlight=False, soft_wrap=True)
+        code = exc.exit_code
+    except typer.Abort:
+        code = 130
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":  # pragma: no cover

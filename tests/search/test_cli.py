@@ -101,3 +101,14 @@ def test_console_script_runs_without_a_traceback_on_bad_input(tmp_path):
                             timeout=120)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr and "'config'" in result.stderr
+
+
+@pytest.mark.parametrize(("flags", "needle"), [(["--trails", "3"], "--trails"), (["--trials", "abc"], "--trials")])
+def test_console_script_usage_errors_are_one_line_too(tmp_path, flags, needle):
+    exe = Path(sys.executable).with_name("metacompress")
+    config = tmp_path / "c.yaml"
+    config.write_text("task: digits-mlp\n")
+    result = subprocess.run([str(exe), "search", str(config), *flags], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and needle in lines[0] and "Traceback" not in result.stderr
