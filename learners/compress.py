@@ -6,7 +6,7 @@ import copy
 import torch
 from torch import nn
 
-from metacompress.spaces import CompressionPolicy, LayerInfo, unknown_key
+from metacompress.spaces import CompressionPolicy, LayerInfo, invalid_value
 
 from .prune import channel_groups, magnitude_mask, shrink
 from .quant import QUANTIZABLE, to_quantized
@@ -56,7 +56,7 @@ def compress(
     student = copy.deepcopy(teacher)
     if policy.prune_method == "structured" and any(lp.prune > 0 for lp in policy.layers.values()):
         if example_input is None:
-            raise unknown_key("example_input", "None", ["a tensor batch"])
+            raise invalid_value("example_input", "an input batch (structured pruning traces the shapes)", None)
         shrink(student, {n: lp.prune for n, lp in policy.layers.items()}, example_input)
     modules = dict(student.named_modules())
     for name, lp in policy.layers.items():
