@@ -35,9 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -60,26 +58,13 @@ from metacompress.learners import (
 )
 from metacompress.spaces import CompressionPolicy
 
+from benchinfo import machine  # noqa: E402 (experiments/ is the script's folder)
+
 HERE = Path(__file__).resolve().parent
 BITS = (8, 4, 3, 2)
 SPARSITY = (0.0, 0.5, 0.8, 0.9)
 LAMBDAS = (0.3, 0.7)
 METHODS = ("unstructured", "structured")
-
-
-def machine() -> dict[str, Any]:
-    cpu = "unknown"
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    try:
-        up = subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip()
-    except OSError:
-        up = ""
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-            "python": platform.python_version(), "uptime": up, "loadavg": list(os.getloadavg())}
 
 
 def grid(names: list[str], epochs: int, lr: float, quick: bool) -> list[CompressionPolicy]:
@@ -298,7 +283,7 @@ def markdown(out: dict[str, Any]) -> str:
               f"| task | form | teacher b1 (ms) | teacher b{b} (ms) | policy | student b1 | "
               f"student b{b} | speedup b1 | speedup b{b} |", "|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in out["tasks"].items():
-        t, p = r["teacher"], r["speedup"]
+        p = r["speedup"]
         for form, text in (("", "TorchScript frozen"), ("eager_", "eager")):
             if p:
                 lines.append(f"| {name} | {text} | {p[f'{form}teacher_ms_b1']:.3f} | "

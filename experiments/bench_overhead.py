@@ -32,9 +32,7 @@ import copy
 import json
 import math
 import os
-import platform
 import statistics
-import subprocess
 import time
 import types
 from pathlib import Path
@@ -47,19 +45,9 @@ from torch import nn
 from metacompress.learners import FinetuneConfig, compress, describe_layers, finetune, load_task
 from metacompress.spaces import CompressionPolicy
 
+from benchinfo import machine  # noqa: E402 (experiments/ is the script's folder)
+
 HERE = Path(__file__).resolve().parent
-
-
-def machine() -> dict[str, Any]:
-    cpu = "unknown"
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    up = subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip()
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-            "python": platform.python_version(), "uptime": up, "loadavg": list(os.getloadavg())}
 
 
 # ---------------------------------------------------------------- the plain, hand-written PyTorch version
