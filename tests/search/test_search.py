@@ -128,8 +128,11 @@ def test_kill_9_mid_search_then_rerun_finishes_the_budget_exactly(search_yaml, t
             study = _study(cfg)
         except KeyError:
             return False
-        states = [t.state for t in study.get_trials(deepcopy=False)]
-        return states.count(TrialState.COMPLETE) >= 1 and TrialState.RUNNING in states
+        trials = study.get_trials(deepcopy=False)
+        done = [t for t in trials if t.state == TrialState.COMPLETE]
+        running = [t for t in trials if t.state == TrialState.RUNNING]
+        # kill while the running trial trains, i.e. once all of its parameters are sampled
+        return bool(done) and any(len(t.params) == len(done[0].params) for t in running)
 
     assert _wait_for(running_after_one_complete, 180), proc.stderr.read().decode()[-2000:] if proc.poll() else ""
     os.kill(proc.pid, signal.SIGKILL)
@@ -145,6 +148,7 @@ def test_kill_9_mid_search_then_rerun_finishes_the_budget_exactly(search_yaml, t
     assert not study.get_trials(states=(TrialState.RUNNING, TrialState.WAITING))
     # the killed trial was re-run once with its own params, not lost and not repeated
     retried = [t for t in counted if t.system_attrs.get("failed_trial") == interrupted[0].number]
+    assert len(interrupted[0].params) == len(retried[0].params)
     assert len(retried) == 1 and retried[0].params == interrupted[0].params
     keys = [json.dumps(t.params, sort_keys=True) for t in counted]
     assert len(keys) == len(set(keys))
