@@ -290,7 +290,7 @@ class RayConfig:
 
 @dataclass
 class ParallelConfig:
-    """Local parallelism of the Optuna backend (``n_jobs`` threads; -1 = all cores)."""
+    """Local parallelism of the Optuna backend (``n_jobs`` worker processes; -1 = all cores)."""
 
     n_jobs: int = _opt(1, _number("int", 1, allow=(-1,)))
 

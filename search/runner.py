@@ -12,6 +12,7 @@ import json
 import logging
 import multiprocessing as mp
 import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -113,12 +114,45 @@ def _worker_main(cfg: SearchConfig, worker: int) -> None:  # pragma: no cover - 
                lock_path(cfg.storage, cfg.study_name, "budget"), artifact_dir=p.artifact_dir)
 
 
+def _forked_worker(p: Prepared, worker: int) -> None:  # pragma: no cover - runs in a child process
+    # A forked child shares the parent's task, teacher and objective (copy-on-write) but nothing that talks to
+    # the outside: it opens its own storage (the parent's pooled connections are never touched) and writes to
+    # fresh stdio objects (another thread of the parent, e.g. a progress bar, may have held their locks).
+    sys.stdout = open(1, "w", closefd=False, buffering=1)  # noqa: SIM115 - the child's stdio for its lifetime
+    sys.stderr = open(2, "w", closefd=False, buffering=1)  # noqa: SIM115
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+            handler.setStream(sys.stderr)
+    torch.set_num_threads(1)
+    cfg = p.cfg
+    study = open_study(cfg.storage, cfg.study_name, cfg.objectives, make_sampler(cfg.sampler, cfg.seed),
+                       p.space.fingerprint())
+    study.sampler = make_sampler(cfg.sampler, sampler_seed(cfg.seed, len(study.get_trials(deepcopy=False)), worker))
+    run_worker(study, p.objective, cfg.n_trials, cfg.objectives, p.distributions,
+               lock_path(cfg.storage, cfg.study_name, "budget"), artifact_dir=p.artifact_dir)
+
+
+def start_method(cfg: SearchConfig) -> str:
+    """How local workers start: ``fork`` where it is safe, else ``spawn``.
+
+    Forking hands a worker the loaded task and teacher at once (a spawned one first imports torch and loads the
+    task, seconds per worker). It is safe on Linux for CPU workers with one torch thread each: an OpenMP pool
+    the parent used does not survive ``fork`` (a child with more threads would hang) and CUDA cannot be forked.
+    """
+    if (sys.platform.startswith("linux") and "fork" in mp.get_all_start_methods()
+            and max(1, cfg.train.num_threads) == 1 and not torch.cuda.is_initialized()):
+        return "fork"
+    return "spawn"
+
+
 def run_local(p: Prepared, on_trial_end: Callable[[FrozenTrial], None] | None = None) -> None:
     """Run the budget with ``parallel.n_jobs`` worker processes (this process is one of them)."""
     cfg = p.cfg
     n_jobs = cfg.parallel.n_jobs if cfg.parallel.n_jobs > 0 else (mp.cpu_count() or 1)
-    ctx = mp.get_context("spawn")
-    workers = [ctx.Process(target=_worker_main, args=(cfg, i), daemon=True) for i in range(1, n_jobs)]
+    method = start_method(cfg)
+    ctx = mp.get_context(method)
+    target, arg = (_forked_worker, p) if method == "fork" else (_worker_main, cfg)
+    workers = [ctx.Process(target=target, args=(arg, i), daemon=True) for i in range(1, n_jobs)]
     for w in workers:
         w.start()
     try:

@@ -156,8 +156,14 @@ def test_kill_9_mid_search_then_rerun_finishes_the_budget_exactly(search_yaml, t
     assert sorted(int(r.data.tags["metacompress.trial_number"]) for r in children) == sorted(t.number for t in counted)
 
 
-def test_two_local_worker_processes_share_the_study_without_overshooting(search_yaml):
-    cfg = load_config(search_yaml(n_trials=5, parallel={"n_jobs": 2}, tracking_uri="none"))
+@pytest.mark.parametrize("threads", [1, 2], ids=["forked", "spawned"])
+def test_two_local_worker_processes_share_the_study_without_overshooting(search_yaml, threads):
+    from metacompress.search.runner import start_method
+
+    train = {"latency_repeats": 2, "batch_size": 128, "num_threads": threads}
+    cfg = load_config(search_yaml(n_trials=5, parallel={"n_jobs": 2}, tracking_uri="none", train=train))
+    # one torch thread per worker: forked on Linux (the task is shared); more threads: spawned (OpenMP and fork)
+    assert start_method(cfg) == ("fork" if threads == 1 and sys.platform.startswith("linux") else "spawn")
     run_search(cfg)
     study = _study(cfg)
     counted = counted_trials(study)
