@@ -9,15 +9,15 @@ attributes), so the result says what the backend adds, not how fast the model tr
   artefact, the result round trips). ``ray_steady_dispatch_s`` is the same per trial after the first one.
 * ``mlflow_ms_per_trial`` — ``Tracker.log_trial`` (one nested child run: params, metrics, per-epoch history,
   tags) on a fresh sqlite store, mean over the trials of a run.
-* ``parallel_speedup_2_workers`` — trials per hour of the local backend with ``parallel.n_jobs: 2`` (spawned
-  worker processes, torch 1 thread each) over ``n_jobs: 1``, same task, same budget, walls measured around
+* ``parallel_speedup_2_workers`` — trials per hour of the local backend with ``parallel.n_jobs: 2`` (worker
+  processes forked on Linux, torch 1 thread each) over ``n_jobs: 1``, same task, same budget, walls measured around
   ``run_local`` (the second worker's start-up is included).
 
 Every run of repeat ``r`` evaluates the same ``--trials`` points (drawn by a ``RandomSampler(seed=r)`` and
 enqueued), so the backends are compared on identical work.
 
 Each number is the median over ``--repeats`` runs; run ``r`` uses seed ``r`` for the sampler and training.
-Run ``python experiments/bench_backends.py`` (about 12 minutes on 2 idle cores); it writes
+Run ``python experiments/bench_backends.py`` (about 4 minutes on 2 idle cores); it writes
 ``experiments/results/backends.json`` and ``backends.md``.
 """
 

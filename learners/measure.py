@@ -167,7 +167,6 @@ def deployable(model: nn.Module, int8: bool = True, example_input: torch.Tensor 
                 w = effective_weight(mod).detach().clone()
             if isinstance(mod, nn.Linear) and mod.w_bits <= 8:
                 low_bit_linear.add(name)
-            act = mod.act_quant
             mod.__class__ = next(base for base in QUANTIZABLE if isinstance(mod, base))
             mod.weight = nn.Parameter(w, requires_grad=False)
             for attr in ("weight_mask", "w_bits", "act_quant"):
@@ -177,7 +176,6 @@ def deployable(model: nn.Module, int8: bool = True, example_input: torch.Tensor 
                     del mod._modules[attr]
                 elif attr in mod.__dict__:
                     del mod.__dict__[attr]
-            del act
     out = _fuse_bn(out)
     if int8 and low_bit_linear:
         from torch.ao.quantization import quantize_dynamic  # noqa: PLC0415 (heavy, optional)

@@ -7,7 +7,9 @@ per-layer sensitivity probes — the accuracy drop when one layer alone is magni
 
 from __future__ import annotations
 
+import copy
 import math
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -144,6 +146,10 @@ def layer_sensitivity(
     for name in names:
         if name not in modules:
             raise invalid_value("layers", f"layers of the teacher ({', '.join(modules)})", name)
+    key = (tuple(names), seed, len(task.train), _checksum(model))
+    cached = _SENSITIVITY_CACHE.get(model, {}).get(key)
+    if cached is not None:  # a search probes once for its warm start and once for its meta.json
+        return copy.deepcopy(cached)
     x, y = _probe_data(task, seed)
     base = max(_accuracy(model, x, y), 1e-6)
     out: dict[str, dict[str, float]] = {}
@@ -159,7 +165,19 @@ def layer_sensitivity(
             out[name] = {**stats, **weight_statistics(original)}
     finally:
         model.train(was_training)
+    _SENSITIVITY_CACHE.setdefault(model, {})[key] = copy.deepcopy(out)
     return out
+
+
+#: Probe results per teacher module (weakly held), keyed by layers, seed, data size and a weight checksum.
+_SENSITIVITY_CACHE: weakref.WeakKeyDictionary[nn.Module, dict[tuple, dict[str, dict[str, float]]]] = (
+    weakref.WeakKeyDictionary())
+
+
+def _checksum(model: nn.Module) -> tuple[float, ...]:
+    with torch.no_grad():
+        tensors = [t.detach().double() for t in model.state_dict().values() if t.is_floating_point()]
+        return tuple(x for t in tensors for x in (float(t.sum()), float(t.abs().sum())))
 
 
 def _data_features(task: Any) -> dict[str, float]:

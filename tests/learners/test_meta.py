@@ -122,6 +122,29 @@ def test_layer_sensitivity_restores_the_teacher(digits):
     assert all(torch.equal(before[k], v) for k, v in digits.teacher.state_dict().items())
 
 
+def test_layer_sensitivity_is_computed_once_per_teacher_state(digits):
+    from metacompress.learners.meta import features
+
+    features._SENSITIVITY_CACHE.clear()
+    first = layer_sensitivity(digits)
+    again = layer_sensitivity(digits)
+    assert again == first and again is not first
+    again["fc1"]["prune50"] = -1.0  # callers get copies: the cache is not theirs to change
+    assert layer_sensitivity(digits)["fc1"]["prune50"] == first["fc1"]["prune50"]
+    features._SENSITIVITY_CACHE.clear()
+    assert layer_sensitivity(digits) == first  # recomputed from scratch: deterministic
+    weight = digits.teacher.fc1.weight
+    original = weight.detach().clone()
+    try:
+        with torch.no_grad():
+            weight[: weight.shape[0] // 2].zero_()
+        assert layer_sensitivity(digits)["fc1"] != first["fc1"]  # other weights: probed again
+    finally:
+        with torch.no_grad():
+            weight.copy_(original)
+    assert layer_sensitivity(digits) == first
+
+
 # ------------------------------------------------------------------------------------------------- exact sizes
 def test_size_model_equals_size_bytes_unstructured(digits, digits_meta):
     layers = digits_meta[0]
