@@ -8,11 +8,14 @@ with exactly one child run per counted trial.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import multiprocessing as mp
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -108,13 +111,38 @@ def prepare(cfg: SearchConfig, *, progress: bool = False, worker: int = 0) -> Pr
     return Prepared(cfg, task, space, reference, study, objective)
 
 
-def _worker_main(cfg: SearchConfig, worker: int) -> None:  # pragma: no cover - runs in a child process
+def _die_with_parent(parent: int) -> None:  # pragma: no cover - runs in a child process
+    """End this worker when the search process ends, ``kill -9`` included.
+
+    An orphaned worker would go on running trials that nobody logs to MLflow, and hold the study's run lock so the
+    rerun is refused until it finishes. Its trial in flight is left ``RUNNING`` and re-queued by the rerun.
+    """
+    try:  # Linux: the kernel sends SIGKILL when the parent dies
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        watch = not sys.platform.startswith("linux")
+    except (OSError, AttributeError):
+        watch = True
+    if os.getppid() != parent:  # the parent died before we got here
+        os._exit(1)
+
+    def poll() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    if watch:
+        threading.Thread(target=poll, daemon=True, name="metacompress-parent-watch").start()
+
+
+def _worker_main(cfg: SearchConfig, worker: int, parent: int) -> None:  # pragma: no cover - runs in a child
+    _die_with_parent(parent)
     p = prepare(cfg, worker=worker)
     run_worker(p.study, p.objective, cfg.n_trials, cfg.objectives, p.distributions,
                lock_path(cfg.storage, cfg.study_name, "budget"), artifact_dir=p.artifact_dir)
 
 
-def _forked_worker(p: Prepared, worker: int) -> None:  # pragma: no cover - runs in a child process
+def _forked_worker(p: Prepared, worker: int, parent: int) -> None:  # pragma: no cover - runs in a child process
+    _die_with_parent(parent)
     # A forked child shares the parent's task, teacher and objective (copy-on-write) but nothing that talks to
     # the outside: it opens its own storage (the parent's pooled connections are never touched) and writes to
     # fresh stdio objects (another thread of the parent, e.g. a progress bar, may have held their locks).
@@ -152,7 +180,7 @@ def run_local(p: Prepared, on_trial_end: Callable[[FrozenTrial], None] | None = 
     method = start_method(cfg)
     ctx = mp.get_context(method)
     target, arg = (_forked_worker, p) if method == "fork" else (_worker_main, cfg)
-    workers = [ctx.Process(target=target, args=(arg, i), daemon=True) for i in range(1, n_jobs)]
+    workers = [ctx.Process(target=target, args=(arg, i, os.getpid()), daemon=True) for i in range(1, n_jobs)]
     for w in workers:
         w.start()
     try:

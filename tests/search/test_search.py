@@ -117,7 +117,7 @@ def _wait_for(predicate, timeout: float) -> bool:
 
 
 def test_kill_9_mid_search_then_rerun_finishes_the_budget_exactly(search_yaml, tmp_path):
-    path = search_yaml(n_trials=5, space={"bits": [2, 4, 8], "epochs": {"low": 10, "high": 10}})
+    path = search_yaml(n_trials=5, space={"bits": [2, 4, 8], "epochs": {"low": 50, "high": 50}})
     cfg = load_config(path)
     cmd = [sys.executable, "-m", "metacompress.search.cli", "search", str(path)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -154,6 +154,41 @@ def test_kill_9_mid_search_then_rerun_finishes_the_budget_exactly(search_yaml, t
     assert len(keys) == len(set(keys))
     _, children = _children(cfg.tracking_uri, cfg.experiment_name)
     assert sorted(int(r.data.tags["metacompress.trial_number"]) for r in children) == sorted(t.number for t in counted)
+
+
+def test_kill_9_of_a_two_worker_search_takes_its_workers_down_and_the_rerun_finishes(search_yaml, tmp_path):
+    path = search_yaml(n_trials=6, parallel={"n_jobs": 2}, tracking_uri="none",
+                       space={"bits": [2, 4, 8], "epochs": {"low": 50, "high": 50}})
+    from metacompress.learners import load_task
+    from metacompress.search.runner import build_space
+    from metacompress.spaces.adapters import to_optuna
+
+    cfg = load_config(path)
+    n_params = len(to_optuna(build_space(cfg, load_task("digits-mlp"))))
+    cmd = [sys.executable, "-m", "metacompress.search.cli", "search", str(path)]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def both_workers_training() -> bool:
+        try:
+            trials = _study(cfg).get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        except KeyError:
+            return False
+        return len(trials) == 2 and all(len(t.params) == n_params for t in trials)
+
+    assert _wait_for(both_workers_training, 180), proc.stderr.read().decode()[-2000:] if proc.poll() else ""
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    # rerun at once: an orphaned worker would still hold the run lock (exit code 2) and keep running trials
+    rerun = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    study = _study(cfg)
+    counted = counted_trials(study)
+    assert len(counted) == 6
+    assert not study.get_trials(states=(TrialState.RUNNING, TrialState.WAITING))
+    interrupted = [t for t in study.get_trials() if t.user_attrs.get("metacompress.interrupted")]
+    assert len(interrupted) == 2
+    retried = {t.system_attrs.get("failed_trial") for t in counted}
+    assert {t.number for t in interrupted} <= retried
 
 
 @pytest.mark.parametrize("threads", [1, 2], ids=["forked", "spawned"])
