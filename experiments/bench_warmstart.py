@@ -81,19 +81,12 @@ def loto_predictor(held_out: str, kind: str, **params: Any) -> Any:
 
 
 def hv_order(proposals: list[Any], reference: dict[str, float]) -> list[Any]:
-    """Order proposals greedily by predicted hypervolume gain, so the first trials cover the front early."""
-    from metacompress.search.pareto import hypervolume
+    """The product's run order (:func:`~metacompress.learners.meta.hypervolume_order`) for the ablations' points."""
+    from metacompress.learners.meta import hypervolume_order
 
-    def point(p: Any) -> dict[str, float]:
-        return {"accuracy": p.predicted["accuracy_retention"] * reference["accuracy"],
-                "size_bytes": p.predicted["size_bytes"]}
-
-    left, chosen = list(proposals), []
-    while left:
-        best = max(left, key=lambda p: hypervolume([point(q) for q in chosen] + [point(p)], reference, OBJECTIVES))
-        chosen.append(best)
-        left.remove(best)
-    return chosen
+    retention = np.array([p.predicted["accuracy_retention"] for p in proposals])
+    size = np.array([p.predicted["size_bytes"] / reference["size_bytes"] for p in proposals])
+    return [proposals[i] for i in hypervolume_order(retention, size)]
 
 
 def hedged_proposals(space: Any, task: Any, predictor: Any, k: int, seed: int, reference: dict[str, float],
@@ -172,20 +165,19 @@ def run_one(job: tuple[str, int, str, int, int]) -> dict[str, Any]:
         kind = "reptile" if method == "warm_reptile" else "gbm"
         if kind not in s["predictors"]:
             s["predictors"][kind] = loto_predictor(name, kind)
-        if method in ("warm", "warm_lcb", "size_bins"):
-            score = {"warm": "mean", "warm_lcb": "lcb", "size_bins": "none"}[method]
+        if method in ("warm_lcb", "size_bins"):
+            score = {"warm_lcb": "lcb", "size_bins": "none"}[method]
             predictor = s["predictors"][kind]
             if method == "warm_lcb":
                 if "gbm5" not in s["predictors"]:
                     s["predictors"]["gbm5"] = loto_predictor(name, "gbm", n_ensemble=5)
                 predictor = s["predictors"]["gbm5"]
-            proposals = hedged_proposals(space, s["task"], predictor, k, seed, reference, score)
+            proposals = hv_order(hedged_proposals(space, s["task"], predictor, k, seed, reference, score), reference)
             reason = f"hedged ({score}): {len(proposals)} points"
-        else:
+        else:  # the product's own proposals, in the product's run order
             proposals, reason = propose_for_task(space, s["task"], history=loto_history(name), k=k, seed=seed,
                                                  objectives=OBJECTIVES, predictor=s["predictors"][kind],
-                                                 strategy="front")
-        proposals = hv_order(proposals, reference)
+                                                 strategy="front" if method != "warm" else "hedged")
         enqueue_points(study, [p.params for p in proposals], f"bench:{kind}")
         predicted = [p.predicted for p in proposals]
     objective = Objective(s["task"], space, reference, batch_size=s["cfg"].train.batch_size, device="cpu",

@@ -163,7 +163,8 @@ def suggest(
     if not proposals:
         console.print(f"[yellow]{reason}[/]")
         return
-    table = Table(title=f"Warm-start proposals for {cfg.task_name} ({reason})")
+    table = Table(title=f"Warm-start proposals for {cfg.task_name} ({reason})",
+                  caption="in run order: each adds the most predicted hypervolume")
     for col in ("#", "pred. accuracy retention", "size", "ratio", "policy"):
         table.add_column(col)
     from .report import _policy_text, format_bytes

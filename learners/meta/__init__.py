@@ -26,7 +26,7 @@ from .predictors import (
     make_predictor,
     save_predictor,
 )
-from .propose import Proposal, pareto_indices, propose, propose_for_task, warm_start_points
+from .propose import Proposal, hypervolume_order, pareto_indices, propose, propose_for_task, warm_start_points
 from .size import SizeModel, exact_size_bytes
 
 __all__ = [
@@ -54,6 +54,7 @@ __all__ = [
     "meta_artifact",
     "pareto_indices",
     "policy_from_params",
+    "hypervolume_order",
     "propose",
     "propose_for_task",
     "save_predictor",

@@ -26,6 +26,7 @@ from metacompress.learners.meta import (
     encode_arrays,
     encode_policy,
     exact_size_bytes,
+    hypervolume_order,
     layer_sensitivity,
     load_default_predictor,
     load_predictor,
@@ -356,8 +357,18 @@ def test_propose_returns_k_distinct_decodable_points_on_the_front(digits, digits
     for p in proposals:
         policy = space.decode(p.params)
         assert p.predicted["size_bytes"] == size_bytes(compress(digits.teacher, policy, digits.example_input(2)))
-    sizes = [p.predicted["size_bytes"] for p in proposals]
-    assert sizes == sorted(sizes) and len(set(sizes)) > 1
+    sizes = np.array([p.predicted["size_bytes"] for p in proposals])
+    assert len(set(sizes)) > 1
+    retention = np.array([p.predicted["accuracy_retention"] for p in proposals])
+    assert hypervolume_order(retention, sizes / size_model.teacher_bytes) == list(range(8))  # already in run order
+
+
+def test_hypervolume_order_runs_the_largest_predicted_gain_first():
+    retention = np.array([0.2, 0.99, 0.9, 0.9])
+    size = np.array([0.01, 0.2, 0.05, 0.5])  # single-point volumes 0.198, 0.792, 0.855, 0.45
+    # 2 first; then 1 adds 0.072 and 0 adds 0.008; 3 is dominated by 2 and adds nothing
+    assert hypervolume_order(retention, size) == [2, 1, 0, 3]
+    assert hypervolume_order(np.array([0.5, 0.5]), np.array([0.3, 0.3])) == [0, 1]
 
 
 def test_warm_start_cold_starts_with_a_reason(digits, digits_meta):
