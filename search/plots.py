@@ -22,6 +22,7 @@ _LABELS = {
     "compression_ratio": "compression ratio (x)",
 }
 _LOG_AXES = {"size_bytes", "bitops", "compression_ratio"}
+_HIGHER_IS_BETTER = {"accuracy", "compression_ratio", "speedup"}
 
 
 def _pyplot() -> Any:
@@ -70,6 +71,21 @@ def _finite(point: Mapping[str, float] | None, *keys: str) -> bool:
         return False
 
 
+def _front_2d(points: Sequence[Mapping[str, float] | None], front: Sequence[int], x: str, y: str) -> list[int]:
+    """The members of ``front`` (sorted by ``x``) that no other member beats on both plotted axes."""
+    sign_x = -1.0 if x in _HIGHER_IS_BETTER else 1.0  # minimize sign * value
+    sign_y = -1.0 if y in _HIGHER_IS_BETTER else 1.0
+    keep = []
+    for i in front:
+        pi = points[i]
+        dominated = any(
+            sign_x * points[j][x] <= sign_x * pi[x] and sign_y * points[j][y] <= sign_y * pi[y]  # type: ignore
+            and (points[j][x], points[j][y]) != (pi[x], pi[y]) for j in front if j != i)  # type: ignore
+        if not dominated:
+            keep.append(i)
+    return keep
+
+
 def pareto_plot(points: Sequence[Mapping[str, float] | None], pareto_idx: Sequence[int],
                 teacher: Mapping[str, float] | None, path: str | os.PathLike[str], x: str = "size_bytes",
                 y: str = "accuracy", title: str | None = None) -> Path:
@@ -95,11 +111,20 @@ def pareto_plot(points: Sequence[Mapping[str, float] | None], pareto_idx: Sequen
     ax.scatter([points[i][x] for i in others], [points[i][y] for i in others], s=22, c="0.65",  # type: ignore
                label=f"trials ({len(valid)})", zorder=2)
     if front:
-        fx, fy = [points[i][x] for i in front], [points[i][y] for i in front]  # type: ignore
+        # The step line joins only the points that are non-dominated on the two plotted axes; front points that
+        # owe their place to another objective (e.g. latency) are drawn lighter, without a line.
+        flat = _front_2d(points, front, x, y)
+        fx, fy = [points[i][x] for i in flat], [points[i][y] for i in flat]  # type: ignore
         ax.step(fx, fy, where="post", color="tab:blue", lw=1.5, zorder=3)
         ax.scatter(fx, fy, s=42, c="tab:blue", edgecolors="white", label=f"Pareto front ({len(front)})", zorder=4)
-        for i, fxi, fyi in zip(front, fx, fy):
-            ax.annotate(f"#{i}", (fxi, fyi), textcoords="offset points", xytext=(4, 4), fontsize=7, color="tab:blue")
+        rest = [i for i in front if i not in set(flat)]
+        if rest:
+            ax.scatter([points[i][x] for i in rest], [points[i][y] for i in rest], s=36,  # type: ignore
+                       c="lightsteelblue", edgecolors="tab:blue", linewidths=0.6, zorder=4,
+                       label=f"  of them better on another objective ({len(rest)})")
+        for i in front:
+            ax.annotate(f"#{i}", (points[i][x], points[i][y]), textcoords="offset points",  # type: ignore
+                        xytext=(4, 4), fontsize=7, color="tab:blue")
     if teacher is not None and _finite(teacher, x, y):
         ax.scatter([teacher[x]], [teacher[y]], marker="*", s=220, c="tab:orange", edgecolors="black",
                    linewidths=0.6, label="teacher (fp32)", zorder=5)

@@ -299,7 +299,9 @@ def write_outputs(p: Prepared, summary: dict[str, Any], trials: list[FrozenTrial
     paths = [out / "summary.json", out / "pareto.md", out / "pareto.png", out / "hypervolume.png"]
     paths[0].write_text(json.dumps(summary, indent=2))
     paths[1].write_text(pareto_markdown(summary))
-    pareto_plot(points, front, p.reference, paths[2], title=f"{p.cfg.study_name}: {p.cfg.task_name}")
+    name = p.cfg.study_name
+    pareto_plot(points, front, p.reference, paths[2], title=name if name == p.cfg.task_name else f"{name}: "
+                f"{p.cfg.task_name}")
     hypervolume_plot(summary["hypervolume_history"], paths[3])
     return paths
 

@@ -124,3 +124,15 @@ def test_plots_write_pngs(tmp_path: Path) -> None:
         assert path.is_file() and path.read_bytes()[:4] == b"\x89PNG"
     assert pareto_plot([], [], None, tmp_path / "empty.png", x="latency_ms").is_file()
     assert not math.isnan(history[-1])
+
+
+def test_the_plot_joins_only_the_points_non_dominated_on_its_two_axes() -> None:
+    from metacompress.search.plots import _front_2d
+
+    points = [{"accuracy": 0.95, "size_bytes": 10.0, "latency_ms": 2.0},
+              {"accuracy": 0.90, "size_bytes": 20.0, "latency_ms": 1.0},  # on the 3-D front by latency only
+              {"accuracy": 0.97, "size_bytes": 30.0, "latency_ms": 3.0}]
+    objectives = {"accuracy": "maximize", "size_bytes": "minimize", "latency_ms": "minimize"}
+    front = pareto_front(points, objectives)
+    assert sorted(front) == [0, 1, 2]
+    assert _front_2d(points, sorted(front), "size_bytes", "accuracy") == [0, 2]
