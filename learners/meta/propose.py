@@ -27,6 +27,9 @@ __all__ = [
     "SUPPORTED_OBJECTIVES",
 ]
 
+#: The largest size the hedged bins reach, as a share of the teacher's size.
+HEDGE_MAX_SIZE = 0.5
+
 #: Objectives a warm start can serve (accuracy is predicted, size is exact, the others follow size).
 SUPPORTED_OBJECTIVES: tuple[str, ...] = ("accuracy", "size_bytes", "compression_ratio", "latency_ms", "bitops")
 
@@ -108,7 +111,7 @@ def _select_hedged(pool: CandidatePool, retention: np.ndarray, size: np.ndarray,
     """
     ok = retention >= min_retention
     lo = np.log(size[ok].min() if ok.any() else size.min())
-    hi = np.log(max(teacher_bytes * 0.5, np.exp(lo) * 1.01))
+    hi = np.log(max(teacher_bytes * HEDGE_MAX_SIZE, np.exp(lo) * 1.01))
     logs = np.log(size)
     chosen: list[int] = []
     seen: set[tuple] = set()
