@@ -4,7 +4,7 @@ Runs ``--n`` space-filling (scrambled Sobol) policies on every built-in task (fe
 ``--skip-fewshot``), each compressed, distilled and evaluated exactly as a search trial
 (:class:`metacompress.search.objective.Objective`), and writes to ``learners/meta/data/``:
 
-* ``metadataset.csv`` — one row per finished trial: task meta-features ⊕ policy encoding ⊕ outcomes;
+* ``metadataset.csv.gz`` — one row per finished trial: task meta-features ⊕ policy encoding ⊕ outcomes;
 * ``metadataset_tasks.json`` — per task: meta-features, layers, sensitivity probes, teacher metrics (the same
   content a search logs as ``meta.json``);
 * ``reptile.safetensors`` + ``reptile.json`` and ``gbm.json`` — the predictors (no pickle);
@@ -46,10 +46,12 @@ from metacompress.learners.meta import (
     save_predictor,
     task_meta_features,
 )
+from metacompress.learners.meta.history import SHIPPED_CSV
 from metacompress.search.objective import Objective, TrialFailed, teacher_metrics
 from metacompress.spaces import Categorical, CompressionPolicy, CompressionSpace, Float, Int, Ordinal
 
 DATA = Path(__file__).resolve().parents[1] / "learners" / "meta" / "data"
+CSV = DATA / SHIPPED_CSV
 console = Console()
 
 
@@ -159,6 +161,31 @@ def train_and_save(history: History, seed: int, extra: dict[str, Any]) -> dict[s
     return info
 
 
+def rows_from_runs(path: Path, methods: list[str]) -> list[dict[str, Any]]:
+    """History rows from the real trials of ``experiments/bench_warmstart.py`` runs (its JSONL) of ``methods``.
+
+    Every finished search joins the history (the flywheel); these are the searches the benchmark ran. Each row
+    is tagged ``study = "bench:<method>:<seed>"``; the task's meta-features and probes are the meta-dataset's.
+    """
+    from bench_warmstart import _setup, load_runs  # noqa: PLC0415 - the benchmark's spaces, same folder
+
+    metas = json.loads((DATA / "metadataset_tasks.json").read_text(encoding="utf-8"))
+    rows = []
+    for r in load_runs(path):
+        if r["method"] not in methods or r["task"] not in metas:
+            continue
+        space, meta = _setup(r["task"])["space"], metas[r["task"]]
+        for t in r["trials"]:
+            if t["metrics"] is None:
+                continue
+            policy = space.decode(t["params"])
+            enc = encode_policy(policy, space.layers, meta["sensitivity"],
+                                compression_ratio=t["metrics"]["compression_ratio"])
+            rows.append(make_row(r["task"], f"bench:{r['method']}:{r['seed']}", meta["meta_features"], enc,
+                                 t["metrics"], r["teacher"]["accuracy"], policy))
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=48, help="space-filling policies per task")
@@ -168,6 +195,10 @@ def main() -> None:
     parser.add_argument("--train-only", action="store_true", help="refit the predictors from the existing CSV")
     parser.add_argument("--reencode", action="store_true",
                         help="with --train-only: recompute sizes and encodings of the CSV's rows first")
+    parser.add_argument("--add-runs", type=Path, default=None, metavar="JSONL",
+                        help="with --train-only: replace the rows from benchmark runs with this JSONL's real "
+                             "trials of --run-methods (experiments/results/warmstart_runs.jsonl)")
+    parser.add_argument("--run-methods", nargs="*", default=["cold_tpe"])
     args = parser.parse_args()
     torch.set_num_threads(1)
     DATA.mkdir(parents=True, exist_ok=True)
@@ -183,15 +214,22 @@ def main() -> None:
             for name in names:
                 task_rows, metas[name], counts[name] = run_task(name, args.n, args.seed, progress)
                 rows += task_rows
-        History.from_rows(rows).to_csv(DATA / "metadataset.csv")
+        History.from_rows(rows).to_csv(CSV)
         (DATA / "metadataset_tasks.json").write_text(json.dumps(metas, indent=1), encoding="utf-8")
         extra = {"build_s": round(time.perf_counter() - t0, 1), "n_per_task": args.n, "counts": counts,
                  "threads": 1, "machine": f"{torch.get_num_threads()} torch thread(s), CPU"}
         console.print(f"{len(rows)} rows in {extra['build_s']} s; failures/size mismatches: {counts}")
-    history = History.from_csv(DATA / "metadataset.csv")
+    history = History.from_csv(CSV)
     if args.train_only and args.reencode:
         history = reencode(history, args.seed)
-        history.to_csv(DATA / "metadataset.csv")
+        history.to_csv(CSV)
+    if args.train_only and args.add_runs:
+        frame = history.frame
+        kept = History(frame[~frame["study"].astype(str).str.startswith("bench:")].reset_index(drop=True))
+        history = kept.concat(History.from_rows(rows_from_runs(args.add_runs, args.run_methods)))
+        history.to_csv(CSV)
+        extra["bench_runs"] = {"file": str(args.add_runs.name), "methods": args.run_methods,
+                               "rows": len(history) - len(kept)}
     info = train_and_save(history, args.seed, extra)
     for kind, s in info["scores"].items():
         console.print(f"{kind:>14}: held-out Spearman {s['spearman']:.3f}, MAE {s['mae']:.3f}")

@@ -25,7 +25,7 @@ from metacompress.spaces import CompressionPolicy, ConfigError, invalid_value
 from .features import FEATURE_NAMES
 from .encoding import ENCODING_NAMES
 
-__all__ = ["History", "INPUT_NAMES", "OUTCOME_NAMES", "SCHEMA_VERSION", "make_row", "data_path"]
+__all__ = ["History", "INPUT_NAMES", "OUTCOME_NAMES", "SCHEMA_VERSION", "SHIPPED_CSV", "make_row", "data_path"]
 
 _LOG = logging.getLogger(__name__)
 
@@ -38,6 +38,8 @@ OUTCOME_NAMES: tuple[str, ...] = (
     "accuracy", "teacher_accuracy", "retention", "size_bytes", "compression_ratio", "latency_ms",
 )
 _TEXT = ("task", "study", "policy")
+#: File name of the meta-dataset that ships with the package (under ``learners/meta/data/``).
+SHIPPED_CSV = "metadataset.csv.gz"
 _COLUMNS: tuple[str, ...] = ("schema", *_TEXT, *INPUT_NAMES, *OUTCOME_NAMES)
 
 
@@ -137,7 +139,7 @@ class History:
     @classmethod
     def shipped(cls) -> History:
         """The meta-dataset that ships with the package (``experiments/build_metadataset.py`` writes it)."""
-        return cls.from_csv(data_path("metadataset.csv"))
+        return cls.from_csv(data_path(SHIPPED_CSV))
 
     @classmethod
     def from_mlflow(cls, tracking_uri: str | None, experiment_names: Iterable[str] | None = None) -> History:
@@ -208,8 +210,10 @@ class History:
         return History(self._frame[self._frame["task"].isin(list(tasks))].reset_index(drop=True))
 
     def to_csv(self, path: str | Path) -> None:
-        """Write the rows as CSV (floats with 10 significant digits: sizes stay exact)."""
-        self._frame.to_csv(path, index=False, float_format="%.10g")
+        """Write the rows as CSV (floats with 10 significant digits: sizes stay exact); gzipped, with a fixed
+        header time so equal rows give equal bytes, when ``path`` ends in ``.gz``."""
+        compression = {"method": "gzip", "mtime": 0} if str(path).endswith(".gz") else None
+        self._frame.to_csv(path, index=False, float_format="%.10g", compression=compression)
 
     def explain(self) -> str:
         """One line: rows, tasks and the main skip reasons."""
