@@ -525,7 +525,8 @@ NOTES = [
     "points in other orders (predicted hypervolume with the predicted loss inflated ×1.5–×5, safest first, a "
     "success-probability weighting) left the median at 8, while an oracle order of the same points would give "
     "4.5, and 13 of 30 runs could not reach cold TPE's HV from the warm points alone: the predictor's choice of "
-    "points, not their order, is the limit.",
+    "points, not their order, is the limit. On the current runs, the product's order reaches cold TPE's HV within "
+    "5 trials in 43 % of runs, smallest-first in 33 % (median 6.5 both).",
     "- Syne Tune (ZeroShotTransfer / BoundingBox) was not compared: `syne-tune` 0.16 pulls xgboost and a 350 MB "
     "CUDA NCCL wheel, and both methods need one configuration space shared by all tasks, while ours is per-layer "
     "(a different number of parameters per model).",
