@@ -23,6 +23,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import multiprocessing as mp
 import os
@@ -155,8 +156,6 @@ def run_one(job: tuple[str, int, str, int, int]) -> dict[str, Any]:
     name, seed, method, budget, k = job
     if method.startswith("warm_k"):  # the default warm start with another number of points
         k = int(method.removeprefix("warm_k"))
-    import importlib
-
     propose_module = importlib.import_module("metacompress.learners.meta.propose")  # the module, not the function
     propose_module.HEDGE_MAX_SIZE = int(method.removeprefix("warm_hi")) / 100 if method.startswith("warm_hi") else 0.5
     t0 = time.perf_counter()

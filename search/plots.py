@@ -73,17 +73,10 @@ def _finite(point: Mapping[str, float] | None, *keys: str) -> bool:
 
 def _front_2d(points: Sequence[Mapping[str, float] | None], front: Sequence[int], x: str, y: str) -> list[int]:
     """The members of ``front`` (sorted by ``x``) that no other member beats on both plotted axes."""
-    sign_x = -1.0 if x in _HIGHER_IS_BETTER else 1.0  # minimize sign * value
-    sign_y = -1.0 if y in _HIGHER_IS_BETTER else 1.0
-    keep = []
-    for i in front:
-        pi = points[i]
-        dominated = any(
-            sign_x * points[j][x] <= sign_x * pi[x] and sign_y * points[j][y] <= sign_y * pi[y]  # type: ignore
-            and (points[j][x], points[j][y]) != (pi[x], pi[y]) for j in front if j != i)  # type: ignore
-        if not dominated:
-            keep.append(i)
-    return keep
+    from .pareto import pareto_front
+
+    sense = {axis: "maximize" if axis in _HIGHER_IS_BETTER else "minimize" for axis in (x, y)}
+    return [front[j] for j in pareto_front([points[i] for i in front], sense)]
 
 
 def pareto_plot(points: Sequence[Mapping[str, float] | None], pareto_idx: Sequence[int],

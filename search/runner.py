@@ -85,6 +85,16 @@ def sampler_seed(seed: int, n_existing: int, worker: int) -> int:
     return seed if n_existing == 0 and worker == 0 else (seed * 1_000_003 + n_existing * 7919 + worker) % 2**31
 
 
+def open_worker_study(cfg: SearchConfig, space: CompressionSpace, worker: int = 0) -> optuna.Study:
+    """Open (or create) the config's study with a sampler seeded for this worker and the trials already in it."""
+    study = open_study(cfg.storage, cfg.study_name, cfg.objectives, make_sampler(cfg.sampler, cfg.seed),
+                       space.fingerprint())
+    n_existing = len(study.get_trials(deepcopy=False))
+    if n_existing or worker:
+        study.sampler = make_sampler(cfg.sampler, sampler_seed(cfg.seed, n_existing, worker))
+    return study
+
+
 def prepare(cfg: SearchConfig, *, progress: bool = False, worker: int = 0) -> Prepared:
     """Load the task (teacher cached), build the space, open or resume the study, build the objective.
 
@@ -96,11 +106,7 @@ def prepare(cfg: SearchConfig, *, progress: bool = False, worker: int = 0) -> Pr
     torch.set_num_threads(max(1, cfg.train.num_threads))
     task = load_task(_task_spec(cfg), progress=progress)
     space = build_space(cfg, task)
-    study = open_study(cfg.storage, cfg.study_name, cfg.objectives, make_sampler(cfg.sampler, cfg.seed),
-                       space.fingerprint())
-    n_existing = len(study.get_trials(deepcopy=False))
-    if n_existing or worker:
-        study.sampler = make_sampler(cfg.sampler, sampler_seed(cfg.seed, n_existing, worker))
+    study = open_worker_study(cfg, space, worker)
     reference = study.user_attrs.get(ATTR_REFERENCE)
     if reference is None:  # measured once per study, so every worker and every resume compares the same way
         reference = teacher_metrics(task, latency_repeats=cfg.train.latency_repeats)
@@ -153,9 +159,7 @@ def _forked_worker(p: Prepared, worker: int, parent: int) -> None:  # pragma: no
             handler.setStream(sys.stderr)
     torch.set_num_threads(1)
     cfg = p.cfg
-    study = open_study(cfg.storage, cfg.study_name, cfg.objectives, make_sampler(cfg.sampler, cfg.seed),
-                       p.space.fingerprint())
-    study.sampler = make_sampler(cfg.sampler, sampler_seed(cfg.seed, len(study.get_trials(deepcopy=False)), worker))
+    study = open_worker_study(cfg, p.space, worker)
     run_worker(study, p.objective, cfg.n_trials, cfg.objectives, p.distributions,
                lock_path(cfg.storage, cfg.study_name, "budget"), artifact_dir=p.artifact_dir)
 
