@@ -39,9 +39,11 @@ RESULTS = ROOT / "experiments" / "results"
 RUNS = RESULTS / "warmstart_runs.jsonl"
 OBJECTIVES = {"accuracy": "maximize", "size_bytes": "minimize"}
 TASKS = ["digits-mlp", "wine-mlp", "breast-cancer-mlp", "mnist1d-mlp", "digits-cnn", "mnist1d-5w10s"]
-METHODS = ["warm", "warm_front", "cold_tpe", "nsga2", "random", "warm_lcb", "size_bins", "warm_reptile"]
+METHODS = ["warm", "warm_nomeasure", "warm_front", "cold_tpe", "nsga2", "random", "warm_lcb", "size_bins",
+           "warm_reptile"]
 FEWSHOT_EPOCHS = {"low": 2, "high": 6}
 CHEAP_EPOCHS = {"low": 1, "high": 2}
+PROXY = "proxy_retention"  # metacompress.learners.meta.PROXY_NAME (imported lazily: spawned workers start light)
 
 _CACHE: dict[str, Any] = {}
 
@@ -115,7 +117,7 @@ def hedged_proposals(space: Any, task: Any, predictor: Any, k: int, seed: int, r
     ratio = size_model.teacher_bytes / size
     enc = encode_arrays(pool.prune, pool.bits, pool.scalars, layers, sens, ratio)
     f = np.array([feats[n] for n in FEATURE_NAMES])
-    X = np.hstack([np.broadcast_to(f, (len(pool), len(f))), enc])
+    X = np.hstack([np.broadcast_to(f, (len(pool), len(f))), enc, np.full((len(pool), 1), np.nan)])  # unmeasured
     if score == "none":
         ret = np.random.default_rng(seed).random(len(pool))
         lo = np.log(np.percentile(size, 1))
@@ -180,10 +182,11 @@ def run_one(job: tuple[str, int, str, int, int]) -> dict[str, Any]:
             proposals = hv_order(hedged_proposals(space, s["task"], predictor, k, seed, reference, score), reference)
             reason = f"hedged ({score}): {len(proposals)} points"
         else:  # the product's own proposals, in the product's run order
+            hedged = method in ("warm", "warm_nomeasure") or method.startswith(("warm_k", "warm_hi"))
             proposals, reason = propose_for_task(space, s["task"], history=loto_history(name), k=k, seed=seed,
                                                  objectives=OBJECTIVES, predictor=s["predictors"][kind],
-                                                 strategy="hedged" if method == "warm" or method.startswith(("warm_k", "warm_hi"))
-                                                 else "front")
+                                                 strategy="hedged" if hedged else "front",
+                                                 measure=method != "warm_nomeasure")
         enqueue_points(study, [p.params for p in proposals], f"bench:{kind}")
         predicted = [p.predicted for p in proposals]
     objective = Objective(s["task"], space, reference, batch_size=s["cfg"].train.batch_size, device="cpu",
@@ -199,7 +202,7 @@ def run_one(job: tuple[str, int, str, int, int]) -> dict[str, Any]:
             study.tell(trial, state=TrialState.FAIL)
             trials.append({"params": trial.params, "metrics": None, "fail": str(exc)[:200]})
             continue
-        metrics = {key: float(out.metrics[key]) for key in ("accuracy", "size_bytes", "compression_ratio")}
+        metrics = {key: float(out.metrics[key]) for key in ("accuracy", "size_bytes", "compression_ratio", PROXY)}
         study.tell(trial, [metrics[key] for key in OBJECTIVES])
         trials.append({"params": trial.params, "metrics": metrics, "s": round(time.perf_counter() - a, 3),
                        "warm": "metacompress.warm_start" in trial.user_attrs})
@@ -264,8 +267,9 @@ def _rank_scores(pred: np.ndarray, real: np.ndarray) -> tuple[float, float]:
 
 def _encode_trials(name: str, trials: list[dict[str, Any]], features: dict[str, float], sens: Any
                    ) -> tuple[np.ndarray, np.ndarray]:
-    """Predictor inputs and real retention of a run's finished trials."""
-    from metacompress.learners.meta import FEATURE_NAMES, encode_policy
+    """Predictor inputs (the proxy measured where the trial did not record it) and real retention of a run's
+    finished trials."""
+    from metacompress.learners.meta import FEATURE_NAMES, ProxyProbe, encode_policy
 
     s = _setup(name)
     rows, ys = [], []
@@ -275,7 +279,10 @@ def _encode_trials(name: str, trials: list[dict[str, Any]], features: dict[str, 
             continue
         policy = s["space"].decode(t["params"])
         enc = encode_policy(policy, s["space"].layers, sens, compression_ratio=t["metrics"]["compression_ratio"])
-        rows.append(feats + list(enc.values()))
+        if PROXY not in t["metrics"] and "probe" not in s:
+            s["probe"] = ProxyProbe(s["task"])
+        proxy = t["metrics"][PROXY] if PROXY in t["metrics"] else s["probe"](policy)
+        rows.append(feats + list(enc.values()) + [proxy])
         ys.append(t["metrics"]["accuracy"] / s["reference"]["accuracy"])
     return np.asarray(rows, dtype=float), np.asarray(ys, dtype=float)
 
@@ -283,18 +290,23 @@ def _encode_trials(name: str, trials: list[dict[str, Any]], features: dict[str, 
 def predictor_quality(runs: list[dict[str, Any]], tasks: list[str], shots: int = 5) -> dict[str, Any]:
     """Spearman/Kendall of predicted vs real retention on each held-out task, zero-shot and after ``shots``.
 
-    Two query sets: the held-out task's real trials of the ``random`` runs (unbiased samples of the benchmark's
+    ``gbm`` and ``reptile`` score rows with their measured proxy; ``gbm_unmeasured`` is the GBM on the same rows
+    with the proxy left out (what it knows of a candidate before measuring it). Two query sets: the held-out task's real trials of the ``random`` runs (unbiased samples of the benchmark's
     space; support = the first ``shots`` trials of the run, query = the rest) and its rows of the shipped
     meta-dataset (support = its first ``shots`` rows). Zero-shot is scored on the same query rows.
     """
-    from metacompress.learners.meta import ENCODING_NAMES, History, layer_sensitivity, task_meta_features
+    from metacompress.learners.meta import History, layer_sensitivity, task_meta_features
 
     shipped = History.shipped()
     out: dict[str, Any] = {}
-    for kind in ("gbm", "reptile"):
+    models: dict[tuple[str, str], Any] = {}
+    for kind in ("gbm", "gbm_unmeasured", "reptile"):
         per_task = {}
         for name in tasks:
-            model = loto_predictor(name, kind)
+            base = kind.removesuffix("_unmeasured")
+            if (name, base) not in models:
+                models[(name, base)] = loto_predictor(name, base)
+            model = models[(name, base)]
             s = _setup(name)
             sens = layer_sensitivity(s["task"], list(s["space"].layers), seed=0)
             features = task_meta_features(s["task"], seed=0, layers=list(s["space"].layers), sensitivity=sens)
@@ -309,6 +321,9 @@ def predictor_quality(runs: list[dict[str, Any]], tasks: list[str], shots: int =
             for label, X, y in sets:
                 if len(y) < shots + 3:
                     continue
+                if kind.endswith("_unmeasured"):
+                    X = X.copy()
+                    X[:, -1] = np.nan
                 q = np.arange(shots, len(y))
                 adapted = model.adapt(X[:shots], y[:shots])
                 for tag, m in (("zero_shot", model), (f"after_{shots}", adapted)):
@@ -320,7 +335,6 @@ def predictor_quality(runs: list[dict[str, Any]], tasks: list[str], shots: int =
         keys = sorted({k for v in per_task.values() for k in v})
         out[kind] = {"mean": {k: float(np.mean([v[k] for v in per_task.values() if k in v])) for k in keys},
                      "per_task": per_task}
-    assert len(ENCODING_NAMES)  # encoding order is the one encode_policy returns
     return out
 
 
@@ -475,7 +489,8 @@ def aggregate(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-LABELS = {"warm": "warm TPE (ours, default: GBM, hedged proposals)",
+LABELS = {"warm": "warm TPE (ours, default: GBM, hedged proposals, measured shortlist)",
+          "warm_nomeasure": "warm TPE (ours without measuring: hedged on the unmeasured GBM)",
           "warm_front": "warm TPE (GBM, predicted-front proposals)",
           "warm_reptile": "warm TPE (Reptile, predicted-front proposals)",
           "warm_lcb": "warm TPE (GBM ensemble, hedged, mean-std)",
@@ -487,7 +502,7 @@ LABELS = {"warm": "warm TPE (ours, default: GBM, hedged proposals)",
 
 
 #: Methods drawn in warmstart.png (the others are ablations, reported in the table).
-PLOTTED = ("warm", "warm_front", "warm_reptile", "size_bins", "cold_tpe", "nsga2", "random")
+PLOTTED = ("warm", "warm_nomeasure", "warm_front", "warm_reptile", "size_bins", "cold_tpe", "nsga2", "random")
 
 NOTES = [
     "- All numbers above are **real trials** (compress → distill → evaluate); no tabular replay was run, so there "

@@ -13,8 +13,9 @@ Runs ``--n`` space-filling (scrambled Sobol) policies on every built-in task (fe
 
 Seeded and reproducible on a given machine (CPU, one thread per process). Cost with the defaults (48 policies × 8
 tasks, 1–3 fine-tuning epochs each): about 10–15 minutes on 2 CPU cores; ``--train-only`` refits the predictors
-from an existing CSV in about two minutes (``--reencode`` first recomputes sizes and encodings of its rows from
-their policies, after a change of the size format or of the encoding, without re-running any trial).
+from an existing CSV in about two minutes (``--reencode`` first recomputes sizes, encodings and measured proxies of
+its rows from their policies, after a change of the size format, the encoding or the proxy, without re-running any
+trial; about a minute more; ``--add-proxy`` measures only the missing proxies and keeps every other column).
 
 Usage::
 
@@ -37,7 +38,9 @@ from scipy.stats import spearmanr
 
 from metacompress.learners import BUILTIN_TASKS, describe_layers, load_task
 from metacompress.learners.meta import (
+    PROXY_NAME,
     History,
+    ProxyProbe,
     SizeModel,
     encode_policy,
     layer_sensitivity,
@@ -100,22 +103,37 @@ def run_task(name: str, n: int, seed: int, progress: Progress) -> tuple[list[dic
 
 
 def reencode(history: History, seed: int) -> History:
-    """Recompute sizes and encodings of existing rows from their policies (after a change of the size format or
-    of the encoding); accuracies are kept, so no trial is re-run."""
+    """Recompute sizes, encodings and measured proxies of existing rows from their policies (after a change of
+    the size format, of the encoding or of the proxy); accuracies are kept, so no trial is re-run."""
     rows = []
     frame = history.frame
     for name in history.tasks:
         task, meta, size_model = task_meta(name, seed)
+        probe = ProxyProbe(task)
         layers = describe_layers(task.teacher, task.example_input(2))
         for rec in frame[frame["task"] == name].to_dict("records"):
             policy = CompressionPolicy.from_dict(json.loads(rec["policy"]), [i.name for i in layers])
             size = size_model.policy_bytes(policy)
             metrics = {"accuracy": rec["accuracy"], "size_bytes": float(size), "latency_ms": rec["latency_ms"],
-                       "compression_ratio": size_model.teacher_bytes / size}
+                       "compression_ratio": size_model.teacher_bytes / size, PROXY_NAME: probe(policy)}
             enc = encode_policy(policy, layers, meta["sensitivity"], compression_ratio=metrics["compression_ratio"])
             rows.append(make_row(name, rec["study"], meta["meta_features"], enc, metrics,
                                  rec["teacher_accuracy"], policy))
     return History.from_rows(rows)
+
+
+def add_proxy(history: History) -> History:
+    """Measure the proxy of the rows that lack it, from their policies; every other column is kept (the teacher
+    a row's meta-features came from may differ slightly from this machine's, so they are not recomputed)."""
+    frame = history.frame
+    missing = frame[PROXY_NAME].isna() & (frame["policy"] != "")
+    for name in sorted(frame.loc[missing, "task"].unique()):
+        task = load_task(name)
+        probe, names = ProxyProbe(task), [i.name for i in describe_layers(task.teacher, task.example_input(2))]
+        rows = missing & (frame["task"] == name)
+        frame.loc[rows, PROXY_NAME] = [probe(CompressionPolicy.from_dict(json.loads(p), names))
+                                       for p in frame.loc[rows, "policy"]]
+    return History(frame)
 
 
 def _spearman(a: np.ndarray, b: np.ndarray) -> float:
@@ -165,24 +183,32 @@ def rows_from_runs(path: Path, methods: list[str]) -> list[dict[str, Any]]:
     """History rows from the real trials of ``experiments/bench_warmstart.py`` runs (its JSONL) of ``methods``.
 
     Every finished search joins the history (the flywheel); these are the searches the benchmark ran. Each row
-    is tagged ``study = "bench:<method>:<seed>"``; the task's meta-features and probes are the meta-dataset's.
+    is tagged ``study = "bench:<method>:<seed>"``; the task's meta-features and probes are the meta-dataset's. A
+    trial that did not record its proxy (runs before it was recorded) has it measured here.
     """
     from bench_warmstart import _setup, load_runs  # noqa: PLC0415 - the benchmark's spaces, same folder
 
     metas = json.loads((DATA / "metadataset_tasks.json").read_text(encoding="utf-8"))
     rows = []
+    probes: dict[str, ProxyProbe] = {}
     for r in load_runs(path):
         if r["method"] not in methods or r["task"] not in metas:
             continue
-        space, meta = _setup(r["task"])["space"], metas[r["task"]]
+        setup, meta = _setup(r["task"]), metas[r["task"]]
+        space = setup["space"]
         for t in r["trials"]:
             if t["metrics"] is None:
                 continue
             policy = space.decode(t["params"])
             enc = encode_policy(policy, space.layers, meta["sensitivity"],
                                 compression_ratio=t["metrics"]["compression_ratio"])
+            metrics = dict(t["metrics"])
+            if PROXY_NAME not in metrics:
+                if r["task"] not in probes:
+                    probes[r["task"]] = ProxyProbe(setup["task"])
+                metrics[PROXY_NAME] = probes[r["task"]](policy)
             rows.append(make_row(r["task"], f"bench:{r['method']}:{r['seed']}", meta["meta_features"], enc,
-                                 t["metrics"], r["teacher"]["accuracy"], policy))
+                                 metrics, r["teacher"]["accuracy"], policy))
     return rows
 
 
@@ -194,7 +220,9 @@ def main() -> None:
     parser.add_argument("--skip-fewshot", action="store_true")
     parser.add_argument("--train-only", action="store_true", help="refit the predictors from the existing CSV")
     parser.add_argument("--reencode", action="store_true",
-                        help="with --train-only: recompute sizes and encodings of the CSV's rows first")
+                        help="with --train-only: recompute sizes, encodings and proxies of the CSV's rows first")
+    parser.add_argument("--add-proxy", action="store_true",
+                        help="with --train-only: measure the proxy of the CSV's rows that lack it")
     parser.add_argument("--add-runs", type=Path, default=None, metavar="JSONL",
                         help="with --train-only: replace the rows from benchmark runs with this JSONL's real "
                              "trials of --run-methods (experiments/results/warmstart_runs.jsonl)")
@@ -222,6 +250,9 @@ def main() -> None:
     history = History.from_csv(CSV)
     if args.train_only and args.reencode:
         history = reencode(history, args.seed)
+        history.to_csv(CSV)
+    if args.train_only and args.add_proxy:
+        history = add_proxy(history)
         history.to_csv(CSV)
     if args.train_only and args.add_runs:
         frame = history.frame

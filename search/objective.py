@@ -1,6 +1,8 @@
 """The trial objective shared by every backend: params -> policy -> compress -> fine-tune -> evaluate -> metrics.
 
-Backends call :class:`Objective` with a point of the space; it returns a :class:`TrialOutcome` or raises
+Backends call :class:`Objective` with a point of the space; it returns a :class:`TrialOutcome` (its metrics include
+``proxy_retention``, the student's accuracy before fine-tuning over the teacher's, an input of the warm-start
+history: :mod:`metacompress.learners.meta.proxy`) or raises
 :class:`TrialFailed` with a one-line reason (non-finite loss, time limit, out of memory, any other error), which
 the backend records as a failed trial before going on.
 """
@@ -26,6 +28,7 @@ from metacompress.learners import (
     finetune,
     predict_logits,
 )
+from metacompress.learners.meta.proxy import PROXY_NAME, ProxyProbe
 from metacompress.spaces import CompressionPolicy, CompressionSpace, MetacompressError
 
 __all__ = ["Objective", "TrialFailed", "TrialOutcome", "TrialTimeout", "resolve_device", "teacher_metrics"]
@@ -94,6 +97,7 @@ class Objective:
         x = task.train.tensors[0] if hasattr(task.train, "tensors") else None
         # The teacher is frozen and the data fixed: its logits are computed once for all trials.
         self.teacher_logits = None if x is None else predict_logits(task.teacher, x, device=self.device)
+        self.proxy = ProxyProbe(task)  # the history's measured input: accuracy before fine-tuning (fixed rows)
 
     def __call__(self, params: Mapping[str, Any], report: Reporter | None = None) -> TrialOutcome:
         """Run one trial; ``report`` is called after each epoch and may stop it early."""
@@ -111,12 +115,14 @@ class Objective:
         try:
             torch.manual_seed(self.seed)
             student = compress(self.task.teacher, policy, self.example)
+            proxy = self.proxy.student_retention(student)
             cfg = FinetuneConfig(batch_size=self.batch_size, device=self.device, seed=self.seed)
             history = finetune(student, self.task.teacher, self.task.train, policy, val=self.task.val,
                                config=cfg, teacher_logits=self.teacher_logits, callback=on_epoch)
             t1 = time.perf_counter()
             metrics = evaluate(student.cpu(), self.task.val, self.example, reference=self.reference,
                                latency_repeats=self.latency_repeats)
+            metrics[PROXY_NAME] = proxy
         except TrialFailed:
             raise
         except NonFiniteLossError as exc:

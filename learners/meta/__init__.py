@@ -5,6 +5,7 @@ A predictor meta-learned from earlier compression searches proposes the first tr
 * :mod:`.features` — task meta-features and per-layer sensitivity probes (seconds).
 * :mod:`.size` — exact ``size_bytes`` of compressed students, vectorized over candidates.
 * :mod:`.encoding` — a model-agnostic encoding of a policy.
+* :mod:`.proxy` — the measured proxy: a compressed student's accuracy before fine-tuning (milliseconds).
 * :mod:`.history` / :mod:`.mlflow_source` — rows of (meta-features, encoding, outcomes) from the shipped
   meta-dataset and from MLflow.
 * :mod:`.predictors` / :mod:`.reptile` — gradient boosting and a Reptile-meta-trained MLP (scikit-learn
@@ -14,7 +15,7 @@ A predictor meta-learned from earlier compression searches proposes the first tr
 
 from .encoding import ENCODING_NAMES, encode_arrays, encode_policy
 from .features import FEATURE_NAMES, layer_sensitivity, task_meta_features, weight_statistics
-from .history import INPUT_NAMES, OUTCOME_NAMES, SCHEMA_VERSION, History, make_row
+from .history import INPUT_NAMES, MEASURED_NAMES, OUTCOME_NAMES, SCHEMA_VERSION, History, make_row
 from .mlflow_source import META_ARTIFACT, meta_artifact, policy_from_params
 from .pool import CandidatePool
 from .predictors import (
@@ -26,6 +27,7 @@ from .predictors import (
     make_predictor,
     save_predictor,
 )
+from .proxy import PROXY_NAME, ProxyProbe
 from .propose import Proposal, hypervolume_order, pareto_indices, propose, propose_for_task, warm_start_points
 from .size import SizeModel, exact_size_bytes
 
@@ -36,10 +38,13 @@ __all__ = [
     "GBMRetentionPredictor",
     "History",
     "INPUT_NAMES",
+    "MEASURED_NAMES",
     "META_ARTIFACT",
     "OUTCOME_NAMES",
     "PREDICTOR_KINDS",
+    "PROXY_NAME",
     "Proposal",
+    "ProxyProbe",
     "ReptilePredictor",
     "SCHEMA_VERSION",
     "SizeModel",

@@ -22,17 +22,24 @@ import pandas as pd
 
 from metacompress.spaces import CompressionPolicy, ConfigError, invalid_value
 
-from .features import FEATURE_NAMES
 from .encoding import ENCODING_NAMES
+from .features import FEATURE_NAMES
+from .proxy import PROXY_NAME
 
-__all__ = ["History", "INPUT_NAMES", "OUTCOME_NAMES", "SCHEMA_VERSION", "SHIPPED_CSV", "make_row", "data_path"]
+__all__ = [
+    "History", "INPUT_NAMES", "MEASURED_NAMES", "OUTCOME_NAMES", "SCHEMA_VERSION", "SHIPPED_CSV", "make_row",
+    "data_path",
+]
 
 _LOG = logging.getLogger(__name__)
 
 #: Version of the row layout; rows (and ``meta.json`` files) of another version are skipped.
 SCHEMA_VERSION = 1
+#: Inputs measured per policy (:mod:`.proxy`), the last input columns; NaN where not measured (older searches,
+#: candidates a warm start did not probe).
+MEASURED_NAMES: tuple[str, ...] = (PROXY_NAME,)
 #: Predictor inputs, in column order.
-INPUT_NAMES: tuple[str, ...] = (*FEATURE_NAMES, *ENCODING_NAMES)
+INPUT_NAMES: tuple[str, ...] = (*FEATURE_NAMES, *ENCODING_NAMES, *MEASURED_NAMES)
 #: Outcome columns; ``retention = accuracy / teacher_accuracy`` is the predictor's target.
 OUTCOME_NAMES: tuple[str, ...] = (
     "accuracy", "teacher_accuracy", "retention", "size_bytes", "compression_ratio", "latency_ms",
@@ -52,12 +59,16 @@ def make_row(
     task: str, study: str, meta_features: Mapping[str, float], encoding: Mapping[str, float],
     metrics: Mapping[str, float], teacher_accuracy: float, policy: CompressionPolicy | None = None,
 ) -> dict[str, Any]:
-    """One history row from a finished trial (see :data:`INPUT_NAMES`, :data:`OUTCOME_NAMES`)."""
+    """One history row from a finished trial (see :data:`INPUT_NAMES`, :data:`OUTCOME_NAMES`).
+
+    The measured inputs (:data:`MEASURED_NAMES`) are read from ``metrics``; NaN when the trial did not record them.
+    """
     acc = float(metrics["accuracy"])
     row: dict[str, Any] = {"schema": SCHEMA_VERSION, "task": task, "study": study,
                            "policy": json.dumps(policy.to_dict()) if policy is not None else ""}
     row.update({k: meta_features[k] for k in FEATURE_NAMES})
     row.update({k: encoding[k] for k in ENCODING_NAMES})
+    row.update({k: float(metrics.get(k, float("nan"))) for k in MEASURED_NAMES})
     row.update({"accuracy": acc, "teacher_accuracy": float(teacher_accuracy),
                 "retention": acc / float(teacher_accuracy) if teacher_accuracy else float("nan"),
                 "size_bytes": float(metrics.get("size_bytes", float("nan"))),
@@ -76,10 +87,13 @@ def _row_problem(row: Mapping[str, Any]) -> str | None:
         return f"schema {schema} (expected {SCHEMA_VERSION})"
     if not isinstance(row["task"], str) or not row["task"]:
         return "no task name"
-    for name in (*INPUT_NAMES, "accuracy", "teacher_accuracy", "size_bytes"):
+    for name in (*FEATURE_NAMES, *ENCODING_NAMES, "accuracy", "teacher_accuracy", "size_bytes"):
         value = row[name]
         if not isinstance(value, (int, float, np.number)) or not math.isfinite(float(value)):
             return f"non-finite {name}"
+    for name in MEASURED_NAMES:  # NaN = not measured
+        if math.isinf(float(row[name])) or float(row[name]) < 0:
+            return f"invalid {name}"
     if not 0.0 <= float(row["accuracy"]) <= 1.0 or not 0.0 < float(row["teacher_accuracy"]) <= 1.0:
         return "accuracy outside [0, 1]"
     if float(row["size_bytes"]) <= 0:
@@ -98,7 +112,8 @@ class History:
     def __init__(self, frame: pd.DataFrame | None = None, skipped: Mapping[str, int] | None = None) -> None:
         self.skipped: Counter[str] = Counter(dict(skipped or {}))
         frame = pd.DataFrame(columns=list(_COLUMNS)) if frame is None else frame
-        missing = [c for c in _COLUMNS if c not in frame.columns and c not in ("policy", "latency_ms", "study")]
+        optional = ("policy", "latency_ms", "study", *MEASURED_NAMES)
+        missing = [c for c in _COLUMNS if c not in frame.columns and c not in optional]
         if missing and len(frame):
             self.skipped[f"missing column {missing[0]}"] += len(frame)
             frame = frame.iloc[0:0]
@@ -194,7 +209,7 @@ class History:
         return sorted(self._frame["task"].unique().tolist())
 
     def X(self) -> np.ndarray:  # noqa: N802 (scikit-learn naming)
-        """``(n, len(INPUT_NAMES))`` predictor inputs."""
+        """``(n, len(INPUT_NAMES))`` predictor inputs (NaN where a measured input was not recorded)."""
         return self._frame[list(INPUT_NAMES)].to_numpy(dtype=np.float64)
 
     def y(self) -> np.ndarray:

@@ -22,7 +22,7 @@ from sklearn.base import BaseEstimator, RegressorMixin
 
 from metacompress.spaces import ConfigError, invalid_value, unknown_key
 
-from .history import INPUT_NAMES, History, data_path
+from .history import INPUT_NAMES, MEASURED_NAMES, History, data_path
 from .reptile import ReptilePredictor, _check_xy
 
 __all__ = [
@@ -41,7 +41,13 @@ PREDICTOR_KINDS: tuple[str, ...] = ("gbm", "reptile")
 
 
 class GBMRetentionPredictor(RegressorMixin, BaseEstimator):
-    """Gradient-boosted trees on meta-features ⊕ policy encoding → accuracy retention.
+    """Gradient-boosted trees on meta-features ⊕ policy encoding (⊕ measured proxy) → accuracy retention.
+
+    On rows of :data:`~.history.INPUT_NAMES` it fits two models: one on the inputs a policy has before it is
+    measured, one that also uses the measured proxy (:mod:`.proxy`), on the rows that recorded it. A row is
+    predicted by the second when its proxy is known, by the first otherwise: a warm start scores its whole pool
+    with the first and re-scores a measured shortlist with the second. (One model trained on the rows twice,
+    with and without the proxy, ranked worse than either on held-out tasks.) Other widths of ``X``: one model.
 
     With ``n_ensemble > 1``, that many models on bootstrap resamples of the tasks give :meth:`predict_std`.
 
@@ -70,27 +76,48 @@ class GBMRetentionPredictor(RegressorMixin, BaseEstimator):
                                              max_depth=self.max_depth, min_samples_leaf=self.min_samples_leaf,
                                              random_state=seed)
 
-    def fit(self, X: Any, y: Any, groups: Any = None) -> GBMRetentionPredictor:
-        """Fit on rows ``X``, targets ``y``; ``groups`` (task of each row) drives the ensemble's resampling."""
-        X, y = _check_xy(X, y)
-        groups = np.zeros(len(y)) if groups is None else np.asarray(groups)
+    def _ensemble(self, X: np.ndarray, y: np.ndarray, groups: np.ndarray) -> list[Any]:
         rng = np.random.default_rng(self.random_state)
         names = np.unique(groups)
-        self.models_ = []
+        models = []
         for i in range(max(int(self.n_ensemble), 1)):
             if i == 0 or len(names) < 2:
                 idx = np.arange(len(y))
             else:
                 chosen = rng.choice(names, len(names), replace=True)
                 idx = np.concatenate([np.flatnonzero(groups == g) for g in chosen])
-            self.models_.append(self._model(int(self.random_state) + i).fit(X[idx], y[idx]))
+            models.append(self._model(int(self.random_state) + i).fit(X[idx], y[idx]))
+        return models
+
+    def _measured_columns(self, n_columns: int) -> int:
+        return len(MEASURED_NAMES) if n_columns == len(INPUT_NAMES) else 0
+
+    def fit(self, X: Any, y: Any, groups: Any = None) -> GBMRetentionPredictor:
+        """Fit on rows ``X``, targets ``y``; ``groups`` (task of each row) drives the ensemble's resampling."""
+        X, y = _check_xy(X, y)
+        groups = np.zeros(len(y)) if groups is None else np.asarray(groups)
+        m = self._measured_columns(X.shape[1])
+        self.models_ = self._ensemble(X[:, : X.shape[1] - m], y, groups)
+        known = np.isfinite(X[:, X.shape[1] - m:]).all(1) if m else np.zeros(len(y), dtype=bool)
+        # the measured model needs enough rows of more than one task to learn how the proxy transfers
+        enough = known.sum() >= 50 and len(np.unique(groups[known])) >= 2
+        self.measured_models_ = self._ensemble(X[known], y[known], groups[known]) if enough else []
         self.n_features_in_ = X.shape[1]
         return self
 
+    def _predictions(self, X: Any) -> np.ndarray:
+        """``(n_ensemble, n)`` predictions, each row by the measured model when its proxy is known."""
+        X, _ = _check_xy(X)
+        m = self._measured_columns(X.shape[1])
+        out = np.array([model.predict(X[:, : X.shape[1] - m]) for model in self.models_])
+        known = np.isfinite(X[:, X.shape[1] - m:]).all(1) if m and self.measured_models_ else np.zeros(len(X), bool)
+        if known.any():
+            out[:, known] = [model.predict(X[known]) for model in self.measured_models_]
+        return out
+
     def predict(self, X: Any) -> np.ndarray:
         """Predicted accuracy retention (the ensemble mean)."""
-        X, _ = _check_xy(X)
-        return np.mean([m.predict(X) for m in self.models_], axis=0) + getattr(self, "offset_", 0.0)
+        return self._predictions(X).mean(0) + getattr(self, "offset_", 0.0)
 
     def adapt(self, X_task: Any, y_task: Any, steps: int | None = None) -> GBMRetentionPredictor:  # noqa: N803
         """Return a copy whose predictions are shifted by the mean residual on one task's finished trials.
@@ -105,8 +132,7 @@ class GBMRetentionPredictor(RegressorMixin, BaseEstimator):
 
     def predict_std(self, X: Any) -> np.ndarray:
         """Spread of the ensemble's predictions (zeros for a single model)."""
-        X, _ = _check_xy(X)
-        return np.std([m.predict(X) for m in self.models_], axis=0)
+        return self._predictions(X).std(0)
 
 
 def make_predictor(kind: str, **params: Any) -> GBMRetentionPredictor | ReptilePredictor:

@@ -1,14 +1,15 @@
 """Warm start: score a large candidate pool, take the predicted Pareto set, and choose k diverse points on it.
 
 :func:`propose` scores ``n_candidates`` space-filling points of the space with a retention predictor and the exact
-size of :class:`~.size.SizeModel`, keeps the predicted Pareto set over (predicted retention ↑, exact size ↓), and
-spreads ``k`` points along it by log-size. :func:`warm_start_points` does everything from a space and a task: it
+size of :class:`~.size.SizeModel` and takes the best predicted point in each of ``k`` log-size bins (or ``k``
+points spread along the predicted Pareto set); the best candidates of each bin are measured first (the proxy of
+:mod:`.proxy`, milliseconds each) and re-scored with it. :func:`warm_start_points` does everything from a space and a task: it
 reads the history, loads or fits a predictor, computes the task's meta-features, and explains itself in one line.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,8 +18,9 @@ import numpy as np
 from metacompress.spaces import CompressionSpace, ConfigError, LayerInfo, invalid_value
 
 from .encoding import encode_arrays
-from .history import History
+from .history import INPUT_NAMES, MEASURED_NAMES, History
 from .pool import CandidatePool
+from .proxy import PROXY_NAME, ProxyProbe
 from .size import SizeModel
 
 __all__ = [
@@ -99,29 +101,67 @@ def _select(pool: CandidatePool, retention: np.ndarray, size: np.ndarray, k: int
     return chosen
 
 
-def _select_hedged(pool: CandidatePool, retention: np.ndarray, size: np.ndarray, k: int, min_retention: float,
-                   teacher_bytes: float) -> list[int]:
-    """k candidates, one per log-size bin: the best predicted retention in each bin.
+def _hedge_bins(retention: np.ndarray, size: np.ndarray, k: int, min_retention: float, teacher_bytes: float
+                ) -> list[np.ndarray]:
+    """Candidates of each of ``k`` log-size bins, best predicted retention first (then smaller first).
 
-    Bins span from the smallest size predicted to keep ``min_retention`` up to half the teacher's size. The
-    predicted front alone collapses onto a narrow size range when the predictor is over-confident at high
-    compression; bins spread the bet across compression levels, so one wrong prediction costs one point.
-    Measured in ``experiments/bench_warmstart.py`` (``warm_hedge``): higher hypervolume after 5, 10 and 40 trials
-    than the front selection. Bins left empty are filled from the front selection.
+    Bins span from the smallest size predicted to keep ``min_retention`` up to :data:`HEDGE_MAX_SIZE` of the
+    teacher's size.
     """
     ok = retention >= min_retention
     lo = np.log(size[ok].min() if ok.any() else size.min())
     hi = np.log(max(teacher_bytes * HEDGE_MAX_SIZE, np.exp(lo) * 1.01))
     logs = np.log(size)
+    edges = np.linspace(lo, hi, k + 1)
+    bins = []
+    for a, b in zip(edges[:-1], edges[1:]):
+        idx = np.flatnonzero((logs >= a) & (logs <= b))
+        bins.append(idx[np.lexsort((size[idx], -retention[idx]))])
+    return bins
+
+
+def _distinct(pool: CandidatePool, ranked: np.ndarray, n: int, seen: set[tuple]) -> list[int]:
+    """The first ``n`` of ``ranked`` whose params are not in ``seen`` (added to it)."""
+    out: list[int] = []
+    for i in ranked:
+        if len(out) == n:
+            break
+        if pool.key(int(i)) not in seen:
+            seen.add(pool.key(int(i)))
+            out.append(int(i))
+    return out
+
+
+def _select_hedged(pool: CandidatePool, retention: np.ndarray, size: np.ndarray, k: int, min_retention: float,
+                   teacher_bytes: float, measure: Callable[[np.ndarray], np.ndarray] | None = None,
+                   shortlist: int = 12) -> list[int]:
+    """k candidates, one per log-size bin (:func:`_hedge_bins`): the best predicted retention in each bin.
+
+    The predicted front alone collapses onto a narrow size range when the predictor is over-confident at high
+    compression; bins spread the bet across compression levels, so one wrong prediction costs one point.
+    Measured in ``experiments/bench_warmstart.py``: higher hypervolume after 5, 10 and 40 trials than the front
+    selection. With ``measure`` (indices -> re-scored retention, NaN where not measured), the ``shortlist``
+    best of each bin are re-scored and the best re-scored one is taken. Bins left empty are filled from the
+    front selection.
+    """
+    bins = _hedge_bins(retention, size, k, min_retention, teacher_bytes)
     chosen: list[int] = []
     seen: set[tuple] = set()
-    for a, b in zip(np.linspace(lo, hi, k + 1)[:-1], np.linspace(lo, hi, k + 1)[1:]):
-        idx = np.flatnonzero((logs >= a) & (logs <= b))
-        for i in idx[np.lexsort((size[idx], -retention[idx]))]:
-            if pool.key(int(i)) not in seen:
-                seen.add(pool.key(int(i)))
-                chosen.append(int(i))
-                break
+    if measure is None:
+        for ranked in bins:
+            chosen += _distinct(pool, ranked, 1, seen)
+    else:
+        lists = [_distinct(pool, ranked, shortlist, seen) for ranked in bins]
+        # round-robin (every bin's best first), so a time budget cut leaves each bin measured alike
+        order = [lst[r] for r in range(shortlist) for lst in lists if r < len(lst)]
+        rescored = dict(zip(order, measure(np.array(order, dtype=int))))
+        seen = set()
+        for lst in lists:
+            done = [i for i in lst if np.isfinite(rescored[i])]
+            best = max(done, key=lambda i: rescored[i]) if done else (lst[0] if lst else None)
+            if best is not None:
+                seen.add(pool.key(best))
+                chosen.append(best)
     for i in _select(pool, retention, size, k, min_retention) if len(chosen) < k else []:
         if len(chosen) < k and pool.key(i) not in seen:
             seen.add(pool.key(i))
@@ -133,7 +173,8 @@ def propose(
     space: CompressionSpace, layers: Sequence[LayerInfo], task_features: Mapping[str, float], predictor: Any, *,
     k: int = 8, n_candidates: int = 10_000, seed: int = 0, size_model: SizeModel,
     sensitivity: Mapping[str, Mapping[str, float]], min_retention: float = 0.5,
-    teacher_accuracy: float | None = None, strategy: str = "hedged",
+    teacher_accuracy: float | None = None, strategy: str = "hedged", probe: ProxyProbe | None = None,
+    shortlist: int = 12, probe_budget_s: float = 10.0,
 ) -> list[Proposal]:
     """Propose ``k`` diverse points along the predicted trade-off (predicted retention ↑, exact size ↓).
 
@@ -151,6 +192,10 @@ def propose(
         teacher_accuracy: Adds ``accuracy`` to the predictions.
         strategy: ``hedged`` (default: the best predicted point in each of ``k`` log-size bins) or ``front``
             (``k`` points spread along the predicted Pareto front).
+        probe: Measures the proxy (:class:`~.proxy.ProxyProbe`) of the ``shortlist`` best candidates of each
+            hedged bin, which the predictor then re-scores with it (``hedged`` only; None: no measuring).
+        shortlist: Candidates measured per bin.
+        probe_budget_s: Time limit of the measuring, in seconds (the bins are measured round-robin).
 
     Returns:
         Up to ``k`` proposals with distinct params, in the order to run them (:func:`hypervolume_order`: each
@@ -162,6 +207,8 @@ def propose(
         raise invalid_value("k", "an integer >= 1", k)
     if strategy not in ("hedged", "front"):
         raise invalid_value("strategy", "one of 'hedged', 'front'", strategy)
+    if isinstance(shortlist, bool) or not isinstance(shortlist, int) or shortlist < 1:
+        raise invalid_value("shortlist", "an integer >= 1", shortlist)
     missing = [name for name in FEATURE_NAMES if name not in task_features]
     if missing:
         raise invalid_value("task_features", "a dict with every FEATURE_NAMES key", f"missing {missing[:3]}")
@@ -172,11 +219,23 @@ def propose(
     ordered = [by_name.get(name, info) for name, info in zip(space.layer_names, space.layers)]
     enc = encode_arrays(pool.prune, pool.bits, pool.scalars, ordered, sensitivity, ratio)
     feats = np.array([task_features[name] for name in FEATURE_NAMES], dtype=np.float64)
-    X = np.hstack([np.broadcast_to(feats, (len(pool), len(feats))), enc])
+    unmeasured = np.full((len(pool), len(MEASURED_NAMES)), np.nan)
+    X = np.hstack([np.broadcast_to(feats, (len(pool), len(feats))), enc, unmeasured])
     # above 1 (a student better than its teacher) is noise the max over 10 000 candidates would select
     retention = np.clip(np.asarray(predictor.predict(X), dtype=np.float64), 0.0, 1.0)
+    proxy = np.full(len(pool), np.nan)
+
+    def measure(idx: np.ndarray) -> np.ndarray:
+        """Measure the proxy of candidates ``idx`` and re-score them (NaN where the time budget ran out)."""
+        proxy[idx] = probe.many([space.decode(pool.params(int(i))) for i in idx], budget_s=probe_budget_s)
+        X[idx, INPUT_NAMES.index(PROXY_NAME)] = proxy[idx]
+        scored = np.clip(np.asarray(predictor.predict(X[idx]), dtype=np.float64), 0.0, 1.0)
+        retention[idx] = np.where(np.isfinite(proxy[idx]), scored, retention[idx])
+        return np.where(np.isfinite(proxy[idx]), scored, np.nan)
+
     if strategy == "hedged":
-        chosen = _select_hedged(pool, retention, size, k, min_retention, size_model.teacher_bytes)
+        chosen = _select_hedged(pool, retention, size, k, min_retention, size_model.teacher_bytes,
+                                measure if probe is not None else None, shortlist)
     else:
         chosen = _select(pool, retention, size, k, min_retention)
     std = predictor.predict_std(X[chosen]) if hasattr(predictor, "predict_std") else None
@@ -189,6 +248,8 @@ def propose(
             predicted["accuracy"] = float(retention[i] * teacher_accuracy)
         if std is not None:
             predicted["retention_std"] = float(std[j])
+        if np.isfinite(proxy[i]):
+            predicted[PROXY_NAME] = float(proxy[i])
         out.append(Proposal(pool.params(i), predicted))
     return [out[i] for i in hypervolume_order(retention[chosen], size[chosen] / size_model.teacher_bytes)]
 
@@ -243,7 +304,7 @@ def _predictor_for(history: History, kind: str | None) -> tuple[Any, str]:
 def propose_for_task(
     space: CompressionSpace, task: Any, *, history: History | None = None, k: int = 8, seed: int = 0,
     objectives: Mapping[str, str] | None = None, predictor: Any = None, kind: str | None = None,
-    n_candidates: int = 10_000, strategy: str = "hedged",
+    n_candidates: int = 10_000, strategy: str = "hedged", measure: bool = True,
 ) -> tuple[list[Proposal], str]:
     """Warm-start proposals for a new search, and a one-line reason (see :func:`warm_start_points`)."""
     from .features import layer_sensitivity, task_meta_features  # noqa: PLC0415
@@ -269,7 +330,8 @@ def propose_for_task(
     size_model = SizeModel(task.teacher, task.example_input(2))
     proposals = propose(space, layers, features, predictor, k=k, n_candidates=n_candidates, seed=seed,
                         size_model=size_model, sensitivity=sensitivity,
-                        teacher_accuracy=features["teacher_acc"], strategy=strategy)
+                        teacher_accuracy=features["teacher_acc"], strategy=strategy,
+                        probe=ProxyProbe(task) if measure else None)
     adapted = f", adapted on {len(own)} trials of {task.name}" if len(own) else ""
     return proposals, f"warm start: {len(proposals)} points from the {source} ({history.explain()}{adapted})"
 
@@ -277,7 +339,7 @@ def propose_for_task(
 def warm_start_points(
     space: CompressionSpace, task: Any, *, history: History | None = None, k: int = 8, seed: int = 0,
     objectives: Mapping[str, str] | None = None, predictor: Any = None, kind: str | None = None,
-    n_candidates: int = 10_000, strategy: str = "hedged",
+    n_candidates: int = 10_000, strategy: str = "hedged", measure: bool = True,
 ) -> tuple[list[dict[str, Any]], str]:
     """Warm-start params for a new search, and a one-line reason.
 
@@ -293,6 +355,8 @@ def warm_start_points(
         kind: ``"gbm"`` or ``"reptile"`` (default: the shipped choice; a history beyond the shipped one refits).
         n_candidates: Pool size.
         strategy: ``hedged`` (default) or ``front``; see :func:`propose`.
+        measure: Measure the proxy of each hedged bin's shortlist and re-score it (:mod:`.proxy`; a few
+            seconds for the zoo's models).
 
     Returns:
         ``(params list, reason)``; on an empty or incompatible history ``([], "cold start: <why>")``. Nothing
@@ -300,5 +364,5 @@ def warm_start_points(
     """
     proposals, reason = propose_for_task(space, task, history=history, k=k, seed=seed, objectives=objectives,
                                          predictor=predictor, kind=kind, n_candidates=n_candidates,
-                                         strategy=strategy)
+                                         strategy=strategy, measure=measure)
     return [p.params for p in proposals], reason

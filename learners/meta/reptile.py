@@ -37,9 +37,10 @@ def _net(n_in: int, hidden: Sequence[int]) -> nn.Sequential:
 
 
 def _check_xy(X: Any, y: Any | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """``X`` as a 2-D float array (NaN = not measured; infinities refused) and ``y`` as finite floats."""
     X = np.asarray(X, dtype=np.float64)
-    if X.ndim != 2 or not np.isfinite(X).all():
-        raise invalid_value("X", "a finite 2-D array", f"shape {X.shape}")
+    if X.ndim != 2 or np.isinf(X).any():
+        raise invalid_value("X", "a 2-D array without infinite values (NaN = not measured)", f"shape {X.shape}")
     if y is None:
         return X, None
     y = np.asarray(y, dtype=np.float64).ravel()
@@ -76,8 +77,9 @@ class ReptilePredictor(RegressorMixin, BaseEstimator):
 
     # ------------------------------------------------------------------------------------------------ training
     def _tensor(self, X: np.ndarray) -> torch.Tensor:
-        # clipped: a new task's meta-features may lie far outside the training tasks' range
-        z = np.clip((X - self.x_mean_) / self.x_scale_, -_CLIP, _CLIP)
+        # clipped: a new task's meta-features may lie far outside the training tasks' range; a missing (NaN)
+        # input takes the training mean
+        z = np.nan_to_num(np.clip((X - self.x_mean_) / self.x_scale_, -_CLIP, _CLIP), nan=0.0)
         return torch.tensor(z, dtype=torch.float32)
 
     def _sgd(self, x: torch.Tensor, y: torch.Tensor, steps: int, rng: np.random.Generator | None) -> None:
@@ -93,7 +95,8 @@ class ReptilePredictor(RegressorMixin, BaseEstimator):
     def fit(self, X: Any, y: Any, groups: Any = None) -> ReptilePredictor:
         """Meta-train on rows ``X`` (meta-features ⊕ encoding), targets ``y``; ``groups`` names each row's task.
 
-        Without ``groups`` all rows form one task (plain SGD training).
+        Without ``groups`` all rows form one task (plain SGD training). A missing input (NaN) takes the column's
+        training mean.
         """
         X, y = _check_xy(X, y)
         groups = np.zeros(len(y)) if groups is None else np.asarray(groups)
@@ -101,8 +104,10 @@ class ReptilePredictor(RegressorMixin, BaseEstimator):
             raise invalid_value("groups", f"{len(y)} task labels", len(groups))
         rng = np.random.default_rng(self.random_state)
         torch.manual_seed(int(self.random_state))
-        self.x_mean_ = X.mean(0)
-        self.x_scale_ = np.where(X.std(0) > 1e-9, X.std(0), 1.0)
+        measured = np.isfinite(X).any(0)
+        mean = np.nanmean(np.where(measured, X, 0.0), 0)
+        std = np.nanstd(np.where(measured, X, 0.0), 0)
+        self.x_mean_, self.x_scale_ = mean, np.where(std > 1e-9, std, 1.0)
         self.n_features_in_ = X.shape[1]
         self.net_ = _net(X.shape[1], self.hidden)
         with torch.no_grad():

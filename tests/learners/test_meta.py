@@ -19,8 +19,10 @@ from metacompress.learners.meta import (
     ENCODING_NAMES,
     FEATURE_NAMES,
     INPUT_NAMES,
+    PROXY_NAME,
     GBMRetentionPredictor,
     History,
+    ProxyProbe,
     ReptilePredictor,
     SizeModel,
     encode_arrays,
@@ -420,3 +422,74 @@ def test_hedged_and_front_strategies_both_give_k_distinct_valid_points(digits, d
     assert np.all(np.diff(logs) > 0)
     with pytest.raises(ConfigError, match="strategy"):
         propose(space, layers, feats, fitted_gbm, k=2, size_model=size_model, sensitivity=sens, strategy="best")
+
+
+# ------------------------------------------------------------------------------------------ the measured proxy
+def test_proxy_probe_measures_accuracy_before_fine_tuning(digits, digits_meta):
+    names = [i.name for i in digits_meta[0]]
+    probe = ProxyProbe(digits)
+    untouched = probe(CompressionPolicy.uniform(names, 0.0, 8))
+    crushed = probe(CompressionPolicy.uniform(names, 0.9, 2))
+    assert untouched == pytest.approx(1.0, abs=0.02)  # 8 bits, nothing pruned: the teacher's accuracy
+    assert 0.0 <= crushed < 0.75  # 2 bits and 90 % pruned, no fine-tuning: much of the accuracy is gone
+    policy = CompressionPolicy.uniform(names, 0.5, 4)
+    student = compress(digits.teacher, policy, digits.example_input(2)).train()
+    assert probe.student_retention(student) == probe(policy) and student.training  # mode restored
+    many = probe.many([policy] * 3, budget_s=0.0)
+    assert many[0] == probe(policy) and np.isnan(many[1:]).all()  # the budget stops after the first
+
+
+def test_history_reads_rows_without_the_proxy_as_unmeasured(tmp_path):
+    rows = _rows(2, 5)
+    assert all(math.isnan(r[PROXY_NAME]) for r in rows)  # make_row: the metrics did not record it
+    frame = History.from_rows(rows).frame.drop(columns=[PROXY_NAME])  # a CSV from before the proxy
+    frame.to_csv(tmp_path / "old.csv", index=False)
+    old = History.from_csv(tmp_path / "old.csv")
+    assert len(old) == 10 and old.n_skipped == 0 and np.isnan(old.X()[:, -1]).all()
+    rows[0][PROXY_NAME] = float("inf")
+    rows[1][PROXY_NAME] = 0.7
+    history = History.from_rows(rows)
+    assert history.skipped == {f"invalid {PROXY_NAME}": 1} and history.X()[0, -1] == 0.7
+
+
+def test_gbm_uses_the_proxy_where_measured_and_predicts_without_it():
+    rng = np.random.default_rng(0)
+    rows = _rows(4, 60)
+    for r in rows:  # the retention is the proxy plus noise: only the proxy ranks the rows
+        r[PROXY_NAME] = proxy = rng.uniform(0.2, 1.0)
+        r["accuracy"] = float(np.clip(0.95 * (proxy + rng.normal(0, 0.05)), 0, 1))
+    history = History.from_rows(rows)
+    X, y, g = history.X(), history.y(), history.groups()
+    model = GBMRetentionPredictor(max_iter=60).fit(X[g != "task3"], y[g != "task3"], g[g != "task3"])
+    Xq, yq = X[g == "task3"], y[g == "task3"]
+    unmeasured = Xq.copy()
+    unmeasured[:, -1] = np.nan
+    rho = [np.corrcoef(np.argsort(np.argsort(model.predict(x))), np.argsort(np.argsort(yq)))[0, 1]
+           for x in (Xq, unmeasured)]
+    assert rho[0] > 0.8 and abs(rho[1]) < 0.4  # measured: ranks; unmeasured: the base model cannot
+    assert np.isfinite(model.predict(unmeasured)).all() and np.isfinite(model.predict_std(Xq)).all()
+    reptile = ReptilePredictor(meta_epochs=5).fit(unmeasured, yq, np.zeros(len(yq)))  # NaN: the training mean
+    assert np.isfinite(reptile.predict(unmeasured)).all() and np.isfinite(reptile.predict(Xq)).all()
+    with pytest.raises(ConfigError, match="infinite"):
+        model.predict(np.full_like(Xq, np.inf))
+
+
+def test_propose_measures_the_shortlist_and_scores_with_the_proxy(digits, digits_meta):
+    layers, sens, feats = digits_meta
+    shipped = History.shipped()
+    model = GBMRetentionPredictor(max_iter=60).fit(shipped.X(), shipped.y(), shipped.groups())
+    space = _space(layers, prune_method=Categorical(("unstructured", "structured")), epochs=Int(1, 3))
+    size_model = SizeModel(digits.teacher, digits.example_input(2))
+    probe = ProxyProbe(digits)
+    proposals = propose(space, layers, feats, model, k=6, n_candidates=2_000, seed=0, size_model=size_model,
+                        sensitivity=sens, probe=probe, shortlist=4)
+    assert len({json.dumps(p.params, sort_keys=True) for p in proposals}) == len(proposals) == 6
+    measured = [p for p in proposals if PROXY_NAME in p.predicted]
+    assert len(measured) >= 4
+    for p in measured:  # the proxy of the proposed policy, and the measured model's prediction with it
+        assert p.predicted[PROXY_NAME] == probe(space.decode(p.params))
+        row = np.array([[*(feats[f] for f in FEATURE_NAMES), *encode_policy(
+            space.decode(p.params), layers, sens, size_model).values(), p.predicted[PROXY_NAME]]])
+        assert p.predicted["accuracy_retention"] == pytest.approx(float(np.clip(model.predict(row)[0], 0, 1)))
+    with pytest.raises(ConfigError, match="shortlist"):
+        propose(space, layers, feats, model, k=2, size_model=size_model, sensitivity=sens, shortlist=0)
