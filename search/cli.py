@@ -165,14 +165,16 @@ def suggest(
         return
     table = Table(title=f"Warm-start proposals for {cfg.task_name} ({reason})",
                   caption="in run order: each adds the most predicted hypervolume")
-    for col in ("#", "pred. accuracy retention", "size", "ratio", "policy"):
+    for col in ("#", "pred. accuracy retention", "before fine-tuning", "size", "ratio", "policy"):
         table.add_column(col)
     from .report import _policy_text, format_bytes
 
     for i, pr in enumerate(proposals):
         d = pr.predicted
         policy = space.decode(pr.params).to_dict()
-        table.add_row(str(i), f"{d['accuracy_retention']:.3f}", format_bytes(d["size_bytes"]),
+        proxy = d.get("proxy_retention")  # measured: the student's retention with no fine-tuning
+        table.add_row(str(i), f"{d['accuracy_retention']:.3f}", "–" if proxy is None else f"{proxy:.3f}",
+                      format_bytes(d["size_bytes"]),
                       f"{d['compression_ratio']:.1f}×", _policy_text(policy))
     console.print(table)
 

@@ -31,6 +31,8 @@ __all__ = [
 
 #: The largest size the hedged bins reach, as a share of the teacher's size.
 HEDGE_MAX_SIZE = 0.5
+#: Candidates of each hedged bin whose proxy a warm start measures (``propose(shortlist=None)``).
+PROBE_SHORTLIST = 12
 
 #: Objectives a warm start can serve (accuracy is predicted, size is exact, the others follow size).
 SUPPORTED_OBJECTIVES: tuple[str, ...] = ("accuracy", "size_bytes", "compression_ratio", "latency_ms", "bitops")
@@ -174,7 +176,7 @@ def propose(
     k: int = 8, n_candidates: int = 10_000, seed: int = 0, size_model: SizeModel,
     sensitivity: Mapping[str, Mapping[str, float]], min_retention: float = 0.5,
     teacher_accuracy: float | None = None, strategy: str = "hedged", probe: ProxyProbe | None = None,
-    shortlist: int = 12, probe_budget_s: float = 10.0,
+    shortlist: int | None = None, probe_budget_s: float = 10.0,
 ) -> list[Proposal]:
     """Propose ``k`` diverse points along the predicted trade-off (predicted retention ↑, exact size ↓).
 
@@ -194,7 +196,7 @@ def propose(
             (``k`` points spread along the predicted Pareto front).
         probe: Measures the proxy (:class:`~.proxy.ProxyProbe`) of the ``shortlist`` best candidates of each
             hedged bin, which the predictor then re-scores with it (``hedged`` only; None: no measuring).
-        shortlist: Candidates measured per bin.
+        shortlist: Candidates measured per bin (default :data:`PROBE_SHORTLIST`).
         probe_budget_s: Time limit of the measuring, in seconds (the bins are measured round-robin).
 
     Returns:
@@ -207,6 +209,7 @@ def propose(
         raise invalid_value("k", "an integer >= 1", k)
     if strategy not in ("hedged", "front"):
         raise invalid_value("strategy", "one of 'hedged', 'front'", strategy)
+    shortlist = PROBE_SHORTLIST if shortlist is None else shortlist
     if isinstance(shortlist, bool) or not isinstance(shortlist, int) or shortlist < 1:
         raise invalid_value("shortlist", "an integer >= 1", shortlist)
     missing = [name for name in FEATURE_NAMES if name not in task_features]
