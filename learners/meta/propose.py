@@ -262,8 +262,8 @@ def hypervolume_order(retention: np.ndarray, size_ratio: np.ndarray) -> list[int
 
     Points live in the normalized space of ``search/pareto.py`` (``1 - retention``, ``size / teacher size``;
     reference point (1, 1)). A warm start enqueues its points in this order. Replayed on the warm runs of
-    ``experiments/bench_warmstart.py``, it reaches cold TPE's 40-trial hypervolume within 5 trials in 43 % of the
-    runs against 33 % for smallest-first (the median, 6.5 trials, is the same). Ties keep the smaller point first.
+    ``experiments/bench_warmstart.py`` without the measured proxy, it reached cold TPE's 40-trial hypervolume
+    within 5 trials in 43 % of the runs against 33 % for smallest-first (the median, 6.5 trials, was the same). Ties keep the smaller point first.
 
     Returns:
         A permutation of ``range(len(retention))``.
