@@ -18,6 +18,7 @@ whose params are ``CompressionPolicy.to_dict()`` (strings, converted back here) 
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -176,6 +177,7 @@ def read_mlflow(tracking_uri: str | None, experiment_names: Iterable[str] | None
     """
     from mlflow.tracking import MlflowClient  # noqa: PLC0415
 
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per meta.json otherwise
     skipped: Counter[str] = Counter()
     client = MlflowClient(tracking_uri=tracking_uri)
     rows: list[dict[str, Any]] = []
