@@ -100,7 +100,8 @@ def search(
         p = prepare(cfg, progress=False)
         points, info = resolve_warm_start(mode, p.space, p.task, n_points=cfg.warm_start.n_points, seed=cfg.seed,
                                           file=cfg.warm_start.file, tracking_uri=cfg.tracking_uri,
-                                          objectives=cfg.objectives)
+                                          objectives=cfg.objectives, sequential=cfg.backend != "ray",
+                                          reference=p.reference)
     if info.get("reason"):
         console.print(info["reason"], style="yellow" if info["reason"].startswith("cold") else None)
     with SearchProgress(console, p) as bar:
@@ -164,7 +165,8 @@ def suggest(
         console.print(f"[yellow]{reason}[/]")
         return
     table = Table(title=f"Warm-start proposals for {cfg.task_name} ({reason})",
-                  caption="in run order: each adds the most predicted hypervolume")
+                  caption="the batch, in run order (each adds the most predicted hypervolume), as a Ray search "
+                          "enqueues it; a local search picks its points one at a time against the observed front")
     for col in ("#", "pred. accuracy retention", "before fine-tuning", "size", "ratio", "policy"):
         table.add_column(col)
     from .report import _policy_text, format_bytes

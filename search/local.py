@@ -100,13 +100,20 @@ def run_worker(
     *,
     artifact_dir: Path | None = None,
     on_trial_end: Callable[[FrozenTrial], None] | None = None,
+    before_ask: Callable[[optuna.Study], Any] | None = None,
 ) -> int:
-    """Run trials until the study's budget is used up; returns how many this worker ran."""
+    """Run trials until the study's budget is used up; returns how many this worker ran.
+
+    ``before_ask`` runs under the budget lock before each ask (the sequential warm start enqueues its next point
+    there, so no two workers enqueue the same step).
+    """
     ran = 0
     while True:
         with file_lock(budget_lock):
             if remaining_budget(study, n_trials) <= 0:
                 return ran
+            if before_ask is not None:
+                before_ask(study)
             trial = study.ask(dict(distributions))
         frozen = run_trial(study, trial, objective, objectives, artifact_dir)
         ran += 1

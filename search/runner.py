@@ -9,6 +9,7 @@ with exactly one child run per counted trial.
 from __future__ import annotations
 
 import ctypes
+import functools
 import json
 import logging
 import multiprocessing as mp
@@ -33,6 +34,7 @@ from metacompress.spaces.adapters import to_optuna
 from .config import SearchConfig
 from .local import file_lock, lock_path, run_worker
 from .objective import Objective, teacher_metrics
+from .warmstart import SequentialWarmStart, enqueue_next_warm_point
 from .pareto import hypervolume, hypervolume_history, pareto_front
 from .study import (
     ATTR_REFERENCE,
@@ -58,6 +60,8 @@ class Prepared:
     reference: dict[str, float]
     study: optuna.Study
     objective: Objective
+    #: Sequential warm points (:class:`~.warmstart.SequentialWarmStart`), enqueued by this process's worker.
+    warm: Any = None
 
     @property
     def distributions(self) -> dict[str, Any]:
@@ -188,9 +192,12 @@ def run_local(p: Prepared, on_trial_end: Callable[[FrozenTrial], None] | None = 
     for w in workers:
         w.start()
     try:
+        # only this process enqueues sequential warm points: forked workers must not run the predictor's
+        # OpenMP pool, which the fork left in an undefined state
+        before_ask = None if p.warm is None else functools.partial(enqueue_next_warm_point, plan=p.warm)
         run_worker(p.study, p.objective, cfg.n_trials, cfg.objectives, p.distributions,
                    lock_path(cfg.storage, cfg.study_name, "budget"), artifact_dir=p.artifact_dir,
-                   on_trial_end=on_trial_end)
+                   on_trial_end=on_trial_end, before_ask=before_ask)
     finally:
         for w in workers:
             w.join()
@@ -313,7 +320,7 @@ def write_outputs(p: Prepared, summary: dict[str, Any], trials: list[FrozenTrial
 def run_search(
     cfg: SearchConfig,
     *,
-    warm_points: list[dict[str, Any]] | None = None,
+    warm_points: list[dict[str, Any]] | SequentialWarmStart | None = None,
     warm_info: dict[str, Any] | None = None,
     on_trial_end: Callable[[FrozenTrial, Prepared], None] | None = None,
     prepared: Prepared | None = None,
@@ -328,7 +335,8 @@ def run_search(
 
     Args:
         cfg: The validated config.
-        warm_points: Params to enqueue first (once per study).
+        warm_points: Params to enqueue first (once per study), or a :class:`~.warmstart.SequentialWarmStart`
+            whose points are enqueued one at a time (local backend).
         warm_info: What the summary says about the warm start.
         on_trial_end: Called after each trial this process ran (progress bars).
         prepared: A :func:`prepare` result to reuse.
@@ -348,7 +356,12 @@ def run_search(
             raise ConfigError(f"The 'study_name' value must not be in use by another running search. Got "
                               f"{cfg.study_name!r}.", "study_name")
         recover_interrupted(p.study)
-        enqueue_points(p.study, warm_points or [], source=(warm_info or {}).get("mode", "file"))
+        if isinstance(warm_points, SequentialWarmStart):
+            if cfg.backend == "ray":
+                raise ValueError("sequential warm points need the local backend; pass the batch to Ray")
+            p.warm = warm_points
+        else:
+            enqueue_points(p.study, warm_points or [], source=(warm_info or {}).get("mode", "file"))
         tracker.start_parent(cfg.study_name, tags=_parent_tags(cfg, warm_info), params=cfg.to_dict())
         _log_meta(p, tracker)
         synced: set[int] = set()

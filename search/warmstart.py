@@ -7,10 +7,19 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from dataclasses import dataclass
+
+import optuna
+from optuna.trial import TrialState
+
 from metacompress.learners import Task
 from metacompress.spaces import CompressionPolicy, CompressionSpace, ConfigError, invalid_value
 
-__all__ = ["history_store", "load_points", "resolve_warm_start"]
+__all__ = ["ATTR_INDEX", "ATTR_PREDICTED", "SequentialWarmStart", "enqueue_next_warm_point", "history_store",
+           "load_points", "resolve_warm_start"]
+
+#: Trial user attributes of a sequential warm point: its candidate index and the predictor's retention.
+ATTR_INDEX, ATTR_PREDICTED = "metacompress.warm_index", "metacompress.warm_predicted"
 
 _LOG = logging.getLogger(__name__)
 
@@ -54,10 +63,61 @@ def history_store(tracking_uri: str | None) -> str | None:
     return tracking_uri
 
 
+@dataclass
+class SequentialWarmStart:
+    """Warm points enqueued one at a time, each against the observed front (:mod:`metacompress.learners.meta.
+    sequential`): what :func:`resolve_warm_start` returns instead of a list when ``sequential=True``.
+
+    Attributes:
+        proposer: A :class:`~metacompress.learners.meta.sequential.SequentialProposer`.
+        k: How many warm points in all.
+        reference: The teacher's metrics (``accuracy``, ``size_bytes``): retention and size ratio of a trial.
+    """
+
+    proposer: Any
+    k: int
+    reference: dict[str, float] | None = None
+
+
+def enqueue_next_warm_point(study: optuna.Study, plan: SequentialWarmStart) -> bool:
+    """Enqueue the next sequential warm point when it is due; returns whether one was enqueued.
+
+    Due when nothing is waiting (file points, retried trials run first) and fewer than ``plan.k`` distinct warm
+    points exist. Everything comes from the study (finished trials, running warm trials, the indices and
+    predictions stored with each warm trial), so a resumed search goes on where it stopped. Call it under the
+    budget lock: two workers must not enqueue the same step.
+    """
+    trials = study.get_trials(deepcopy=False)
+    if any(t.state == TrialState.WAITING for t in trials):
+        return False
+    warm = [t for t in trials if ATTR_INDEX in t.user_attrs]
+    taken = sorted({int(t.user_attrs[ATTR_INDEX]) for t in warm})
+    if len(taken) >= plan.k:
+        return False
+    ref = plan.reference or {}
+    acc, size = float(ref.get("accuracy") or 1.0), float(ref.get("size_bytes") or 1.0)
+    done = [t for t in trials if t.state == TrialState.COMPLETE and t.user_attrs.get("metrics")]
+    observed = [(t.user_attrs["metrics"]["accuracy"] / acc, t.user_attrs["metrics"]["size_bytes"] / size)
+                for t in done]
+    residuals = [t.user_attrs["metrics"]["accuracy"] / acc - float(t.user_attrs[ATTR_PREDICTED])
+                 for t in done if ATTR_INDEX in t.user_attrs]
+    pending = [int(t.user_attrs[ATTR_INDEX]) for t in warm if t.state == TrialState.RUNNING]
+    try:
+        index, params, predicted = plan.proposer.next(observed, residuals, taken, pending)
+    except Exception as exc:  # noqa: BLE001 - a failed proposal ends the warm start, never the search
+        _LOG.warning("warm start stopped after %d points: %s: %s", len(taken), type(exc).__name__, exc)
+        plan.k = len(taken)
+        return False
+    study.enqueue_trial(params, user_attrs={"metacompress.warm_start": "auto", ATTR_INDEX: index,
+                                            ATTR_PREDICTED: predicted["model_retention"]})
+    return True
+
+
 def resolve_warm_start(
     mode: str, space: CompressionSpace, task: Task, *, n_points: int, seed: int, file: str | None = None,
-    tracking_uri: str | None = None, objectives: dict[str, str] | None = None,
-) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    tracking_uri: str | None = None, objectives: dict[str, str] | None = None, sequential: bool = False,
+    reference: dict[str, float] | None = None,
+) -> tuple[list[dict[str, Any]] | SequentialWarmStart, dict[str, Any]]:
     """The points to enqueue and the summary's ``warm_start`` entry.
 
     Args:
@@ -69,6 +129,9 @@ def resolve_warm_start(
         file: ``warm_start.file`` of the config (used when ``mode`` is ``auto`` and it is set).
         tracking_uri: MLflow store whose finished searches join the shipped meta-dataset (the flywheel).
         objectives: The search's objectives (a history for other objectives means a cold start).
+        sequential: With ``auto``, return a :class:`SequentialWarmStart` (points chosen one at a time against the
+            observed front: the local backend) instead of a list (the batch: the Ray backend's).
+        reference: The teacher's metrics (required with ``sequential``).
     """
     if mode not in ("auto", "off"):
         file, mode = mode, "file"
@@ -80,6 +143,16 @@ def resolve_warm_start(
     from metacompress.learners.meta import History, warm_start_points
 
     history = History.collect(history_store(tracking_uri))
+    if sequential:
+        from metacompress.learners.meta.sequential import sequential_for_task
+
+        proposer, source = sequential_for_task(space, task, history=history, seed=seed, objectives=objectives)
+        if proposer is None:
+            _LOG.warning("%s", source)
+            return [], {"mode": "auto", "n_points": 0, "reason": source}
+        reason = f"warm start: {n_points} points, one at a time against the observed front, from {source}"
+        return SequentialWarmStart(proposer, n_points, reference), {"mode": "auto", "n_points": n_points,
+                                                                    "reason": reason, "sequential": True}
     points, reason = warm_start_points(space, task, history=history, k=n_points, seed=seed, objectives=objectives)
     if not points:
         _LOG.warning("%s", reason)

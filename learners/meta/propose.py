@@ -24,8 +24,8 @@ from .proxy import PROXY_NAME, ProxyProbe
 from .size import SizeModel
 
 __all__ = [
-    "Proposal", "hypervolume_order", "propose", "propose_for_task", "pareto_indices", "spread_along",
-    "warm_start_points",
+    "Proposal", "TaskContext", "hypervolume_order", "propose", "propose_for_task", "pareto_indices",
+    "spread_along", "task_context", "warm_start_points",
     "SUPPORTED_OBJECTIVES",
 ]
 
@@ -304,15 +304,28 @@ def _predictor_for(history: History, kind: str | None) -> tuple[Any, str]:
     return predictor, f"{type(predictor).__name__} fit on the history"
 
 
-def propose_for_task(
-    space: CompressionSpace, task: Any, *, history: History | None = None, k: int = 8, seed: int = 0,
+@dataclass
+class TaskContext:
+    """What a warm start needs of a task: the (adapted) predictor, the probes, the meta-features, exact sizes."""
+
+    predictor: Any
+    layers: list[LayerInfo]
+    sensitivity: dict[str, dict[str, float]]
+    features: dict[str, float]
+    size_model: SizeModel
+    source: str
+
+
+def task_context(
+    space: CompressionSpace, task: Any, *, history: History, seed: int = 0,
     objectives: Mapping[str, str] | None = None, predictor: Any = None, kind: str | None = None,
-    n_candidates: int = 10_000, strategy: str = "hedged", measure: bool = True,
-) -> tuple[list[Proposal], str]:
-    """Warm-start proposals for a new search, and a one-line reason (see :func:`warm_start_points`)."""
+) -> tuple[TaskContext | None, str]:
+    """The predictor and probes of a warm start, or ``(None, "cold start: <why>")``.
+
+    The second item describes the source in words (``"the pretrained ... (3984 rows ..., adapted on ...)"``).
+    """
     from .features import layer_sensitivity, task_meta_features  # noqa: PLC0415
 
-    history = History.shipped() if history is None else history
     problem = _objective_problem(objectives)
     if problem is None and not len(history):
         problem = f"the history is empty ({history.explain()})"
@@ -323,20 +336,35 @@ def propose_for_task(
         except ConfigError as exc:
             problem = f"no predictor ({exc})"
     if problem is not None:
-        return [], f"cold start: {problem}"
+        return None, f"cold start: {problem}"
     layers = list(space.layers)
     sensitivity = layer_sensitivity(task, layers, seed=seed)
     features = task_meta_features(task, seed=seed, layers=layers, sensitivity=sensitivity)
     own = history.subset([task.name]) if hasattr(predictor, "adapt") else History()
     if len(own):
         predictor = predictor.adapt(own.X(), own.y())
-    size_model = SizeModel(task.teacher, task.example_input(2))
-    proposals = propose(space, layers, features, predictor, k=k, n_candidates=n_candidates, seed=seed,
-                        size_model=size_model, sensitivity=sensitivity,
-                        teacher_accuracy=features["teacher_acc"], strategy=strategy,
-                        probe=ProxyProbe(task) if measure else None)
     adapted = f", adapted on {len(own)} trials of {task.name}" if len(own) else ""
-    return proposals, f"warm start: {len(proposals)} points from the {source} ({history.explain()}{adapted})"
+    source = f"the {source} ({history.explain()}{adapted})"
+    return TaskContext(predictor, layers, sensitivity, features, SizeModel(task.teacher, task.example_input(2)),
+                       source), source
+
+
+def propose_for_task(
+    space: CompressionSpace, task: Any, *, history: History | None = None, k: int = 8, seed: int = 0,
+    objectives: Mapping[str, str] | None = None, predictor: Any = None, kind: str | None = None,
+    n_candidates: int = 10_000, strategy: str = "hedged", measure: bool = True,
+) -> tuple[list[Proposal], str]:
+    """Warm-start proposals for a new search, and a one-line reason (see :func:`warm_start_points`)."""
+    history = History.shipped() if history is None else history
+    ctx, source = task_context(space, task, history=history, seed=seed, objectives=objectives,
+                               predictor=predictor, kind=kind)
+    if ctx is None:
+        return [], source
+    proposals = propose(space, ctx.layers, ctx.features, ctx.predictor, k=k, n_candidates=n_candidates, seed=seed,
+                        size_model=ctx.size_model, sensitivity=ctx.sensitivity,
+                        teacher_accuracy=ctx.features["teacher_acc"], strategy=strategy,
+                        probe=ProxyProbe(task) if measure else None)
+    return proposals, f"warm start: {len(proposals)} points from {source}"
 
 
 def warm_start_points(

@@ -493,3 +493,38 @@ def test_propose_measures_the_shortlist_and_scores_with_the_proxy(digits, digits
         assert p.predicted["accuracy_retention"] == pytest.approx(float(np.clip(model.predict(row)[0], 0, 1)))
     with pytest.raises(ConfigError, match="shortlist"):
         propose(space, layers, feats, model, k=2, size_model=size_model, sensitivity=sens, shortlist=0)
+
+
+# ----------------------------------------------------------------------------------------- sequential warm start
+def test_hv_gain_is_the_hypervolume_a_point_adds():
+    import moocore
+
+    from metacompress.learners.meta.sequential import hv_gain
+
+    rng = np.random.default_rng(0)
+    for m in (0, 1, 4, 9):
+        front = rng.uniform(0, 1, size=(m, 2))
+        cand = rng.uniform(0, 1, size=(20, 2))
+        base = float(moocore.hypervolume(front, ref=[1.0, 1.0])) if m else 0.0
+        want = [float(moocore.hypervolume(np.vstack([front, c[None]]), ref=[1.0, 1.0])) - base for c in cand]
+        assert hv_gain(front, cand) == pytest.approx(want, abs=1e-12)
+
+
+def test_sequential_proposer_is_stateless_and_reacts_to_the_observed_front(digits, digits_meta):
+    from metacompress.learners.meta.sequential import sequential_for_task
+
+    space = _space(digits_meta[0], prune_method=Categorical(("unstructured", "structured")))
+    proposer, source = sequential_for_task(space, digits, n_candidates=2_000)
+    assert proposer is not None and "pretrained" in source
+    first = proposer.next([])
+    assert proposer.next([]) == first  # the same inputs give the same point (a resumed search goes on)
+    index, params, predicted = first
+    space.decode(params)
+    assert 0.0 <= predicted["accuracy_retention"] <= 1.0 and 0.0 <= predicted[PROXY_NAME] <= 1.5
+    observed = [(1.0, predicted["size_ratio"])]  # the first point kept all the accuracy it was predicted to
+    second = proposer.next(observed, residuals=[1.0 - predicted["model_retention"]], taken=[index])
+    assert second[0] != index
+    # a point is never proposed twice, and one the real front already beats is not proposed either
+    assert second[2]["size_ratio"] < predicted["size_ratio"] or second[2]["accuracy_retention"] > 1.0 - 1e-9
+    none, reason = sequential_for_task(space, digits, history=History())
+    assert none is None and reason.startswith("cold start")

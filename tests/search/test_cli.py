@@ -104,7 +104,7 @@ def test_suggest_shows_the_proposals_with_their_measured_proxy(search_yaml):
     measured = [p["predicted"]["proxy_retention"] for p in proposals if "proxy_retention" in p["predicted"]]
     assert measured and all(0.0 <= v <= 1.5 for v in measured)
     table = runner.invoke(app, ["suggest", str(path), "--n", "4"])
-    assert table.exit_code == 0 and "before fine-tuning" in table.output and "in run order" in table.output
+    assert table.exit_code == 0 and "before fine-tuning" in table.output and "run order" in table.output
 
 
 def test_console_script_runs_without_a_traceback_on_bad_input(tmp_path):

@@ -107,6 +107,28 @@ def test_warm_start_file_points_run_first_and_only_once(search_yaml, tmp_path):
     assert cfg0.study_name == cfg.study_name
 
 
+def test_sequential_warm_start_enqueues_k_points_one_at_a_time_and_resumes_without_more(search_yaml):
+    from metacompress.search.runner import prepare
+    from metacompress.search.warmstart import ATTR_INDEX, ATTR_PREDICTED, SequentialWarmStart, resolve_warm_start
+
+    cfg = load_config(search_yaml(n_trials=4, tracking_uri="none", warm_start={"mode": "auto"}))
+    p = prepare(cfg)
+    plan, info = resolve_warm_start("auto", p.space, p.task, n_points=3, seed=0, objectives=cfg.objectives,
+                                    sequential=True, reference=p.reference)
+    assert isinstance(plan, SequentialWarmStart) and info["sequential"] and "one at a time" in info["reason"]
+    summary = run_search(cfg, warm_points=plan, warm_info=info, prepared=p)
+    trials = counted_trials(_study(cfg))
+    warm = [t for t in trials if ATTR_INDEX in t.user_attrs]
+    assert [t.number for t in warm] == [0, 1, 2]  # the first k trials, one distinct candidate each
+    assert len({t.user_attrs[ATTR_INDEX] for t in warm}) == 3
+    assert all(0.0 <= t.user_attrs[ATTR_PREDICTED] <= 1.5 for t in warm)
+    assert summary["warm_start"]["n_points"] == 3 and summary["n_complete"] == 4
+    cfg2 = load_config(search_yaml(n_trials=6, tracking_uri="none", warm_start={"mode": "auto"}))
+    run_search(cfg2, warm_points=SequentialWarmStart(plan.proposer, 3, p.reference), warm_info=info)
+    again = counted_trials(_study(cfg2))
+    assert len(again) == 6 and sum(ATTR_INDEX in t.user_attrs for t in again) == 3  # the warm phase was over
+
+
 def _wait_for(predicate, timeout: float) -> bool:
     end = time.time() + timeout
     while time.time() < end:

@@ -1,0 +1,148 @@
+"""Sequential warm start: each of the first k trials is chosen against the front the finished trials *observed*.
+
+The batch warm start (:func:`~.propose.propose`) fixes all k points before anything runs, so a point the predictor
+overrated is followed by points planned as if it had succeeded. :class:`SequentialProposer` scores the same
+candidate pool once and, before each warm trial, takes the candidate with the largest predicted hypervolume gain
+over the observed front: the ``shortlist`` candidates of largest gain by the unmeasured prediction are measured
+(:mod:`.proxy`) and re-scored, and the best re-scored gain runs. Predictions are shifted by the shrunk mean
+residual of the warm trials already finished, so a predictor over-optimistic on this task stops proposing points
+the real front already beats. The proposer keeps no state between calls: the caller passes what the study holds,
+so a resumed search goes on where it stopped.
+
+Measured in ``experiments/bench_warmstart.py`` (leave-one-task-out, real trials): cold TPE's 40-trial hypervolume
+in a median of 4 trials on seeds 0–4 and 4.5 on the fresh seeds 5–9, against 5.5 and 5.5 for the batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from metacompress.spaces import CompressionSpace, invalid_value
+
+from .encoding import encode_arrays
+from .features import FEATURE_NAMES
+from .history import INPUT_NAMES, MEASURED_NAMES, History
+from .pool import CandidatePool
+from .propose import PROBE_SHORTLIST, TaskContext, _sizes, task_context
+from .proxy import PROXY_NAME, ProxyProbe
+
+__all__ = ["SequentialProposer", "hv_gain", "sequential_for_task"]
+
+
+def hv_gain(front: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+    """Hypervolume each candidate alone adds to ``front`` (2-D, both minimized, reference point (1, 1)).
+
+    Args:
+        front: ``(m, 2)`` points (dominated ones change nothing; ``m`` may be 0).
+        candidates: ``(n, 2)`` points.
+
+    Returns:
+        ``(n,)`` gains: for a candidate ``(cx, cy)``, the integral over ``t`` in ``[cx, 1]`` of
+        ``max(0, stair(t) - cy)``, where ``stair(t)`` is the lowest ``y`` of the front points with ``x <= t``
+        (1 where there is none). Coordinates are clipped to [0, 1].
+    """
+    front = np.asarray(front, dtype=np.float64).reshape(-1, 2)
+    f = np.clip(front[np.argsort(front[:, 0])], 0.0, 1.0)
+    x0 = np.concatenate([[0.0], f[:, 0]])
+    x1 = np.concatenate([f[:, 0], [1.0]])
+    stair = np.concatenate([[1.0], np.minimum.accumulate(f[:, 1])])
+    cx = np.clip(candidates[:, 0], 0.0, 1.0)
+    cy = np.clip(candidates[:, 1], 0.0, 1.0)
+    gain = np.zeros(len(candidates))
+    for a, b, y in zip(x0, x1, stair):
+        gain += np.clip(b - np.maximum(a, cx), 0.0, None) * np.clip(y - cy, 0.0, None)
+    return gain
+
+
+class SequentialProposer:
+    """Chooses warm points one at a time against the observed front (see the module docstring).
+
+    Args:
+        space: The search space.
+        task: The :class:`~metacompress.learners.Task`.
+        context: :func:`~.propose.task_context` of the task (predictor, probes, exact sizes).
+        seed: Seed of the candidate pool (candidate indices are stable for a given seed and space).
+        n_candidates: Pool size.
+        shortlist: Candidates measured per step (default :data:`~.propose.PROBE_SHORTLIST`).
+    """
+
+    def __init__(self, space: CompressionSpace, task: Any, context: TaskContext, *, seed: int = 0,
+                 n_candidates: int = 10_000, shortlist: int | None = None) -> None:
+        self.space, self.predictor = space, context.predictor
+        self.shortlist = PROBE_SHORTLIST if shortlist is None else int(shortlist)
+        if self.shortlist < 1:
+            raise invalid_value("shortlist", "an integer >= 1", shortlist)
+        self.pool = CandidatePool.sobol(space, int(n_candidates), seed)
+        size = _sizes(self.pool, context.size_model).astype(np.float64)
+        self.size_ratio = size / context.size_model.teacher_bytes
+        enc = encode_arrays(self.pool.prune, self.pool.bits, self.pool.scalars, context.layers, context.sensitivity,
+                            1.0 / self.size_ratio)
+        feats = np.array([context.features[name] for name in FEATURE_NAMES], dtype=np.float64)
+        unmeasured = np.full((len(size), len(MEASURED_NAMES)), np.nan)
+        self.X = np.hstack([np.broadcast_to(feats, (len(size), len(feats))), enc, unmeasured])
+        self.unmeasured = np.asarray(self.predictor.predict(self.X), dtype=np.float64)
+        self.measured = np.full(len(size), np.nan)
+        self.proxy = np.full(len(size), np.nan)
+        self.probe = ProxyProbe(task)
+        self._column = INPUT_NAMES.index(PROXY_NAME)
+
+    def _points(self, retention: np.ndarray, idx: np.ndarray) -> np.ndarray:
+        return np.column_stack([1.0 - np.clip(retention, 0.0, 1.0), self.size_ratio[idx]])
+
+    def _measure(self, idx: np.ndarray) -> None:
+        new = idx[np.isnan(self.measured[idx])]
+        if len(new):
+            self.proxy[new] = self.probe.many([self.space.decode(self.pool.params(int(i))) for i in new])
+            self.X[new, self._column] = self.proxy[new]
+            self.measured[new] = self.predictor.predict(self.X[new])
+
+    def next(self, observed: Sequence[tuple[float, float]], residuals: Sequence[float] = (),
+             taken: Sequence[int] = (), pending: Sequence[int] = ()) -> tuple[int, dict[str, Any], dict[str, float]]:
+        """The next warm point.
+
+        Args:
+            observed: ``(retention, size / teacher size)`` of every finished trial of the search.
+            residuals: Real minus predicted retention of the finished warm trials.
+            taken: Pool indices of every warm trial so far (never proposed again).
+            pending: Pool indices of warm trials still running (their predictions join the front).
+
+        Returns:
+            ``(index, params, predicted)``: the pool index, the params (valid for ``space.decode``), and
+            ``predicted``: ``accuracy_retention`` (shifted by the residuals), ``model_retention`` (the predictor's
+            own value: residuals are taken against it), ``size_ratio`` and the measured ``proxy_retention``.
+        """
+        n = len(residuals)
+        offset = float(np.mean(residuals)) * n / (n + 2) if n else 0.0  # shrunk towards no shift
+        pending = np.asarray(list(pending), dtype=int)
+        self._measure(pending)
+        believed = self._points(self.measured[pending] + offset, pending) if len(pending) else np.zeros((0, 2))
+        front = np.vstack([np.array([(1.0 - r, z) for r, z in observed]).reshape(-1, 2), believed])
+        free = np.setdiff1d(np.arange(len(self.X)), np.asarray(list(taken), dtype=int))
+        if not len(free):
+            raise invalid_value("taken", "fewer indices than the pool's candidates", len(taken))
+        gain = hv_gain(front, self._points(self.unmeasured[free] + offset, free))
+        short = free[np.argsort(-gain, kind="stable")[: self.shortlist]]
+        self._measure(short)
+        rescored = hv_gain(front, self._points(self.measured[short] + offset, short))
+        best = int(short[int(np.argmax(rescored))])
+        predicted = {"accuracy_retention": float(np.clip(self.measured[best] + offset, 0.0, 1.0)),
+                     "model_retention": float(self.measured[best]), "size_ratio": float(self.size_ratio[best]), PROXY_NAME: float(self.proxy[best])}
+        return best, self.pool.params(best), predicted
+
+
+def sequential_for_task(
+    space: CompressionSpace, task: Any, *, history: History | None = None, seed: int = 0,
+    objectives: Mapping[str, str] | None = None, predictor: Any = None, kind: str | None = None,
+    n_candidates: int = 10_000,
+) -> tuple[SequentialProposer | None, str]:
+    """A :class:`SequentialProposer` for a new search and the source in words, or ``(None, "cold start: ...")``
+    on an empty or incompatible history (see :func:`~.propose.warm_start_points`)."""
+    history = History.shipped() if history is None else history
+    ctx, source = task_context(space, task, history=history, seed=seed, objectives=objectives,
+                               predictor=predictor, kind=kind)
+    if ctx is None:
+        return None, source
+    return SequentialProposer(space, task, ctx, seed=seed, n_candidates=n_candidates), source
