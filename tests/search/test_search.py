@@ -129,6 +129,23 @@ def test_sequential_warm_start_enqueues_k_points_one_at_a_time_and_resumes_witho
     assert len(again) == 6 and sum(ATTR_INDEX in t.user_attrs for t in again) == 3  # the warm phase was over
 
 
+def test_a_two_worker_cli_search_runs_the_sequential_warm_start(search_yaml, tmp_path):
+    from metacompress.search.warmstart import ATTR_INDEX
+
+    path = search_yaml(n_trials=6, parallel={"n_jobs": 2}, tracking_uri="none",
+                       warm_start={"mode": "auto", "n_points": 3})
+    cmd = [sys.executable, "-m", "metacompress.search.cli", "search", str(path)]
+    done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "one at a time against the observed front" in done.stdout
+    counted = counted_trials(_study(load_config(path)))
+    indices = [t.user_attrs[ATTR_INDEX] for t in counted if ATTR_INDEX in t.user_attrs]
+    # this process enqueues them (the forked worker samples with TPE meanwhile): distinct, at most k
+    assert len(counted) == 6 and 1 <= len(indices) <= 3 and len(set(indices)) == len(indices)
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["warm_start"]["sequential"] is True and summary["n_complete"] == 6
+
+
 def _wait_for(predicate, timeout: float) -> bool:
     end = time.time() + timeout
     while time.time() < end:
