@@ -1,12 +1,15 @@
 """Warm-start benchmark: leave-one-task-out, real trials, anytime hypervolume against cold samplers.
 
 For every held-out zoo task the retention predictor is fit on the shipped meta-dataset *without that task's rows*
-(:meth:`History.subset` of the other tasks), proposes ``--k`` policies, and warm-started TPE (``warm``) enqueues
-them before sampling; it is compared with cold TPE (``cold_tpe``), cold NSGA-II (``nsga2``) and random search
+(:meth:`History.subset` of the other tasks) and proposes ``--k`` policies: warm-started TPE (``warm``) runs them
+exactly as a local search does, one at a time against the observed front
+(:func:`metacompress.search.warmstart.enqueue_next_warm_point`), ``warm_batch`` enqueues the batch a Ray search
+enqueues, and the other ``warm_*`` rows are ablations (``--seeds 5 6 7 8 9`` are kept for checking the defaults
+after the fact: :data:`FRESH_SEEDS`). They are compared with cold TPE (``cold_tpe``), cold NSGA-II (``nsga2``) and random search
 (``random``), all from :func:`metacompress.search.study.make_sampler`, with ``--budget`` real trials per run
 (compress → distill → evaluate, exactly :class:`metacompress.search.objective.Objective`) and several seeds
-(the seed drives the sampler, the proposal pool and the batch order). ``warm_reptile`` is the same warm start with
-the Reptile predictor. Objectives: accuracy ↑ and size_bytes ↓ (no latency: on a shared CPU it is noise).
+(the seed drives the sampler, the proposal pool and the batch order). ``warm_reptile`` is the front warm start
+with the Reptile predictor. Objectives: accuracy ↑ and size_bytes ↓ (no latency: on a shared CPU it is noise).
 Hypervolume is :func:`metacompress.search.pareto.hypervolume_history`, normalized by the teacher.
 
 Each finished run is appended as one JSON line to ``experiments/results/warmstart_runs.jsonl``; a stopped run
@@ -306,9 +309,10 @@ def predictor_quality(runs: list[dict[str, Any]], tasks: list[str], shots: int =
     """Spearman/Kendall of predicted vs real retention on each held-out task, zero-shot and after ``shots``.
 
     ``gbm`` and ``reptile`` score rows with their measured proxy; ``gbm_unmeasured`` is the GBM on the same rows
-    with the proxy left out (what it knows of a candidate before measuring it). Two query sets: the held-out task's real trials of the ``random`` runs (unbiased samples of the benchmark's
-    space; support = the first ``shots`` trials of the run, query = the rest) and its rows of the shipped
-    meta-dataset (support = its first ``shots`` rows). Zero-shot is scored on the same query rows.
+    with the proxy left out (what it knows of a candidate before measuring it). Two query sets: the held-out
+    task's real trials of the ``random`` runs (unbiased samples of the benchmark's space; support = the first
+    ``shots`` trials of the run, query = the rest) and its rows of the shipped meta-dataset (support = its first
+    ``shots`` rows). Zero-shot is scored on the same query rows.
     """
     from metacompress.learners.meta import History, layer_sensitivity, task_meta_features
 

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-from dataclasses import dataclass
 
 import optuna
 from optuna.trial import TrialState
@@ -76,7 +75,7 @@ class SequentialWarmStart:
 
     proposer: Any
     k: int
-    reference: dict[str, float] | None = None
+    reference: dict[str, float]
 
 
 def enqueue_next_warm_point(study: optuna.Study, plan: SequentialWarmStart) -> bool:
@@ -94,8 +93,7 @@ def enqueue_next_warm_point(study: optuna.Study, plan: SequentialWarmStart) -> b
     taken = sorted({int(t.user_attrs[ATTR_INDEX]) for t in warm})
     if len(taken) >= plan.k:
         return False
-    ref = plan.reference or {}
-    acc, size = float(ref.get("accuracy") or 1.0), float(ref.get("size_bytes") or 1.0)
+    acc, size = float(plan.reference["accuracy"]), float(plan.reference["size_bytes"])
     done = [t for t in trials if t.state == TrialState.COMPLETE and t.user_attrs.get("metrics")]
     observed = [(t.user_attrs["metrics"]["accuracy"] / acc, t.user_attrs["metrics"]["size_bytes"] / size)
                 for t in done]
@@ -142,6 +140,8 @@ def resolve_warm_start(
         return points, {"mode": "file", "n_points": len(points), "source": str(file)}
     from metacompress.learners.meta import History, warm_start_points
 
+    if sequential and not all((reference or {}).get(key) for key in ("accuracy", "size_bytes")):
+        raise invalid_value("reference", "the teacher's metrics with accuracy and size_bytes", reference)
     history = History.collect(history_store(tracking_uri))
     if sequential:
         from metacompress.learners.meta.sequential import sequential_for_task

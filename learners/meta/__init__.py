@@ -10,7 +10,8 @@ A predictor meta-learned from earlier compression searches proposes the first tr
   meta-dataset and from MLflow.
 * :mod:`.predictors` / :mod:`.reptile` — gradient boosting and a Reptile-meta-trained MLP (scikit-learn
   estimators, saved without pickle).
-* :mod:`.pool` / :mod:`.propose` — score a candidate pool and choose k diverse points of the predicted front.
+* :mod:`.pool` / :mod:`.propose` — score a candidate pool and choose k diverse points (the batch warm start).
+* :mod:`.sequential` — the warm points one at a time, each against the front the finished trials observed.
 """
 
 from .encoding import ENCODING_NAMES, encode_arrays, encode_policy

@@ -1,10 +1,12 @@
-"""Warm start: score a large candidate pool, take the predicted Pareto set, and choose k diverse points on it.
+"""Warm start as a batch: score a large candidate pool and choose k diverse points before anything runs.
 
 :func:`propose` scores ``n_candidates`` space-filling points of the space with a retention predictor and the exact
 size of :class:`~.size.SizeModel` and takes the best predicted point in each of ``k`` log-size bins (or ``k``
 points spread along the predicted Pareto set); the best candidates of each bin are measured first (the proxy of
-:mod:`.proxy`, milliseconds each) and re-scored with it. :func:`warm_start_points` does everything from a space and a task: it
-reads the history, loads or fits a predictor, computes the task's meta-features, and explains itself in one line.
+:mod:`.proxy`, milliseconds each) and re-scored with it. :func:`warm_start_points` does everything from a space
+and a task: it reads the history, loads or fits a predictor (:func:`task_context`), computes the task's
+meta-features, and explains itself in one line. The Ray backend enqueues this batch; a local search chooses its
+points one at a time against the observed front instead (:mod:`.sequential`).
 """
 
 from __future__ import annotations
@@ -136,7 +138,7 @@ def _distinct(pool: CandidatePool, ranked: np.ndarray, n: int, seen: set[tuple])
 
 def _select_hedged(pool: CandidatePool, retention: np.ndarray, size: np.ndarray, k: int, min_retention: float,
                    teacher_bytes: float, measure: Callable[[np.ndarray], np.ndarray] | None = None,
-                   shortlist: int = 12) -> list[int]:
+                   shortlist: int = PROBE_SHORTLIST) -> list[int]:
     """k candidates, one per log-size bin (:func:`_hedge_bins`): the best predicted retention in each bin.
 
     The predicted front alone collapses onto a narrow size range when the predictor is over-confident at high
@@ -263,7 +265,9 @@ def hypervolume_order(retention: np.ndarray, size_ratio: np.ndarray) -> list[int
     Points live in the normalized space of ``search/pareto.py`` (``1 - retention``, ``size / teacher size``;
     reference point (1, 1)). A warm start enqueues its points in this order. Replayed on the warm runs of
     ``experiments/bench_warmstart.py`` without the measured proxy, it reached cold TPE's 40-trial hypervolume
-    within 5 trials in 43 % of the runs against 33 % for smallest-first (the median, 6.5 trials, was the same). Ties keep the smaller point first.
+    within 5 trials in 43 % of the runs against 33 % for smallest-first (the median, 6.5 trials, was the same).
+    Ties keep the smaller point first. (A local search orders its warm points by the *observed* front instead:
+    :mod:`.sequential`.)
 
     Returns:
         A permutation of ``range(len(retention))``.

@@ -129,7 +129,8 @@ class SequentialProposer:
         rescored = hv_gain(front, self._points(self.measured[short] + offset, short))
         best = int(short[int(np.argmax(rescored))])
         predicted = {"accuracy_retention": float(np.clip(self.measured[best] + offset, 0.0, 1.0)),
-                     "model_retention": float(self.measured[best]), "size_ratio": float(self.size_ratio[best]), PROXY_NAME: float(self.proxy[best])}
+                     "model_retention": float(self.measured[best]), "size_ratio": float(self.size_ratio[best]),
+                     PROXY_NAME: float(self.proxy[best])}
         return best, self.pool.params(best), predicted
 
 
