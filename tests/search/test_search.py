@@ -195,6 +195,38 @@ def test_kill_9_mid_search_then_rerun_finishes_the_budget_exactly(search_yaml, t
     assert sorted(int(r.data.tags["metacompress.trial_number"]) for r in children) == sorted(t.number for t in counted)
 
 
+def test_kill_9_in_the_sequential_warm_phase_then_rerun_goes_on_with_the_same_points(search_yaml, tmp_path):
+    from metacompress.search.warmstart import ATTR_INDEX
+
+    path = search_yaml(n_trials=5, tracking_uri="none", warm_start={"mode": "auto", "n_points": 3},
+                       space={"bits": [2, 4, 8], "epochs": {"low": 50, "high": 50}})
+    cfg = load_config(path)
+    cmd = [sys.executable, "-m", "metacompress.search.cli", "search", str(path)]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def second_warm_point_running() -> bool:
+        try:
+            trials = _study(cfg).get_trials(deepcopy=False)
+        except KeyError:
+            return False
+        return (len(trials) == 2 and trials[0].state == TrialState.COMPLETE
+                and trials[1].state == TrialState.RUNNING and ATTR_INDEX in trials[1].user_attrs)
+
+    assert _wait_for(second_warm_point_running, 180), proc.stderr.read().decode()[-2000:] if proc.poll() else ""
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    rerun = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    study = _study(cfg)
+    counted = counted_trials(study)
+    interrupted = [t for t in study.get_trials() if t.user_attrs.get("metacompress.interrupted")]
+    assert len(counted) == 5 and len(interrupted) == 1
+    # the interrupted warm point ran again once, and the sequence went on to k distinct points, not k + 1
+    warm = [t.user_attrs[ATTR_INDEX] for t in counted if ATTR_INDEX in t.user_attrs]
+    assert warm[:2] == [counted[0].user_attrs[ATTR_INDEX], interrupted[0].user_attrs[ATTR_INDEX]]
+    assert len(warm) == 3 and len(set(warm)) == 3
+
+
 def test_kill_9_of_a_two_worker_search_takes_its_workers_down_and_the_rerun_finishes(search_yaml, tmp_path):
     path = search_yaml(n_trials=6, parallel={"n_jobs": 2}, tracking_uri="none",
                        space={"bits": [2, 4, 8], "epochs": {"low": 50, "high": 50}})
