@@ -71,11 +71,13 @@ class SequentialWarmStart:
         proposer: A :class:`~metacompress.learners.meta.sequential.SequentialProposer`.
         k: How many warm points in all.
         reference: The teacher's metrics (``accuracy``, ``size_bytes``): retention and size ratio of a trial.
+        done: Set once all ``k`` exist (or a proposal failed): later asks skip reading the study.
     """
 
     proposer: Any
     k: int
     reference: dict[str, float]
+    done: bool = False
 
 
 def enqueue_next_warm_point(study: optuna.Study, plan: SequentialWarmStart) -> bool:
@@ -86,12 +88,15 @@ def enqueue_next_warm_point(study: optuna.Study, plan: SequentialWarmStart) -> b
     predictions stored with each warm trial), so a resumed search goes on where it stopped. Call it under the
     budget lock: two workers must not enqueue the same step.
     """
+    if plan.done:
+        return False
     trials = study.get_trials(deepcopy=False)
     if any(t.state == TrialState.WAITING for t in trials):
         return False
     warm = [t for t in trials if ATTR_INDEX in t.user_attrs]
     taken = sorted({int(t.user_attrs[ATTR_INDEX]) for t in warm})
     if len(taken) >= plan.k:
+        plan.done = True
         return False
     acc, size = float(plan.reference["accuracy"]), float(plan.reference["size_bytes"])
     done = [t for t in trials if t.state == TrialState.COMPLETE and t.user_attrs.get("metrics")]
@@ -104,7 +109,7 @@ def enqueue_next_warm_point(study: optuna.Study, plan: SequentialWarmStart) -> b
         index, params, predicted = plan.proposer.next(observed, residuals, taken, pending)
     except Exception as exc:  # noqa: BLE001 - a failed proposal ends the warm start, never the search
         _LOG.warning("warm start stopped after %d points: %s: %s", len(taken), type(exc).__name__, exc)
-        plan.k = len(taken)
+        plan.done = True
         return False
     study.enqueue_trial(params, user_attrs={"metacompress.warm_start": "auto", ATTR_INDEX: index,
                                             ATTR_PREDICTED: predicted["model_retention"]})

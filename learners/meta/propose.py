@@ -26,8 +26,8 @@ from .proxy import PROXY_NAME, ProxyProbe
 from .size import SizeModel
 
 __all__ = [
-    "Proposal", "TaskContext", "hypervolume_order", "propose", "propose_for_task", "pareto_indices",
-    "spread_along", "task_context", "warm_start_points",
+    "Proposal", "TaskContext", "hypervolume_order", "pool_inputs", "propose", "propose_for_task",
+    "pareto_indices", "spread_along", "task_context", "warm_start_points",
     "SUPPORTED_OBJECTIVES",
 ]
 
@@ -173,6 +173,27 @@ def _select_hedged(pool: CandidatePool, retention: np.ndarray, size: np.ndarray,
     return chosen
 
 
+def pool_inputs(
+    space: CompressionSpace, layers: Sequence[LayerInfo], task_features: Mapping[str, float], size_model: SizeModel,
+    sensitivity: Mapping[str, Mapping[str, float]], n_candidates: int, seed: int,
+) -> tuple[CandidatePool, np.ndarray, np.ndarray]:
+    """A scrambled Sobol pool of the space, its exact sizes, and its predictor inputs (proxy not measured: NaN).
+
+    Returns:
+        ``(pool, size_bytes, X)`` with ``X`` of shape ``(n_candidates, len(INPUT_NAMES))``.
+    """
+    from .features import FEATURE_NAMES  # noqa: PLC0415
+
+    pool = CandidatePool.sobol(space, int(n_candidates), seed)
+    size = _sizes(pool, size_model).astype(np.float64)
+    by_name = {info.name: info for info in layers}
+    ordered = [by_name.get(name, info) for name, info in zip(space.layer_names, space.layers)]
+    enc = encode_arrays(pool.prune, pool.bits, pool.scalars, ordered, sensitivity, size_model.teacher_bytes / size)
+    feats = np.array([task_features[name] for name in FEATURE_NAMES], dtype=np.float64)
+    unmeasured = np.full((len(pool), len(MEASURED_NAMES)), np.nan)
+    return pool, size, np.hstack([np.broadcast_to(feats, (len(pool), len(feats))), enc, unmeasured])
+
+
 def propose(
     space: CompressionSpace, layers: Sequence[LayerInfo], task_features: Mapping[str, float], predictor: Any, *,
     k: int = 8, n_candidates: int = 10_000, seed: int = 0, size_model: SizeModel,
@@ -217,15 +238,8 @@ def propose(
     missing = [name for name in FEATURE_NAMES if name not in task_features]
     if missing:
         raise invalid_value("task_features", "a dict with every FEATURE_NAMES key", f"missing {missing[:3]}")
-    pool = CandidatePool.sobol(space, int(n_candidates), seed)
-    size = _sizes(pool, size_model).astype(np.float64)
+    pool, size, X = pool_inputs(space, layers, task_features, size_model, sensitivity, n_candidates, seed)
     ratio = size_model.teacher_bytes / size
-    by_name = {info.name: info for info in layers}
-    ordered = [by_name.get(name, info) for name, info in zip(space.layer_names, space.layers)]
-    enc = encode_arrays(pool.prune, pool.bits, pool.scalars, ordered, sensitivity, ratio)
-    feats = np.array([task_features[name] for name in FEATURE_NAMES], dtype=np.float64)
-    unmeasured = np.full((len(pool), len(MEASURED_NAMES)), np.nan)
-    X = np.hstack([np.broadcast_to(feats, (len(pool), len(feats))), enc, unmeasured])
     # above 1 (a student better than its teacher) is noise the max over 10 000 candidates would select
     retention = np.clip(np.asarray(predictor.predict(X), dtype=np.float64), 0.0, 1.0)
     proxy = np.full(len(pool), np.nan)

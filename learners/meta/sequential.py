@@ -22,11 +22,8 @@ import numpy as np
 
 from metacompress.spaces import CompressionSpace, invalid_value
 
-from .encoding import encode_arrays
-from .features import FEATURE_NAMES
-from .history import INPUT_NAMES, MEASURED_NAMES, History
-from .pool import CandidatePool
-from .propose import PROBE_SHORTLIST, TaskContext, _sizes, task_context
+from .history import INPUT_NAMES, History
+from .propose import PROBE_SHORTLIST, TaskContext, pool_inputs, task_context
 from .proxy import PROXY_NAME, ProxyProbe
 
 __all__ = ["SequentialProposer", "hv_gain", "sequential_for_task"]
@@ -75,14 +72,9 @@ class SequentialProposer:
         self.shortlist = PROBE_SHORTLIST if shortlist is None else int(shortlist)
         if self.shortlist < 1:
             raise invalid_value("shortlist", "an integer >= 1", shortlist)
-        self.pool = CandidatePool.sobol(space, int(n_candidates), seed)
-        size = _sizes(self.pool, context.size_model).astype(np.float64)
+        self.pool, size, self.X = pool_inputs(space, context.layers, context.features, context.size_model,
+                                              context.sensitivity, n_candidates, seed)
         self.size_ratio = size / context.size_model.teacher_bytes
-        enc = encode_arrays(self.pool.prune, self.pool.bits, self.pool.scalars, context.layers, context.sensitivity,
-                            1.0 / self.size_ratio)
-        feats = np.array([context.features[name] for name in FEATURE_NAMES], dtype=np.float64)
-        unmeasured = np.full((len(size), len(MEASURED_NAMES)), np.nan)
-        self.X = np.hstack([np.broadcast_to(feats, (len(size), len(feats))), enc, unmeasured])
         self.unmeasured = np.asarray(self.predictor.predict(self.X), dtype=np.float64)
         self.measured = np.full(len(size), np.nan)
         self.proxy = np.full(len(size), np.nan)

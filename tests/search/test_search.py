@@ -155,6 +155,15 @@ def _wait_for(predicate, timeout: float) -> bool:
     return False
 
 
+def _kill_when_then_rerun(proc: subprocess.Popen, ready, cmd: list[str], cwd: Path) -> None:
+    """``kill -9`` the search ``proc`` once ``ready()`` holds, then rerun ``cmd`` at once; it must succeed."""
+    assert _wait_for(ready, 180), proc.stderr.read().decode()[-2000:] if proc.poll() else ""
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    rerun = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+
+
 def test_kill_9_mid_search_then_rerun_finishes_the_budget_exactly(search_yaml, tmp_path):
     path = search_yaml(n_trials=5, space={"bits": [2, 4, 8], "epochs": {"low": 50, "high": 50}})
     cfg = load_config(path)
@@ -212,11 +221,7 @@ def test_kill_9_in_the_sequential_warm_phase_then_rerun_goes_on_with_the_same_po
         return (len(trials) == 2 and trials[0].state == TrialState.COMPLETE
                 and trials[1].state == TrialState.RUNNING and ATTR_INDEX in trials[1].user_attrs)
 
-    assert _wait_for(second_warm_point_running, 180), proc.stderr.read().decode()[-2000:] if proc.poll() else ""
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    rerun = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
-    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    _kill_when_then_rerun(proc, second_warm_point_running, cmd, tmp_path)
     study = _study(cfg)
     counted = counted_trials(study)
     interrupted = [t for t in study.get_trials() if t.user_attrs.get("metacompress.interrupted")]
@@ -246,12 +251,8 @@ def test_kill_9_of_a_two_worker_search_takes_its_workers_down_and_the_rerun_fini
             return False
         return len(trials) == 2 and all(len(t.params) == n_params for t in trials)
 
-    assert _wait_for(both_workers_training, 180), proc.stderr.read().decode()[-2000:] if proc.poll() else ""
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
     # rerun at once: an orphaned worker would still hold the run lock (exit code 2) and keep running trials
-    rerun = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
-    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    _kill_when_then_rerun(proc, both_workers_training, cmd, tmp_path)
     study = _study(cfg)
     counted = counted_trials(study)
     assert len(counted) == 6
