@@ -147,6 +147,40 @@ def hedged_proposals(space: Any, task: Any, predictor: Any, k: int, seed: int, r
     return out
 
 
+def replicate(job: tuple[str, int, str, int, int, list[dict[str, Any]]]) -> dict[str, Any]:
+    """Evaluate the policies of a recorded ``random`` run once more with another training seed.
+
+    ``replicate<i>`` trains with seed ``1000 * i + seed`` (the run's own trials trained with ``seed``): the same
+    policies on the same data, only the initialization of the new layers and the batch order differ. Two such
+    replicates bound what any predictor of a policy's retention can reach on these trials (the noise ceiling of
+    :func:`predictor_quality`).
+    """
+    import torch
+
+    from metacompress.search.objective import Objective, TrialFailed
+
+    torch.set_num_threads(1)
+    name, seed, method, budget, _, params = job
+    t0 = time.perf_counter()
+    s = _setup(name)
+    objective = Objective(s["task"], s["space"], s["reference"], batch_size=s["cfg"].train.batch_size, device="cpu",
+                          latency_repeats=0, trial_timeout_s=300.0, seed=1000 * int(method.removeprefix("replicate"))
+                          + seed)
+    trials = []
+    for p in params:
+        try:
+            out = objective(p)
+        except TrialFailed as exc:
+            trials.append({"params": p, "metrics": None, "fail": str(exc)[:200]})
+            continue
+        trials.append({"params": p, "metrics": {key: float(out.metrics[key]) for key in
+                                                ("accuracy", "size_bytes", "compression_ratio", PROXY)}})
+    return {"task": name, "seed": seed, "method": method, "budget": budget, "k": 0,
+            "teacher": {key: s["reference"][key] for key in OBJECTIVES}, "hv": [], "trials": trials, "predicted": [],
+            "reason": "replicate of the random run", "wall_s": round(time.perf_counter() - t0, 1),
+            "kind": "replicate"}
+
+
 def run_one(job: tuple[str, int, str, int, int]) -> dict[str, Any]:
     """Run one (task, seed, method) search of ``budget`` real trials; returns its JSON record."""
     import optuna
@@ -177,11 +211,12 @@ def run_one(job: tuple[str, int, str, int, int]) -> dict[str, Any]:
     predicted: list[dict[str, float]] = []
     reason = ""
     plan = None
-    if method == "warm":  # the product's default: sequential points against the observed front
-        if "gbm" not in s["predictors"]:
-            s["predictors"]["gbm"] = loto_predictor(name, "gbm")
+    if method in ("warm", "warm_blend"):  # the product's default: sequential points against the observed front
+        key = "gbm" if method == "warm" else "gbm_blend"
+        if key not in s["predictors"]:  # warm_blend: the GBM blended with the calibrated proxy
+            s["predictors"][key] = loto_predictor(name, "gbm", **({"proxy_weight": 0.5} if key == "gbm_blend" else {}))
         proposer, reason = sequential_for_task(space, s["task"], history=loto_history(name), seed=seed,
-                                               objectives=OBJECTIVES, predictor=s["predictors"]["gbm"])
+                                               objectives=OBJECTIVES, predictor=s["predictors"][key])
         plan = SequentialWarmStart(proposer, k, reference)
     elif method.startswith("warm") or method == "size_bins":
         kind = "reptile" if method == "warm_reptile" else "gbm"
@@ -248,19 +283,36 @@ def done_keys(path: Path) -> set[tuple[str, int, str]]:
 def run_all(args: argparse.Namespace) -> None:
     """Run the missing (seed, method, task) jobs on ``--jobs`` processes, appending each to the JSONL."""
     done = done_keys(args.runs)
-    jobs = [(t, s, m, args.budget, args.k) for s in args.seeds for m in args.methods for t in args.tasks
-            if (t, s, m) not in done]
+    jobs: list[tuple[Any, ...]] = []
+    randoms = {(r["task"], r["seed"]): [t["params"] for t in r["trials"]] for r in load_runs(args.runs)
+               if r["method"] == "random" and r.get("kind") == "real"}
+    for s in args.seeds:
+        for m in args.methods:
+            for t in args.tasks:
+                if (t, s, m) in done:
+                    continue
+                if m.startswith("replicate"):
+                    if (t, s) not in randoms:
+                        print(f"skipping {m} of {t} seed {s}: no random run recorded to replicate", flush=True)
+                        continue
+                    jobs.append((t, s, m, args.budget, 0, randoms[(t, s)]))
+                else:
+                    jobs.append((t, s, m, args.budget, args.k))
     print(f"{len(jobs)} runs to do ({len(done)} already recorded) -> {args.runs}", flush=True)
     args.runs.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     ctx = mp.get_context("spawn")
     with ctx.Pool(args.jobs) as pool, open(args.runs, "a", encoding="utf-8") as fh:
-        for i, rec in enumerate(pool.imap_unordered(run_one, jobs), 1):
+        for i, rec in enumerate(pool.imap_unordered(_dispatch, jobs), 1):
             fh.write(json.dumps(rec) + "\n")
             fh.flush()
+            hv = f"hv5 {rec['hv'][4]:.3f} hv{rec['budget']} {rec['hv'][-1]:.3f} " if rec["hv"] else ""
             print(f"[{i}/{len(jobs)} {time.perf_counter() - t0:.0f}s] {rec['task']} seed {rec['seed']} "
-                  f"{rec['method']}: hv5 {rec['hv'][4]:.3f} hv{rec['budget']} {rec['hv'][-1]:.3f} "
-                  f"({rec['wall_s']}s)", flush=True)
+                  f"{rec['method']}: {hv}({rec['wall_s']}s)", flush=True)
+
+
+def _dispatch(job: tuple[Any, ...]) -> dict[str, Any]:
+    return replicate(job) if job[2].startswith("replicate") else run_one(job)  # type: ignore[arg-type]
 
 
 # ------------------------------------------------------------------------------------------------- aggregate
@@ -309,7 +361,8 @@ def predictor_quality(runs: list[dict[str, Any]], tasks: list[str], shots: int =
     """Spearman/Kendall of predicted vs real retention on each held-out task, zero-shot and after ``shots``.
 
     ``gbm`` and ``reptile`` score rows with their measured proxy; ``gbm_unmeasured`` is the GBM on the same rows
-    with the proxy left out (what it knows of a candidate before measuring it). Two query sets: the held-out
+    with the proxy left out (what it knows of a candidate before measuring it), ``gbm_blend`` the GBM blended with
+    the calibrated proxy (``proxy_weight=0.5``) and ``proxy`` the measured proxy itself as the ranker. Two query sets: the held-out
     task's real trials of the ``random`` runs (unbiased samples of the benchmark's space; support = the first
     ``shots`` trials of the run, query = the rest) and its rows of the shipped meta-dataset (support = its first
     ``shots`` rows). Zero-shot is scored on the same query rows.
@@ -317,14 +370,15 @@ def predictor_quality(runs: list[dict[str, Any]], tasks: list[str], shots: int =
     from metacompress.learners.meta import History, layer_sensitivity, task_meta_features
 
     shipped = History.shipped()
-    out: dict[str, Any] = {}
+    out: dict[str, Any] = {"noise_ceiling": noise_ceiling(runs, tasks, shots)}
     models: dict[tuple[str, str], Any] = {}
-    for kind in ("gbm", "gbm_unmeasured", "reptile"):
+    for kind in ("gbm", "gbm_unmeasured", "gbm_blend", "reptile", "proxy"):
         per_task = {}
         for name in tasks:
             base = kind.removesuffix("_unmeasured")
             if (name, base) not in models:
-                models[(name, base)] = loto_predictor(name, base)
+                models[(name, base)] = (_ProxyRanker() if base == "proxy" else loto_predictor(name, "gbm",
+                                        proxy_weight=0.5) if base == "gbm_blend" else loto_predictor(name, base))
             model = models[(name, base)]
             s = _setup(name)
             sens = layer_sensitivity(s["task"], list(s["space"].layers), seed=0)
@@ -355,6 +409,51 @@ def predictor_quality(runs: list[dict[str, Any]], tasks: list[str], shots: int =
         out[kind] = {"mean": {k: float(np.mean([v[k] for v in per_task.values() if k in v])) for k in keys},
                      "per_task": per_task}
     return out
+
+
+class _ProxyRanker:
+    """The measured proxy (the last input column) as a predictor of retention; nothing to adapt."""
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return X[:, -1]
+
+    def adapt(self, X: np.ndarray, y: np.ndarray) -> _ProxyRanker:
+        return self
+
+
+def _retention(r: dict[str, Any]) -> np.ndarray:
+    return np.array([t["metrics"]["accuracy"] / r["teacher"]["accuracy"] if t["metrics"] else np.nan
+                     for t in r["trials"]])
+
+
+def noise_ceiling(runs: list[dict[str, Any]], tasks: list[str], shots: int = 5) -> dict[str, Any]:
+    """How well a policy's measured retention ranks itself: the ``random`` runs' query trials against their
+    ``replicate1``/``replicate2`` evaluations (the same policies trained with other seeds, :func:`replicate`).
+
+    ``test_retest``: Spearman of the run against one replicate; ``mean_of_2``: against the mean of both, what a
+    predictor reaches that knows each policy's outcome up to the training noise of two runs. A perfect predictor
+    of the expected retention reaches a little more (about the square root of ``test_retest`` under additive
+    noise), never 1: the measured outcome it is scored against is one noisy run.
+    """
+    by = {(r["task"], r["seed"], r["method"]): r for r in runs if r["method"] in ("random", "replicate1",
+                                                                                   "replicate2")}
+    per_task: dict[str, dict[str, float]] = {}
+    for name in tasks:
+        scores: dict[str, list[float]] = {}
+        for (task, seed, method), run in by.items():
+            reps = [by.get((task, seed, f"replicate{i}")) for i in (1, 2)]
+            if task != name or method != "random" or None in reps:
+                continue
+            y0, y1, y2 = (_retention(x)[shots:] for x in (run, *reps))
+            ok = np.isfinite(y0) & np.isfinite(y1) & np.isfinite(y2)
+            for key, other in (("test_retest", y1), ("mean_of_2", (y1 + y2) / 2)):
+                scores.setdefault(key, []).append(_rank_scores(other[ok], y0[ok])[0])
+        if scores:
+            per_task[name] = {key: float(np.mean(v)) for key, v in scores.items()} | {"runs": len(scores[
+                "test_retest"])}
+    keys = ("test_retest", "mean_of_2")
+    return {"mean": {k: float(np.mean([v[k] for v in per_task.values()])) if per_task else float("nan")
+                     for k in keys}, "per_task": per_task}
 
 
 def _median(values: list[float]) -> float:
@@ -494,6 +593,7 @@ def aggregate(args: argparse.Namespace) -> dict[str, Any]:
         "spearman_after_5": gq.get("real_after_5_spearman", float("nan")),
         "kendall_zero_shot": gq.get("real_zero_shot_kendall", float("nan")),
         "kendall_after_5": gq.get("real_after_5_kendall", float("nan")),
+        "spearman_noise_ceiling": quality.get("noise_ceiling", {}).get("mean", {}),
         "predictor_quality": quality,
         "warm_point_calibration": calibration(runs),
         "fresh_seeds": {k: fresh[k] for k in ("seed_list", "methods", "n_runs", "trials_to_cold_hv",
@@ -516,6 +616,7 @@ def aggregate(args: argparse.Namespace) -> dict[str, Any]:
 
 
 LABELS = {"warm": "warm TPE (ours, default: k points one at a time against the observed front, measured)",
+          "warm_blend": "warm TPE (default, GBM blended with the calibrated proxy: proxy_weight 0.5)",
           "warm_batch": "warm TPE (batch: k hedged points fixed up front, measured; the Ray backend's)",
           "warm_nomeasure": "warm TPE (batch without measuring: hedged on the unmeasured GBM)",
           "warm_front": "warm TPE (GBM, predicted-front proposals)",
@@ -642,13 +743,29 @@ def write_md(r: dict[str, Any]) -> None:
                   for m in LABELS if m in f["methods"]]
     lines += ["", "## Predictor quality (held-out task, Spearman / Kendall of predicted vs real retention)", "",
               "| predictor | query set | zero-shot ρ | ρ after 5 | zero-shot τ | τ after 5 |", "|---|---|---|---|---|---|"]
-    for kind, q in r["predictor_quality"].items():
+    quality = {k: v for k, v in r["predictor_quality"].items() if k != "noise_ceiling"}
+    for kind, q in quality.items():
         for label in ("real", "metadataset"):
             m = q["mean"]
             lines.append(f"| {kind} | {label} | {_f(m.get(label + '_zero_shot_spearman', float('nan')))} | "
                          f"{_f(m.get(label + '_after_5_spearman', float('nan')))} | "
                          f"{_f(m.get(label + '_zero_shot_kendall', float('nan')))} | "
                          f"{_f(m.get(label + '_after_5_kendall', float('nan')))} |")
+    ceiling = r["predictor_quality"].get("noise_ceiling", {})
+    if ceiling.get("per_task"):
+        c = ceiling["mean"]
+        lines += ["", f"The noise ceiling: the random runs' trials evaluated twice more with other training seeds "
+                  f"(`--methods replicate1 replicate2`) rank the recorded outcomes at ρ {_f(c['test_retest'])} (one "
+                  f"replicate) and {_f(c['mean_of_2'])} (the mean of two). Per task, real trials (mean over the "
+                  "random runs):", "",
+                  "| task | gbm zero-shot | gbm after 5 | gbm blended, zero-shot | proxy alone | one replicate | "
+                  "mean of 2 replicates |", "|---|---|---|---|---|---|---|"]
+        for task, v in ceiling["per_task"].items():
+            cells = [quality.get(kind, {}).get("per_task", {}).get(task, {}).get(key, float("nan")) for kind, key in (
+                ("gbm", "real_zero_shot_spearman"), ("gbm", "real_after_5_spearman"),
+                ("gbm_blend", "real_zero_shot_spearman"), ("proxy", "real_zero_shot_spearman"))]
+            lines.append(f"| {task} | " + " | ".join(_f(x) for x in cells) +
+                         f" | {_f(v['test_retest'])} | {_f(v['mean_of_2'])} |")
     lines += ["", "## Warm points: predicted minus real retention (over-optimism)", "",
               "| proposer | mean gap | median abs gap | within 0.05 | per task |", "|---|---|---|---|---|"]
     for m, c in r["warm_point_calibration"].items():

@@ -49,6 +49,15 @@ class GBMRetentionPredictor(RegressorMixin, BaseEstimator):
     with the first and re-scores a measured shortlist with the second. (One model trained on the rows twice,
     with and without the proxy, ranked worse than either on held-out tasks.) Other widths of ``X``: one model.
 
+    Where the proxy is known, a prediction can blend the measured model with the proxy itself,
+    ``(1 - proxy_weight) * model + proxy_weight * calibrated proxy`` (the proxy mapped onto the scale of retention
+    by an isotonic fit on the training rows): trees fit on a handful of tasks learn interactions of the proxy with
+    the task's meta-features that do not all transfer, and the plain proxy ranks some new tasks better. On held-out
+    tasks ``proxy_weight=0.5`` ranks better than the model alone but did not improve the warm start
+    (``experiments/results/warmstart.md``), so the default is 0. :meth:`adapt` re-weighs the two on the task's own
+    finished trials (a ranking-weighted ensemble in the manner of RGPE, Feurer et al. 2018), so adaptation can
+    change the ranking, not only shift it.
+
     With ``n_ensemble > 1``, that many models on bootstrap resamples of the tasks give :meth:`predict_std`.
 
     Args:
@@ -57,16 +66,20 @@ class GBMRetentionPredictor(RegressorMixin, BaseEstimator):
         max_depth: Depth of each tree.
         min_samples_leaf: Rows per leaf at least.
         n_ensemble: Models in the ensemble (1: a single model, no uncertainty).
+        proxy_weight: Weight of the calibrated proxy in a prediction where the proxy is known (0: the measured
+            model alone) until :meth:`adapt` sets it from the task's trials.
         random_state: Seed.
     """
 
     def __init__(self, max_iter: int = 300, learning_rate: float = 0.05, max_depth: int = 4,
-                 min_samples_leaf: int = 10, n_ensemble: int = 1, random_state: int = 0) -> None:
+                 min_samples_leaf: int = 10, n_ensemble: int = 1, proxy_weight: float = 0.0,
+                 random_state: int = 0) -> None:
         self.max_iter = max_iter
         self.learning_rate = learning_rate
         self.max_depth = max_depth
         self.min_samples_leaf = min_samples_leaf
         self.n_ensemble = n_ensemble
+        self.proxy_weight = proxy_weight
         self.random_state = random_state
 
     def _model(self, seed: int) -> Any:
@@ -95,6 +108,8 @@ class GBMRetentionPredictor(RegressorMixin, BaseEstimator):
     def fit(self, X: Any, y: Any, groups: Any = None) -> GBMRetentionPredictor:
         """Fit on rows ``X``, targets ``y``; ``groups`` (task of each row) drives the ensemble's resampling."""
         X, y = _check_xy(X, y)
+        if not 0.0 <= float(self.proxy_weight) <= 1.0:
+            raise invalid_value("proxy_weight", "a number in [0, 1]", str(self.proxy_weight))
         groups = np.zeros(len(y)) if groups is None else np.asarray(groups)
         m = self._measured_columns(X.shape[1])
         self.models_ = self._ensemble(X[:, : X.shape[1] - m], y, groups)
@@ -102,6 +117,11 @@ class GBMRetentionPredictor(RegressorMixin, BaseEstimator):
         # the measured model needs enough rows of more than one task to learn how the proxy transfers
         enough = known.sum() >= 50 and len(np.unique(groups[known])) >= 2
         self.measured_models_ = self._ensemble(X[known], y[known], groups[known]) if enough else []
+        if self.measured_models_:
+            from sklearn.isotonic import IsotonicRegression  # noqa: PLC0415
+
+            proxy = X[known, X.shape[1] - m]
+            self.proxy_map_ = IsotonicRegression(out_of_bounds="clip").fit(proxy, y[known])
         self.n_features_in_ = X.shape[1]
         return self
 
@@ -112,27 +132,75 @@ class GBMRetentionPredictor(RegressorMixin, BaseEstimator):
         out = np.array([model.predict(X[:, : X.shape[1] - m]) for model in self.models_])
         known = np.isfinite(X[:, X.shape[1] - m:]).all(1) if m and self.measured_models_ else np.zeros(len(X), bool)
         if known.any():
-            out[:, known] = [model.predict(X[known]) for model in self.measured_models_]
+            w = self._proxy_weight()
+            proxy = self._calibrated_proxy(X[known, X.shape[1] - m])
+            out[:, known] = [(1.0 - w) * model.predict(X[known]) + w * proxy for model in self.measured_models_]
         return out
+
+    def _calibrated_proxy(self, proxy: np.ndarray) -> np.ndarray:
+        """The proxy on the scale of retention after fine-tuning: the training rows' isotonic map from one to the
+        other (fine-tuning recovers much of what compression alone loses), ties broken by the proxy itself."""
+        return self.proxy_map_.predict(proxy) + PROXY_TIE_BREAK * proxy
+
+    def _proxy_weight(self) -> float:
+        return float(getattr(self, "adapted_proxy_weight_", self.proxy_weight))
 
     def predict(self, X: Any) -> np.ndarray:
         """Predicted accuracy retention (the ensemble mean)."""
         return self._predictions(X).mean(0) + getattr(self, "offset_", 0.0)
 
     def adapt(self, X_task: Any, y_task: Any, steps: int | None = None) -> GBMRetentionPredictor:  # noqa: N803
-        """Return a copy whose predictions are shifted by the mean residual on one task's finished trials.
+        """Return a copy adapted to one task's finished trials.
 
-        ``steps`` is accepted for symmetry with :meth:`ReptilePredictor.adapt` and ignored.
+        With at least :data:`ADAPT_MIN_MEASURED` trials that recorded the proxy, the weight of the proxy against
+        the measured model becomes the share of :data:`ADAPT_BOOTSTRAPS` bootstrap resamples of those trials on
+        which the proxy alone misorders fewer pairs than the model alone (ties split): a ranking-weighted
+        ensemble of two rankers (RGPE, Feurer et al. 2018). Then the predictions are shifted by the mean
+        residual. ``steps`` is accepted for symmetry with :meth:`ReptilePredictor.adapt` and ignored.
         """
         X_task, y_task = _check_xy(X_task, y_task)
         out = copy.deepcopy(self)
-        if len(y_task):
-            out.offset_ = float(np.mean(y_task - self.predict(X_task)))
+        if not len(y_task):
+            return out
+        m = self._measured_columns(X_task.shape[1])
+        known = np.isfinite(X_task[:, X_task.shape[1] - m:]).all(1) if m and self.measured_models_ else []
+        if m and self.measured_models_ and known.sum() >= ADAPT_MIN_MEASURED:
+            Xk, yk = X_task[known], y_task[known]
+            model = np.mean([mm.predict(Xk) for mm in self.measured_models_], axis=0)
+            proxy = self._calibrated_proxy(Xk[:, Xk.shape[1] - m])
+            out.adapted_proxy_weight_ = _ranking_vote(model, proxy, yk, self.random_state)
+        out.offset_ = 0.0
+        out.offset_ = float(np.mean(y_task - out.predict(X_task)))
         return out
 
     def predict_std(self, X: Any) -> np.ndarray:
         """Spread of the ensemble's predictions (zeros for a single model)."""
         return self._predictions(X).std(0)
+
+
+#: Slope of the raw proxy added to its calibrated value (breaks the isotonic map's ties, keeps its order).
+PROXY_TIE_BREAK = 1e-3
+#: Trials with a measured proxy needed before :meth:`GBMRetentionPredictor.adapt` re-weighs the proxy.
+ADAPT_MIN_MEASURED = 3
+#: Bootstrap resamples of the task's trials behind that weight.
+ADAPT_BOOTSTRAPS = 256
+
+
+def _misordered(score: np.ndarray, y: np.ndarray) -> float:
+    """Pairs of rows that ``score`` orders against ``y`` (a tie in ``score`` only, half a pair)."""
+    ds, dy = score[:, None] - score[None, :], y[:, None] - y[None, :]
+    return float(((ds * dy) < 0).sum() + 0.5 * ((ds == 0) & (dy != 0)).sum()) / 2.0
+
+
+def _ranking_vote(model: np.ndarray, proxy: np.ndarray, y: np.ndarray, seed: int) -> float:
+    """Share of bootstrap resamples on which the proxy ranks ``y`` better than the model (ties: half each)."""
+    rng = np.random.default_rng(seed)
+    votes = 0.0
+    for _ in range(ADAPT_BOOTSTRAPS):
+        idx = rng.integers(0, len(y), len(y))
+        loss_model, loss_proxy = _misordered(model[idx], y[idx]), _misordered(proxy[idx], y[idx])
+        votes += 1.0 if loss_proxy < loss_model else 0.5 if loss_proxy == loss_model else 0.0
+    return votes / ADAPT_BOOTSTRAPS
 
 
 def make_predictor(kind: str, **params: Any) -> GBMRetentionPredictor | ReptilePredictor:

@@ -474,6 +474,50 @@ def test_gbm_uses_the_proxy_where_measured_and_predicts_without_it():
         model.predict(np.full_like(Xq, np.inf))
 
 
+def _proxy_task(name: str, proxy_share: float, n: int, rng: np.random.Generator) -> list[dict]:
+    """Rows of one task whose retention is set partly (``proxy_share``) by the proxy, the rest by compression."""
+    rows = _rows(1, n, seed=int(rng.integers(1 << 30)))
+    for r in rows:
+        r["task"] = name
+        r[PROXY_NAME] = proxy = rng.uniform(0.2, 1.0)
+        by_ratio = 1.0 - 0.2 * r["log_compression_ratio"]
+        r["accuracy"] = float(np.clip(0.95 * (proxy_share * proxy + (1 - proxy_share) * by_ratio)
+                                      + rng.normal(0, 0.005), 0, 1))
+    return rows
+
+
+def test_gbm_blends_the_proxy_and_adapt_reweighs_it_by_ranking_on_the_task():
+    rng = np.random.default_rng(0)
+    train = History.from_rows([r for t in range(4) for r in _proxy_task(f"task{t}", 0.5, 80, rng)])
+    model = GBMRetentionPredictor(max_iter=80, proxy_weight=0.5).fit(train.X(), train.y(), train.groups())
+    w0 = GBMRetentionPredictor(max_iter=80, proxy_weight=0.0).fit(train.X(), train.y(), train.groups())
+    w1 = GBMRetentionPredictor(max_iter=80, proxy_weight=1.0).fit(train.X(), train.y(), train.groups())
+    X = train.X()[:40]
+    calibrated = w1.predict(X)  # the proxy alone, on the retention scale of the training rows
+    assert np.all(np.diff(calibrated[np.argsort(X[:, -1])]) > 0)  # in the proxy's order, no ties
+    assert np.mean(np.abs(calibrated - train.y()[:40])) < np.mean(np.abs(X[:, -1] - train.y()[:40]))
+    assert model.predict(X) == pytest.approx(0.5 * w0.predict(X) + 0.5 * calibrated)
+    unmeasured = X.copy()
+    unmeasured[:, -1] = np.nan
+    assert model.predict(unmeasured) == pytest.approx(w1.predict(unmeasured))  # no proxy: the base model alone
+
+    def rho(m: GBMRetentionPredictor, h: History) -> float:
+        return float(np.corrcoef(np.argsort(np.argsort(m.predict(h.X()[8:]))), np.argsort(np.argsort(h.y()[8:])))[0, 1])
+
+    for proxy_share in (1.0, 0.5):  # a task where only the proxy ranks, and one like the training tasks
+        new = History.from_rows(_proxy_task("new", proxy_share, 60, rng))
+        adapted = model.adapt(new.X()[:8], new.y()[:8])
+        weight = adapted.adapted_proxy_weight_  # from 0.5 towards the ranker that orders the task's trials
+        assert weight > 0.9 if proxy_share == 1.0 else weight < 0.35
+        assert rho(adapted, new) > 0.9 and rho(adapted, new) > rho(model, new) + 0.02
+        assert model.proxy_weight == 0.5 and not hasattr(model, "adapted_proxy_weight_")  # a copy adapted
+    few = model.adapt(new.X()[:2], new.y()[:2])  # too few trials to rank: only the shift
+    assert not hasattr(few, "adapted_proxy_weight_") and few.offset_ != 0.0
+    assert GBMRetentionPredictor().proxy_weight == 0.0  # the default: the measured model until adapted
+    with pytest.raises(ConfigError, match="proxy_weight"):
+        GBMRetentionPredictor(proxy_weight=1.5).fit(train.X(), train.y())
+
+
 def test_propose_measures_the_shortlist_and_scores_with_the_proxy(digits, digits_meta):
     layers, sens, feats = digits_meta
     shipped = History.shipped()
