@@ -162,9 +162,9 @@ class GBMRetentionPredictor(RegressorMixin, BaseEstimator):
         out = copy.deepcopy(self)
         if not len(y_task):
             return out
-        m = self._measured_columns(X_task.shape[1])
-        known = np.isfinite(X_task[:, X_task.shape[1] - m:]).all(1) if m and self.measured_models_ else []
-        if m and self.measured_models_ and known.sum() >= ADAPT_MIN_MEASURED:
+        m = self._measured_columns(X_task.shape[1]) if self.measured_models_ else 0
+        known = np.isfinite(X_task[:, X_task.shape[1] - m:]).all(1) if m else np.zeros(len(y_task), dtype=bool)
+        if known.sum() >= ADAPT_MIN_MEASURED:
             Xk, yk = X_task[known], y_task[known]
             model = np.mean([mm.predict(Xk) for mm in self.measured_models_], axis=0)
             proxy = self._calibrated_proxy(Xk[:, Xk.shape[1] - m])
