@@ -20,6 +20,7 @@ writes ``warmstart.json``, ``warmstart.md`` and ``warmstart.png``.
 Usage::
 
     python experiments/bench_warmstart.py --seeds 0 1 2 --jobs 2          # real trials (resumable)
+    python experiments/bench_warmstart.py --seeds 0 1 2 3 4 --methods replicate1 replicate2  # noise ceiling
     python experiments/bench_warmstart.py --aggregate                     # tables + plot from what exists
 """
 
@@ -70,6 +71,18 @@ def _setup(name: str) -> dict[str, Any]:
     reference = teacher_metrics(task, latency_repeats=1)
     _CACHE[name] = {"cfg": cfg, "task": task, "space": space, "reference": reference, "predictors": {}}
     return _CACHE[name]
+
+
+def _objective(s: dict[str, Any], seed: int) -> Any:
+    """The search's objective on one task, as every run of this benchmark evaluates it (CPU, no latency)."""
+    from metacompress.search.objective import Objective
+
+    return Objective(s["task"], s["space"], s["reference"], batch_size=s["cfg"].train.batch_size, device="cpu",
+                     latency_repeats=0, trial_timeout_s=300.0, seed=seed)
+
+
+#: The metrics each recorded trial keeps.
+RECORDED = ("accuracy", "size_bytes", "compression_ratio", PROXY)
 
 
 def loto_history(held_out: str) -> Any:
@@ -157,15 +170,13 @@ def replicate(job: tuple[str, int, str, int, int, list[dict[str, Any]]]) -> dict
     """
     import torch
 
-    from metacompress.search.objective import Objective, TrialFailed
+    from metacompress.search.objective import TrialFailed
 
     torch.set_num_threads(1)
     name, seed, method, budget, _, params = job
     t0 = time.perf_counter()
     s = _setup(name)
-    objective = Objective(s["task"], s["space"], s["reference"], batch_size=s["cfg"].train.batch_size, device="cpu",
-                          latency_repeats=0, trial_timeout_s=300.0, seed=1000 * int(method.removeprefix("replicate"))
-                          + seed)
+    objective = _objective(s, 1000 * int(method.removeprefix("replicate")) + seed)
     trials = []
     for p in params:
         try:
@@ -173,8 +184,7 @@ def replicate(job: tuple[str, int, str, int, int, list[dict[str, Any]]]) -> dict
         except TrialFailed as exc:
             trials.append({"params": p, "metrics": None, "fail": str(exc)[:200]})
             continue
-        trials.append({"params": p, "metrics": {key: float(out.metrics[key]) for key in
-                                                ("accuracy", "size_bytes", "compression_ratio", PROXY)}})
+        trials.append({"params": p, "metrics": {key: float(out.metrics[key]) for key in RECORDED}})
     return {"task": name, "seed": seed, "method": method, "budget": budget, "k": 0,
             "teacher": {key: s["reference"][key] for key in OBJECTIVES}, "hv": [], "trials": trials, "predicted": [],
             "reason": "replicate of the random run", "wall_s": round(time.perf_counter() - t0, 1),
@@ -190,7 +200,7 @@ def run_one(job: tuple[str, int, str, int, int]) -> dict[str, Any]:
     from metacompress.learners.meta import propose_for_task
     from metacompress.learners.meta.sequential import sequential_for_task
     from metacompress.search.warmstart import ATTR_PREDICTED, SequentialWarmStart, enqueue_next_warm_point
-    from metacompress.search.objective import Objective, TrialFailed
+    from metacompress.search.objective import TrialFailed
     from metacompress.search.pareto import hypervolume_history
     from metacompress.search.study import enqueue_points, make_sampler
     from metacompress.spaces.adapters import to_optuna
@@ -239,8 +249,7 @@ def run_one(job: tuple[str, int, str, int, int]) -> dict[str, Any]:
                                                  measure=method != "warm_nomeasure")
         enqueue_points(study, [p.params for p in proposals], f"bench:{kind}")
         predicted = [p.predicted for p in proposals]
-    objective = Objective(s["task"], space, reference, batch_size=s["cfg"].train.batch_size, device="cpu",
-                          latency_repeats=0, trial_timeout_s=300.0, seed=seed)
+    objective = _objective(s, seed)
     distributions = to_optuna(space)
     trials = []
     for _ in range(budget):
@@ -254,7 +263,7 @@ def run_one(job: tuple[str, int, str, int, int]) -> dict[str, Any]:
             study.tell(trial, state=TrialState.FAIL)
             trials.append({"params": trial.params, "metrics": None, "fail": str(exc)[:200]})
             continue
-        metrics = {key: float(out.metrics[key]) for key in ("accuracy", "size_bytes", "compression_ratio", PROXY)}
+        metrics = {key: float(out.metrics[key]) for key in RECORDED}
         trial.set_user_attr("metrics", metrics)  # what a search stores, and the sequential warm start reads
         study.tell(trial, [metrics[key] for key in OBJECTIVES])
         trials.append({"params": trial.params, "metrics": metrics, "s": round(time.perf_counter() - a, 3),
