@@ -85,19 +85,21 @@ def _objective(s: dict[str, Any], seed: int) -> Any:
 RECORDED = ("accuracy", "size_bytes", "compression_ratio", PROXY)
 
 
-def loto_history(held_out: str) -> Any:
-    """The shipped meta-dataset without the held-out task's rows."""
+def loto_history(held_out: str, zoo_only: bool = False) -> Any:
+    """The shipped meta-dataset without the held-out task's rows (``zoo_only``: without the synthetic tasks' too,
+    the history before they joined it)."""
     from metacompress.learners.meta import History
+    from metacompress.learners.tasks import SYNTHETIC_TASKS
 
     shipped = History.shipped()
-    return shipped.subset([t for t in shipped.tasks if t != held_out])
+    return shipped.subset([t for t in shipped.tasks if t != held_out and not (zoo_only and t in SYNTHETIC_TASKS)])
 
 
-def loto_predictor(held_out: str, kind: str, **params: Any) -> Any:
-    """A predictor of ``kind`` fit on every task but ``held_out``."""
+def loto_predictor(held_out: str, kind: str, zoo_only: bool = False, **params: Any) -> Any:
+    """A predictor of ``kind`` fit on every task but ``held_out`` (``zoo_only``: and but the synthetic ones)."""
     from metacompress.learners.meta import make_predictor
 
-    history = loto_history(held_out)
+    history = loto_history(held_out, zoo_only)
     return make_predictor(kind, random_state=0, **params).fit(history.X(), history.y(), history.groups())
 
 
@@ -185,7 +187,7 @@ def replicate(job: tuple[str, int, str, int, int, list[dict[str, Any]]]) -> dict
             trials.append({"params": p, "metrics": None, "fail": str(exc)[:200]})
             continue
         trials.append({"params": p, "metrics": {key: float(out.metrics[key]) for key in RECORDED}})
-    return {"task": name, "seed": seed, "method": method, "budget": budget, "k": 0,
+    return {"task": name, "seed": seed, "method": label, "budget": budget, "k": 0,
             "teacher": {key: s["reference"][key] for key in OBJECTIVES}, "hv": [], "trials": trials, "predicted": [],
             "reason": "replicate of the random run", "wall_s": round(time.perf_counter() - t0, 1),
             "kind": "replicate"}
@@ -206,7 +208,9 @@ def run_one(job: tuple[str, int, str, int, int]) -> dict[str, Any]:
     from metacompress.spaces.adapters import to_optuna
 
     torch.set_num_threads(1)
-    name, seed, method, budget, k = job
+    name, seed, label, budget, k = job
+    zoo_only = label.endswith("_zoo")  # the same method on the history without the synthetic tasks
+    method = label.removesuffix("_zoo")
     if method.startswith("warm_k"):  # the default warm start with another number of points
         k = int(method.removeprefix("warm_k"))
     propose_module = importlib.import_module("metacompress.learners.meta.propose")  # the module, not the function
@@ -222,29 +226,31 @@ def run_one(job: tuple[str, int, str, int, int]) -> dict[str, Any]:
     reason = ""
     plan = None
     if method in ("warm", "warm_blend"):  # the product's default: sequential points against the observed front
-        key = "gbm" if method == "warm" else "gbm_blend"
+        key = ("gbm" if method == "warm" else "gbm_blend") + ("_zoo" if zoo_only else "")
         if key not in s["predictors"]:  # warm_blend: the GBM blended with the calibrated proxy
-            s["predictors"][key] = loto_predictor(name, "gbm", **({"proxy_weight": 0.5} if key == "gbm_blend" else {}))
-        proposer, reason = sequential_for_task(space, s["task"], history=loto_history(name), seed=seed,
+            s["predictors"][key] = loto_predictor(name, "gbm", zoo_only,
+                                                  **({"proxy_weight": 0.5} if method == "warm_blend" else {}))
+        proposer, reason = sequential_for_task(space, s["task"], history=loto_history(name, zoo_only), seed=seed,
                                                objectives=OBJECTIVES, predictor=s["predictors"][key])
         plan = SequentialWarmStart(proposer, k, reference)
     elif method.startswith("warm") or method == "size_bins":
         kind = "reptile" if method == "warm_reptile" else "gbm"
-        if kind not in s["predictors"]:
-            s["predictors"][kind] = loto_predictor(name, kind)
+        key = kind + ("_zoo" if zoo_only else "")
+        if key not in s["predictors"]:
+            s["predictors"][key] = loto_predictor(name, kind, zoo_only)
         if method in ("warm_lcb", "size_bins"):
             score = {"warm_lcb": "lcb", "size_bins": "none"}[method]
-            predictor = s["predictors"][kind]
+            predictor = s["predictors"][key]
             if method == "warm_lcb":
-                if "gbm5" not in s["predictors"]:
-                    s["predictors"]["gbm5"] = loto_predictor(name, "gbm", n_ensemble=5)
-                predictor = s["predictors"]["gbm5"]
+                if key + "5" not in s["predictors"]:
+                    s["predictors"][key + "5"] = loto_predictor(name, "gbm", zoo_only, n_ensemble=5)
+                predictor = s["predictors"][key + "5"]
             proposals = hv_order(hedged_proposals(space, s["task"], predictor, k, seed, reference, score), reference)
             reason = f"hedged ({score}): {len(proposals)} points"
         else:  # the product's own proposals, in the product's run order
             hedged = method in ("warm_batch", "warm_nomeasure") or method.startswith(("warm_k", "warm_hi", "warm_sl"))
-            proposals, reason = propose_for_task(space, s["task"], history=loto_history(name), k=k, seed=seed,
-                                                 objectives=OBJECTIVES, predictor=s["predictors"][kind],
+            proposals, reason = propose_for_task(space, s["task"], history=loto_history(name, zoo_only), k=k,
+                                                 seed=seed, objectives=OBJECTIVES, predictor=s["predictors"][key],
                                                  strategy="hedged" if hedged else "front",
                                                  measure=method != "warm_nomeasure")
         enqueue_points(study, [p.params for p in proposals], f"bench:{kind}")
@@ -269,7 +275,7 @@ def run_one(job: tuple[str, int, str, int, int]) -> dict[str, Any]:
         trials.append({"params": trial.params, "metrics": metrics, "s": round(time.perf_counter() - a, 3),
                        "warm": "metacompress.warm_start" in trial.user_attrs})
     hv = hypervolume_history([t["metrics"] for t in trials], reference, OBJECTIVES)
-    return {"task": name, "seed": seed, "method": method, "budget": budget, "k": k if method.startswith("warm") or method == "size_bins"
+    return {"task": name, "seed": seed, "method": label, "budget": budget, "k": k if method.startswith("warm") or method == "size_bins"
             else 0, "teacher": {key: reference[key] for key in OBJECTIVES}, "hv": hv, "trials": trials,
             "predicted": predicted, "reason": reason, "wall_s": round(time.perf_counter() - t0, 1),
             "kind": "real"}

@@ -11,6 +11,12 @@ Runs ``--n`` space-filling (scrambled Sobol) policies on every built-in task (fe
 * ``predictor.json`` — which predictor won leave-one-task-out (mean Spearman of predicted vs. real retention on
   the held-out task), the scores of both, and the build's cost.
 
+``--synthetic`` adds the synthetic meta-training tasks (:data:`metacompress.learners.tasks.SYNTHETIC_TASKS`:
+64 ``make_classification`` problems with their own MLP teachers, and 13 few-shot variants); ``--append`` keeps
+the CSV's other tasks. The shipped CSV holds the zoo's 8 tasks (48 policies each, plus the real trials of the
+benchmark's cold runs, ``--add-runs``) and the 77 synthetic ones (96 policies each:
+``--synthetic --append --n 96 --tasks <the synthetic names>``, 352 s of trials).
+
 Seeded and reproducible on a given machine (CPU, one thread per process). Cost with the defaults (48 policies × 8
 tasks, 1–3 fine-tuning epochs each): about 10–15 minutes on 2 CPU cores; ``--train-only`` refits the predictors
 from an existing CSV in about two minutes (``--reencode`` first recomputes sizes, encodings and measured proxies of
@@ -20,6 +26,7 @@ trial; about a minute more; ``--add-proxy`` measures only the missing proxies an
 Usage::
 
     python experiments/build_metadataset.py [--n 48] [--seed 0] [--tasks digits-mlp wine-mlp] [--train-only]
+    python experiments/build_metadataset.py --synthetic --append --n 96 --tasks synth-01-mlp synth-05-5w10s
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from scipy.stats import spearmanr
 
 from metacompress.learners import BUILTIN_TASKS, describe_layers, load_task
+from metacompress.learners.tasks import SYNTHETIC_TASKS
 from metacompress.learners.meta import (
     PROXY_NAME,
     History,
@@ -142,11 +150,14 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def evaluate(history: History, seed: int, shots: int = 8) -> dict[str, dict[str, float]]:
-    """Leave-one-task-out: Spearman and MAE on the held-out task, zero-shot and after ``shots`` trials."""
+    """Leave-one-task-out: Spearman and MAE on the held-out task, zero-shot and after ``shots`` trials.
+
+    The held-out tasks are the zoo's (the synthetic tasks are training material, always in the fit)."""
     X, y, g = history.X(), history.y(), history.groups()
     rng = np.random.default_rng(seed)
     scores: dict[str, dict[str, list[float]]] = {}
-    for held in history.tasks:
+    held_out = [t for t in history.tasks if t not in SYNTHETIC_TASKS]
+    for held in held_out:
         test = g == held
         support = rng.choice(np.flatnonzero(test), min(shots, int(test.sum()) - 2), replace=False)
         query = np.setdiff1d(np.flatnonzero(test), support)
@@ -158,7 +169,7 @@ def evaluate(history: History, seed: int, shots: int = 8) -> dict[str, dict[str,
                 s = scores.setdefault(label, {"spearman": [], "mae": []})
                 s["spearman"].append(_spearman(pred, y[query]))
                 s["mae"].append(float(np.mean(np.abs(pred - y[query]))))
-    return {k: {m: float(np.mean(v)) for m, v in d.items()} | {"per_task_spearman": dict(zip(history.tasks,
+    return {k: {m: float(np.mean(v)) for m, v in d.items()} | {"per_task_spearman": dict(zip(held_out,
             d["spearman"]))} for k, d in scores.items()}
 
 
@@ -216,8 +227,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=48, help="space-filling policies per task")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--tasks", nargs="*", default=None, help="default: every built-in task")
+    parser.add_argument("--tasks", nargs="*", default=None,
+                        help="default: every built-in task (and, with --synthetic, every synthetic one)")
     parser.add_argument("--skip-fewshot", action="store_true")
+    parser.add_argument("--synthetic", action="store_true",
+                        help="also run the synthetic meta-training tasks (learners.tasks.SYNTHETIC_TASKS)")
+    parser.add_argument("--append", action="store_true",
+                        help="keep the CSV's rows of other tasks and add these tasks' (replacing their old rows)")
     parser.add_argument("--train-only", action="store_true", help="refit the predictors from the existing CSV")
     parser.add_argument("--reencode", action="store_true",
                         help="with --train-only: recompute sizes, encodings and proxies of the CSV's rows first")
@@ -235,18 +251,34 @@ def main() -> None:
         old = json.loads((DATA / "predictor.json").read_text(encoding="utf-8"))
         extra = {k: old[k] for k in ("build_s", "n_per_task", "counts", "threads", "machine") if k in old}
     if not args.train_only:
-        names = args.tasks or [n for n, s in BUILTIN_TASKS.items() if not (args.skip_fewshot and s.n_way)]
+        zoo = {**BUILTIN_TASKS, **SYNTHETIC_TASKS} if args.synthetic else BUILTIN_TASKS
+        names = args.tasks or [n for n, s in zoo.items() if not (args.skip_fewshot and s.n_way)]
+        unknown = sorted(set(names) - set(BUILTIN_TASKS) - set(SYNTHETIC_TASKS))
+        if unknown:
+            parser.error(f"--tasks: unknown task(s) {unknown}; allowed: built-in and synthetic task names")
         t0, rows, metas, counts = time.perf_counter(), [], {}, {}
         columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
         with Progress(*columns, console=console) as progress:
             for name in names:
                 task_rows, metas[name], counts[name] = run_task(name, args.n, args.seed, progress)
                 rows += task_rows
-        History.from_rows(rows).to_csv(CSV)
+        new, build_s = History.from_rows(rows), round(time.perf_counter() - t0, 1)
+        if args.append:  # the other tasks' rows, metas and build record stay
+            old = History.from_csv(CSV)
+            new = old.subset([t for t in old.tasks if t not in names]).concat(new)
+            metas = {**json.loads((DATA / "metadataset_tasks.json").read_text(encoding="utf-8")), **metas}
+            before = json.loads((DATA / "predictor.json").read_text(encoding="utf-8"))
+            extra = {k: before[k] for k in ("build_s", "n_per_task", "counts", "threads", "machine", "appended")
+                     if k in before}
+            extra["counts"] = {**extra.get("counts", {}), **counts}
+            extra["appended"] = [*extra.get("appended", []), {"tasks": names, "n_per_task": args.n,
+                                                              "build_s": build_s}]
+        else:
+            extra = {"build_s": build_s, "n_per_task": args.n, "counts": counts, "threads": 1,
+                     "machine": f"{torch.get_num_threads()} torch thread(s), CPU"}
+        new.to_csv(CSV)
         (DATA / "metadataset_tasks.json").write_text(json.dumps(metas, indent=1), encoding="utf-8")
-        extra = {"build_s": round(time.perf_counter() - t0, 1), "n_per_task": args.n, "counts": counts,
-                 "threads": 1, "machine": f"{torch.get_num_threads()} torch thread(s), CPU"}
-        console.print(f"{len(rows)} rows in {extra['build_s']} s; failures/size mismatches: {counts}")
+        console.print(f"{len(rows)} rows in {build_s} s; failures/size mismatches: {counts}")
     history = History.from_csv(CSV)
     if args.train_only and args.reencode:
         history = reencode(history, args.seed)

@@ -31,6 +31,7 @@ __all__ = [
     "load_mnist1d_data",
     "load_wine_data",
     "load_breast_cancer_data",
+    "load_synthetic_data",
     "fewshot_split",
     "to_dataset",
 ]
@@ -127,6 +128,32 @@ def load_breast_cancer_data(seed: int = 0) -> ArraySplit:
     return _standardize(_stratified_split(bunch.data, bunch.target, seed))
 
 
+def load_synthetic_data(seed: int = 0, *, problem: int = 0, n_samples: int = 400, n_features: int = 20,
+                        n_informative: int = 8, n_classes: int = 3, class_sep: float = 1.0,
+                        flip_y: float = 0.0) -> ArraySplit:
+    """A tabular problem from scikit-learn's ``make_classification``, standardized with train statistics.
+
+    The meta-training family of :data:`metacompress.learners.tasks.SYNTHETIC_TASKS` is built from these: every
+    ``problem`` is another draw of clusters, so tasks differ in data, not only in size.
+
+    Args:
+        seed: Seed of the stratified 80/20 train/validation split.
+        problem: Seed of the generator (which problem).
+        n_samples: Total samples, split 80/20.
+        n_features: Features, of which ``n_informative`` informative and 2 redundant (the rest noise).
+        n_informative: Informative features.
+        n_classes: Classes (one cluster each).
+        class_sep: Cluster separation: smaller is harder.
+        flip_y: Share of labels assigned at random (label noise, in training and validation alike).
+    """
+    from sklearn.datasets import make_classification
+
+    x, y = make_classification(n_samples=n_samples, n_features=n_features, n_informative=n_informative,
+                               n_redundant=min(2, n_features - n_informative), n_classes=n_classes,
+                               n_clusters_per_class=1, class_sep=class_sep, flip_y=flip_y, random_state=problem)
+    return _standardize(_stratified_split(x, y, seed))
+
+
 def load_mnist1d_data(seed: int = 0, num_samples: int = 5000, *, channel: bool = True,
                       cache_dir: str | Path | None = None) -> ArraySplit:
     """MNIST-1D generated offline with ``mnist1d.data.make_dataset`` (80/20 split, 10 classes, length 40).
@@ -184,6 +211,7 @@ DATASETS: dict[str, Callable[..., ArraySplit]] = {
     "mnist1d": load_mnist1d_data,
     "wine": load_wine_data,
     "breast-cancer": load_breast_cancer_data,
+    "synthetic": load_synthetic_data,
 }
 """Registry of dataset names accepted by :func:`load_dataset`."""
 

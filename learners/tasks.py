@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import inspect
+import random
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -38,7 +39,7 @@ from metacompress.learners.teachers import (
 )
 from metacompress.spaces.errors import invalid_value, unknown_key
 
-__all__ = ["Task", "TaskSpec", "BUILTIN_TASKS", "list_tasks", "load_task", "fewshot_task"]
+__all__ = ["Task", "TaskSpec", "BUILTIN_TASKS", "SYNTHETIC_TASKS", "list_tasks", "load_task", "fewshot_task"]
 
 _FACTORY_RE = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 
@@ -169,6 +170,55 @@ BUILTIN_TASKS: dict[str, TaskSpec] = {
     )
 }
 """The built-in task zoo, by name."""
+
+
+#: Tasks in the synthetic family (:data:`SYNTHETIC_TASKS`); each with at least five classes and 800 samples also
+#: gets a few-shot variant.
+N_SYNTHETIC = 64
+
+
+def _synthetic(i: int) -> TaskSpec:
+    """Synthetic task ``i``: its problem, size, noise and MLP drawn by ``random.Random(i)`` (stable across
+    Python versions), spread over what the zoo covers thinly: tiny and small tabular sets, label noise,
+    over-parameterized MLPs on little data (where pruning can regularize), deeper and wider MLPs, many classes."""
+    r = random.Random(i)
+    n = r.choice((120, 160, 200, 300, 400, 600, 800, 1200, 2000, 3000))
+    f = r.choice((4, 6, 8, 12, 16, 24, 32, 48, 64))
+    c = r.choice((2, 2, 3, 3, 4, 5, 6, 8, 10))
+    inf = max(2, round(f * r.uniform(0.25, 0.8)))
+    while c > 2**inf:  # make_classification needs n_classes <= 2 ** n_informative
+        inf += 1
+    f = max(f, inf)
+    sep, flip = round(r.uniform(0.4, 2.0), 2), r.choice((0.0, 0.0, 0.02, 0.05, 0.1, 0.15, 0.2))
+    hidden = r.choice(((16,), (32,), (64,), (32, 16), (64, 32), (128, 64), (256, 128), (64, 64, 32),
+                       (128, 128, 64), (256, 256)))
+    wd = r.choice((1e-4, 1e-3, 1e-2))
+    return TaskSpec(f"synth-{i:02d}-mlp", "synthetic", "mlp", c,
+                    f"make_classification #{i}: {n} samples, {f} features ({inf} informative), {c} classes, "
+                    f"separation {sep}, label noise {flip:.0%}; MLP {'-'.join(map(str, hidden))}",
+                    dataset_kwargs={"problem": i, "n_samples": n, "n_features": f, "n_informative": inf,
+                                    "n_classes": c, "class_sep": sep, "flip_y": flip},
+                    arch_kwargs={"in_features": f, "hidden": list(hidden)},
+                    epochs=60 if n < 500 else 40 if n < 1500 else 25, lr=3e-3, batch_size=32 if n < 1000 else 64,
+                    weight_decay=wd)
+
+
+def _synthetic_family(n: int) -> dict[str, TaskSpec]:
+    specs = {}
+    for i in range(1, n + 1):
+        spec = specs[f"synth-{i:02d}-mlp"] = _synthetic(i)
+        if spec.n_classes >= 5 and spec.dataset_kwargs["n_samples"] >= 800:
+            k_shot = random.Random(-i).choice((5, 10))
+            name = f"synth-{i:02d}-5w{k_shot}s"
+            specs[name] = _fewshot(spec, 5, k_shot, name)
+    return specs
+
+
+SYNTHETIC_TASKS: dict[str, TaskSpec] = _synthetic_family(N_SYNTHETIC)
+"""Meta-training tasks: tabular problems drawn with scikit-learn's ``make_classification``, each with its own
+teacher. They exist to widen the shipped meta-dataset (``experiments/build_metadataset.py --synthetic``), so
+the warm-start predictor learns from more than the zoo's few tasks; :func:`load_task` accepts their names, search
+configs do not."""
 
 
 def list_tasks(cache_dir: str | Path | None = None, seed: int = 0) -> list[dict[str, Any]]:
@@ -341,6 +391,7 @@ def load_task(spec: str | Mapping[str, Any], *, cache_dir: str | Path | None = N
     if values.get("kwargs"):
         raise invalid_value("task.kwargs", "empty for a built-in task (kwargs go to a factory)", values["kwargs"])
     name = values["name"]
-    if not isinstance(name, str) or name not in BUILTIN_TASKS:
+    specs = {**BUILTIN_TASKS, **SYNTHETIC_TASKS}
+    if not isinstance(name, str) or name not in specs:
         raise unknown_key(name_field, str(name), BUILTIN_TASKS)
-    return _build(BUILTIN_TASKS[name], seed, cache_dir, progress)
+    return _build(specs[name], seed, cache_dir, progress)
