@@ -200,6 +200,7 @@ def run_one(job: tuple[str, int, str, int, int]) -> dict[str, Any]:
     from optuna.trial import TrialState
 
     from metacompress.learners.meta import propose_for_task
+    from metacompress.learners.meta.predictors import default_kind
     from metacompress.learners.meta.sequential import sequential_for_task
     from metacompress.search.warmstart import ATTR_PREDICTED, SequentialWarmStart, enqueue_next_warm_point
     from metacompress.search.objective import TrialFailed
@@ -225,16 +226,19 @@ def run_one(job: tuple[str, int, str, int, int]) -> dict[str, Any]:
     predicted: list[dict[str, float]] = []
     reason = ""
     plan = None
-    if method in ("warm", "warm_blend"):  # the product's default: sequential points against the observed front
-        key = ("gbm" if method == "warm" else "gbm_blend") + ("_zoo" if zoo_only else "")
+    # the predictor the build selects on that history: GBM on the zoo's tasks alone, the shipped default on all
+    chosen = "gbm" if zoo_only else default_kind()
+    if method in ("warm", "warm_gbm", "warm_blend"):  # the product's default: sequential points against the front
+        kind = chosen if method == "warm" else "gbm"
+        key = (kind if method != "warm_blend" else "gbm_blend") + ("_zoo" if zoo_only else "")
         if key not in s["predictors"]:  # warm_blend: the GBM blended with the calibrated proxy
-            s["predictors"][key] = loto_predictor(name, "gbm", zoo_only,
+            s["predictors"][key] = loto_predictor(name, kind, zoo_only,
                                                   **({"proxy_weight": 0.5} if method == "warm_blend" else {}))
         proposer, reason = sequential_for_task(space, s["task"], history=loto_history(name, zoo_only), seed=seed,
                                                objectives=OBJECTIVES, predictor=s["predictors"][key])
         plan = SequentialWarmStart(proposer, k, reference)
     elif method.startswith("warm") or method == "size_bins":
-        kind = "reptile" if method == "warm_reptile" else "gbm"
+        kind = "reptile" if method == "warm_reptile" else chosen if method == "warm_batch" else "gbm"
         key = kind + ("_zoo" if zoo_only else "")
         if key not in s["predictors"]:
             s["predictors"][key] = loto_predictor(name, kind, zoo_only)
@@ -387,13 +391,15 @@ def predictor_quality(runs: list[dict[str, Any]], tasks: list[str], shots: int =
     shipped = History.shipped()
     out: dict[str, Any] = {"noise_ceiling": noise_ceiling(runs, tasks, shots)}
     models: dict[tuple[str, str], Any] = {}
-    for kind in ("gbm", "gbm_unmeasured", "gbm_blend", "reptile", "proxy"):
+    for kind in ("reptile", "gbm", "gbm_unmeasured", "gbm_blend", "proxy", "reptile_zoo", "gbm_zoo"):
         per_task = {}
         for name in tasks:
             base = kind.removesuffix("_unmeasured")
             if (name, base) not in models:
+                zoo_only, core = base.endswith("_zoo"), base.removesuffix("_zoo")
                 models[(name, base)] = (_ProxyRanker() if base == "proxy" else loto_predictor(name, "gbm",
-                                        proxy_weight=0.5) if base == "gbm_blend" else loto_predictor(name, base))
+                                        proxy_weight=0.5) if base == "gbm_blend" else loto_predictor(name, core,
+                                                                                                     zoo_only))
             model = models[(name, base)]
             s = _setup(name)
             sens = layer_sensitivity(s["task"], list(s["space"].layers), seed=0)
@@ -537,7 +543,8 @@ def summarize(runs: list[dict[str, Any]], budget: int,
 def calibration(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """How the warm points did against their predictions: predicted minus real retention of the enqueued trials."""
     out: dict[str, Any] = {}
-    for method in ("warm", "warm_batch", "warm_front", "warm_lcb", "warm_reptile"):
+    for method in ("warm", "warm_gbm", "warm_batch", "warm_zoo", "warm_batch_zoo", "warm_front_zoo", "warm_lcb_zoo",
+                   "warm_reptile_zoo"):
         gaps, per_task = [], {}
         for r in runs:
             if r["method"] != method or r.get("kind") != "real":
@@ -601,7 +608,9 @@ def aggregate(args: argparse.Namespace) -> dict[str, Any]:
     curves = summary.pop("curves")
     summary["gaps"] = gaps_to_cold(runs, summary, args.budget)
     quality = predictor_quality(runs, summary["tasks"]) if summary["tasks"] else {}
-    gq = quality.get("gbm", {}).get("mean", {})
+    from metacompress.learners.meta.predictors import default_kind
+
+    gq = quality.get(default_kind(), {}).get("mean", {})
     result = {
         **summary,
         "spearman_zero_shot": gq.get("real_zero_shot_spearman", float("nan")),
@@ -614,10 +623,10 @@ def aggregate(args: argparse.Namespace) -> dict[str, Any]:
         "fresh_seeds": {k: fresh[k] for k in ("seed_list", "methods", "n_runs", "trials_to_cold_hv",
                                               "trials_to_cold_hv_by_method", "hv_at_5", "hv_at_10", "hv_at_budget",
                                               "warm_never_worse_at_budget")},
-        "setup": {"objectives": OBJECTIVES, "k_warm": max([r["k"] for r in runs if r["method"] == "warm"] or [0]),
+        "setup": {"kind": default_kind(), "objectives": OBJECTIVES, "k_warm": max([r["k"] for r in runs if r["method"] == "warm"] or [0]),
                   "epochs": {"regular": CHEAP_EPOCHS, "few-shot": FEWSHOT_EPOCHS}, "latency_repeats": 0,
-                  "predictor": "GBM (default, learners/meta/data/predictor.json) fit leave-one-task-out on the "
-                               "shipped meta-dataset", "machine": f"{platform.machine()} CPU, {os.cpu_count()} "
+                  "predictor": f"{default_kind()} (the default, learners/meta/data/predictor.json) fit "
+                               "leave-one-task-out on the shipped meta-dataset", "machine": f"{platform.machine()} CPU, {os.cpu_count()} "
                                "cores shared, 1 torch thread per run",
                   "wall_s_total": round(sum(r["wall_s"] for r in everything if r.get("kind") == "real"), 1)},
     }
@@ -630,7 +639,8 @@ def aggregate(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-LABELS = {"warm": "warm TPE (ours, default: k points one at a time against the observed front, measured)",
+_LABELS = {"warm": "warm TPE (ours, default: k points one at a time against the observed front, measured)",
+          "warm_gbm": "warm TPE (sequential, the GBM instead of the default predictor)",
           "warm_blend": "warm TPE (sequential, GBM blended with the calibrated proxy: proxy_weight 0.5)",
           "warm_batch": "warm TPE (batch: k hedged points fixed up front, measured; the Ray backend's)",
           "warm_nomeasure": "warm TPE (batch without measuring: hedged on the unmeasured GBM)",
@@ -644,10 +654,17 @@ LABELS = {"warm": "warm TPE (ours, default: k points one at a time against the o
           "warm_sl4": "warm TPE (batch, 4 candidates measured per bin)",
           "warm_sl32": "warm TPE (batch, 32 candidates measured per bin)",
           "size_bins": "TPE + size-binned random start (no predictor)", "cold_tpe": "cold TPE", "nsga2": "NSGA-II", "random": "random"}
+#: Row labels, each ``warm*`` method followed by its run on the zoo-only history (``_zoo``: the 8 zoo tasks
+#: without the synthetic ones, where the build chose the GBM: every warm run before the synthetic tasks joined).
+LABELS = {k: v for m, label in _LABELS.items() for k, v in (
+    ((m, label), (f"{m}_zoo", f"{label[:-1]}; zoo-only history)")) if m.startswith("warm") else ((m, label),))}
+LABELS["warm_zoo"] = "warm TPE (the default before the synthetic tasks: sequential, GBM; zoo-only history)"
+LABELS["warm_batch_zoo"] = "warm TPE (batch, GBM; zoo-only history)"
 
 
 #: Methods drawn in warmstart.png (the others are ablations, reported in the table).
-PLOTTED = ("warm", "warm_batch", "warm_nomeasure", "warm_front", "warm_reptile", "size_bins", "cold_tpe", "nsga2", "random")
+PLOTTED = ("warm", "warm_zoo", "warm_batch", "warm_front_zoo", "warm_reptile_zoo", "size_bins", "cold_tpe", "nsga2",
+           "random")
 
 NOTES = [
     "- All numbers above are **real trials** (compress → distill → evaluate); no tabular replay was run, so there "
@@ -748,8 +765,9 @@ def write_md(r: dict[str, Any]) -> None:
         f"{b}-trial hypervolume in a median of **{t['median']:g} trials** ({b + 1} = not reached; reached in "
         f"{t['frac_reached']:.0%} of task×seed pairs); hypervolume after 5 trials {_f(r['hv_at_5']['warm'])} vs "
         f"{_f(r['hv_at_5']['cold_tpe'])} cold, after {b} {_f(r['hv_at_budget']['warm'])} vs "
-        f"{_f(r['hv_at_budget']['cold_tpe'])}. Predictor rank quality on held-out real trials: Spearman "
-        f"{_f(r['spearman_zero_shot'])} zero-shot, {_f(r['spearman_after_5'])} after 5 trials.", "",
+        f"{_f(r['hv_at_budget']['cold_tpe'])}. Rank quality of the default predictor ({r['setup']['kind']}) on "
+        f"held-out real trials: Spearman {_f(r['spearman_zero_shot'])} zero-shot, {_f(r['spearman_after_5'])} "
+        "after 5 trials.", "",
         "| method | runs | HV@5 | HV@10 | HV@" + str(b) + " | trials to cold TPE's HV@" + str(b) + " (median; reached) |",
         "|---|---|---|---|---|---|",
     ]
@@ -794,12 +812,14 @@ def write_md(r: dict[str, Any]) -> None:
                   f"(`--methods replicate1 replicate2`) rank the recorded outcomes at ρ {_f(c['test_retest'])} (one "
                   f"replicate) and {_f(c['mean_of_2'])} (the mean of two). Per task, real trials (mean over the "
                   "random runs):", "",
-                  "| task | gbm zero-shot | gbm after 5 | gbm blended, zero-shot | proxy alone | one replicate | "
-                  "mean of 2 replicates |", "|---|---|---|---|---|---|---|"]
+                  "| task | reptile zero-shot | reptile after 5 | gbm zero-shot | gbm after 5 | before (gbm, zoo-only "
+                  "history): zero-shot | after 5 | proxy alone | one replicate | mean of 2 replicates |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         for task, v in ceiling["per_task"].items():
-            cells = [quality.get(kind, {}).get("per_task", {}).get(task, {}).get(key, float("nan")) for kind, key in (
-                ("gbm", "real_zero_shot_spearman"), ("gbm", "real_after_5_spearman"),
-                ("gbm_blend", "real_zero_shot_spearman"), ("proxy", "real_zero_shot_spearman"))]
+            cells = [quality.get(kind, {}).get("per_task", {}).get(task, {}).get(f"real_{key}_spearman", float("nan"))
+                     for kind in ("reptile", "gbm", "gbm_zoo") for key in ("zero_shot", "after_5")]
+            cells.append(quality.get("proxy", {}).get("per_task", {}).get(task, {}).get("real_zero_shot_spearman",
+                                                                                       float("nan")))
             lines.append(f"| {task} | " + " | ".join(_f(x) for x in cells) +
                          f" | {_f(v['test_retest'])} | {_f(v['mean_of_2'])} |")
     lines += ["", "## Warm points: predicted minus real retention (over-optimism)", "",

@@ -312,12 +312,19 @@ def _objective_problem(objectives: Mapping[str, str] | None) -> str | None:
 
 def _predictor_for(history: History, kind: str | None) -> tuple[Any, str]:
     from .predictors import default_kind, load_default_predictor, make_predictor  # noqa: PLC0415
+    from .reptile import FLYWHEEL_EPOCHS, FLYWHEEL_META_LR  # noqa: PLC0415
 
     shipped = History.shipped()
     if len(history) == len(shipped) and history.tasks == shipped.tasks:
         predictor = load_default_predictor(kind)
         return predictor, f"pretrained {type(predictor).__name__}"
-    predictor = make_predictor(kind or default_kind())
+    kind = kind or default_kind()
+    if kind == "reptile":  # continue the pretrained meta-training on the grown history: seconds, not a refit
+        predictor = load_default_predictor(kind).set_params(warm_start=True, meta_epochs=FLYWHEEL_EPOCHS,
+                                                            meta_lr=FLYWHEEL_META_LR)
+        predictor.fit(history.X(), history.y(), history.groups())
+        return predictor, f"pretrained ReptilePredictor, meta-trained {FLYWHEEL_EPOCHS} more epochs on the history"
+    predictor = make_predictor(kind)
     predictor.fit(history.X(), history.y(), history.groups())
     return predictor, f"{type(predictor).__name__} fit on the history"
 

@@ -21,7 +21,12 @@ from torch import nn
 
 from metacompress.spaces import invalid_value
 
-__all__ = ["ReptilePredictor"]
+__all__ = ["ReptilePredictor", "FLYWHEEL_EPOCHS", "FLYWHEEL_META_LR"]
+
+#: Meta-training epochs with which a grown history continues the pretrained predictor (``warm_start``), and
+#: the initial Reptile step of that continuation (annealed to 0 as in a full fit; the full fit starts at 0.5).
+FLYWHEEL_EPOCHS = 15
+FLYWHEEL_META_LR = 0.1
 
 _CLIP = 4.0  # standardized inputs are clipped to [-_CLIP, _CLIP]
 
@@ -60,12 +65,15 @@ class ReptilePredictor(RegressorMixin, BaseEstimator):
         meta_epochs: Passes over all tasks.
         support_size: Rows per inner step.
         adapt_steps: Default number of SGD steps of :meth:`adapt`.
+        warm_start: When fitted already, :meth:`fit` continues meta-training from the current weights (and input
+            scaling) for ``meta_epochs`` more epochs instead of starting afresh, as scikit-learn's ``warm_start``:
+            how a grown history updates the pretrained predictor in seconds (:data:`FLYWHEEL_EPOCHS`).
         random_state: Seed of the initialisation and of the episode order.
     """
 
     def __init__(self, hidden: Sequence[int] = (64, 64), inner_steps: int = 5, inner_lr: float = 0.02,
                  meta_lr: float = 0.5, meta_epochs: int = 150, support_size: int = 32, adapt_steps: int = 20,
-                 random_state: int = 0) -> None:
+                 warm_start: bool = False, random_state: int = 0) -> None:
         self.hidden = hidden
         self.inner_steps = inner_steps
         self.inner_lr = inner_lr
@@ -73,6 +81,7 @@ class ReptilePredictor(RegressorMixin, BaseEstimator):
         self.meta_epochs = meta_epochs
         self.support_size = support_size
         self.adapt_steps = adapt_steps
+        self.warm_start = warm_start
         self.random_state = random_state
 
     # ------------------------------------------------------------------------------------------------ training
@@ -104,14 +113,16 @@ class ReptilePredictor(RegressorMixin, BaseEstimator):
             raise invalid_value("groups", f"{len(y)} task labels", len(groups))
         rng = np.random.default_rng(self.random_state)
         torch.manual_seed(int(self.random_state))
-        measured = np.isfinite(X).any(0)
-        mean = np.nanmean(np.where(measured, X, 0.0), 0)
-        std = np.nanstd(np.where(measured, X, 0.0), 0)
-        self.x_mean_, self.x_scale_ = mean, np.where(std > 1e-9, std, 1.0)
-        self.n_features_in_ = X.shape[1]
-        self.net_ = _net(X.shape[1], self.hidden)
-        with torch.no_grad():
-            self.net_[-1].bias.fill_(float(y.mean()))
+        if not (self.warm_start and getattr(self, "n_features_in_", None) == X.shape[1]):
+            measured = np.isfinite(X).any(0)
+            mean = np.nanmean(np.where(measured, X, 0.0), 0)
+            std = np.nanstd(np.where(measured, X, 0.0), 0)
+            self.x_mean_, self.x_scale_ = mean, np.where(std > 1e-9, std, 1.0)
+            self.n_features_in_ = X.shape[1]
+            self.net_ = _net(X.shape[1], self.hidden)
+            with torch.no_grad():
+                self.net_[-1].bias.fill_(float(y.mean()))
+        self.net_.train()
         x, t = self._tensor(X), torch.tensor(y, dtype=torch.float32)
         tasks = [np.flatnonzero(groups == g) for g in np.unique(groups)]
         for epoch in range(int(self.meta_epochs)):

@@ -303,6 +303,25 @@ def test_reptile_adaptation_reduces_error_on_a_held_out_task():
     assert after < 0.5 * before
 
 
+def test_reptile_warm_start_continues_from_the_fitted_weights_and_scaling():
+    rng = np.random.default_rng(1)
+    X_old, X_new = rng.normal(size=(200, 3)), rng.normal(2.0, 1.0, size=(200, 3))
+    y_old, y_new = 0.8 - 0.1 * X_old[:, 0], 0.5 + 0.1 * X_new[:, 1]
+    g = np.repeat(np.arange(4), 50)
+    model = ReptilePredictor(hidden=(16,), meta_epochs=20, random_state=0).fit(X_old, y_old, g)
+    mean, weights = model.x_mean_.copy(), [p.detach().clone() for p in model.net_.parameters()]
+    before = np.mean((model.predict(X_new) - y_new) ** 2)
+    model.set_params(warm_start=True, meta_epochs=10, meta_lr=0.5)
+    assert model.fit(X_new, y_new, g) is model
+    np.testing.assert_array_equal(model.x_mean_, mean)  # the scaling the pretrained weights learned on is kept
+    assert any(not torch.equal(p, w) for p, w in zip(model.net_.parameters(), weights))
+    assert np.mean((model.predict(X_new) - y_new) ** 2) < 0.5 * before
+    fresh = clone(model).set_params(warm_start=False).fit(X_new, y_new, g)
+    assert not np.allclose(fresh.x_mean_, mean)  # without warm_start: a refit, scaling and all
+    wider = clone(model).fit(X_old[:, :2], y_old, g)  # warm_start on an unfitted model (or other width): a fit
+    assert wider.n_features_in_ == 2
+
+
 def test_predictor_persistence_never_unpickles(tmp_path, monkeypatch):
     history = History.from_rows(_rows(2, 12))
     model = ReptilePredictor(meta_epochs=5).fit(history.X(), history.y(), history.groups())
@@ -403,6 +422,23 @@ def test_shipped_meta_dataset_and_default_predictor(digits, digits_meta):
     assert len(points) == 4 and "pretrained" in reason and "adapted on" in reason
     for params in points:
         space.decode(params)
+
+
+def test_a_grown_history_continues_the_pretrained_reptile_instead_of_refitting():
+    from metacompress.learners.meta.propose import _predictor_for
+    from metacompress.learners.meta.reptile import FLYWHEEL_EPOCHS
+
+    shipped = History.shipped()
+    grown = shipped.concat(History.from_rows(_rows(2, 30, seed=3)))  # two finished searches joined the history
+    pretrained = load_default_predictor("reptile")
+    predictor, source = _predictor_for(grown, "reptile")
+    assert source == f"pretrained ReptilePredictor, meta-trained {FLYWHEEL_EPOCHS} more epochs on the history"
+    np.testing.assert_array_equal(predictor.x_mean_, pretrained.x_mean_)
+    new = grown.subset(["task0", "task1"])
+    err = [np.mean((m.predict(new.X()) - new.y()) ** 2) for m in (pretrained, predictor)]
+    assert err[1] < err[0]  # it learned from the new rows
+    predictor, source = _predictor_for(grown, "gbm")
+    assert source == "GBMRetentionPredictor fit on the history"
 
 
 def test_hedged_and_front_strategies_both_give_k_distinct_valid_points(digits, digits_meta, fitted_gbm):
