@@ -228,8 +228,8 @@ def run_one(job: tuple[str, int, str, int, int]) -> dict[str, Any]:
     plan = None
     # the predictor the build selects on that history: GBM on the zoo's tasks alone, the shipped default on all
     chosen = "gbm" if zoo_only else default_kind()
-    if method in ("warm", "warm_gbm", "warm_blend"):  # the product's default: sequential points against the front
-        kind = chosen if method == "warm" else "gbm"
+    if method in ("warm", "warm_rep", "warm_blend"):  # the product's default: sequential points against the front
+        kind = chosen if method == "warm" else "reptile" if method == "warm_rep" else "gbm"
         key = (kind if method != "warm_blend" else "gbm_blend") + ("_zoo" if zoo_only else "")
         if key not in s["predictors"]:  # warm_blend: the GBM blended with the calibrated proxy
             s["predictors"][key] = loto_predictor(name, kind, zoo_only,
@@ -238,7 +238,8 @@ def run_one(job: tuple[str, int, str, int, int]) -> dict[str, Any]:
                                                objectives=OBJECTIVES, predictor=s["predictors"][key])
         plan = SequentialWarmStart(proposer, k, reference)
     elif method.startswith("warm") or method == "size_bins":
-        kind = "reptile" if method == "warm_reptile" else chosen if method == "warm_batch" else "gbm"
+        kind = ("reptile" if method in ("warm_reptile", "warm_batch_rep") else chosen if method == "warm_batch"
+                else "gbm")
         key = kind + ("_zoo" if zoo_only else "")
         if key not in s["predictors"]:
             s["predictors"][key] = loto_predictor(name, kind, zoo_only)
@@ -252,7 +253,8 @@ def run_one(job: tuple[str, int, str, int, int]) -> dict[str, Any]:
             proposals = hv_order(hedged_proposals(space, s["task"], predictor, k, seed, reference, score), reference)
             reason = f"hedged ({score}): {len(proposals)} points"
         else:  # the product's own proposals, in the product's run order
-            hedged = method in ("warm_batch", "warm_nomeasure") or method.startswith(("warm_k", "warm_hi", "warm_sl"))
+            hedged = method in ("warm_batch", "warm_batch_rep", "warm_nomeasure") or method.startswith(
+                ("warm_k", "warm_hi", "warm_sl"))
             proposals, reason = propose_for_task(space, s["task"], history=loto_history(name, zoo_only), k=k,
                                                  seed=seed, objectives=OBJECTIVES, predictor=s["predictors"][key],
                                                  strategy="hedged" if hedged else "front",
@@ -543,7 +545,7 @@ def summarize(runs: list[dict[str, Any]], budget: int,
 def calibration(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """How the warm points did against their predictions: predicted minus real retention of the enqueued trials."""
     out: dict[str, Any] = {}
-    for method in ("warm", "warm_gbm", "warm_batch", "warm_zoo", "warm_batch_zoo", "warm_front_zoo", "warm_lcb_zoo",
+    for method in ("warm", "warm_rep", "warm_batch", "warm_batch_rep", "warm_zoo", "warm_batch_zoo", "warm_front_zoo", "warm_lcb_zoo",
                    "warm_reptile_zoo"):
         gaps, per_task = [], {}
         for r in runs:
@@ -640,9 +642,10 @@ def aggregate(args: argparse.Namespace) -> dict[str, Any]:
 
 
 _LABELS = {"warm": "warm TPE (ours, default: k points one at a time against the observed front, measured)",
-          "warm_gbm": "warm TPE (sequential, the GBM instead of the default predictor)",
+          "warm_rep": "warm TPE (sequential, the Reptile predictor instead of the GBM)",
           "warm_blend": "warm TPE (sequential, GBM blended with the calibrated proxy: proxy_weight 0.5)",
           "warm_batch": "warm TPE (batch: k hedged points fixed up front, measured; the Ray backend's)",
+          "warm_batch_rep": "warm TPE (batch, the Reptile predictor)",
           "warm_nomeasure": "warm TPE (batch without measuring: hedged on the unmeasured GBM)",
           "warm_front": "warm TPE (GBM, predicted-front proposals)",
           "warm_reptile": "warm TPE (Reptile, predicted-front proposals)",
@@ -663,7 +666,7 @@ LABELS["warm_batch_zoo"] = "warm TPE (batch, GBM; zoo-only history)"
 
 
 #: Methods drawn in warmstart.png (the others are ablations, reported in the table).
-PLOTTED = ("warm", "warm_zoo", "warm_batch", "warm_front_zoo", "warm_reptile_zoo", "size_bins", "cold_tpe", "nsga2",
+PLOTTED = ("warm", "warm_zoo", "warm_rep", "warm_batch", "warm_front_zoo", "warm_reptile_zoo", "size_bins", "cold_tpe", "nsga2",
            "random")
 
 NOTES = [

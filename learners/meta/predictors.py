@@ -281,7 +281,8 @@ def load_predictor(path: str | Path) -> GBMRetentionPredictor | ReptilePredictor
 
 
 def default_kind() -> str:
-    """The predictor kind that won on held-out tasks when the shipped one was built (``"gbm"`` if unknown)."""
+    """The predictor kind the shipped build chose (``data/predictor.json``: the one whose warm starts won on
+    held-out tasks; ``"gbm"`` if unknown)."""
     try:
         kind = json.loads(data_path("predictor.json").read_text(encoding="utf-8"))["default"]
     except (OSError, ValueError, KeyError, TypeError):
