@@ -178,9 +178,10 @@ N_SYNTHETIC = 64
 
 
 def _synthetic(i: int) -> TaskSpec:
-    """Synthetic task ``i``: its problem, size, noise and MLP drawn by ``random.Random(i)`` (stable across
-    Python versions), spread over what the zoo covers thinly: tiny and small tabular sets, label noise,
-    over-parameterized MLPs on little data (where pruning can regularize), deeper and wider MLPs, many classes."""
+    """Synthetic task ``i``: its problem, size, noise and MLP drawn by ``random.Random(i)`` (a test pins the
+    draws the shipped rows were built from), spread over what the zoo covers thinly: tiny and small tabular sets,
+    label noise, over-parameterized MLPs on little data (where pruning can regularize), deeper and wider MLPs,
+    many classes."""
     r = random.Random(i)
     n = r.choice((120, 160, 200, 300, 400, 600, 800, 1200, 2000, 3000))
     f = r.choice((4, 6, 8, 12, 16, 24, 32, 48, 64))
