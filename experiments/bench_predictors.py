@@ -1,0 +1,118 @@
+"""Predictor ablations on held-out real trials: how many synthetic tasks, how many Reptile meta-epochs, an ensemble.
+
+The same score as ``bench_warmstart.py``'s predictor quality: for each of its 6 held-out zoo tasks, the predictor
+is fit on the shipped meta-dataset without that task, and ranks the task's real trials of the ``random`` runs
+(query = all but the first 5 trials of each run; after 5 = adapted on those 5). Spearman, mean over runs, then
+over tasks. Variants:
+
+* ``gbm, K synthetic``: the GBM with only the first K regular synthetic tasks (and their few-shot variants) of
+  :data:`metacompress.learners.tasks.SYNTHETIC_TASKS` in the history, K in 0, 16, 32, 64 (0 = the zoo alone);
+* ``reptile, E meta-epochs``: the Reptile predictor with E = 30, 60, 150 (150 is the default);
+* ``mean of gbm and reptile``: the mean of the two defaults' predictions.
+
+Seed 0 for every fit; CPU, one torch thread. Writes ``results/predictors.json`` and ``.md`` (about 10 minutes on 2
+cores).
+
+Usage::
+
+    python experiments/bench_predictors.py
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import numpy as np
+import torch
+
+from bench_warmstart import RESULTS, RUNS, TASKS, _encode_trials, _rank_scores, _setup, load_runs
+
+SHOTS = 5
+
+
+class _Mean:
+    """The mean of several predictors' predictions (adapted member by member)."""
+
+    def __init__(self, members: list[Any]) -> None:
+        self.members = members
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return np.mean([m.predict(X) for m in self.members], axis=0)
+
+    def adapt(self, X: np.ndarray, y: np.ndarray) -> _Mean:
+        return _Mean([m.adapt(X, y) for m in self.members])
+
+
+def _history(held_out: str, n_synthetic: int | None) -> Any:
+    """The shipped history without ``held_out`` and, given ``n_synthetic``, without synthetic tasks past it."""
+    from metacompress.learners.meta import History
+    from metacompress.learners.tasks import SYNTHETIC_TASKS
+
+    shipped = History.shipped()
+
+    def keep(t: str) -> bool:
+        if t == held_out:
+            return False
+        if t not in SYNTHETIC_TASKS or n_synthetic is None:
+            return True
+        return int(re.match(r"synth-(\d+)", t).group(1)) <= n_synthetic  # type: ignore[union-attr]
+
+    return shipped.subset([t for t in shipped.tasks if keep(t)])
+
+
+def _fit(held_out: str, kind: str, n_synthetic: int | None = None, **params: Any) -> Any:
+    from metacompress.learners.meta import make_predictor
+
+    h = _history(held_out, n_synthetic)
+    return make_predictor(kind, random_state=0, **params).fit(h.X(), h.y(), h.groups())
+
+
+def _variants(held_out: str) -> dict[str, Any]:
+    out = {f"gbm, {k} synthetic tasks": _fit(held_out, "gbm", k) for k in (0, 16, 32, 64)}
+    for epochs in (30, 60, 150):
+        out[f"reptile, {epochs} meta-epochs"] = _fit(held_out, "reptile", meta_epochs=epochs)
+    out["mean of gbm and reptile"] = _Mean([out["gbm, 64 synthetic tasks"], out["reptile, 150 meta-epochs"]])
+    return out
+
+
+def main() -> None:
+    from metacompress.learners.meta import layer_sensitivity, task_meta_features
+
+    torch.set_num_threads(1)
+    runs = load_runs(RUNS)
+    scores: dict[str, dict[str, dict[str, float]]] = {}
+    for name in TASKS:
+        s = _setup(name)
+        sens = layer_sensitivity(s["task"], list(s["space"].layers), seed=0)
+        features = task_meta_features(s["task"], seed=0, layers=list(s["space"].layers), sensitivity=sens)
+        sets = [_encode_trials(name, r["trials"], features, sens) for r in runs
+                if r["task"] == name and r["method"] == "random" and r.get("kind") == "real"]
+        for label, model in _variants(name).items():
+            zero, after = [], []
+            for X, y in sets:
+                q = np.arange(SHOTS, len(y))
+                zero.append(_rank_scores(model.predict(X[q]), y[q])[0])
+                after.append(_rank_scores(model.adapt(X[:SHOTS], y[:SHOTS]).predict(X[q]), y[q])[0])
+            scores.setdefault(label, {})[name] = {"zero_shot": float(np.mean(zero)), "after_5": float(np.mean(after))}
+            print(f"{name} {label}: {scores[label][name]}", flush=True)
+    mean = {label: {k: float(np.mean([v[k] for v in per.values()])) for k in ("zero_shot", "after_5")}
+            for label, per in scores.items()}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "predictors.json").write_text(json.dumps({"tasks": TASKS, "mean": mean, "per_task": scores,
+                                                         "seed": 0, "shots": SHOTS}, indent=1), encoding="utf-8")
+    lines = ["# Predictor ablations (held-out zoo task, Spearman on its real trials)", "",
+             "Fit leave-one-task-out on the shipped meta-dataset; the query set and the 5 adaptation trials are "
+             "`bench_warmstart.py`'s (the random runs). Seed 0 (`experiments/bench_predictors.py`).", "",
+             "| predictor | zero-shot | after 5 | " + " | ".join(TASKS) + " (zero-shot) |",
+             "|---|---|---|" + "---|" * len(TASKS)]
+    for label, m in mean.items():
+        cells = " | ".join(f"{scores[label][t]['zero_shot']:.3f}" for t in TASKS)
+        lines.append(f"| {label} | {m['zero_shot']:.3f} | {m['after_5']:.3f} | {cells} |")
+    (RESULTS / "predictors.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
