@@ -187,7 +187,7 @@ def replicate(job: tuple[str, int, str, int, int, list[dict[str, Any]]]) -> dict
             trials.append({"params": p, "metrics": None, "fail": str(exc)[:200]})
             continue
         trials.append({"params": p, "metrics": {key: float(out.metrics[key]) for key in RECORDED}})
-    return {"task": name, "seed": seed, "method": label, "budget": budget, "k": 0,
+    return {"task": name, "seed": seed, "method": method, "budget": budget, "k": 0,
             "teacher": {key: s["reference"][key] for key in OBJECTIVES}, "hv": [], "trials": trials, "predicted": [],
             "reason": "replicate of the random run", "wall_s": round(time.perf_counter() - t0, 1),
             "kind": "replicate"}
@@ -659,8 +659,11 @@ _LABELS = {"warm": "warm TPE (ours, default: k points one at a time against the 
           "size_bins": "TPE + size-binned random start (no predictor)", "cold_tpe": "cold TPE", "nsga2": "NSGA-II", "random": "random"}
 #: Row labels, each ``warm*`` method followed by its run on the zoo-only history (``_zoo``: the 8 zoo tasks
 #: without the synthetic ones, where the build chose the GBM: every warm run before the synthetic tasks joined).
-LABELS = {k: v for m, label in _LABELS.items() for k, v in (
-    ((m, label), (f"{m}_zoo", f"{label[:-1]}; zoo-only history)")) if m.startswith("warm") else ((m, label),))}
+LABELS: dict[str, str] = {}
+for _method, _label in _LABELS.items():
+    LABELS[_method] = _label
+    if _method.startswith("warm"):
+        LABELS[f"{_method}_zoo"] = f"{_label[:-1]}; zoo-only history)"
 LABELS["warm_zoo"] = "warm TPE (the default before the synthetic tasks: sequential, GBM; zoo-only history)"
 LABELS["warm_batch_zoo"] = "warm TPE (batch, GBM; zoo-only history)"
 
