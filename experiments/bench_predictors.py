@@ -8,6 +8,7 @@ over tasks. Variants:
 * ``gbm, K synthetic``: the GBM with only the first K regular synthetic tasks (and their few-shot variants) of
   :data:`metacompress.learners.tasks.SYNTHETIC_TASKS` in the history, K in 0, 16, 32, 64 (0 = the zoo alone);
 * ``reptile, E meta-epochs``: the Reptile predictor with E = 30, 60, 150 (150 is the default);
+* ``gbm, depth D``: deeper trees than the default (depth 4, 10 rows per leaf);
 * ``mean of gbm and reptile``: the mean of the two defaults' predictions.
 
 Seed 0 for every fit; CPU, one torch thread. Writes ``results/predictors.json`` and ``.md`` (about 10 minutes on 2
@@ -71,6 +72,9 @@ def _fit(held_out: str, kind: str, n_synthetic: int | None = None, **params: Any
 
 def _variants(held_out: str) -> dict[str, Any]:
     out = {f"gbm, {k} synthetic tasks": _fit(held_out, "gbm", k) for k in (0, 16, 32, 64)}
+    for depth, leaf in ((6, 20), (8, 20)):
+        out[f"gbm, depth {depth}, {leaf} rows per leaf"] = _fit(held_out, "gbm", max_depth=depth,
+                                                               min_samples_leaf=leaf)
     for epochs in (30, 60, 150):
         out[f"reptile, {epochs} meta-epochs"] = _fit(held_out, "reptile", meta_epochs=epochs)
     out["mean of gbm and reptile"] = _Mean([out["gbm, 64 synthetic tasks"], out["reptile, 150 meta-epochs"]])
