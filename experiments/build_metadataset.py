@@ -257,7 +257,7 @@ def main() -> None:
     extra: dict[str, Any] = {}
     if args.train_only and (DATA / "predictor.json").is_file():  # keep the cost of the build that made the CSV
         old = json.loads((DATA / "predictor.json").read_text(encoding="utf-8"))
-        extra = {k: old[k] for k in ("build_s", "n_per_task", "counts", "threads", "machine") if k in old}
+        extra = {k: old[k] for k in ("build_s", "n_per_task", "counts", "threads", "machine", "appended") if k in old}
     if not args.train_only:
         zoo = {**BUILTIN_TASKS, **SYNTHETIC_TASKS} if args.synthetic else BUILTIN_TASKS
         names = args.tasks or [n for n, s in zoo.items() if not (args.skip_fewshot and s.n_way)]
