@@ -545,8 +545,8 @@ def summarize(runs: list[dict[str, Any]], budget: int,
 def calibration(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """How the warm points did against their predictions: predicted minus real retention of the enqueued trials."""
     out: dict[str, Any] = {}
-    for method in ("warm", "warm_rep", "warm_batch", "warm_batch_rep", "warm_zoo", "warm_batch_zoo", "warm_front_zoo", "warm_lcb_zoo",
-                   "warm_reptile_zoo"):
+    for method in ("warm", "warm_rep", "warm_batch", "warm_batch_rep", "warm_zoo", "warm_batch_zoo",
+                   "warm_front_zoo", "warm_lcb_zoo", "warm_reptile_zoo"):
         gaps, per_task = [], {}
         for r in runs:
             if r["method"] != method or r.get("kind") != "real":
@@ -669,8 +669,8 @@ LABELS["warm_batch_zoo"] = "warm TPE (batch, GBM; zoo-only history)"
 
 
 #: Methods drawn in warmstart.png (the others are ablations, reported in the table).
-PLOTTED = ("warm", "warm_zoo", "warm_rep", "warm_batch", "warm_front_zoo", "warm_reptile_zoo", "size_bins", "cold_tpe", "nsga2",
-           "random")
+PLOTTED = ("warm", "warm_zoo", "warm_rep", "warm_batch", "warm_front_zoo", "warm_reptile_zoo", "size_bins", "cold_tpe",
+           "nsga2", "random")
 
 NOTES = [
     "- All numbers above are **real trials** (compress → distill → evaluate); no tabular replay was run, so there "
@@ -693,16 +693,19 @@ NOTES = [
     "5: 0.620 → 0.667; the few-shot task 0.60 → 0.85, wine 0.57 → 0.70, mnist1d-mlp 0.87 → 0.93), and the warm "
     "start needs 3 trials instead of 4 on seeds 0–4 (4 instead of 4.5 on 5–9; the batch 4.5 instead of 5.5, "
     "5 instead of 5.5), HV@5 0.948 instead of 0.942. Reptile gains more (one meta-training episode per task; "
-    "30, 60, 150 meta-epochs: 0.646, 0.677, 0.711 zero-shot, the difference mostly breast-cancer's; 0.720 after 5) and now wins the build's "
-    "meta-dataset leave-one-task-out Spearman (0.769 against 0.731), yet its warm starts are far worse (row "
-    "'Reptile instead of the GBM': 11.5 trials, HV@5 0.886; its batch 6): Spearman scores the order within a "
+    "30, 60, 150 meta-epochs: 0.646, 0.677, 0.711 zero-shot, the difference mostly breast-cancer's; 0.720 "
+    "after 5) and now wins the build's meta-dataset leave-one-task-out Spearman (0.769 against 0.731), yet its "
+    "warm starts are far worse (row 'Reptile instead of the GBM': 11.5 trials, HV@5 0.886; its batch 6): "
+    "Spearman scores the order within a "
     "task, while the front also needs the level, how much accuracy a size costs, and Reptile's per-task level "
     "errs more (predicted minus real retention of its warm points −0.20 on digits-cnn and +0.35 on the few-shot "
     "task, against −0.02 and +0.09 for the GBM), so its points land at the wrong sizes (digits-cnn: a median "
     "0.4 % of the teacher's size against 3.2 %). So the default predictor is chosen by the warm start "
     "(`predictor.json`: GBM) and Reptile stays selectable. The mean of the two ranked at 0.704 / 0.717 and was "
-    "not kept. A search whose history has grown continues the pretrained Reptile for 15 meta-epochs instead of "
-    "refitting it: [flywheel.md](flywheel.md), 0.711 against a refit's 0.715, 4.2 s against 40 s.",
+    "not kept; deeper GBM trees (depth 6–8) ranked at 0.70, all of the gain on breast-cancer, and tie with the "
+    "default on 24 held-out synthetic tasks ([predictors.md](predictors.md)): not kept either. With Reptile "
+    "selected, a search whose history has grown continues the pretrained meta-training for 15 epochs instead of "
+    "refitting: [flywheel.md](flywheel.md), 0.711 against a refit's 0.715, 4.2 s against 40 s.",
     "- **The noise ceiling** (table above): the random runs' 35 query trials of each run, trained twice more with "
     "other seeds, rank the recorded outcomes at ρ 0.90 (mean over tasks; 0.91 against the mean of both "
     "replicates). A perfect predictor of the expected retention would reach about 0.95 on these trials (the mean "
