@@ -8,9 +8,11 @@ enqueues, and the other ``warm_*`` rows are ablations (``--seeds 5 6 7 8 9`` are
 after the fact: :data:`FRESH_SEEDS`). They are compared with cold TPE (``cold_tpe``), cold NSGA-II (``nsga2``) and random search
 (``random``), all from :func:`metacompress.search.study.make_sampler`, with ``--budget`` real trials per run
 (compress → distill → evaluate, exactly :class:`metacompress.search.objective.Objective`) and several seeds
-(the seed drives the sampler, the proposal pool and the batch order). ``warm_reptile`` is the front warm start
-with the Reptile predictor. Objectives: accuracy ↑ and size_bytes ↓ (no latency: on a shared CPU it is noise).
-Hypervolume is :func:`metacompress.search.pareto.hypervolume_history`, normalized by the teacher.
+(the seed drives the sampler, the proposal pool and the batch order). ``warm`` and ``warm_batch`` use the shipped
+default predictor, ``warm_rep`` and ``warm_batch_rep`` the Reptile one; ``warm_reptile`` is the front warm start
+with the Reptile predictor. A ``_zoo`` suffix runs a method on the history of the zoo's tasks alone (without the
+synthetic ones, with the GBM the build chose there): every warm run recorded before the synthetic tasks is one.
+Objectives: accuracy ↑ and size_bytes ↓ (no latency: on a shared CPU it is noise). Hypervolume is :func:`metacompress.search.pareto.hypervolume_history`, normalized by the teacher.
 
 Each finished run is appended as one JSON line to ``experiments/results/warmstart_runs.jsonl``; a stopped run
 loses nothing, and a rerun skips the (task, seed, method) runs already there. ``--aggregate`` (or the end of a
