@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench_warmstart import RESULTS, RUNS, TASKS, _encode_trials, _rank_scores, _setup, load_runs
+from bench_warmstart import RESULTS, RUNS, TASKS, _rank_scores, load_runs, real_trial_sets
 
 
 def _score(model: Any, sets: list[tuple[np.ndarray, np.ndarray]]) -> float:
@@ -34,7 +34,7 @@ def _score(model: Any, sets: list[tuple[np.ndarray, np.ndarray]]) -> float:
 
 
 def main() -> None:
-    from metacompress.learners.meta import History, layer_sensitivity, make_predictor, task_meta_features
+    from metacompress.learners.meta import History, make_predictor
     from metacompress.learners.meta.reptile import FLYWHEEL_EPOCHS, FLYWHEEL_META_LR
 
     torch.set_num_threads(1)
@@ -43,11 +43,7 @@ def main() -> None:
     rows: dict[str, dict[str, Any]] = {}
     for i, held in enumerate(TASKS):
         grown_by = TASKS[(i + 1) % len(TASKS)]
-        s = _setup(held)
-        sens = layer_sensitivity(s["task"], list(s["space"].layers), seed=0)
-        features = task_meta_features(s["task"], seed=0, layers=list(s["space"].layers), sensitivity=sens)
-        sets = [_encode_trials(held, r["trials"], features, sens) for r in runs
-                if r["task"] == held and r["method"] == "random" and r.get("kind") == "real"]
+        sets = real_trial_sets(held, runs)
         base = shipped.subset([t for t in shipped.tasks if t not in (held, grown_by)])
         grown = shipped.subset([t for t in shipped.tasks if t != held])
         t0 = time.perf_counter()

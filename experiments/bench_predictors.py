@@ -25,13 +25,12 @@ Usage::
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
 import numpy as np
 import torch
 
-from bench_warmstart import RESULTS, RUNS, TASKS, _encode_trials, _rank_scores, _setup, load_runs
+from bench_warmstart import RESULTS, RUNS, TASKS, _rank_scores, load_runs, loto_history, real_trial_sets
 
 SHOTS = 5
 
@@ -50,20 +49,14 @@ class _Mean:
 
 
 def _history(held_out: str, n_synthetic: int | None) -> Any:
-    """The shipped history without ``held_out`` and, given ``n_synthetic``, without synthetic tasks past it."""
-    from metacompress.learners.meta import History
+    """:func:`loto_history` of ``held_out`` without, given ``n_synthetic``, the synthetic tasks past it."""
     from metacompress.learners.tasks import SYNTHETIC_TASKS
 
-    shipped = History.shipped()
-
-    def keep(t: str) -> bool:
-        if t == held_out:
-            return False
-        if t not in SYNTHETIC_TASKS or n_synthetic is None:
-            return True
-        return int(re.match(r"synth-(\d+)", t).group(1)) <= n_synthetic  # type: ignore[union-attr]
-
-    return shipped.subset([t for t in shipped.tasks if keep(t)])
+    history = loto_history(held_out)
+    if n_synthetic is None:
+        return history
+    number = {t: int(t.split("-")[1]) for t in SYNTHETIC_TASKS}  # "synth-07-mlp", "synth-05-5w10s"
+    return history.subset([t for t in history.tasks if number.get(t, 0) <= n_synthetic])
 
 
 def _fit(held_out: str, kind: str, n_synthetic: int | None = None, **params: Any) -> Any:
@@ -111,17 +104,11 @@ def synthetic_validation(n_tasks: int = 24) -> dict[str, float]:
 
 
 def main() -> None:
-    from metacompress.learners.meta import layer_sensitivity, task_meta_features
-
     torch.set_num_threads(1)
     runs = load_runs(RUNS)
     scores: dict[str, dict[str, dict[str, float]]] = {}
     for name in TASKS:
-        s = _setup(name)
-        sens = layer_sensitivity(s["task"], list(s["space"].layers), seed=0)
-        features = task_meta_features(s["task"], seed=0, layers=list(s["space"].layers), sensitivity=sens)
-        sets = [_encode_trials(name, r["trials"], features, sens) for r in runs
-                if r["task"] == name and r["method"] == "random" and r.get("kind") == "real"]
+        sets = real_trial_sets(name, runs)
         for label, model in _variants(name).items():
             zero, after = [], []
             for X, y in sets:

@@ -380,6 +380,19 @@ def _encode_trials(name: str, trials: list[dict[str, Any]], features: dict[str, 
     return np.asarray(rows, dtype=float), np.asarray(ys, dtype=float)
 
 
+def real_trial_sets(name: str, runs: list[dict[str, Any]]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Predictor inputs and real retention of each ``random`` run of ``name`` (unbiased samples of the space: the
+    query sets every predictor score here uses)."""
+    from metacompress.learners.meta import layer_sensitivity, task_meta_features
+
+    s = _setup(name)
+    layers = list(s["space"].layers)
+    sens = layer_sensitivity(s["task"], layers, seed=0)
+    features = task_meta_features(s["task"], seed=0, layers=layers, sensitivity=sens)
+    return [_encode_trials(name, r["trials"], features, sens) for r in runs
+            if r["task"] == name and r["method"] == "random" and r.get("kind") == "real"]
+
+
 def predictor_quality(runs: list[dict[str, Any]], tasks: list[str], shots: int = 5) -> dict[str, Any]:
     """Spearman/Kendall of predicted vs real retention on each held-out task, zero-shot and after ``shots``.
 
@@ -390,10 +403,11 @@ def predictor_quality(runs: list[dict[str, Any]], tasks: list[str], shots: int =
     ``shots`` trials of the run, query = the rest) and its rows of the shipped meta-dataset (support = its first
     ``shots`` rows). Zero-shot is scored on the same query rows.
     """
-    from metacompress.learners.meta import History, layer_sensitivity, task_meta_features
+    from metacompress.learners.meta import History
 
     shipped = History.shipped()
     out: dict[str, Any] = {"noise_ceiling": noise_ceiling(runs, tasks, shots)}
+    real = {name: real_trial_sets(name, runs) for name in tasks}  # once per task, not once per predictor
     models: dict[tuple[str, str], Any] = {}
     for kind in ("reptile", "gbm", "gbm_unmeasured", "gbm_blend", "proxy", "reptile_zoo", "gbm_zoo"):
         per_task = {}
@@ -405,13 +419,7 @@ def predictor_quality(runs: list[dict[str, Any]], tasks: list[str], shots: int =
                                         proxy_weight=0.5) if base == "gbm_blend" else loto_predictor(name, core,
                                                                                                      zoo_only))
             model = models[(name, base)]
-            s = _setup(name)
-            sens = layer_sensitivity(s["task"], list(s["space"].layers), seed=0)
-            features = task_meta_features(s["task"], seed=0, layers=list(s["space"].layers), sensitivity=sens)
-            sets = []
-            for r in runs:
-                if r["task"] == name and r["method"] == "random" and r.get("kind") == "real":
-                    sets.append(("real", *_encode_trials(name, r["trials"], features, sens)))
+            sets = [("real", X, y) for X, y in real[name]]
             meta = shipped.subset([name])
             if len(meta):
                 sets.append(("metadataset", meta.X(), meta.y()))

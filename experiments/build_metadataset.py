@@ -272,8 +272,8 @@ def main() -> None:
                 rows += task_rows
         new, build_s = History.from_rows(rows), round(time.perf_counter() - t0, 1)
         if args.append:  # the other tasks' rows, metas and build record stay
-            old = History.from_csv(CSV)
-            new = old.subset([t for t in old.tasks if t not in names]).concat(new)
+            existing = History.from_csv(CSV)
+            new = existing.subset([t for t in existing.tasks if t not in names]).concat(new)
             metas = {**json.loads((DATA / "metadataset_tasks.json").read_text(encoding="utf-8")), **metas}
             before = json.loads((DATA / "predictor.json").read_text(encoding="utf-8"))
             extra = {k: before[k] for k in ("build_s", "n_per_task", "counts", "threads", "machine", "appended")
