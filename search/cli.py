@@ -88,7 +88,7 @@ def search(
     from .progress import SearchProgress
     from .report import pareto_table
     from .runner import make_tracker, prepare, run_search
-    from .warmstart import resolve_warm_start
+    from .warmstart import resolve_warm_start, resumed_warm_start
 
     cfg = load_config(config, _overrides(
         n_trials=trials, backend=backend, sampler=sampler, seed=seed, storage=storage, study_name=study_name,
@@ -98,10 +98,13 @@ def search(
     tracker = make_tracker(cfg)  # an unreachable tracking server fails here, before any training
     with console.status(f"Preparing {cfg.task_name} (teacher, search space, study)..."):
         p = prepare(cfg, progress=False)
-        points, info = resolve_warm_start(mode, p.space, p.task, n_points=cfg.warm_start.n_points, seed=cfg.seed,
-                                          file=cfg.warm_start.file, tracking_uri=cfg.tracking_uri,
-                                          objectives=cfg.objectives, sequential=cfg.backend != "ray",
-                                          reference=p.reference)
+        points, info = [], resumed_warm_start(p.study, cfg.n_trials, cfg.warm_start.n_points,
+                                              sequential=cfg.backend != "ray")
+        if info is None:
+            points, info = resolve_warm_start(mode, p.space, p.task, n_points=cfg.warm_start.n_points,
+                                              seed=cfg.seed, file=cfg.warm_start.file, tracking_uri=cfg.tracking_uri,
+                                              objectives=cfg.objectives, sequential=cfg.backend != "ray",
+                                              reference=p.reference)
     if info.get("reason"):
         console.print(info["reason"], style="yellow" if info["reason"].startswith("cold") else None)
     with SearchProgress(console, p) as bar:

@@ -14,8 +14,10 @@ from optuna.trial import TrialState
 from metacompress.learners import Task
 from metacompress.spaces import CompressionPolicy, CompressionSpace, ConfigError, invalid_value
 
+from .study import ATTR_WARM, remaining_budget
+
 __all__ = ["ATTR_INDEX", "ATTR_PREDICTED", "SequentialWarmStart", "enqueue_next_warm_point", "history_store",
-           "load_points", "resolve_warm_start"]
+           "load_points", "resolve_warm_start", "resumed_warm_start"]
 
 #: Trial user attributes of a sequential warm point: its candidate index and the predictor's retention.
 ATTR_INDEX, ATTR_PREDICTED = "metacompress.warm_index", "metacompress.warm_predicted"
@@ -114,6 +116,28 @@ def enqueue_next_warm_point(study: optuna.Study, plan: SequentialWarmStart) -> b
     study.enqueue_trial(params, user_attrs={"metacompress.warm_start": "auto", ATTR_INDEX: index,
                                             ATTR_PREDICTED: predicted["model_retention"]})
     return True
+
+
+def resumed_warm_start(study: optuna.Study, n_trials: int, k: int, *, sequential: bool) -> dict[str, Any] | None:
+    """The summary's ``warm_start`` entry of a resumed study that needs no new proposals, else None.
+
+    No proposals are needed when the budget is spent, or when the study already holds its warm start (the batch is
+    enqueued once per study; sequential points are done once ``k`` exist). Fitting the predictor then would cost
+    seconds and announce points that never run.
+    """
+    warm = [t for t in study.get_trials(deepcopy=False) if "metacompress.warm_start" in t.user_attrs]
+    if sequential:
+        n_warm = len({t.user_attrs[ATTR_INDEX] for t in warm if ATTR_INDEX in t.user_attrs})
+        complete = n_warm >= k
+    else:
+        n_warm, complete = len(warm), bool(study.user_attrs.get(ATTR_WARM))
+    left = remaining_budget(study, n_trials)
+    if left > 0 and not complete:
+        return None
+    mode = study.user_attrs.get(ATTR_WARM) or ("auto" if n_warm else "off")
+    reason = (f"resumed: {n_trials - left} of {n_trials} trials exist, nothing left to run (raise --trials to go on)"
+              if left <= 0 else f"resumed: the study's {n_warm} warm-start points already exist")
+    return {"mode": mode, "n_points": n_warm, "reason": reason}
 
 
 def resolve_warm_start(

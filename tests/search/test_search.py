@@ -144,6 +144,36 @@ def test_a_two_worker_cli_search_runs_the_sequential_warm_start(search_yaml, tmp
     assert len(counted) == 6 and 1 <= len(indices) <= 3 and len(set(indices)) == len(indices)
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["warm_start"]["sequential"] is True and summary["n_complete"] == 6
+    # the same command again: the budget is spent, so no predictor is fit and no point is announced
+    again = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "resumed: 6 of 6 trials exist" in again.stdout and "observed front" not in again.stdout
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["warm_start"]["n_points"] == len(indices) and summary["n_complete"] == 6
+
+
+def test_resumed_warm_start_needs_no_proposals_once_the_budget_or_the_warm_points_are_spent():
+    from metacompress.search.study import ATTR_WARM
+    from metacompress.search.warmstart import ATTR_INDEX, resumed_warm_start
+
+    def study_with(n_warm: int, n_cold: int, batch: bool = False) -> optuna.Study:
+        study = optuna.create_study()
+        for i in range(n_warm + n_cold):
+            attrs = {"metacompress.warm_start": "auto", ATTR_INDEX: i} if i < n_warm else {}
+            study.add_trial(optuna.trial.create_trial(value=0.0, user_attrs=attrs))
+        if batch and n_warm:
+            study.set_user_attr(ATTR_WARM, "auto")
+        return study
+
+    assert resumed_warm_start(study_with(0, 0), 8, 3, sequential=True) is None  # a new study: propose
+    assert resumed_warm_start(study_with(2, 0), 8, 3, sequential=True) is None  # 1 sequential point still due
+    entry = resumed_warm_start(study_with(3, 1), 8, 3, sequential=True)
+    assert entry["mode"] == "auto" and entry["n_points"] == 3 and "warm-start points already exist" in entry["reason"]
+    entry = resumed_warm_start(study_with(0, 4), 4, 3, sequential=True)  # a cold study at its budget
+    assert entry["mode"] == "off" and entry["n_points"] == 0 and "4 of 4 trials exist" in entry["reason"]
+    assert resumed_warm_start(study_with(0, 2), 8, 3, sequential=False) is None
+    entry = resumed_warm_start(study_with(3, 0, batch=True), 8, 3, sequential=False)
+    assert entry["n_points"] == 3 and entry["mode"] == "auto"
 
 
 def _wait_for(predicate, timeout: float) -> bool:
