@@ -354,8 +354,9 @@ def main() -> None:
     parser.add_argument("--fuzz", type=int, default=500)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--only", default="kill9,trial_faults,tracking_outage,ray_node_loss,tune_restore,fuzz")
+    parser.add_argument("--out", type=Path, default=ROOT / "experiments" / "results", help="results folder")
     args = parser.parse_args()
-    out = ROOT / "experiments" / "results" / "faults.json"
+    out = args.out / "faults.json"
     results: dict[str, Any] = json.loads(out.read_text()) if out.exists() else {}
     scenarios = {"kill9": lambda: kill9(args.kills, args.seed), "trial_faults": trial_faults,
                  "tracking_outage": tracking_outage, "ray_node_loss": ray_node_loss, "tune_restore": tune_restore,

@@ -129,7 +129,7 @@ def run_level(level: str, train_tasks: list[Any], test_tasks: list[Any], args: a
             "meta_wins": mean["meta"] > max(mean["teacher"], mean["scratch"])}
 
 
-def write_md(result: dict[str, Any]) -> None:
+def write_md(result: dict[str, Any], out: Path = RESULTS) -> None:
     a = result["args"]
     lines = [
         "# Meta-KD: Reptile-meta-trained student initialization for few-shot tasks",
@@ -152,7 +152,7 @@ def write_md(result: dict[str, Any]) -> None:
                      f"{z['teacher']:.3f} |")
     lines += ["", result["verdict"], "", f"Machine: {result['machine']}; total {result['wall_s']} s. Reproduce: "
               "`.venv/bin/python experiments/bench_metakd.py`."]
-    (RESULTS / "metakd.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (out / "metakd.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 def main() -> None:
@@ -170,7 +170,8 @@ def main() -> None:
     parser.add_argument("--mu", type=float, default=1e-3)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--levels", nargs="*", default=list(LEVELS))
+    parser.add_argument("--levels", nargs="*", default=list(LEVELS), choices=list(LEVELS))
+    parser.add_argument("--out", type=Path, default=RESULTS, help="results folder")
     args = parser.parse_args()
     torch.set_num_threads(1)
     t0 = time.perf_counter()
@@ -181,11 +182,11 @@ def main() -> None:
     best_other = {lv: max(r["mean_accuracy"]["teacher"], r["mean_accuracy"]["scratch"]) for lv, r in levels.items()}
     verdict = ("θ* wins at " + ", ".join(wins) if wins else "θ* does not win at any level") + ": " + "; ".join(
         f"{lv}: meta {r['mean_accuracy']['meta']:.3f} vs best other {best_other[lv]:.3f}" for lv, r in levels.items())
-    result = {"args": {k.replace("-", "_"): v for k, v in vars(args).items()}, "levels": levels, "verdict": verdict,
+    result = {"args": {k.replace("-", "_"): v for k, v in vars(args).items() if k != "out"}, "levels": levels, "verdict": verdict,
               "machine": f"{platform.machine()} CPU, 1 torch thread", "wall_s": round(time.perf_counter() - t0, 1)}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "metakd.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
-    write_md(result)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "metakd.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
+    write_md(result, args.out)
     print(verdict)
 
 

@@ -1,0 +1,46 @@
+"""Smoke runs of the benchmark scripts under ``experiments/``: each runs end to end at its smallest settings into a
+temporary folder and writes its JSON and Markdown, so a change that breaks a script fails here rather than on the
+next full run. What they measure is reported by the scripts themselves, not asserted here (a smoke run is too small
+to say anything about a target); the committed results in ``experiments/results/`` are never touched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
+
+#: script -> (smallest arguments, keys its JSON must have)
+SCRIPTS = {
+    "bench_compression.py": (["--quick", "--tasks", "digits-cnn"], {"targets", "tasks", "machine"}),
+    "bench_overhead.py": (["--quick", "--tasks", "digits-cnn"], {"overhead_ratio", "tasks", "machine"}),
+    "bench_metakd.py": (["--train-seeds", "1", "--test-seeds", "0", "--episodes", "2", "--inner", "2",
+                         "--steps", "2", "--repeats", "1", "--levels", "moderate"], {"levels", "verdict"}),
+    "bench_faults.py": (["--only", "fuzz", "--fuzz", "6"], {"fuzz", "machine"}),
+    "bench_backends.py": (["--trials", "2", "--repeats", "1", "--mlflow-trials", "2"],
+                          {"ray_overhead_s", "mlflow_ms_per_trial", "local_overhead_s"}),
+}
+
+
+@pytest.mark.parametrize("script", list(SCRIPTS))
+def test_benchmark_script_runs_at_its_smallest_settings(script, tmp_path):
+    args, keys = SCRIPTS[script]
+    committed = {p: p.stat().st_mtime_ns for p in (EXPERIMENTS / "results").iterdir()}
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
+    done = subprocess.run([sys.executable, str(EXPERIMENTS / script), *args, "--out", str(tmp_path)],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    stem = script.removeprefix("bench_").removesuffix(".py")
+    result = json.loads((tmp_path / f"{stem}.json").read_text())
+    flat = set(result) | {k for v in result.values() if isinstance(v, dict) for k in v}
+    assert keys <= flat, sorted(keys - flat)
+    assert (tmp_path / f"{stem}.md").read_text().startswith("#")
+    assert {p: p.stat().st_mtime_ns for p in (EXPERIMENTS / "results").iterdir()} == committed
+    if script == "bench_faults.py":  # the fuzz cases: bad input gives one named line and exit 2, never a traceback
+        assert result["fuzz"]["cases"] == 6 and result["fuzz"]["tracebacks"] == 0 and result["fuzz"]["ok"] == 6
