@@ -87,7 +87,8 @@ def search(
     from .config import load_config
     from .progress import SearchProgress
     from .report import pareto_table
-    from .runner import make_tracker, prepare, run_search
+    from .runner import prepare, run_search
+    from .sync import make_tracker
     from .warmstart import resolve_warm_start, resumed_warm_start
 
     cfg = load_config(config, _overrides(

@@ -196,7 +196,8 @@ def retrain(
         MetacompressError: The tracking store stayed unreachable (rerun the same command to finish).
     """
     from .local import file_lock, lock_path
-    from .runner import make_tracker, prepare, run_search
+    from .runner import prepare, run_search
+    from .sync import make_tracker
 
     validate_name("registered_model", registered_model)
     run_key = validate_name("run_key", run_key or default_run_key())

@@ -1,7 +1,7 @@
 """One search from a validated config to a Pareto front: prepare, run a backend, sync MLflow, summarize.
 
 The Optuna study is the single source of truth. Trials are run by a backend (local worker processes or Ray Tune)
-that only writes to the study; :func:`sync_tracking` copies every finished trial to MLflow idempotently (a child
+that only writes to the study; :func:`~.sync.sync_tracking` copies every finished trial to MLflow idempotently (a child
 run per trial number), so a killed search, a resumed one, or one whose tracking server was down for a while ends
 with exactly one child run per counted trial.
 """
@@ -27,7 +27,7 @@ import optuna
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
-from metacompress.learners import Task, describe_layers, load_compressed, load_task
+from metacompress.learners import Task, describe_layers, load_task
 from metacompress.spaces import CompressionSpace
 from metacompress.spaces.adapters import to_optuna
 
@@ -44,10 +44,10 @@ from .study import (
     open_study,
     recover_interrupted,
 )
+from .sync import flush_tracking, log_meta, log_pareto_models, make_tracker, parent_tags, sync_tracking
 
+# flush_tracking, make_tracker and sync_tracking live in .sync; re-exported for callers of this module
 __all__ = ["Prepared", "flush_tracking", "make_tracker", "prepare", "run_search", "summarize", "sync_tracking"]
-
-_LOG = logging.getLogger(__name__)
 
 
 @dataclass
@@ -208,25 +208,6 @@ def trial_points(trials: list[FrozenTrial]) -> list[dict[str, float] | None]:
     return [t.user_attrs.get("metrics") if t.state == TrialState.COMPLETE else None for t in trials]
 
 
-def sync_tracking(tracker: Any, trials: list[FrozenTrial], synced: set[int]) -> int:
-    """Log every counted trial not in ``synced`` (the tracker itself skips trials already in MLflow).
-
-    Returns:
-        How many trials were handed to the tracker now (``synced`` is updated).
-    """
-    n = 0
-    for t in trials:
-        if t.number in synced:
-            continue
-        params = t.user_attrs.get("policy") or dict(t.params)
-        state = "COMPLETE" if t.state == TrialState.COMPLETE else "FAIL"
-        tracker.log_trial(t.number, params, t.user_attrs.get("metrics") or {}, t.user_attrs.get("history"),
-                          state, t.user_attrs.get("fail_reason"))
-        synced.add(t.number)
-        n += 1
-    return n
-
-
 def summarize(p: Prepared, trials: list[FrozenTrial], warm: dict[str, Any]) -> dict[str, Any]:
     """The ``summary.json`` contract of DESIGN.md (plus the hypervolume history)."""
     cfg = p.cfg
@@ -250,52 +231,6 @@ def summarize(p: Prepared, trials: list[FrozenTrial], warm: dict[str, Any]) -> d
         "hypervolume_history": hypervolume_history(points, p.reference, cfg.objectives),
         "pareto": pareto,
     }
-
-
-def make_tracker(cfg: SearchConfig) -> Any:
-    """The MLflow tracker of ``cfg``, checked to be reachable (fails fast, before any training)."""
-    from .tracking import NullTracker, Tracker
-
-    if not (cfg.tracking_uri != "none"):
-        return NullTracker()
-    tracker = Tracker(cfg.tracking_uri, cfg.experiment_name)
-    tracker.check_reachable()
-    return tracker
-
-
-def _registered(tracker: Any, name: str) -> dict[int, str]:
-    """Trial number -> model URI of the versions of ``name`` already registered for *this* study (resume: never
-    twice). Several studies share one experiment and its ``-pareto`` model: a version counts only when it was
-    logged from this study's child run of that trial."""
-    try:
-        versions = tracker.client.search_model_versions(f"name = '{name}'")
-    except Exception:  # noqa: BLE001 - no such model yet
-        return {}
-    out = {}
-    for v in versions:
-        number = (v.tags or {}).get("metacompress.trial_number")
-        child = tracker._children.get(int(number)) if number is not None else None
-        if child is not None and v.run_id == child[0]:
-            out[int(number)] = f"models:/{name}/{v.version}"
-    return out
-
-
-def log_pareto_models(p: Prepared, tracker: Any, summary: dict[str, Any]) -> None:
-    """Load each Pareto trial's packed export, log it with ``mlflow.pytorch`` and register it."""
-    if not (p.cfg.tracking_uri != "none"):
-        return
-    name = f"{p.cfg.experiment_name}-pareto"
-    done = _registered(tracker, name)
-    for entry in summary["pareto"]:
-        if entry["number"] in done:
-            entry["model_uri"] = done[entry["number"]]
-            continue
-        artifact = entry.get("artifact")
-        if not artifact or not Path(artifact).exists():
-            continue
-        model = load_compressed(artifact, p.task.teacher)
-        entry["model_uri"] = tracker.log_pareto_model(entry["number"], model, entry["metrics"], name,
-                                                      extra_artifacts=[artifact])
 
 
 def write_outputs(p: Prepared, summary: dict[str, Any], trials: list[FrozenTrial]) -> list[Path]:
@@ -362,8 +297,8 @@ def run_search(
             p.warm = warm_points
         else:
             enqueue_points(p.study, warm_points or [], source=(warm_info or {}).get("mode", "file"))
-        tracker.start_parent(cfg.study_name, tags=_parent_tags(cfg, warm_info), params=cfg.to_dict())
-        _log_meta(p, tracker)
+        tracker.start_parent(cfg.study_name, tags=parent_tags(cfg, warm_info), params=cfg.to_dict())
+        log_meta(p, tracker)
         synced: set[int] = set()
         sync_tracking(tracker, counted_trials(p.study), synced)
 
@@ -389,64 +324,10 @@ def run_search(
             tracker.finish("FINISHED")
 
         def restart() -> None:
-            tracker.start_parent(cfg.study_name, tags=_parent_tags(cfg, warm_info), params=cfg.to_dict())
-            _log_meta(p, tracker)
+            tracker.start_parent(cfg.study_name, tags=parent_tags(cfg, warm_info), params=cfg.to_dict())
+            log_meta(p, tracker)
 
         summary["tracking_flushed"] = flush_tracking(tracker, track_end, restart, flush_timeout_s)
         if not summary["tracking_flushed"]:
             write_outputs(p, summary, trials)
     return summary
-
-
-def flush_tracking(tracker: Any, step: Callable[[], None], restart: Callable[[], Any], timeout_s: float) -> bool:
-    """Run ``step`` (the end-of-search MLflow logging) until the tracker stays enabled, with backoff.
-
-    A tracking store that failed mid-search disabled the tracker (see :mod:`.tracking`); every trial is still in
-    the Optuna study. This retries ``restart`` (re-find the parent run) + ``step`` every 1, 2, 4 … 30 s for at
-    most ``timeout_s``. Everything it logs is idempotent, so a later rerun of the same command flushes whatever
-    is still missing.
-
-    Returns:
-        True when everything reached MLflow (or tracking is off); False after one warning line otherwise.
-    """
-    step()  # with tracking off (NullTracker) this only writes the outputs
-    if tracker.tracking_uri == "none":
-        return True
-    deadline, delay = time.monotonic() + timeout_s, 1.0
-    while tracker.disabled and time.monotonic() + delay <= deadline:
-        time.sleep(delay)
-        delay = min(2 * delay, 30.0)
-        tracker.disabled = False
-        try:
-            restart()
-        except Exception as exc:  # noqa: BLE001 - still down: wait and try again
-            _LOG.info("MLflow still unreachable (%r); retrying in %g s", exc, delay)
-            tracker.disabled = True
-            continue
-        step()
-    if tracker.disabled:
-        _LOG.warning("MLflow at %s stayed unreachable for %g s: every trial is saved in the study; rerun the same "
-                     "command when it is back to flush the results to MLflow.", tracker.tracking_uri, timeout_s)
-        return False
-    return True
-
-
-def _parent_tags(cfg: SearchConfig, warm_info: dict[str, Any] | None) -> dict[str, Any]:
-    return {"task": cfg.task_name, "backend": cfg.backend, "sampler": cfg.sampler,
-            "warm_start": (warm_info or {}).get("mode", "off"), "n_trials": cfg.n_trials}
-
-
-def _log_meta(p: Prepared, tracker: Any) -> None:
-    """Parent artifact ``meta.json``: what the meta-learned history needs to learn from this search."""
-    if not (p.cfg.tracking_uri != "none"):
-        return
-    out = Path(p.cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    from metacompress.learners.meta import meta_artifact
-
-    meta = {**meta_artifact(p.task, p.space.layers, p.reference, seed=p.cfg.seed),
-            "study_name": p.cfg.study_name, "objectives": dict(p.cfg.objectives),
-            "space_fingerprint": p.space.fingerprint(), "task_info": p.task.info}
-    path = out / "meta.json"
-    path.write_text(json.dumps(meta, indent=2, default=str))
-    tracker.log_artifacts([path])

@@ -1,0 +1,147 @@
+"""The MLflow side of a search: copy the study's trials to the tracking store, register the Pareto models, log
+the parent run's ``meta.json``, and retry all of it with backoff when the store was down.
+
+Everything here is idempotent (one child run per trial number, one registered version per Pareto trial of a
+study), so a resumed search, or a rerun after a tracking outage, ends with exactly what one uninterrupted run logs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from optuna.trial import FrozenTrial, TrialState
+
+from metacompress.learners import load_compressed
+
+from .config import SearchConfig
+
+if TYPE_CHECKING:
+    from .runner import Prepared
+
+__all__ = ["flush_tracking", "log_meta", "log_pareto_models", "make_tracker", "parent_tags", "sync_tracking"]
+
+_LOG = logging.getLogger(__name__)
+
+
+def sync_tracking(tracker: Any, trials: list[FrozenTrial], synced: set[int]) -> int:
+    """Log every counted trial not in ``synced`` (the tracker itself skips trials already in MLflow).
+
+    Returns:
+        How many trials were handed to the tracker now (``synced`` is updated).
+    """
+    n = 0
+    for t in trials:
+        if t.number in synced:
+            continue
+        params = t.user_attrs.get("policy") or dict(t.params)
+        state = "COMPLETE" if t.state == TrialState.COMPLETE else "FAIL"
+        tracker.log_trial(t.number, params, t.user_attrs.get("metrics") or {}, t.user_attrs.get("history"),
+                          state, t.user_attrs.get("fail_reason"))
+        synced.add(t.number)
+        n += 1
+    return n
+
+
+def make_tracker(cfg: SearchConfig) -> Any:
+    """The MLflow tracker of ``cfg``, checked to be reachable (fails fast, before any training)."""
+    from .tracking import NullTracker, Tracker
+
+    if cfg.tracking_uri == "none":
+        return NullTracker()
+    tracker = Tracker(cfg.tracking_uri, cfg.experiment_name)
+    tracker.check_reachable()
+    return tracker
+
+
+def _registered(tracker: Any, name: str) -> dict[int, str]:
+    """Trial number -> model URI of the versions of ``name`` already registered for *this* study (resume: never
+    twice). Several studies share one experiment and its ``-pareto`` model: a version counts only when it was
+    logged from this study's child run of that trial."""
+    try:
+        versions = tracker.client.search_model_versions(f"name = '{name}'")
+    except Exception:  # noqa: BLE001 - no such model yet
+        return {}
+    out = {}
+    for v in versions:
+        number = (v.tags or {}).get("metacompress.trial_number")
+        child = tracker._children.get(int(number)) if number is not None else None
+        if child is not None and v.run_id == child[0]:
+            out[int(number)] = f"models:/{name}/{v.version}"
+    return out
+
+
+def log_pareto_models(p: Prepared, tracker: Any, summary: dict[str, Any]) -> None:
+    """Load each Pareto trial's packed export, log it with ``mlflow.pytorch`` and register it."""
+    if p.cfg.tracking_uri == "none":
+        return
+    name = f"{p.cfg.experiment_name}-pareto"
+    done = _registered(tracker, name)
+    for entry in summary["pareto"]:
+        if entry["number"] in done:
+            entry["model_uri"] = done[entry["number"]]
+            continue
+        artifact = entry.get("artifact")
+        if not artifact or not Path(artifact).exists():
+            continue
+        model = load_compressed(artifact, p.task.teacher)
+        entry["model_uri"] = tracker.log_pareto_model(entry["number"], model, entry["metrics"], name,
+                                                      extra_artifacts=[artifact])
+
+
+def flush_tracking(tracker: Any, step: Callable[[], None], restart: Callable[[], Any], timeout_s: float) -> bool:
+    """Run ``step`` (the end-of-search MLflow logging) until the tracker stays enabled, with backoff.
+
+    A tracking store that failed mid-search disabled the tracker (see :mod:`.tracking`); every trial is still in
+    the Optuna study. This retries ``restart`` (re-find the parent run) + ``step`` every 1, 2, 4 … 30 s for at
+    most ``timeout_s``. Everything it logs is idempotent, so a later rerun of the same command flushes whatever
+    is still missing.
+
+    Returns:
+        True when everything reached MLflow (or tracking is off); False after one warning line otherwise.
+    """
+    step()  # with tracking off (NullTracker) this only writes the outputs
+    if tracker.tracking_uri == "none":
+        return True
+    deadline, delay = time.monotonic() + timeout_s, 1.0
+    while tracker.disabled and time.monotonic() + delay <= deadline:
+        time.sleep(delay)
+        delay = min(2 * delay, 30.0)
+        tracker.disabled = False
+        try:
+            restart()
+        except Exception as exc:  # noqa: BLE001 - still down: wait and try again
+            _LOG.info("MLflow still unreachable (%r); retrying in %g s", exc, delay)
+            tracker.disabled = True
+            continue
+        step()
+    if tracker.disabled:
+        _LOG.warning("MLflow at %s stayed unreachable for %g s: every trial is saved in the study; rerun the same "
+                     "command when it is back to flush the results to MLflow.", tracker.tracking_uri, timeout_s)
+        return False
+    return True
+
+
+def parent_tags(cfg: SearchConfig, warm_info: dict[str, Any] | None) -> dict[str, Any]:
+    return {"task": cfg.task_name, "backend": cfg.backend, "sampler": cfg.sampler,
+            "warm_start": (warm_info or {}).get("mode", "off"), "n_trials": cfg.n_trials}
+
+
+def log_meta(p: Prepared, tracker: Any) -> None:
+    """Parent artifact ``meta.json``: what the meta-learned history needs to learn from this search."""
+    if p.cfg.tracking_uri == "none":
+        return
+    out = Path(p.cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    from metacompress.learners.meta import meta_artifact
+
+    meta = {**meta_artifact(p.task, p.space.layers, p.reference, seed=p.cfg.seed),
+            "study_name": p.cfg.study_name, "objectives": dict(p.cfg.objectives),
+            "space_fingerprint": p.space.fingerprint(), "task_info": p.task.info}
+    path = out / "meta.json"
+    path.write_text(json.dumps(meta, indent=2, default=str))
+    tracker.log_artifacts([path])
