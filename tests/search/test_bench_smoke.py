@@ -43,3 +43,18 @@ def test_each_kind_of_benchmark_job_runs_and_is_labeled(bench):
                               budget, core=("warm", "cold_tpe"))
     assert summary["tasks"] == ["wine-mlp"] and 1 <= summary["trials_to_cold_hv"]["median"] <= budget + 1
     assert {"warm", "warm_zoo", "cold_tpe"} <= set(summary["methods"]) <= set(bench.LABELS)
+
+
+def test_in_task_references_leave_out_the_shipped_rows_that_repeat_a_query_trial(bench):
+    import bench_predictors
+
+    from metacompress.learners.meta import History
+
+    sets = bench.real_trial_sets("wine-mlp", bench.load_runs(bench.RUNS))
+    assert len(sets) >= 2 and all(len(y) == len(X) for X, y in sets)
+    ref = bench_predictors.in_task_references("wine-mlp", sets)
+    # the shipped rows of wine hold the cold runs' trials; those that repeat a random run's policy are dropped
+    assert ref["own_rows_dropped"] > 0 and ref["own_rows_n"] + ref["own_rows_dropped"] == len(
+        History.shipped().subset(["wine-mlp"]))
+    assert ref["runs"] == len(sets) and -1.0 <= ref["own_rows"] <= 1.0 and -1.0 <= ref["own_runs"] <= 1.0
+    sys.modules.pop("bench_predictors", None)
