@@ -7,6 +7,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -58,3 +59,24 @@ def test_in_task_references_leave_out_the_shipped_rows_that_repeat_a_query_trial
         History.shipped().subset(["wine-mlp"]))
     assert ref["runs"] == len(sets) and -1.0 <= ref["own_rows"] <= 1.0 and -1.0 <= ref["own_runs"] <= 1.0
     sys.modules.pop("bench_predictors", None)
+
+
+def test_the_bounding_box_peer_ranks_fronts_and_restricts_every_layer_to_the_box(bench):
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    retention, log_ratio = np.array([1.0, 0.9, 0.8, 0.85, 0.7]), np.array([1.0, 2.0, 3.0, 1.5, 2.5])
+    # (1,1), (.9,2), (.8,3) trade off: the front; (.85,1.5) is dominated by (.9,2); (.7,2.5) by (.8,3)
+    assert bench._nondominated_rank(retention, log_ratio).tolist() == [0, 0, 0, 1, 1]
+    space = {"prune.a": FloatDistribution(0.0, 0.9), "prune.b": FloatDistribution(0.0, 0.9),
+             "bits.a": CategoricalDistribution((2, 3, 4, 6, 8)), "prune_method": CategoricalDistribution(
+                 ("unstructured", "structured")), "epochs": IntDistribution(2, 8),
+             "lr": FloatDistribution(1e-3, 3e-2, log=True), "kd_lambda": FloatDistribution(0.0, 1.0),
+             "temperature": FloatDistribution(1.0, 8.0)}
+    box = {"prune": (0.2, 0.95), "bits": (2.2, 6.3), "structured": [0.0], "epochs": (1.0, 3.0),
+           "lr": (1e-4, 5e-4), "kd_lambda": (0.1, 0.5), "temperature": (2.0, 3.0)}
+    out = bench._restrict(space, box)
+    assert (out["prune.a"].low, out["prune.a"].high) == (0.2, 0.9) == (out["prune.b"].low, out["prune.b"].high)
+    assert out["bits.a"].choices == (2, 3, 4, 6) and out["prune_method"].choices == ("unstructured",)
+    assert (out["epochs"].low, out["epochs"].high) == (2, 3)
+    assert (out["lr"].low, out["lr"].high) == (1e-3, 1e-3) and out["lr"].log  # the box misses: nearest value
+    assert (out["kd_lambda"].low, out["kd_lambda"].high) == (0.1, 0.5)
