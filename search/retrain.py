@@ -12,7 +12,8 @@
    in ``out/<run_key>``: a rerun after a crash resumes it (finished trials are never repeated).
 4. **Warm start** (``warm_start.mode: auto``): the Pareto policies of the latest earlier study of this job (same
    search space) run first, then the meta-learned predictor's proposals fitted on the whole history in the
-   tracking store (``History.collect(tracking_uri)``).
+   tracking store (``History.collect(tracking_uri)``): on the local backend one at a time against the front the
+   finished trials observed (:class:`~.warmstart.SequentialWarmStart`), on Ray as a batch.
 5. **Select** among Pareto models that meet every constraint (all re-measured here on this run's validation data):
    the smallest ``size_bytes``; ties by higher accuracy, then lower latency, then lower trial number. None: exit 3.
 6. **Compare** with the model under alias ``champion``, re-measured on the *same* validation data, loaded from the
@@ -214,7 +215,7 @@ def retrain(
                               f"this config (lock {lock}). Got {registered_model!r}.", "registered_model")
         p = prepare(job)
         points, info = _warm_start(job, p, cfg.study_name)
-        say(f"study {job.study_name}: {len(points)} warm-start points ({info.get('reason', info['mode'])})")
+        say(f"study {job.study_name}: {info['n_points']} warm-start points ({info.get('reason', info['mode'])})")
         summary = run_search(job, warm_points=points, warm_info=info, prepared=p, tracker=tracker,
                              on_trial_end=on_trial_end)
         if not summary.get("tracking_flushed", True):
@@ -225,9 +226,11 @@ def retrain(
     return result
 
 
-def _warm_start(job: Any, p: Any, base: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Earlier Pareto policies of this job first, then predictor proposals from the whole tracked history."""
-    from .warmstart import resolve_warm_start
+def _warm_start(job: Any, p: Any, base: str) -> tuple[list[dict[str, Any]] | Any, dict[str, Any]]:
+    """Earlier Pareto policies of this job first, then predictor proposals from the whole tracked history: on the
+    local backend one at a time against the front the earlier policies observed (as a search does), on Ray as a
+    batch."""
+    from .warmstart import SequentialWarmStart, resolve_warm_start
 
     mode = job.warm_start.mode
     if mode == "off" or job.warm_start.file:
@@ -235,12 +238,25 @@ def _warm_start(job: Any, p: Any, base: str) -> tuple[list[dict[str, Any]], dict
                                   file=job.warm_start.file)
     previous = _previous_pareto(p, base)[: job.warm_start.n_points]
     k = job.warm_start.n_points - len(previous)
-    points, reason = [], "no predictor points needed"
-    if k > 0:
-        from metacompress.learners.meta import History, warm_start_points
+    if k <= 0:
+        return previous, {"mode": "auto", "n_points": len(previous),
+                          "reason": f"{len(previous)} from the previous run; no predictor points needed"}
+    from metacompress.learners.meta import History, warm_start_points
+    from metacompress.learners.meta.sequential import sequential_for_task
 
-        points, reason = warm_start_points(p.space, p.task, history=History.collect(job.tracking_uri), k=k,
-                                           seed=job.seed, objectives=job.objectives)
+    history = History.collect(job.tracking_uri)
+    if job.backend != "ray":
+        proposer, source = sequential_for_task(p.space, p.task, history=history, seed=job.seed,
+                                               objectives=job.objectives)
+        if proposer is not None:
+            return SequentialWarmStart(proposer, k, p.reference, first=previous), {
+                "mode": "auto", "n_points": len(previous) + k, "sequential": True,
+                "reason": f"{len(previous)} from the previous run; {k} one at a time against the observed front, "
+                          f"from {source}"}
+        return previous, {"mode": "auto", "n_points": len(previous),
+                          "reason": f"{len(previous)} from the previous run; {source}"}
+    points, reason = warm_start_points(p.space, p.task, history=history, k=k, seed=job.seed,
+                                       objectives=job.objectives)
     return previous + points, {"mode": "auto", "n_points": len(previous) + len(points),
                                "reason": f"{len(previous)} from the previous run; {reason}"}
 

@@ -294,6 +294,7 @@ def run_search(
         if isinstance(warm_points, SequentialWarmStart):
             if cfg.backend == "ray":
                 raise ValueError("sequential warm points need the local backend; pass the batch to Ray")
+            enqueue_points(p.study, warm_points.first, source=(warm_info or {}).get("mode", "auto"))
             p.warm = warm_points
         else:
             enqueue_points(p.study, warm_points or [], source=(warm_info or {}).get("mode", "file"))

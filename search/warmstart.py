@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -74,12 +74,15 @@ class SequentialWarmStart:
         k: How many warm points in all.
         reference: The teacher's metrics (``accuracy``, ``size_bytes``): retention and size ratio of a trial.
         done: Set once all ``k`` exist (or a proposal failed): later asks skip reading the study.
+        first: Fixed points enqueued once before the sequential ones (a retrain's previous Pareto policies); they
+            run first, and the sequential points are chosen against the front they observed.
     """
 
     proposer: Any
     k: int
     reference: dict[str, float]
     done: bool = False
+    first: list[dict[str, Any]] = field(default_factory=list)
 
 
 def enqueue_next_warm_point(study: optuna.Study, plan: SequentialWarmStart) -> bool:
