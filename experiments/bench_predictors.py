@@ -35,6 +35,9 @@ import torch
 from bench_warmstart import RESULTS, RUNS, TASKS, _rank_scores, load_runs, loto_history, real_trial_sets
 
 SHOTS = 5
+#: Encoding columns that a policy and the architecture alone determine (:func:`in_task_references` matches on them).
+POLICY_COLUMNS = ("prune_mean", "prune_max", "prune_first", "prune_last", "bits_mean", "bits_min", "bits_first",
+                  "bits_last", "structured", "kd_lambda", "log_temperature", "epochs", "log10_lr")
 
 
 class _Mean:
@@ -106,9 +109,9 @@ def synthetic_validation(n_tasks: int = 24) -> dict[str, float]:
 
 
 def in_task_references(name: str, sets: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, Any]:
-    """Spearman of two tree models (the GBM's settings, every input) that learn from ``name``'s *own* trials, on the same query sets: how well its
-    retention can be learned from the policy at all, an upper reference no new task has (zero-shot, the
-    predictor has none of its trials; after 5, five).
+    """Spearman of two tree models (the GBM's settings, every input) that learn from ``name``'s *own* trials, on
+    the same query sets: how well its retention can be learned from the policy at all, a reference no new task
+    has (zero-shot, the predictor has none of its trials; after 5, five).
 
     * ``own_rows``: fit on the task's shipped rows, less those whose policy is one of a query set's (the shipped
       rows of a task include the real trials of the benchmark's cold runs; a trial repeated with the same seed
@@ -119,6 +122,7 @@ def in_task_references(name: str, sets: list[tuple[np.ndarray, np.ndarray]]) -> 
     from sklearn.ensemble import HistGradientBoostingRegressor
 
     from metacompress.learners.meta import GBMRetentionPredictor, History
+    from metacompress.learners.meta.history import INPUT_NAMES
 
     defaults = GBMRetentionPredictor().get_params()  # its tree settings; one model on every input, proxy included
     fresh = lambda: HistGradientBoostingRegressor(  # noqa: E731
@@ -126,9 +130,12 @@ def in_task_references(name: str, sets: list[tuple[np.ndarray, np.ndarray]]) -> 
         min_samples_leaf=defaults["min_samples_leaf"], random_state=0)
     rows = History.shipped().subset([name])
     X, y = rows.X(), rows.y()
-    key = lambda r: tuple(np.round(r[:-1], 6))  # noqa: E731 - the inputs but the measured proxy
-    queried = {key(r) for Xq, _ in sets for r in Xq}
-    keep = np.array([key(r) not in queried for r in X], dtype=bool)
+    # a policy is identified by the encoding columns that depend on it and the architecture only: the meta-features,
+    # the sensitivity-weighted columns and the sizes of structured pruning also depend on the teacher's weights,
+    # which differ in the last digits between machines (the shipped rows were encoded on another one)
+    cols = [INPUT_NAMES.index(c) for c in POLICY_COLUMNS]
+    queried = np.concatenate([Xq[:, cols] for Xq, _ in sets])
+    keep = np.array([np.abs(queried - r[cols]).max(1).min() > 1e-5 for r in X], dtype=bool)  # floats, not bits
     model = fresh().fit(X[keep], y[keep])
     own_rows = [_rank_scores(model.predict(Xq[SHOTS:]), yq[SHOTS:])[0] for Xq, yq in sets]
     own_runs = []

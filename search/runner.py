@@ -1,9 +1,9 @@
 """One search from a validated config to a Pareto front: prepare, run a backend, sync MLflow, summarize.
 
 The Optuna study is the single source of truth. Trials are run by a backend (local worker processes or Ray Tune)
-that only writes to the study; :func:`~.sync.sync_tracking` copies every finished trial to MLflow idempotently (a child
-run per trial number), so a killed search, a resumed one, or one whose tracking server was down for a while ends
-with exactly one child run per counted trial.
+that only writes to the study; :func:`~.sync.sync_tracking` copies every finished trial to MLflow idempotently (a
+child run per trial number), so a killed search, a resumed one, or one whose tracking server was down for a while
+ends with exactly one child run per counted trial.
 """
 
 from __future__ import annotations
