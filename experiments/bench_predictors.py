@@ -119,15 +119,10 @@ def in_task_references(name: str, sets: list[tuple[np.ndarray, np.ndarray]]) -> 
     * ``own_runs``: fit on the task's other ``random`` runs (the benchmark's own space), one run held out at a
       time.
     """
-    from sklearn.ensemble import HistGradientBoostingRegressor
-
     from metacompress.learners.meta import GBMRetentionPredictor, History
     from metacompress.learners.meta.history import INPUT_NAMES
 
-    defaults = GBMRetentionPredictor().get_params()  # its tree settings; one model on every input, proxy included
-    fresh = lambda: HistGradientBoostingRegressor(  # noqa: E731
-        max_iter=defaults["max_iter"], learning_rate=defaults["learning_rate"], max_depth=defaults["max_depth"],
-        min_samples_leaf=defaults["min_samples_leaf"], random_state=0)
+    fresh = lambda: GBMRetentionPredictor()._model(0)  # noqa: E731 - its trees, one model on every input
     rows = History.shipped().subset([name])
     X, y = rows.X(), rows.y()
     # a policy is identified by the encoding columns that depend on it and the architecture only: the meta-features,

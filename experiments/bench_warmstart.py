@@ -179,15 +179,9 @@ BOX_PER_TASK = 8
 
 def _nondominated_rank(retention: np.ndarray, log_ratio: np.ndarray) -> np.ndarray:
     """Non-dominated sorting rank of each row over (retention ↑, compression ratio ↑): 0 = the task's front."""
-    rank = np.full(len(retention), -1)
-    left, level = np.arange(len(retention)), 0
-    while len(left):
-        r, c = retention[left], log_ratio[left]
-        dominated = ((r[None, :] >= r[:, None]) & (c[None, :] >= c[:, None]) &
-                     ((r[None, :] > r[:, None]) | (c[None, :] > c[:, None]))).any(1)
-        rank[left[~dominated]] = level
-        left, level = left[dominated], level + 1
-    return rank
+    import moocore
+
+    return moocore.pareto_rank(np.column_stack([retention, log_ratio]), maximise=True)
 
 
 def bounding_box(held_out: str, zoo_only: bool = False) -> dict[str, Any]:

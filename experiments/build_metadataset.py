@@ -231,6 +231,15 @@ def rows_from_runs(path: Path, methods: list[str]) -> list[dict[str, Any]]:
     return rows
 
 
+def previous_build() -> dict[str, Any]:
+    """The build record (cost, counts, appended tasks) of the shipped ``predictor.json``; empty without one."""
+    path = DATA / "predictor.json"
+    if not path.is_file():
+        return {}
+    old = json.loads(path.read_text(encoding="utf-8"))
+    return {k: old[k] for k in ("build_s", "n_per_task", "counts", "threads", "machine", "appended") if k in old}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=48, help="space-filling policies per task")
@@ -255,9 +264,8 @@ def main() -> None:
     torch.set_num_threads(1)
     DATA.mkdir(parents=True, exist_ok=True)
     extra: dict[str, Any] = {}
-    if args.train_only and (DATA / "predictor.json").is_file():  # keep the cost of the build that made the CSV
-        old = json.loads((DATA / "predictor.json").read_text(encoding="utf-8"))
-        extra = {k: old[k] for k in ("build_s", "n_per_task", "counts", "threads", "machine", "appended") if k in old}
+    if args.train_only:  # keep the cost of the build that made the CSV
+        extra = previous_build()
     if not args.train_only:
         zoo = {**BUILTIN_TASKS, **SYNTHETIC_TASKS} if args.synthetic else BUILTIN_TASKS
         names = args.tasks or [n for n, s in zoo.items() if not (args.skip_fewshot and s.n_way)]
@@ -275,9 +283,7 @@ def main() -> None:
             existing = History.from_csv(CSV)
             new = existing.subset([t for t in existing.tasks if t not in names]).concat(new)
             metas = {**json.loads((DATA / "metadataset_tasks.json").read_text(encoding="utf-8")), **metas}
-            before = json.loads((DATA / "predictor.json").read_text(encoding="utf-8"))
-            extra = {k: before[k] for k in ("build_s", "n_per_task", "counts", "threads", "machine", "appended")
-                     if k in before}
+            extra = previous_build()
             extra["counts"] = {**extra.get("counts", {}), **counts}
             extra["appended"] = [*extra.get("appended", []), {"tasks": names, "n_per_task": args.n,
                                                               "build_s": build_s}]
