@@ -8,7 +8,7 @@ export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 export RAY_USAGE_STATS_ENABLED := 0
 export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
 
-.PHONY: install demo test test-slow test-all bench clean
+.PHONY: install demo test test-slow test-gpu test-all bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ test: install
 
 test-slow: install
 	$(VENV)/bin/pytest -m "slow" -q
+
+# The CUDA tests (skipped without a GPU); experiments/gpu_check.sh runs them with the GPU benchmark.
+test-gpu: install
+	$(VENV)/bin/pytest -m gpu -q
 
 test-all: install
 	$(VENV)/bin/pytest -q

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 
 import torch
@@ -20,7 +21,7 @@ from torch.utils.data import Dataset
 
 from metacompress.spaces import CompressionPolicy, MetacompressError
 
-from .measure import _tensors, accuracy, predict_logits
+from .measure import _tensors, accuracy, on_device, predict_logits
 
 __all__ = ["FinetuneConfig", "NonFiniteLossError", "attention_map", "finetune", "kd_loss"]
 
@@ -150,13 +151,18 @@ def finetune(
     if cfg.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, policy.epochs * steps_per_epoch))
-    taps = (_FeatureTap(student, cfg.feature_layers), _FeatureTap(teacher, cfg.feature_layers)) if use_features else None
     gen = torch.Generator().manual_seed(cfg.seed)
     history: list[dict[str, float]] = []
-    try:
+    with ExitStack() as stack:
+        taps = None
+        if use_features:  # the frozen teacher runs on the device for the feature term, and goes back afterwards
+            stack.enter_context(on_device(teacher, device))
+            taps = (_FeatureTap(student, cfg.feature_layers), _FeatureTap(teacher, cfg.feature_layers))
+            for tap in taps:
+                stack.callback(tap.close)
         for epoch in range(1, policy.epochs + 1):
             order = torch.randperm(len(x), generator=gen).to(device)
-            total = 0.0
+            losses = []  # kept on the device: reading each one back would wait for the GPU at every step
             for step in range(steps_per_epoch):
                 idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
                 loss = kd_loss(student(x[idx]), t_logits[idx], y[idx], policy.kd_lambda, policy.temperature)
@@ -169,23 +175,21 @@ def finetune(
                     )
                 if policy.prox_mu > 0 and ref:
                     loss = loss + policy.prox_mu * _prox(student, ref)
-                value = float(loss.detach())
-                if not math.isfinite(value):
-                    raise NonFiniteLossError(epoch, step, value)
+                losses.append(loss.detach())
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
                 schedule.step()
-                total += value
-            record = {"epoch": epoch, "loss": total / steps_per_epoch}
+            values = torch.stack(losses).double().cpu()
+            bad = (~torch.isfinite(values)).nonzero()
+            if len(bad):  # the epoch's first non-finite step (the trial fails: nothing after it is kept)
+                step = int(bad[0])
+                raise NonFiniteLossError(epoch, step, float(values[step]))
+            record = {"epoch": epoch, "loss": float(values.mean())}
             if val is not None and cfg.eval_every_epoch:
                 record["val_accuracy"] = accuracy(student, val, device=cfg.device)
             history.append(record)
             if callback is not None and callback(epoch, record):
                 break
-    finally:
-        if taps is not None:
-            taps[0].close()
-            taps[1].close()
     student.eval()
     return history

@@ -11,7 +11,8 @@ from __future__ import annotations
 import copy
 import statistics
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -25,6 +26,8 @@ __all__ = [
     "deployable",
     "evaluate",
     "measure_latency",
+    "module_device",
+    "on_device",
     "predict_logits",
     "size_bytes",
     "sparse_index",
@@ -41,13 +44,50 @@ def _tensors(dataset: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.stack(xs), torch.as_tensor(ys)
 
 
+def module_device(model: nn.Module) -> torch.device:
+    """The device of ``model``'s first parameter or buffer (``cpu`` for a model without tensors)."""
+    first = next(iter(model.parameters()), None)
+    if first is None:
+        first = next(iter(model.buffers()), None)
+    return torch.device("cpu") if first is None else first.device
+
+
+def _canonical(device: str | torch.device) -> torch.device:
+    d = torch.device(device)
+    if d.type == "cuda" and d.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return d
+
+
+@contextmanager
+def on_device(model: nn.Module, device: str | torch.device) -> Iterator[nn.Module]:
+    """Run ``model`` on ``device`` inside the block and move it back where it was afterwards.
+
+    A shared model (a task's teacher lives on the CPU, where latency is measured and workers fork) can so serve
+    a fine-tuning on the GPU without being copied or left behind there. A model already there is not moved.
+    """
+    home, target = module_device(model), _canonical(device)
+    if home == target:
+        yield model
+        return
+    model.to(target)
+    try:
+        yield model
+    finally:
+        model.to(home)
+
+
 @torch.no_grad()
 def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 1024, device: str = "cpu") -> torch.Tensor:
-    """Logits of ``model`` on ``x`` in eval mode (mode restored afterwards)."""
+    """Logits of ``model`` on ``x``, computed on ``device`` in eval mode (mode and device restored afterwards)."""
     was_training = model.training
     model.eval()
-    out = torch.cat([model(x[i : i + batch_size].to(device)).float().cpu() for i in range(0, len(x), batch_size)])
-    model.train(was_training)
+    try:
+        with on_device(model, device):
+            out = torch.cat([model(x[i : i + batch_size].to(device)).float().cpu()
+                             for i in range(0, len(x), batch_size)])
+    finally:
+        model.train(was_training)
     return out
 
 
@@ -129,7 +169,7 @@ def _macs(model: nn.Module, example_input: torch.Tensor) -> dict[str, int]:
         with torch.no_grad():
             was = model.training
             model.eval()
-            model(example_input[:1])
+            model(example_input[:1].to(module_device(model)))
             model.train(was)
     finally:
         for h in hooks:
@@ -288,12 +328,13 @@ def evaluate(
         reference: The teacher's metrics; adds ``compression_ratio`` (teacher size / size) and ``speedup``.
         latency_repeats: Timed repeats per batch size (0 skips latency).
         batch_sizes: Batch sizes timed; batch 1 is reported as ``latency_ms``.
-        device: Where accuracy is computed.
+        device: Where accuracy is computed (the model is moved there for it and back). Latency is measured on
+            the CPU whatever the device: a search on a GPU still optimizes the CPU deployment.
     """
     metrics: dict[str, float] = {
         "accuracy": accuracy(model, val, device=device),
         "size_bytes": float(size_bytes(model)),
-        "bitops": float(bitops(model, example_input.to(device))),
+        "bitops": float(bitops(model, example_input)),
     }
     if latency_repeats > 0:
         metrics.update(_best_runtime(model, example_input.cpu(), batch_sizes, latency_repeats))

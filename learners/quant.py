@@ -74,15 +74,13 @@ class ActQuant(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.bits >= 32:
             return x
-        if self.training:
-            cur = x.detach().abs().amax()
-            if self.amax.item() == 0.0:
-                self.amax.copy_(cur)
-            else:
-                self.amax.lerp_(cur, self.momentum)
-        scale = float(self.amax.clamp_min(1e-8)) / qmax(self.bits)
         q = qmax(self.bits)
-        return torch.fake_quantize_per_tensor_affine(x, scale, 0, -q, q)
+        if self.training:  # tensor ops only: no read-back, so a GPU never waits here
+            cur = x.detach().abs().amax().to(self.amax.dtype)
+            self.amax.copy_(torch.where(self.amax == 0, cur, torch.lerp(self.amax, cur, self.momentum)))
+        scale = (self.amax.clamp_min(1e-8) / q).float().reshape(1)
+        zero = torch.zeros(1, dtype=torch.int32, device=x.device)
+        return torch.fake_quantize_per_tensor_affine(x, scale, zero, -q, q)
 
     def extra_repr(self) -> str:
         return f"bits={self.bits}"

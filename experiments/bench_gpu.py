@@ -1,0 +1,178 @@
+"""What a CUDA device buys a search: teacher training and whole trials, GPU against CPU, on the zoo tasks.
+
+Run it on a machine with a GPU (``python experiments/bench_gpu.py``; about 4 min on one H200 with 16 cores); on
+a machine without one it measures the CPU settings alone. For each task (its ``experiments/configs/<task>.yaml``
+space and training settings):
+
+* **teacher**: a fresh teacher of the task's recipe (``TeacherSpec``, seed 0) trained by ``train_teacher`` on
+  each device setting: wall seconds and validation accuracy.
+* **trial**: ``--policies`` space-filling policies of the task's space (``space_filling(n, seed=--seed)``), each
+  run as a whole search trial (``Objective``: compress, KD fine-tuning on the device, then evaluation, whose
+  latency is timed on the CPU in every setting) ``--repeats`` times per setting. ``train_s`` (compress +
+  fine-tune) and ``eval_s`` are the medians over repeats, then over policies. Each setting first runs one
+  untimed trial (CUDA context, cuDNN autotuning, first-call costs).
+* **settings**: ``cuda``; ``cpu1``, the CPU with one torch thread (a search worker's default,
+  ``train.num_threads: 1``, so that ``n_jobs`` workers share the cores); ``cpuN``, the CPU with every core.
+* **agreement**: the accuracy of the same policy (same seed, same batch order) on CUDA and on the CPU: the
+  median and largest |Δ| in percentage points. The kernels differ, the results should not.
+* **throughput** (trials per hour, derived, stated as such): ``3600 / trial_s`` for one CUDA worker, and
+  ``cores x 3600 / trial_s(cpu1)`` for one single-threaded worker per core (an upper bound: it assumes perfect
+  scaling across cores).
+
+Writes ``gpu.json`` and ``gpu.md`` into ``--out`` (``experiments/results``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from metacompress.learners import load_task
+from metacompress.learners.tasks import BUILTIN_TASKS
+from metacompress.learners.teachers import train_teacher
+from metacompress.search.config import load_config
+from metacompress.search.objective import Objective, teacher_metrics
+from metacompress.search.runner import build_space
+
+from benchinfo import machine  # noqa: E402 (experiments/ is the script's folder)
+
+HERE = Path(__file__).resolve().parent
+TASKS = ("digits-cnn", "mnist1d-cnn", "digits-mlp", "mnist1d-mlp")
+
+
+def settings(devices: list[str]) -> dict[str, tuple[str, int]]:
+    """Setting name -> (device, torch threads)."""
+    out: dict[str, tuple[str, int]] = {}
+    if "cuda" in devices and torch.cuda.is_available():
+        out["cuda"] = ("cuda", 1)
+    if "cpu" in devices:
+        out["cpu1"] = ("cpu", 1)
+        out[f"cpu{os.cpu_count()}"] = ("cpu", os.cpu_count() or 1)
+    return out
+
+
+def _med(xs: list[float]) -> float:
+    return float(statistics.median(xs))
+
+
+def bench_teacher(name: str, task: Any, device: str, threads: int, repeats: int, seed: int) -> dict[str, float]:
+    spec = BUILTIN_TASKS[name].teacher_spec(seed)  # a regular task: its teacher learns from task.train
+    torch.set_num_threads(threads)
+    secs, accs = [], []
+    for _ in range(repeats):
+        model = spec.build()
+        t0 = time.perf_counter()
+        accs.append(train_teacher(model, task.train, task.val, epochs=spec.epochs, lr=spec.lr,
+                                  batch_size=spec.batch_size, seed=spec.seed, weight_decay=spec.weight_decay,
+                                  device=device, num_threads=threads))
+        secs.append(time.perf_counter() - t0)
+    return {"seconds": _med(secs), "accuracy": _med(accs)}
+
+
+def bench_trials(objective: Objective, policies: list[dict], repeats: int) -> dict[str, Any]:
+    objective(policies[0])  # untimed warm-up
+    train, evals, accs = [], [], []
+    for params in policies:
+        runs = [objective(params) for _ in range(repeats)]
+        train.append(_med([r.timing["train_s"] for r in runs]))
+        evals.append(_med([r.timing["eval_s"] for r in runs]))
+        accs.append(runs[0].metrics["accuracy"])
+    return {"train_s": _med(train), "eval_s": _med(evals), "trial_s": _med([a + b for a, b in zip(train, evals)]),
+            "accuracy": accs, "per_policy_train_s": train}
+
+
+def write(res: dict[str, Any], out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "gpu.json").write_text(json.dumps(res, indent=2) + "\n")
+    (out / "gpu.md").write_text(markdown(res))
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Measure every task; the results so far are written after each one."""
+    sets = settings(args.devices)
+    out: dict[str, Any] = {"settings": {k: {"device": d, "threads": t} for k, (d, t) in sets.items()},
+                           "seed": args.seed, "policies": args.policies, "repeats": args.repeats,
+                           "machine": machine(), "cuda": torch.cuda.get_device_name(0) if "cuda" in sets else None,
+                           "tasks": {}}
+    for name in args.tasks:
+        cfg = load_config(HERE / "configs" / f"{name}.yaml")
+        task = load_task(name, cache_dir=args.cache_dir)
+        space = build_space(cfg, task)
+        policies = space.space_filling(args.policies, seed=args.seed)
+        reference = teacher_metrics(task, latency_repeats=cfg.train.latency_repeats)
+        row: dict[str, Any] = {"n_params": task.info["n_params"], "n_train": task.info["n_train"],
+                               "batch_size": cfg.train.batch_size, "teacher": {}, "trial": {}}
+        for key, (device, threads) in sets.items():
+            print(f"{name}: {key}", flush=True)
+            row["teacher"][key] = bench_teacher(name, task, device, threads, args.repeats, args.seed)
+            torch.set_num_threads(threads)
+            objective = Objective(task, space, reference, batch_size=cfg.train.batch_size, device=device,
+                                  latency_repeats=cfg.train.latency_repeats, seed=args.seed)
+            row["trial"][key] = bench_trials(objective, policies, args.repeats)
+        if "cuda" in sets and "cpu1" in sets:
+            deltas = [abs(a - b) * 100 for a, b in zip(row["trial"]["cuda"]["accuracy"], row["trial"]["cpu1"]["accuracy"])]
+            row["agreement_pp"] = {"median": _med(deltas), "max": max(deltas)}
+        out["tasks"][name] = row
+        write(out, args.out)
+    return out
+
+
+def markdown(res: dict[str, Any]) -> str:
+    keys = list(res["settings"])
+    cores = res["machine"]["cores"]
+    lines = [
+        "# GPU against CPU: teacher training and search trials",
+        "",
+        f"Machine: {res['cuda'] or 'no GPU'}; CPU {res['machine']['cpu']} ({cores} cores); torch "
+        f"{res['machine']['torch']}. Seed {res['seed']}; {res['policies']} space-filling policies per task, "
+        f"{res['repeats']} repeats each (medians over repeats, then over policies). Written by "
+        "`experiments/bench_gpu.py`.",
+        "",
+        "Settings: " + ", ".join(f"`{k}` = {v['device']} with {v['threads']} torch thread(s)"
+                                 for k, v in res["settings"].items()) + ".",
+        "",
+        "| task | params | " + " | ".join(f"teacher s ({k})" for k in keys) + " | "
+        + " | ".join(f"trial train s ({k})" for k in keys) + " | eval s | Δacc CUDA/CPU pp (median / max) |",
+        "|---" * (3 + 2 * len(keys)) + "|---|",
+    ]
+    for name, row in res["tasks"].items():
+        agree = row.get("agreement_pp")
+        lines.append(
+            f"| {name} | {row['n_params']:,} | "
+            + " | ".join(f"{row['teacher'][k]['seconds']:.2f}" for k in keys) + " | "
+            + " | ".join(f"{row['trial'][k]['train_s']:.2f}" for k in keys) + " | "
+            + f"{row['trial'][keys[0]]['eval_s']:.2f} | "
+            + (f"{agree['median']:.1f} / {agree['max']:.1f}" if agree else "–") + " |")
+    if "cuda" in keys and "cpu1" in keys:
+        lines += ["", "Throughput, trials per hour (derived: one CUDA worker; one 1-thread CPU worker per core, "
+                  "assuming perfect scaling):", "",
+                  "| task | CUDA, 1 worker | CPU, 1 worker | CPU, %d workers (bound) |" % cores, "|---|---|---|---|"]
+        for name, row in res["tasks"].items():
+            g, c = row["trial"]["cuda"]["trial_s"], row["trial"]["cpu1"]["trial_s"]
+            lines.append(f"| {name} | {3600 / g:.0f} | {3600 / c:.0f} | {cores * 3600 / c:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    regular = sorted(n for n, s in BUILTIN_TASKS.items() if s.n_way is None and (HERE / "configs" / f"{n}.yaml").is_file())
+    ap.add_argument("--tasks", nargs="+", default=list(TASKS), choices=regular, metavar="TASK")
+    ap.add_argument("--devices", nargs="+", default=["cuda", "cpu"], choices=["cuda", "cpu"])
+    ap.add_argument("--policies", type=int, default=6)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--cache-dir", default=None, help="teacher cache (default: ~/.cache/metacompress)")
+    ap.add_argument("--out", type=Path, default=HERE / "results")
+    args = ap.parse_args(argv)
+    print(markdown(run(args)))
+
+
+if __name__ == "__main__":
+    main()
