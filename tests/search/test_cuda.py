@@ -24,7 +24,7 @@ from metacompress.learners import (
 from metacompress.learners.measure import module_device
 from metacompress.learners.tasks import load_task
 from metacompress.search.config import load_config
-from metacompress.search.objective import Objective, resolve_device, teacher_metrics
+from metacompress.search.objective import resolve_device, teacher_metrics
 from metacompress.search.runner import prepare, run_search, start_method
 from metacompress.spaces import CompressionPolicy
 
