@@ -48,11 +48,15 @@ def test_auto_resolves_to_cuda_and_the_teacher_trained_there_comes_back_on_the_c
     assert cnn.info["teacher_accuracy"] > 0.95
 
 
-def test_logits_on_cuda_match_the_cpu_and_leave_the_model_where_it_was(cnn):
+def test_logits_on_cuda_match_the_cpu_and_leave_the_model_where_it_was(cnn, monkeypatch):
     x = cnn.val.tensors[0]
+    on_cpu = predict_logits(cnn.teacher, x)
     on_gpu = predict_logits(cnn.teacher, x, device="cuda")
     assert on_gpu.device == CPU and module_device(cnn.teacher) == CPU
-    torch.testing.assert_close(on_gpu, predict_logits(cnn.teacher, x), rtol=1e-3, atol=1e-3)
+    # cuDNN convolutions run in TF32 by default (10-bit mantissa): ~1e-3 off, the same predictions
+    assert float((on_gpu.argmax(1) == on_cpu.argmax(1)).float().mean()) >= 0.99
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    torch.testing.assert_close(predict_logits(cnn.teacher, x, device="cuda"), on_cpu, rtol=1e-4, atol=1e-4)
 
 
 def _policy(cnn, **kw) -> CompressionPolicy:
