@@ -11,6 +11,9 @@ space and training settings):
   latency is timed on the CPU in every setting) ``--repeats`` times per setting. ``train_s`` (compress +
   fine-tune) and ``eval_s`` are the medians over repeats, then over policies. Each setting first runs one
   untimed trial (CUDA context, cuDNN autotuning, first-call costs).
+* **wider models** (``--wide N``): ``digits-cnn-xN``, the digits-cnn recipe with every width N times larger
+  (``width 32N``, ``hidden 128N``: 2.7 M parameters at N = 4), searched with digits-cnn's config: where the zoo's
+  models are launch-bound on a GPU, this shows when the GPU starts to pay.
 * **settings**: ``cuda``; ``cpu1``, the CPU with one torch thread (a search worker's default,
   ``train.num_threads: 1``, so that ``n_jobs`` workers share the cores); ``cpuN``, the CPU with every core.
 * **agreement**: the accuracy of the same policy (same seed, same batch order) on CUDA and on the CPU: the
@@ -25,6 +28,7 @@ Writes ``gpu.json`` and ``gpu.md`` into ``--out`` (``experiments/results``).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -35,7 +39,7 @@ from typing import Any
 import torch
 
 from metacompress.learners import load_task
-from metacompress.learners.tasks import BUILTIN_TASKS
+from metacompress.learners.tasks import BUILTIN_TASKS, TaskSpec, _build
 from metacompress.learners.teachers import train_teacher
 from metacompress.search.config import load_config
 from metacompress.search.objective import Objective, teacher_metrics
@@ -62,8 +66,18 @@ def _med(xs: list[float]) -> float:
     return float(statistics.median(xs))
 
 
-def bench_teacher(name: str, task: Any, device: str, threads: int, repeats: int, seed: int) -> dict[str, float]:
-    spec = BUILTIN_TASKS[name].teacher_spec(seed)  # a regular task: its teacher learns from task.train
+def task_spec(name: str) -> TaskSpec:
+    """A built-in regular task, or ``digits-cnn-xN``: digits-cnn with every width N times larger."""
+    if name.startswith("digits-cnn-x"):
+        n = int(name.removeprefix("digits-cnn-x"))
+        base = BUILTIN_TASKS["digits-cnn"]
+        return dataclasses.replace(base, name=name, arch_kwargs={"width": 32 * n, "hidden": 128 * n},
+                                   description=f"digits-cnn, widths x{n}")
+    return BUILTIN_TASKS[name]
+
+
+def bench_teacher(spec: TaskSpec, task: Any, device: str, threads: int, repeats: int, seed: int) -> dict[str, float]:
+    spec = spec.teacher_spec(seed)  # a regular task: its teacher learns from task.train
     torch.set_num_threads(threads)
     secs, accs = [], []
     for _ in range(repeats):
@@ -101,20 +115,28 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                            "seed": args.seed, "policies": args.policies, "repeats": args.repeats,
                            "machine": machine(), "cuda": torch.cuda.get_device_name(0) if "cuda" in sets else None,
                            "tasks": {}}
-    for name in args.tasks:
-        cfg = load_config(HERE / "configs" / f"{name}.yaml")
-        task = load_task(name, cache_dir=args.cache_dir)
+    if args.merge:  # the tasks of an earlier run stay (each row records its own policies and repeats)
+        earlier = json.loads(Path(args.merge).read_text())
+        out["tasks"] = {name: {"policies": earlier["policies"], "repeats": earlier["repeats"], **row}
+                        for name, row in earlier["tasks"].items()}
+    for name in [*args.tasks, *(f"digits-cnn-x{n}" for n in args.wide)]:
+        spec, wide = task_spec(name), name not in BUILTIN_TASKS
+        cfg = load_config(HERE / "configs" / f"{'digits-cnn' if wide else name}.yaml")
+        task = _build(spec, args.seed, args.cache_dir, False) if wide else load_task(name, cache_dir=args.cache_dir,
+                                                                                    seed=args.seed)
         space = build_space(cfg, task)
         policies = space.space_filling(args.policies, seed=args.seed)
-        reference = teacher_metrics(task, latency_repeats=cfg.train.latency_repeats)
+        latency_repeats = args.latency_repeats if args.latency_repeats is not None else cfg.train.latency_repeats
+        reference = teacher_metrics(task, latency_repeats=latency_repeats)
         row: dict[str, Any] = {"n_params": task.info["n_params"], "n_train": task.info["n_train"],
+                               "policies": args.policies, "repeats": args.repeats, "latency_repeats": latency_repeats,
                                "batch_size": cfg.train.batch_size, "teacher": {}, "trial": {}}
         for key, (device, threads) in sets.items():
             print(f"{name}: {key}", flush=True)
-            row["teacher"][key] = bench_teacher(name, task, device, threads, args.repeats, args.seed)
+            row["teacher"][key] = bench_teacher(spec, task, device, threads, args.repeats, args.seed)
             torch.set_num_threads(threads)
             objective = Objective(task, space, reference, batch_size=cfg.train.batch_size, device=device,
-                                  latency_repeats=cfg.train.latency_repeats, seed=args.seed)
+                                  latency_repeats=latency_repeats, seed=args.seed)
             row["trial"][key] = bench_trials(objective, policies, args.repeats)
         if "cuda" in sets and "cpu1" in sets:
             deltas = [abs(a - b) * 100 for a, b in zip(row["trial"]["cuda"]["accuracy"], row["trial"]["cpu1"]["accuracy"])]
@@ -124,6 +146,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def _cell(part: dict[str, Any], key: str, field: str) -> str:
+    return f"{part[key][field]:.2f}" if key in part else "–"
+
+
 def markdown(res: dict[str, Any]) -> str:
     keys = list(res["settings"])
     cores = res["machine"]["cores"]
@@ -131,30 +157,32 @@ def markdown(res: dict[str, Any]) -> str:
         "# GPU against CPU: teacher training and search trials",
         "",
         f"Machine: {res['cuda'] or 'no GPU'}; CPU {res['machine']['cpu']} ({cores} cores); torch "
-        f"{res['machine']['torch']}. Seed {res['seed']}; {res['policies']} space-filling policies per task, "
-        f"{res['repeats']} repeats each (medians over repeats, then over policies). Written by "
-        "`experiments/bench_gpu.py`.",
+        f"{res['machine']['torch']}. Seed {res['seed']}; per task, `n × r`: n space-filling policies, r repeats each "
+        "(medians over repeats, then over policies). Written by `experiments/bench_gpu.py`.",
         "",
         "Settings: " + ", ".join(f"`{k}` = {v['device']} with {v['threads']} torch thread(s)"
                                  for k, v in res["settings"].items()) + ".",
         "",
-        "| task | params | " + " | ".join(f"teacher s ({k})" for k in keys) + " | "
-        + " | ".join(f"trial train s ({k})" for k in keys) + " | eval s | Δacc CUDA/CPU pp (median / max) |",
-        "|---" * (3 + 2 * len(keys)) + "|---|",
+        "| task | params | n × r | " + " | ".join(f"teacher s ({k})" for k in keys) + " | "
+        + " | ".join(f"trial train s ({k})" for k in keys) + " | eval s (CPU, median of settings) | Δacc CUDA/CPU pp (median / max) |",
+        "|---" * (4 + 2 * len(keys)) + "|---|",
     ]
     for name, row in res["tasks"].items():
         agree = row.get("agreement_pp")
         lines.append(
-            f"| {name} | {row['n_params']:,} | "
-            + " | ".join(f"{row['teacher'][k]['seconds']:.2f}" for k in keys) + " | "
-            + " | ".join(f"{row['trial'][k]['train_s']:.2f}" for k in keys) + " | "
-            + f"{row['trial'][keys[0]]['eval_s']:.2f} | "
+            f"| {name} | {row['n_params']:,} | {row.get('policies', res['policies'])} × "
+            f"{row.get('repeats', res['repeats'])} | "
+            + " | ".join(_cell(row["teacher"], k, "seconds") for k in keys) + " | "
+            + " | ".join(_cell(row["trial"], k, "train_s") for k in keys) + " | "
+            + f"{statistics.median(r['eval_s'] for r in row['trial'].values()):.2f} | "
             + (f"{agree['median']:.1f} / {agree['max']:.1f}" if agree else "–") + " |")
     if "cuda" in keys and "cpu1" in keys:
         lines += ["", "Throughput, trials per hour (derived: one CUDA worker; one 1-thread CPU worker per core, "
                   "assuming perfect scaling):", "",
                   "| task | CUDA, 1 worker | CPU, 1 worker | CPU, %d workers (bound) |" % cores, "|---|---|---|---|"]
         for name, row in res["tasks"].items():
+            if not {"cuda", "cpu1"} <= set(row["trial"]):
+                continue
             g, c = row["trial"]["cuda"]["trial_s"], row["trial"]["cpu1"]["trial_s"]
             lines.append(f"| {name} | {3600 / g:.0f} | {3600 / c:.0f} | {cores * 3600 / c:.0f} |")
     return "\n".join(lines) + "\n"
@@ -163,13 +191,18 @@ def markdown(res: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     regular = sorted(n for n, s in BUILTIN_TASKS.items() if s.n_way is None and (HERE / "configs" / f"{n}.yaml").is_file())
-    ap.add_argument("--tasks", nargs="+", default=list(TASKS), choices=regular, metavar="TASK")
+    ap.add_argument("--tasks", nargs="*", default=list(TASKS), choices=regular, metavar="TASK")
     ap.add_argument("--devices", nargs="+", default=["cuda", "cpu"], choices=["cuda", "cpu"])
     ap.add_argument("--policies", type=int, default=6)
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--wide", nargs="*", type=int, default=[], metavar="N",
+                    help="also digits-cnn with every width N times larger (digits-cnn-xN)")
+    ap.add_argument("--latency-repeats", type=int, default=None, help="timed repeats of the CPU latency in a trial's "
+                    "evaluation (default: the task config's)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cache-dir", default=None, help="teacher cache (default: ~/.cache/metacompress)")
     ap.add_argument("--out", type=Path, default=HERE / "results")
+    ap.add_argument("--merge", type=Path, default=None, help="keep the tasks of this earlier gpu.json")
     args = ap.parse_args(argv)
     print(markdown(run(args)))
 
