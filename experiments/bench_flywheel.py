@@ -15,12 +15,15 @@ seconds each update took. Seed 0 for every fit; CPU, one torch thread. Writes ``
 Usage::
 
     python experiments/bench_flywheel.py
+    python experiments/bench_flywheel.py --tasks wine-mlp --meta-epochs 2 --out /tmp/f   # a smoke run, seconds
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,28 +36,35 @@ def _score(model: Any, sets: list[tuple[np.ndarray, np.ndarray]]) -> float:
     return float(np.mean([_rank_scores(model.predict(X), y)[0] for X, y in sets]))
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     from metacompress.learners.meta import History, make_predictor
-    from metacompress.learners.meta.reptile import FLYWHEEL_EPOCHS, FLYWHEEL_META_LR
+    from metacompress.learners.meta.reptile import FLYWHEEL_EPOCHS, FLYWHEEL_META_LR, ReptilePredictor
 
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tasks", nargs="+", default=TASKS, choices=TASKS, metavar="TASK")
+    ap.add_argument("--meta-epochs", type=int, default=ReptilePredictor().meta_epochs,
+                    help="meta-epochs of the shipped and the refit predictor (the default's; fewer for a smoke run)")
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    args = ap.parse_args(argv)
     torch.set_num_threads(1)
     runs = load_runs(RUNS)
     shipped = History.shipped()
     rows: dict[str, dict[str, Any]] = {}
-    for i, held in enumerate(TASKS):
-        grown_by = TASKS[(i + 1) % len(TASKS)]
+    fresh = lambda: make_predictor("reptile", random_state=0, meta_epochs=args.meta_epochs)  # noqa: E731
+    for held in args.tasks:
+        grown_by = TASKS[(TASKS.index(held) + 1) % len(TASKS)]
         sets = real_trial_sets(held, runs)
         base = shipped.subset([t for t in shipped.tasks if t not in (held, grown_by)])
         grown = shipped.subset([t for t in shipped.tasks if t != held])
         t0 = time.perf_counter()
-        pretrained = make_predictor("reptile", random_state=0).fit(base.X(), base.y(), base.groups())
+        pretrained = fresh().fit(base.X(), base.y(), base.groups())
         t1 = time.perf_counter()
-        continued = make_predictor("reptile", random_state=0).fit(base.X(), base.y(), base.groups())
+        continued = fresh().fit(base.X(), base.y(), base.groups())
         continued.set_params(warm_start=True, meta_epochs=FLYWHEEL_EPOCHS, meta_lr=FLYWHEEL_META_LR)
         t2 = time.perf_counter()
         continued.fit(grown.X(), grown.y(), grown.groups())
         t3 = time.perf_counter()
-        refit = make_predictor("reptile", random_state=0).fit(grown.X(), grown.y(), grown.groups())
+        refit = fresh().fit(grown.X(), grown.y(), grown.groups())
         t4 = time.perf_counter()
         rows[held] = {"grown_by": grown_by, "rows_added": len(grown) - len(base),
                       "shipped": _score(pretrained, sets), "continued": _score(continued, sets),
@@ -64,21 +74,21 @@ def main() -> None:
     mean = {k: float(np.mean([r[k] for r in rows.values()])) for k in ("shipped", "continued", "refit",
                                                                         "continue_s", "refit_s")}
     out = {"per_task": rows, "mean": mean, "flywheel_epochs": FLYWHEEL_EPOCHS, "flywheel_meta_lr": FLYWHEEL_META_LR,
-           "seed": 0, "threads": 1}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "flywheel.json").write_text(json.dumps(out, indent=1), encoding="utf-8")
+           "seed": 0, "threads": 1, "meta_epochs": args.meta_epochs}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "flywheel.json").write_text(json.dumps(out, indent=1), encoding="utf-8")
     lines = ["# The flywheel: updating the Reptile predictor when the history grows", "",
              f"Held-out task T; the history grows by another task's rows. Spearman of predicted vs real retention "
              f"on T's real trials (zero-shot). Continued = the shipped predictor meta-trained {FLYWHEEL_EPOCHS} "
              f"more epochs (initial step {FLYWHEEL_META_LR}) on the grown history, what a search does; refit = "
-             "from scratch (150 epochs). One torch thread, seed 0 (`experiments/bench_flywheel.py`).", "",
+             f"from scratch ({args.meta_epochs} epochs). One torch thread, seed 0 (`experiments/bench_flywheel.py`).", "",
              "| held-out task | grown by (rows) | shipped | continued | refit | continue s | refit s |",
              "|---|---|---|---|---|---|---|"]
     lines += [f"| {t} | {r['grown_by']} ({r['rows_added']}) | {r['shipped']:.3f} | {r['continued']:.3f} | "
               f"{r['refit']:.3f} | {r['continue_s']} | {r['refit_s']} |" for t, r in rows.items()]
     lines += [f"| **mean** | | {mean['shipped']:.3f} | {mean['continued']:.3f} | {mean['refit']:.3f} | "
               f"{mean['continue_s']:.1f} | {mean['refit_s']:.1f} |"]
-    (RESULTS / "flywheel.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (args.out / "flywheel.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     print("\n".join(lines))
 
 

@@ -22,11 +22,14 @@ cores).
 Usage::
 
     python experiments/bench_predictors.py
+    python experiments/bench_predictors.py --quick --tasks wine-mlp --out /tmp/p   # a smoke run, seconds
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -71,7 +74,12 @@ def _fit(held_out: str, kind: str, n_synthetic: int | None = None, **params: Any
     return make_predictor(kind, random_state=0, **params).fit(h.X(), h.y(), h.groups())
 
 
-def _variants(held_out: str) -> dict[str, Any]:
+def _variants(held_out: str, quick: bool = False) -> dict[str, Any]:
+    if quick:  # the default GBM and a 2-epoch Reptile: the code paths, not the numbers
+        out = {"gbm, 64 synthetic tasks": _fit(held_out, "gbm", 64), "reptile, 2 meta-epochs":
+               _fit(held_out, "reptile", meta_epochs=2)}
+        out["mean of gbm and reptile"] = _Mean(list(out.values()))
+        return out
     out = {f"gbm, {k} synthetic tasks": _fit(held_out, "gbm", k) for k in (0, 16, 32, 64)}
     for depth, leaf in ((6, 20), (8, 20)):
         out[f"gbm, depth {depth}, {leaf} rows per leaf"] = _fit(held_out, "gbm", max_depth=depth,
@@ -87,7 +95,7 @@ TREES = {"depth 4, 10 rows per leaf (default)": {}, "depth 6, 20 rows per leaf":
          "min_samples_leaf": 20}, "depth 8, 20 rows per leaf": {"max_depth": 8, "min_samples_leaf": 20}}
 
 
-def synthetic_validation(n_tasks: int = 24) -> dict[str, float]:
+def synthetic_validation(n_tasks: int = 24, trees: dict[str, dict[str, Any]] | None = None) -> dict[str, float]:
     """Mean Spearman of each :data:`TREES` GBM on ``n_tasks`` held-out synthetic tasks (their shipped rows)."""
     from metacompress.learners.meta import History, make_predictor
     from metacompress.learners.tasks import SYNTHETIC_TASKS
@@ -97,7 +105,7 @@ def synthetic_validation(n_tasks: int = 24) -> dict[str, float]:
     held = np.random.default_rng(0).choice([t for t in shipped.tasks if t in SYNTHETIC_TASKS], n_tasks,
                                            replace=False)
     out = {}
-    for label, params in TREES.items():
+    for label, params in (trees or TREES).items():
         rhos = []
         for t in held:
             test = g == t
@@ -161,16 +169,23 @@ def in_task_lines(references: dict[str, dict[str, Any]], default: dict[str, dict
     return lines
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tasks", nargs="+", default=TASKS, choices=TASKS, metavar="TASK")
+    ap.add_argument("--quick", action="store_true", help="two variants, a 2-epoch Reptile, 2 synthetic validation "
+                    "tasks and the default trees only: a smoke run whose numbers mean nothing")
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    args = ap.parse_args(argv)
+    tasks = args.tasks
     torch.set_num_threads(1)
     runs = load_runs(RUNS)
     scores: dict[str, dict[str, dict[str, float]]] = {}
     references: dict[str, dict[str, Any]] = {}
-    for name in TASKS:
+    for name in tasks:
         sets = real_trial_sets(name, runs)
         references[name] = in_task_references(name, sets)
         print(f"{name} in-task references: {references[name]}", flush=True)
-        for label, model in _variants(name).items():
+        for label, model in _variants(name, args.quick).items():
             zero, after = [], []
             for X, y in sets:
                 q = np.arange(SHOTS, len(y))
@@ -180,19 +195,20 @@ def main() -> None:
             print(f"{name} {label}: {scores[label][name]}", flush=True)
     mean = {label: {k: float(np.mean([v[k] for v in per.values()])) for k in ("zero_shot", "after_5")}
             for label, per in scores.items()}
-    validation = synthetic_validation()
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "predictors.json").write_text(json.dumps({"tasks": TASKS, "mean": mean, "per_task": scores,
-                                                         "in_task_reference": references,
-                                                         "synthetic_validation": validation, "seed": 0,
-                                                         "shots": SHOTS}, indent=1), encoding="utf-8")
+    validation = synthetic_validation(2, dict(list(TREES.items())[:1])) if args.quick else synthetic_validation()
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "predictors.json").write_text(json.dumps({"tasks": tasks, "mean": mean, "per_task": scores,
+                                                          "in_task_reference": references,
+                                                          "synthetic_validation": validation, "seed": 0,
+                                                          "shots": SHOTS, "quick": args.quick}, indent=1),
+                                              encoding="utf-8")
     lines = ["# Predictor ablations (held-out zoo task, Spearman on its real trials)", "",
              "Fit leave-one-task-out on the shipped meta-dataset; the query set and the 5 adaptation trials are "
              "`bench_warmstart.py`'s (the random runs). Seed 0 (`experiments/bench_predictors.py`).", "",
-             "| predictor | zero-shot | after 5 | " + " | ".join(TASKS) + " (zero-shot) |",
-             "|---|---|---|" + "---|" * len(TASKS)]
+             "| predictor | zero-shot | after 5 | " + " | ".join(tasks) + " (zero-shot) |",
+             "|---|---|---|" + "---|" * len(tasks)]
     for label, m in mean.items():
-        cells = " | ".join(f"{scores[label][t]['zero_shot']:.3f}" for t in TASKS)
+        cells = " | ".join(f"{scores[label][t]['zero_shot']:.3f}" for t in tasks)
         lines.append(f"| {label} | {m['zero_shot']:.3f} | {m['after_5']:.3f} | {cells} |")
     default, best = next(iter(validation.values())), max(validation, key=validation.get)
     verdict = (f"here no setting beats the default by 0.01 (best: {best}), so the default stays"
@@ -204,7 +220,7 @@ def main() -> None:
               "| GBM trees | held-out synthetic tasks, mean Spearman |", "|---|---|"]
     lines += [f"| {label} | {rho:.3f} |" for label, rho in validation.items()]
     lines += in_task_lines(references, scores["gbm, 64 synthetic tasks"])
-    (RESULTS / "predictors.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (args.out / "predictors.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     print("\n".join(lines))
 
 

@@ -25,6 +25,9 @@ SCRIPTS = {
     "bench_faults.py": (["--only", "fuzz", "--fuzz", "6"], {"fuzz", "machine"}),
     "bench_backends.py": (["--trials", "2", "--repeats", "1", "--mlflow-trials", "2"],
                           {"ray_overhead_s", "mlflow_ms_per_trial", "local_overhead_s"}),
+    "bench_predictors.py": (["--quick", "--tasks", "wine-mlp"],
+                            {"mean", "per_task", "in_task_reference", "synthetic_validation"}),
+    "bench_flywheel.py": (["--tasks", "wine-mlp", "--meta-epochs", "2"], {"per_task", "mean", "flywheel_epochs"}),
     "bench_gpu.py": (["--tasks", "digits-mlp", "--devices", "cpu", "--policies", "1", "--repeats", "1"],
                      {"settings", "tasks", "machine", "digits-mlp"}),
 }
