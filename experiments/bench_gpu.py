@@ -21,6 +21,10 @@ space and training settings):
 * **throughput** (trials per hour, derived, stated as such): ``3600 / trial_s`` for one CUDA worker, and
   ``cores x 3600 / trial_s(cpu1)`` for one single-threaded worker per core (an upper bound: it assumes perfect
   scaling across cores).
+* **searches** (``--searches cuda:1 cuda:4 cpu:16``, measured): a real search of ``--search-trials`` trials
+  (``run_search``: Optuna TPE, no warm start, no MLflow, sqlite storage, ``--latency-repeats``) with that device
+  and that many local worker processes, one torch thread each (spawned once CUDA has started in the process,
+  as here on a GPU machine; forked otherwise); trials per hour over the whole call, worker start included.
 
 Writes ``gpu.json`` and ``gpu.md`` into ``--out`` (``experiments/results``).
 """
@@ -32,6 +36,7 @@ import dataclasses
 import json
 import os
 import statistics
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -39,11 +44,11 @@ from typing import Any
 import torch
 
 from metacompress.learners import load_task
-from metacompress.learners.tasks import BUILTIN_TASKS, TaskSpec, _build
+from metacompress.learners.tasks import BUILTIN_TASKS, Task, TaskSpec, _build
 from metacompress.learners.teachers import train_teacher
 from metacompress.search.config import load_config
 from metacompress.search.objective import Objective, teacher_metrics
-from metacompress.search.runner import build_space
+from metacompress.search.runner import build_space, run_search
 
 from benchinfo import machine  # noqa: E402 (experiments/ is the script's folder)
 
@@ -74,6 +79,36 @@ def task_spec(name: str) -> TaskSpec:
         return dataclasses.replace(base, name=name, arch_kwargs={"width": 32 * n, "hidden": 128 * n},
                                    description=f"digits-cnn, widths x{n}")
     return BUILTIN_TASKS[name]
+
+
+def wide_task(n: int = 4, seed: int = 0) -> Task:
+    """``digits-cnn-xN`` as a task factory (``task: {factory: "bench_gpu:wide_task"}``) for the searches."""
+    return _build(task_spec(f"digits-cnn-x{n}"), seed, None, False)
+
+
+def bench_search(name: str, device: str, n_jobs: int, n_trials: int, seed: int,
+                 latency_repeats: int | None) -> dict[str, float]:
+    """Wall time of a real search of ``n_trials`` with ``n_jobs`` local workers on ``device``."""
+    import yaml
+
+    base = yaml.safe_load((HERE / "configs" / f"{'digits-cnn' if name not in BUILTIN_TASKS else name}.yaml").read_text())
+    task = name if name in BUILTIN_TASKS else {"factory": "bench_gpu:wide_task",
+                                               "kwargs": {"n": int(name.removeprefix("digits-cnn-x"))}}
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")]))  # spawned
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = {**base, "task": task, "n_trials": n_trials, "seed": seed, "warm_start": {"mode": "off"},
+               "storage": f"sqlite:///{tmp}/study.db", "tracking_uri": "none", "out": f"{tmp}/out",
+               "parallel": {"n_jobs": n_jobs},
+               "train": {**base["train"], "device": device, "num_threads": 1, "trial_timeout_s": 600,
+                         **({} if latency_repeats is None else {"latency_repeats": latency_repeats})}}
+        path = Path(tmp) / "search.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        torch.set_num_threads(1)
+        t0 = time.perf_counter()
+        summary = run_search(load_config(path))
+        wall = time.perf_counter() - t0
+    return {"n_jobs": n_jobs, "trials": summary["n_complete"], "failed": summary["n_failed"], "wall_s": wall,
+            "trials_per_hour": 3600 * summary["n_complete"] / wall}
 
 
 def bench_teacher(spec: TaskSpec, task: Any, device: str, threads: int, repeats: int, seed: int) -> dict[str, float]:
@@ -138,6 +173,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             objective = Objective(task, space, reference, batch_size=cfg.train.batch_size, device=device,
                                   latency_repeats=latency_repeats, seed=args.seed)
             row["trial"][key] = bench_trials(objective, policies, args.repeats)
+        for search in args.searches:
+            device, n_jobs = search.split(":")
+            if device == "cuda" and "cuda" not in sets:
+                continue
+            print(f"{name}: search {search}", flush=True)
+            row.setdefault("search", {})[search] = bench_search(name, device, int(n_jobs), args.search_trials,
+                                                                args.seed, args.latency_repeats)
         if "cuda" in sets and "cpu1" in sets:
             deltas = [abs(a - b) * 100 for a, b in zip(row["trial"]["cuda"]["accuracy"], row["trial"]["cpu1"]["accuracy"])]
             row["agreement_pp"] = {"median": _med(deltas), "max": max(deltas)}
@@ -185,6 +227,14 @@ def markdown(res: dict[str, Any]) -> str:
                 continue
             g, c = row["trial"]["cuda"]["trial_s"], row["trial"]["cpu1"]["trial_s"]
             lines.append(f"| {name} | {3600 / g:.0f} | {3600 / c:.0f} | {cores * 3600 / c:.0f} |")
+    searched = {name: row["search"] for name, row in res["tasks"].items() if row.get("search")}
+    if searched:
+        lines += ["", "Searches, measured (`--searches`: device:workers; TPE, no warm start, no MLflow; trials per "
+                  "hour over the whole call, worker start included):", "",
+                  "| task | device:workers | trials | wall s | trials per hour |", "|---|---|---|---|---|"]
+        for name, runs in searched.items():
+            lines += [f"| {name} | {k} | {r['trials']} | {r['wall_s']:.1f} | {r['trials_per_hour']:.0f} |"
+                      for k, r in runs.items()]
     return "\n".join(lines) + "\n"
 
 
@@ -199,6 +249,9 @@ def main(argv: list[str] | None = None) -> None:
                     help="also digits-cnn with every width N times larger (digits-cnn-xN)")
     ap.add_argument("--latency-repeats", type=int, default=None, help="timed repeats of the CPU latency in a trial's "
                     "evaluation (default: the task config's)")
+    ap.add_argument("--searches", nargs="*", default=[], metavar="DEVICE:WORKERS",
+                    help="real searches to time, e.g. cuda:1 cuda:4 cpu:16")
+    ap.add_argument("--search-trials", type=int, default=16)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cache-dir", default=None, help="teacher cache (default: ~/.cache/metacompress)")
     ap.add_argument("--out", type=Path, default=HERE / "results")
