@@ -28,7 +28,8 @@ SCRIPTS = {
     "bench_predictors.py": (["--quick", "--tasks", "wine-mlp"],
                             {"mean", "per_task", "in_task_reference", "synthetic_validation"}),
     "bench_flywheel.py": (["--tasks", "wine-mlp", "--meta-epochs", "2"], {"per_task", "mean", "flywheel_epochs"}),
-    "bench_gpu.py": (["--tasks", "digits-mlp", "--devices", "cpu", "--policies", "1", "--repeats", "1"],
+    "bench_gpu.py": (["--tasks", "digits-mlp", "--devices", "cpu", "--policies", "1", "--repeats", "1",
+                      "--searches", "cpu:1", "--search-trials", "2"],
                      {"settings", "tasks", "machine", "digits-mlp"}),
 }
 
@@ -49,3 +50,6 @@ def test_benchmark_script_runs_at_its_smallest_settings(script, tmp_path):
     assert {p: p.stat().st_mtime_ns for p in (EXPERIMENTS / "results").iterdir()} == committed
     if script == "bench_faults.py":  # the fuzz cases: bad input gives one named line and exit 2, never a traceback
         assert result["fuzz"]["cases"] == 6 and result["fuzz"]["tracebacks"] == 0 and result["fuzz"]["ok"] == 6
+    if script == "bench_gpu.py":  # a real two-trial search ran and was timed
+        search = result["tasks"]["digits-mlp"]["search"]["cpu:1"]
+        assert search["trials"] == 2 and search["failed"] == 0 and search["trials_per_hour"] > 0
