@@ -72,6 +72,18 @@ def test_in_task_references_leave_out_the_shipped_rows_that_repeat_a_query_trial
     sys.modules.pop("bench_predictors", None)
 
 
+def test_the_tie_limited_ceiling_is_one_without_ties_and_falls_with_them(bench):
+    assert bench.tie_ceiling([np.linspace(0.5, 1.0, 30)]) == pytest.approx(1.0)
+    # three in four share the best outcome (as on wine): a perfect but never-tying predictor scores far below 1
+    y = np.r_[np.linspace(0.5, 0.9, 8), np.ones(24)]
+    ceiling = bench.tie_ceiling([y])
+    assert 0.5 < ceiling < 0.85
+    # ... and exactly what Spearman gives the outcomes with one random tie-break, on average
+    rng = np.random.default_rng(1)
+    direct = np.mean([bench._rank_scores(y + 1e-9 * rng.standard_normal(len(y)), y)[0] for _ in range(400)])
+    assert ceiling == pytest.approx(direct, abs=0.02)
+
+
 def test_the_bounding_box_peer_ranks_fronts_and_restricts_every_layer_to_the_box(bench):
     from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
