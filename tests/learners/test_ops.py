@@ -296,3 +296,18 @@ def test_evaluate_reports_every_metric(teacher, digits):
     m = evaluate(student, val, torch.zeros(2, 1, 8, 8), reference=ref, latency_repeats=3, batch_sizes=(1, 32))
     assert {"accuracy", "size_bytes", "bitops", "latency_ms", "latency_ms_b32", "compression_ratio"} <= set(m)
     assert m["compression_ratio"] > 5 and math.isfinite(m["latency_ms"]) and m["latency_ms"] > 0
+
+
+def test_activation_quantizer_tracks_an_ema_of_the_range_in_training_and_freezes_it_in_eval():
+    from metacompress.learners.quant import ActQuant
+
+    aq = ActQuant(8, momentum=0.25).train()
+    aq(torch.tensor([[-2.0, 1.0]]))
+    assert float(aq.amax) == 2.0  # the first batch sets the range
+    aq(torch.tensor([[6.0, 0.0]]))
+    assert float(aq.amax) == pytest.approx(2.0 + 0.25 * (6.0 - 2.0))
+    aq.eval()
+    out = aq(torch.tensor([[100.0, 0.01]]))
+    assert float(aq.amax) == pytest.approx(3.0)  # frozen
+    assert float(out[0, 0]) == pytest.approx(3.0, rel=1e-6)  # clipped to the range
+    assert abs(float(out[0, 1]) - 0.01) <= 3.0 / 127 / 2 + 1e-7  # rounded to the 8-bit grid
