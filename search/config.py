@@ -378,6 +378,10 @@ def config_from_dict(data: Mapping[str, Any], *, stem: str = "search",
     task_name = values["task"].name or str(values["task"].factory).rsplit(":", 1)[-1]
     values["experiment_name"] = values.get("experiment_name") or f"metacompress-{task_name}"
     values["out"] = values.get("out") or str(Path("out") / values["study_name"])
+    train, ray = values.get("train") or TrainConfig(), values.get("ray") or RayConfig()
+    if values.get("backend") == "ray" and train.device.startswith("cuda") and ray.gpus_per_trial <= 0:
+        raise invalid_value("ray.gpus_per_trial", "> 0 when train.device is 'cuda' (Ray hides the GPUs from a "
+                            "trial that reserves none)", ray.gpus_per_trial)
     return SearchConfig(**values, config_path=config_path)
 
 

@@ -29,7 +29,7 @@ from metacompress.learners import (
     predict_logits,
 )
 from metacompress.learners.meta.proxy import PROXY_NAME, ProxyProbe
-from metacompress.spaces import CompressionPolicy, CompressionSpace, MetacompressError
+from metacompress.spaces import CompressionPolicy, CompressionSpace, MetacompressError, invalid_value
 
 __all__ = ["Objective", "TrialFailed", "TrialOutcome", "TrialTimeout", "resolve_device", "teacher_metrics"]
 
@@ -57,10 +57,26 @@ class TrialOutcome:
     stopped_early: bool = False
 
 
-def resolve_device(device: str) -> str:
-    """``auto`` -> ``cuda`` when available, else ``cpu``."""
+def resolve_device(device: str, field: str = "train.device") -> str:
+    """``auto`` -> ``cuda`` when available, else ``cpu``; a device named explicitly must exist on this machine.
+
+    Raises:
+        ConfigError: ``cuda`` without a CUDA device, ``cuda:N`` past the last one, ``mps`` without MPS (naming
+            ``field``), so that a search stops before any training instead of failing every trial.
+    """
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    kind, _, index = device.partition(":")
+    if kind == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise invalid_value(field, f"'auto' or 'cpu' on this machine (torch {torch.__version__} sees no CUDA "
+                                "device)", device)
+        if index and int(index) >= n:
+            raise invalid_value(field, f"'cuda', 'cuda:0' to 'cuda:{n - 1}', 'auto' or 'cpu' on this machine",
+                                device)
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise invalid_value(field, "'auto' or 'cpu' on this machine (MPS is not available)", device)
     return device
 
 

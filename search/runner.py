@@ -33,7 +33,7 @@ from metacompress.spaces.adapters import to_optuna
 
 from .config import SearchConfig
 from .local import file_lock, lock_path, run_worker
-from .objective import Objective, teacher_metrics
+from .objective import Objective, resolve_device, teacher_metrics
 from .warmstart import SequentialWarmStart, enqueue_next_warm_point
 from .pareto import hypervolume, hypervolume_history, pareto_front
 from .study import (
@@ -108,6 +108,9 @@ def prepare(cfg: SearchConfig, *, progress: bool = False, worker: int = 0) -> Pr
         worker: Index of the local worker process (its sampler gets its own seed).
     """
     torch.set_num_threads(max(1, cfg.train.num_threads))
+    # a local search trains here: a device this machine lacks stops it now, before the teacher; on Ray each trial
+    # resolves the device in its worker, and this process only computes the teacher's logits, where it can
+    device = resolve_device(cfg.train.device) if cfg.backend == "optuna" else "auto"
     task = load_task(_task_spec(cfg), progress=progress)
     space = build_space(cfg, task)
     study = open_worker_study(cfg, space, worker)
@@ -115,7 +118,7 @@ def prepare(cfg: SearchConfig, *, progress: bool = False, worker: int = 0) -> Pr
     if reference is None:  # measured once per study, so every worker and every resume compares the same way
         reference = teacher_metrics(task, latency_repeats=cfg.train.latency_repeats)
         study.set_user_attr(ATTR_REFERENCE, reference)
-    objective = Objective(task, space, reference, batch_size=cfg.train.batch_size, device=cfg.train.device,
+    objective = Objective(task, space, reference, batch_size=cfg.train.batch_size, device=device,
                           latency_repeats=cfg.train.latency_repeats,
                           trial_timeout_s=cfg.train.trial_timeout_s or float("inf"), seed=cfg.seed)
     return Prepared(cfg, task, space, reference, study, objective)

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from typer.testing import CliRunner
 
@@ -54,9 +55,10 @@ BASE = {"task": "digits-mlp", "n_trials": 2, "warm_start": {"mode": "off"}}
         ({**BASE, "space": {"bits": [9]}}, [], "space.bits"),
         (BASE, ["--tracking-uri", "http://127.0.0.1:9"], "tracking_uri"),  # server down: fail before training
         (BASE, ["--storage", "mysql://u:p@127.0.0.1:9/db"], "storage"),  # unreachable storage
+        ({**BASE, "train": {"device": f"cuda:{torch.cuda.device_count()}"}}, [], "train.device"),  # none here
     ],
     ids=["missing-file", "bad-yaml", "unknown-key", "unknown-task", "backend", "sampler", "trials",
-         "prune-range", "bits", "tracking-down", "storage-down"],
+         "prune-range", "bits", "tracking-down", "storage-down", "device-missing"],
 )
 def test_bad_input_is_one_line_and_exit_code_2(tmp_path, monkeypatch, config, flags, field):
     monkeypatch.chdir(tmp_path)

@@ -135,6 +135,7 @@ BAD: list[tuple[str, dict[str, Any], str]] = [
     ("storage", {"storage": "metacompress.db"}, "RDB URL"),
     ("train.device", {"train": {"device": "gpu"}}, "'cuda:N'"),
     ("ray.max_failures", {"ray": {"max_failures": -2}}, "or -1"),
+    ("ray.gpus_per_trial", {"backend": "ray", "train": {"device": "cuda"}}, "Ray hides the GPUs"),
     ("warm_start.mode", {"warm_start": {"mode": "on"}}, "'auto', 'off'"),
     ("warm_start.file", {"warm_start": {"file": "/nonexistent/policies.json"}}, "existing JSON file"),
     ("task.factory", {"task": {"factory": "my_pkg.tasks.make_task"}}, "import path"),
