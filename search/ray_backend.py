@@ -215,7 +215,8 @@ def _make_trainable(holder: list, artifact_dir: str, device: str, num_threads: i
         ctx = ray.get_runtime_context()
         payload = {"metrics": outcome.metrics, "history": outcome.history, "policy": outcome.policy.to_dict(),
                    "timing": outcome.timing, "artifact": str(artifact),
-                   "ray": {"node_id": ctx.get_node_id(), "pid": os.getpid()}}
+                   "ray": {"node_id": ctx.get_node_id(), "pid": os.getpid(), "gpu_ids": list(ray.get_gpu_ids()),
+                           "device": objective.device}}
         finals = {k: float(v) for k, v in outcome.metrics.items() if isinstance(v, (int, float))}
         tune.report(finals | {PAYLOAD_KEY: json.dumps(payload, default=float)})
 

@@ -120,3 +120,24 @@ def test_two_node_cluster_runs_trials_on_both_nodes(search_yaml, tmp_path: Path,
     trials = counted_trials(optuna.load_study(study_name=cfg.study_name, storage=cfg.storage))
     assert summary["n_complete"] == len(trials) == 2
     assert len({t.user_attrs["ray"]["node_id"] for t in trials}) == 2
+
+
+def test_fractional_gpus_are_reserved_per_trial_and_the_device_follows_the_worker(search_yaml, tmp_path: Path) -> None:
+    """``ray.gpus_per_trial: 0.5`` on a node that declares one GPU: two trials share it, each is handed GPU 0 by
+    Ray, and ``device: auto`` resolves in the worker (the CPU here, where torch has no CUDA; the GPU on a GPU node)."""
+    import torch
+
+    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False)
+    try:
+        path = search_yaml(n_trials=2, backend="ray", tracking_uri="none",
+                           ray=_ray_section(tmp_path, gpus_per_trial=0.5, asha=False))
+        summary = run_search(load_config(path))
+    finally:
+        ray.shutdown()
+    cfg = load_config(path)
+    trials = counted_trials(optuna.load_study(study_name=cfg.study_name, storage=cfg.storage))
+    assert summary["n_complete"] == len(trials) == 2
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    for t in trials:
+        assert [int(g) for g in t.user_attrs["ray"]["gpu_ids"]] == [0]
+        assert t.user_attrs["ray"]["device"] == expected
