@@ -5,7 +5,9 @@
 #   1. the CUDA tests (tests/search/test_cuda.py, marker `gpu`),
 #   2. a real search from the CLI on the GPU (digits-cnn, warm start auto, no MLflow),
 #   3. experiments/bench_gpu.py with the script's arguments (GPU against CPU: teacher training, whole trials,
-#      agreement; its results are written after each task).
+#      agreement; its results are written after each task),
+#   4. the same for digits-cnn with every width 4x larger, plus real searches with 1 and 4 CUDA workers and 16
+#      CPU workers, merged into the same gpu.json (about 7 min for all four steps on one H200).
 # Everything it reports lands in $OUT (default out/gpu): env.txt, gpu_tests.log, gpu.json, gpu.md, bench.log,
 # search.log, search_summary.json.
 set -uo pipefail
@@ -32,5 +34,8 @@ python3 -c "from metacompress.search.cli import main; main()" search experiments
     --trials 8 --tracking-uri none --storage sqlite:////tmp/metacompress-gpu-search/study.db \
     --out /tmp/metacompress-gpu-search/out 2>&1 | tee "$OUT/search.log" || status=1
 cp /tmp/metacompress-gpu-search/out/summary.json "$OUT/search_summary.json" 2>/dev/null || status=1
-(cd experiments && python3 bench_gpu.py --out "$(cd .. && realpath "$OUT")" "$@") 2>&1 | tee "$OUT/bench.log" || status=1
+out=$(realpath "$OUT")
+(cd experiments && python3 bench_gpu.py --out "$out" "$@") 2>&1 | tee "$OUT/bench.log" || status=1
+(cd experiments && python3 bench_gpu.py --tasks --wide 4 --policies 3 --repeats 1 --latency-repeats 5 \
+    --searches cuda:1 cuda:4 cpu:16 --merge "$out/gpu.json" --out "$out") 2>&1 | tee -a "$OUT/bench.log" || status=1
 exit $status
