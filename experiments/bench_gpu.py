@@ -81,19 +81,19 @@ def task_spec(name: str) -> TaskSpec:
     return BUILTIN_TASKS[name]
 
 
-def wide_task(n: int = 4, seed: int = 0) -> Task:
+def wide_task(n: int = 4, seed: int = 0, cache_dir: str | None = None) -> Task:
     """``digits-cnn-xN`` as a task factory (``task: {factory: "bench_gpu:wide_task"}``) for the searches."""
-    return _build(task_spec(f"digits-cnn-x{n}"), seed, None, False)
+    return _build(task_spec(f"digits-cnn-x{n}"), seed, cache_dir, False)
 
 
 def bench_search(name: str, device: str, n_jobs: int, n_trials: int, seed: int,
-                 latency_repeats: int | None) -> dict[str, float]:
+                 latency_repeats: int | None, cache_dir: str | None = None) -> dict[str, float]:
     """Wall time of a real search of ``n_trials`` with ``n_jobs`` local workers on ``device``."""
     import yaml
 
     base = yaml.safe_load((HERE / "configs" / f"{'digits-cnn' if name not in BUILTIN_TASKS else name}.yaml").read_text())
-    task = name if name in BUILTIN_TASKS else {"factory": "bench_gpu:wide_task",
-                                               "kwargs": {"n": int(name.removeprefix("digits-cnn-x"))}}
+    task = name if name in BUILTIN_TASKS else {"factory": "bench_gpu:wide_task", "kwargs": {
+        "n": int(name.removeprefix("digits-cnn-x")), "cache_dir": cache_dir}}  # the teacher the trials were timed on
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")]))  # spawned
     with tempfile.TemporaryDirectory() as tmp:
         cfg = {**base, "task": task, "n_trials": n_trials, "seed": seed, "warm_start": {"mode": "off"},
@@ -179,7 +179,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 continue
             print(f"{name}: search {search}", flush=True)
             row.setdefault("search", {})[search] = bench_search(name, device, int(n_jobs), args.search_trials,
-                                                                args.seed, args.latency_repeats)
+                                                                args.seed, args.latency_repeats, args.cache_dir)
         if "cuda" in sets and "cpu1" in sets:
             deltas = [abs(a - b) * 100 for a, b in zip(row["trial"]["cuda"]["accuracy"], row["trial"]["cpu1"]["accuracy"])]
             row["agreement_pp"] = {"median": _med(deltas), "max": max(deltas)}
