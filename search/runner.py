@@ -301,8 +301,12 @@ def run_search(
             p.warm = warm_points
         else:
             enqueue_points(p.study, warm_points or [], source=(warm_info or {}).get("mode", "file"))
-        tracker.start_parent(cfg.study_name, tags=parent_tags(cfg, warm_info), params=cfg.to_dict())
-        log_meta(p, tracker)
+
+        def restart() -> None:  # the parent run and its meta.json; again after a tracking outage
+            tracker.start_parent(cfg.study_name, tags=parent_tags(cfg, warm_info), params=cfg.to_dict())
+            log_meta(p, tracker)
+
+        restart()
         synced: set[int] = set()
         sync_tracking(tracker, counted_trials(p.study), synced)
 
@@ -326,10 +330,6 @@ def run_search(
             tracker.mark_pareto({e["number"] for e in summary["pareto"]})
             tracker.log_artifacts(write_outputs(p, summary, trials))
             tracker.finish("FINISHED")
-
-        def restart() -> None:
-            tracker.start_parent(cfg.study_name, tags=parent_tags(cfg, warm_info), params=cfg.to_dict())
-            log_meta(p, tracker)
 
         summary["tracking_flushed"] = flush_tracking(tracker, track_end, restart, flush_timeout_s)
         if not summary["tracking_flushed"]:

@@ -39,6 +39,8 @@ ATTR_OBJECTIVES = "metacompress.objectives"
 ATTR_REFERENCE = "metacompress.teacher"
 ATTR_INTERRUPTED = "metacompress.interrupted"
 ATTR_WARM = "metacompress.warm_start_done"
+#: Trial user attribute of an enqueued warm-start point: where it came from (``auto``, ``file``...).
+ATTR_WARM_SOURCE = "metacompress.warm_start"
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 # Heartbeats and the retry callback are Optuna's documented resume mechanism; their "experimental" notices and
@@ -153,6 +155,6 @@ def enqueue_points(study: optuna.Study, points: Sequence[Mapping[str, Any]], sou
     if study.user_attrs.get(ATTR_WARM) or not points:
         return 0
     for p in points:
-        study.enqueue_trial(dict(p), user_attrs={"metacompress.warm_start": source}, skip_if_exists=True)
+        study.enqueue_trial(dict(p), user_attrs={ATTR_WARM_SOURCE: source}, skip_if_exists=True)
     study.set_user_attr(ATTR_WARM, source)
     return len(points)

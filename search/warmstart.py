@@ -14,7 +14,7 @@ from optuna.trial import TrialState
 from metacompress.learners import Task
 from metacompress.spaces import CompressionPolicy, CompressionSpace, ConfigError, invalid_value
 
-from .study import ATTR_WARM, remaining_budget
+from .study import ATTR_WARM, ATTR_WARM_SOURCE, remaining_budget
 
 __all__ = ["ATTR_INDEX", "ATTR_PREDICTED", "SequentialWarmStart", "enqueue_next_warm_point", "history_store",
            "load_points", "resolve_warm_start", "resumed_warm_start"]
@@ -116,7 +116,7 @@ def enqueue_next_warm_point(study: optuna.Study, plan: SequentialWarmStart) -> b
         _LOG.warning("warm start stopped after %d points: %s: %s", len(taken), type(exc).__name__, exc)
         plan.done = True
         return False
-    study.enqueue_trial(params, user_attrs={"metacompress.warm_start": "auto", ATTR_INDEX: index,
+    study.enqueue_trial(params, user_attrs={ATTR_WARM_SOURCE: "auto", ATTR_INDEX: index,
                                             ATTR_PREDICTED: predicted["model_retention"]})
     return True
 
@@ -128,7 +128,7 @@ def resumed_warm_start(study: optuna.Study, n_trials: int, k: int, *, sequential
     enqueued once per study; sequential points are done once ``k`` exist). Fitting the predictor then would cost
     seconds and announce points that never run.
     """
-    warm = [t for t in study.get_trials(deepcopy=False) if "metacompress.warm_start" in t.user_attrs]
+    warm = [t for t in study.get_trials(deepcopy=False) if ATTR_WARM_SOURCE in t.user_attrs]
     if sequential:
         n_warm = len({t.user_attrs[ATTR_INDEX] for t in warm if ATTR_INDEX in t.user_attrs})
         complete = n_warm >= k
