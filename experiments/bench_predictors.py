@@ -9,7 +9,10 @@ over tasks. Variants:
   :data:`metacompress.learners.tasks.SYNTHETIC_TASKS` in the history, K in 0, 16, 32, 64 (0 = the zoo alone);
 * ``reptile, E meta-epochs``: the Reptile predictor with E = 30, 60, 150 (150 is the default);
 * ``gbm, depth D``: deeper trees than the default (depth 4, 10 rows per leaf);
-* ``mean of gbm and reptile``: the mean of the two defaults' predictions.
+* ``mean of gbm and reptile``: the mean of the two defaults' predictions;
+* ``gbm, per-task centered / rank target``: the default GBM fit on each training task's retention minus its mean,
+  or on its percentile rank within the task (Spearman scores the order within a task, so the level of each task
+  is taken out of what the trees fit).
 
 The GBM's tree settings are also scored where choosing them does not peek at the zoo: leave-one-task-out over 24
 synthetic tasks (drawn with seed 0), Spearman on their space-filling rows. And, as a reference for the targets,
@@ -56,6 +59,20 @@ class _Mean:
         return _Mean([m.adapt(X, y) for m in self.members])
 
 
+def task_normalized(y: np.ndarray, groups: np.ndarray, how: str) -> np.ndarray:
+    """``y`` made relative to its task: ``center`` subtracts each task's mean, ``rank`` maps it to its percentile
+    rank within the task (ties averaged)."""
+    from scipy.stats import rankdata
+
+    if how not in ("center", "rank"):
+        raise ValueError(f"how: expected 'center' or 'rank', got {how!r}")
+    out = np.asarray(y, dtype=np.float64).copy()
+    for t in np.unique(groups):
+        m = groups == t
+        out[m] = out[m] - out[m].mean() if how == "center" else (rankdata(out[m]) - 0.5) / m.sum()
+    return out
+
+
 def _history(held_out: str, n_synthetic: int | None) -> Any:
     """:func:`loto_history` of ``held_out`` without, given ``n_synthetic``, the synthetic tasks past it."""
     from metacompress.learners.tasks import SYNTHETIC_TASKS
@@ -74,16 +91,27 @@ def _fit(held_out: str, kind: str, n_synthetic: int | None = None, **params: Any
     return make_predictor(kind, random_state=0, **params).fit(h.X(), h.y(), h.groups())
 
 
+def _normalized_variants(held_out: str, kinds: tuple[str, ...] = ("center", "rank")) -> dict[str, Any]:
+    """The default GBM fit on :func:`task_normalized` targets."""
+    from metacompress.learners.meta import make_predictor
+
+    h = _history(held_out, None)
+    return {f"gbm, per-task {'centered' if how == 'center' else how} target": make_predictor("gbm", random_state=0)
+            .fit(h.X(), task_normalized(h.y(), h.groups(), how), h.groups()) for how in kinds}
+
+
 def _variants(held_out: str, quick: bool = False) -> dict[str, Any]:
     if quick:  # the default GBM and a 2-epoch Reptile: the code paths, not the numbers
         out = {"gbm, 64 synthetic tasks": _fit(held_out, "gbm", 64), "reptile, 2 meta-epochs":
                _fit(held_out, "reptile", meta_epochs=2)}
         out["mean of gbm and reptile"] = _Mean(list(out.values()))
+        out.update(_normalized_variants(held_out, ("rank",)))
         return out
     out = {f"gbm, {k} synthetic tasks": _fit(held_out, "gbm", k) for k in (0, 16, 32, 64)}
     for depth, leaf in ((6, 20), (8, 20)):
         out[f"gbm, depth {depth}, {leaf} rows per leaf"] = _fit(held_out, "gbm", max_depth=depth,
                                                                min_samples_leaf=leaf)
+    out.update(_normalized_variants(held_out))
     for epochs in (30, 60, 150):
         out[f"reptile, {epochs} meta-epochs"] = _fit(held_out, "reptile", meta_epochs=epochs)
     out["mean of gbm and reptile"] = _Mean([out["gbm, 64 synthetic tasks"], out["reptile, 150 meta-epochs"]])

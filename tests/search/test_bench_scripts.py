@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
@@ -53,3 +54,18 @@ def test_benchmark_script_runs_at_its_smallest_settings(script, tmp_path):
     if script == "bench_gpu.py":  # a real two-trial search ran and was timed
         search = result["tasks"]["digits-mlp"]["search"]["cpu:1"]
         assert search["trials"] == 2 and search["failed"] == 0 and search["trials_per_hour"] > 0
+
+
+def test_task_normalized_targets_keep_each_tasks_order_and_drop_its_level(monkeypatch):
+    """The per-task targets of bench_predictors' ablation: a task's level is gone, its order within kept."""
+    monkeypatch.syspath_prepend(str(EXPERIMENTS))
+    from bench_predictors import task_normalized
+
+    y = np.array([0.9, 0.7, 0.8, 0.2, 0.4, 0.4])
+    g = np.array(["a", "a", "a", "b", "b", "b"])
+    centered = task_normalized(y, g, "center")
+    np.testing.assert_allclose(centered, [0.1, -0.1, 0.0, -2 / 15, 1 / 15, 1 / 15])
+    ranked = task_normalized(y, g, "rank")
+    np.testing.assert_allclose(ranked, [2.5 / 3, 0.5 / 3, 1.5 / 3, 0.5 / 3, 2 / 3, 2 / 3])  # a tie shares its rank
+    with pytest.raises(ValueError, match="how"):
+        task_normalized(y, g, "zscore")
