@@ -22,7 +22,6 @@ import io
 import logging
 import os
 import re
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -30,6 +29,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from metacompress.spaces.errors import invalid_value
+
+from .mlflow_entities import create_sqlite_store, log_torch_model, metrics_of, param_value, params_of
 
 __all__ = ["Tracker", "NullTracker", "make_tracker", "flatten"]
 
@@ -39,7 +40,6 @@ STUDY_TAG, ROLE_TAG, STATE_TAG = "metacompress.study_name", "metacompress.role",
 TRIAL_TAG, PARENT_TAG = "metacompress.trial_number", "mlflow.parentRunId"
 _RUN_STATUS = {"COMPLETE": "FINISHED", "FAIL": "FAILED", "PRUNED": "KILLED"}
 _TERMINAL = {"FINISHED", "FAILED", "KILLED"}
-_MAX_PARAM_CHARS = 6000
 _ENV_DEFAULTS = {  # applied with os.environ.setdefault when a Tracker is created
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false", "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
     "MLFLOW_PRINT_MODEL_URLS_ON_CREATION": "false", "MLFLOW_DISABLE_TELEMETRY": "true",
@@ -61,80 +61,6 @@ def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def _quote(value: str) -> str:
     return f'"{value}"' if "'" in value else f"'{value}'"
-
-
-def _param_value(value: Any) -> str:
-    return str(value)[:_MAX_PARAM_CHARS]
-
-
-def _params_of(flat: Mapping[str, Any]) -> list[Any]:
-    from mlflow.entities import Param
-
-    return [Param(str(k)[:250], _param_value(v)) for k, v in flat.items()]
-
-
-def _metrics_of(metrics: Mapping[str, Any], epoch_metrics: list[dict[str, Any]] | None) -> list[Any]:
-    """Final metrics at step 0, then ``epoch/<name>`` at step = the dict's ``epoch`` or its index."""
-    from mlflow.entities import Metric
-
-    now, num = int(time.time() * 1000), (int, float)
-    out = [Metric(str(k), float(v), now, 0) for k, v in metrics.items() if isinstance(v, num)]
-    for index, epoch in enumerate(epoch_metrics or []):
-        step = int(epoch.get("epoch", index))
-        out += [Metric(f"epoch/{k}", float(v), now, step)
-                for k, v in epoch.items() if k != "epoch" and isinstance(v, num)]
-    return out
-
-
-def _log_torch_model(model: Any, registered_model_name: str, input_example: Any) -> Any:
-    """``mlflow.pytorch.log_model`` (MLflow 3: ``name=``) into the active run: pt2 when possible, else pickle."""
-    import mlflow.pytorch
-    import torch
-
-    kwargs = {"name": "model", "registered_model_name": registered_model_name,
-              "pip_requirements": [f"torch=={torch.__version__.split('+')[0]}"]}
-    if input_example is not None:
-        from mlflow.models import infer_signature
-
-        with torch.no_grad():
-            output = model(input_example)
-        signature = infer_signature(input_example.cpu().numpy(), output.detach().cpu().numpy())
-        try:
-            return mlflow.pytorch.log_model(model, input_example=input_example.cpu().numpy(), signature=signature,
-                                            serialization_format="pt2", **kwargs)
-        except Exception as exc:  # torch.export cannot trace every compressed module
-            _LOG.info("pt2 export failed (%s); saving the model with pickle.", exc)
-    quiet = logging.getLogger("mlflow.pytorch")
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)
-    try:
-        return mlflow.pytorch.log_model(model, serialization_format="pickle", **kwargs)
-    finally:
-        quiet.setLevel(level)
-
-
-def _create_sqlite_store(uri: str) -> None:
-    """Create a missing sqlite tracking database atomically.
-
-    MLflow creates and migrates its tables on first use; a process killed during that (``kill -9`` of a job run)
-    leaves a half-made database on which every later run fails ("table ... already exists"). Here the tables are
-    made in a temporary file that is then hard-linked into place (a concurrent creator wins, its file is kept).
-    """
-    if not uri.startswith("sqlite:///"):
-        return
-    db = Path(uri[len("sqlite:///"):])
-    if db.exists() or not db.parent.is_dir():
-        return
-    from mlflow import MlflowClient
-
-    tmp = db.with_name(f".{db.name}.init-{os.getpid()}")
-    try:
-        MlflowClient(tracking_uri=f"sqlite:///{tmp}").search_experiments(max_results=1)  # creates every table
-        os.link(tmp, db)
-    except FileExistsError:
-        pass
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _soft(method: Callable[..., _T]) -> Callable[..., _T | None]:
@@ -188,7 +114,7 @@ class Tracker:
         if self._client is None:
             from mlflow import MlflowClient
 
-            _create_sqlite_store(self.tracking_uri)
+            create_sqlite_store(self.tracking_uri)
             self._client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
         return self._client
 
@@ -272,7 +198,7 @@ class Tracker:
             self.parent_run_id = found.info.run_id
             self.client.update_run(self.parent_run_id, status="RUNNING")
             old = found.data.params
-            changed = sorted(k for k in flat if k in old and old[k] != _param_value(flat[k]))
+            changed = sorted(k for k in flat if k in old and old[k] != param_value(flat[k]))
             if changed:
                 _LOG.info("Resumed MLflow run %s keeps the first value of params %s.", self.parent_run_id, changed)
             flat = {k: v for k, v in flat.items() if k not in old}
@@ -283,7 +209,7 @@ class Tracker:
         return self.parent_run_id
 
     def _log_params(self, run_id: str, params: Mapping[str, Any], skip: int = 0) -> None:
-        items = _params_of(params)
+        items = params_of(params)
         for start in range(skip, len(items), 100):
             self.client.log_batch(run_id, params=items[start:start + 100])
 
@@ -324,8 +250,8 @@ class Tracker:
         if reason:
             tags["metacompress.fail_reason"] = str(reason)[:5000]
         flat = flatten(params)
-        self.client.log_batch(run_id, metrics=_metrics_of(metrics, epoch_metrics),
-                              params=_params_of(flat)[:100], tags=[RunTag(k, v) for k, v in tags.items()])
+        self.client.log_batch(run_id, metrics=metrics_of(metrics, epoch_metrics),
+                              params=params_of(flat)[:100], tags=[RunTag(k, v) for k, v in tags.items()])
         self._log_params(run_id, flat, skip=100)
         self.client.set_terminated(run_id, status=_RUN_STATUS[state])
         self._children[int(number)] = (run_id, _RUN_STATUS[state])
@@ -372,7 +298,7 @@ class Tracker:
         run_id = self._children[int(number)][0]
         with self._fluent_uri(), mlflow.start_run(run_id=run_id, nested=True), \
                 contextlib.redirect_stderr(io.StringIO()):  # MLflow eprint()s "Created version ..." lines
-            info = _log_torch_model(model, registered_model_name, input_example)
+            info = log_torch_model(model, registered_model_name, input_example)
         for path in extra_artifacts:
             self.client.log_artifact(run_id, str(path), artifact_path="export")
         version = str(info.registered_model_version)

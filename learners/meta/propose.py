@@ -4,8 +4,8 @@
 size of :class:`~.size.SizeModel` and takes the best predicted point in each of ``k`` log-size bins (or ``k``
 points spread along the predicted Pareto set); the best candidates of each bin are measured first (the proxy of
 :mod:`.proxy`, milliseconds each) and re-scored with it. :func:`warm_start_points` does everything from a space
-and a task: it reads the history, loads or fits a predictor (:func:`task_context`), computes the task's
-meta-features, and explains itself in one line. The Ray backend enqueues this batch; a local search chooses its
+and a task: it reads the history, loads or fits a predictor (:func:`~.context.task_context`), computes the
+task's meta-features, and explains itself in one line. The Ray backend enqueues this batch; a local search chooses its
 points one at a time against the observed front instead (:mod:`.sequential`).
 """
 
@@ -17,8 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from metacompress.spaces import CompressionSpace, ConfigError, LayerInfo, invalid_value
+from metacompress.spaces import CompressionSpace, LayerInfo, invalid_value
 
+from .context import task_context
 from .encoding import encode_arrays
 from .history import INPUT_NAMES, MEASURED_NAMES, History
 from .pool import CandidatePool
@@ -26,19 +27,14 @@ from .proxy import PROXY_NAME, ProxyProbe
 from .size import SizeModel
 
 __all__ = [
-    "Proposal", "TaskContext", "hypervolume_order", "pool_inputs", "propose", "propose_for_task",
-    "pareto_indices", "spread_along", "task_context", "warm_start_points",
-    "SUPPORTED_OBJECTIVES",
+    "Proposal", "hypervolume_order", "pool_inputs", "propose", "propose_for_task", "pareto_indices",
+    "spread_along", "warm_start_points",
 ]
 
 #: The largest size the hedged bins reach, as a share of the teacher's size.
 HEDGE_MAX_SIZE = 0.5
 #: Candidates of each hedged bin whose proxy a warm start measures (``propose(shortlist=None)``).
 PROBE_SHORTLIST = 12
-
-#: Objectives a warm start can serve (accuracy is predicted, size is exact, the others follow size).
-SUPPORTED_OBJECTIVES: tuple[str, ...] = ("accuracy", "size_bytes", "compression_ratio", "latency_ms", "bitops")
-
 
 @dataclass
 class Proposal:
@@ -297,81 +293,6 @@ def hypervolume_order(retention: np.ndarray, size_ratio: np.ndarray) -> list[int
         order.append(best)
         left.remove(best)
     return order
-
-
-def _objective_problem(objectives: Mapping[str, str] | None) -> str | None:
-    if objectives is None:
-        return None
-    if objectives.get("accuracy") != "maximize":
-        return "the history predicts accuracy, and accuracy is not maximized"
-    other = [key for key in objectives if key not in SUPPORTED_OBJECTIVES]
-    if other:
-        return f"the history has no {other[0]!r} outcome"
-    return None
-
-
-def _predictor_for(history: History, kind: str | None) -> tuple[Any, str]:
-    from .predictors import default_kind, load_default_predictor, make_predictor  # noqa: PLC0415
-    from .reptile import FLYWHEEL_EPOCHS, FLYWHEEL_META_LR  # noqa: PLC0415
-
-    shipped = History.shipped()
-    if len(history) == len(shipped) and history.tasks == shipped.tasks:
-        predictor = load_default_predictor(kind)
-        return predictor, f"pretrained {type(predictor).__name__}"
-    kind = kind or default_kind()
-    if kind == "reptile":  # continue the pretrained meta-training on the grown history: seconds, not a refit
-        predictor = load_default_predictor(kind).set_params(warm_start=True, meta_epochs=FLYWHEEL_EPOCHS,
-                                                            meta_lr=FLYWHEEL_META_LR)
-        predictor.fit(history.X(), history.y(), history.groups())
-        return predictor, f"pretrained ReptilePredictor, meta-trained {FLYWHEEL_EPOCHS} more epochs on the history"
-    predictor = make_predictor(kind)
-    predictor.fit(history.X(), history.y(), history.groups())
-    return predictor, f"{type(predictor).__name__} fit on the history"
-
-
-@dataclass
-class TaskContext:
-    """What a warm start needs of a task: the (adapted) predictor, the probes, the meta-features, exact sizes."""
-
-    predictor: Any
-    layers: list[LayerInfo]
-    sensitivity: dict[str, dict[str, float]]
-    features: dict[str, float]
-    size_model: SizeModel
-    source: str
-
-
-def task_context(
-    space: CompressionSpace, task: Any, *, history: History, seed: int = 0,
-    objectives: Mapping[str, str] | None = None, predictor: Any = None, kind: str | None = None,
-) -> tuple[TaskContext | None, str]:
-    """The predictor and probes of a warm start, or ``(None, "cold start: <why>")``.
-
-    The second item describes the source in words (``"the pretrained ... (3984 rows ..., adapted on ...)"``).
-    """
-    from .features import layer_sensitivity, task_meta_features  # noqa: PLC0415
-
-    problem = _objective_problem(objectives)
-    if problem is None and not len(history):
-        problem = f"the history is empty ({history.explain()})"
-    source = type(predictor).__name__
-    if problem is None and predictor is None:
-        try:
-            predictor, source = _predictor_for(history, kind)
-        except ConfigError as exc:
-            problem = f"no predictor ({exc})"
-    if problem is not None:
-        return None, f"cold start: {problem}"
-    layers = list(space.layers)
-    sensitivity = layer_sensitivity(task, layers, seed=seed)
-    features = task_meta_features(task, seed=seed, layers=layers, sensitivity=sensitivity)
-    own = history.subset([task.name]) if hasattr(predictor, "adapt") else History()
-    if len(own):
-        predictor = predictor.adapt(own.X(), own.y())
-    adapted = f", adapted on {len(own)} trials of {task.name}" if len(own) else ""
-    source = f"the {source} ({history.explain()}{adapted})"
-    return TaskContext(predictor, layers, sensitivity, features, SizeModel(task.teacher, task.example_input(2)),
-                       source), source
 
 
 def propose_for_task(

@@ -23,7 +23,8 @@ import numpy as np
 from metacompress.spaces import CompressionSpace, invalid_value
 
 from .history import INPUT_NAMES, History
-from .propose import PROBE_SHORTLIST, TaskContext, pool_inputs, task_context
+from .context import TaskContext, task_context
+from .propose import PROBE_SHORTLIST, pool_inputs
 from .proxy import PROXY_NAME, ProxyProbe
 
 __all__ = ["SequentialProposer", "hv_gain", "sequential_for_task"]
@@ -60,7 +61,7 @@ class SequentialProposer:
     Args:
         space: The search space.
         task: The :class:`~metacompress.learners.Task`.
-        context: :func:`~.propose.task_context` of the task (predictor, probes, exact sizes).
+        context: :func:`~.context.task_context` of the task (predictor, probes, exact sizes).
         seed: Seed of the candidate pool (candidate indices are stable for a given seed and space).
         n_candidates: Pool size.
         shortlist: Candidates measured per step (default :data:`~.propose.PROBE_SHORTLIST`).

@@ -425,7 +425,7 @@ def test_shipped_meta_dataset_and_default_predictor(digits, digits_meta):
 
 
 def test_a_grown_history_continues_the_pretrained_reptile_instead_of_refitting():
-    from metacompress.learners.meta.propose import _predictor_for
+    from metacompress.learners.meta.context import _predictor_for
     from metacompress.learners.meta.reptile import FLYWHEEL_EPOCHS
 
     shipped = History.shipped()
