@@ -823,7 +823,9 @@ NOTES = [
     "0.4 % of the teacher's size against 3.2 %). So the default predictor is chosen by the warm start "
     "(`predictor.json`: GBM) and Reptile stays selectable. The mean of the two ranked at 0.704 / 0.717 and was "
     "not kept; deeper GBM trees (depth 6–8) ranked at 0.70, all of the gain on breast-cancer, and tie with the "
-    "default on 24 held-out synthetic tasks ([predictors.md](predictors.md)): not kept either. With Reptile "
+    "default on 24 held-out synthetic tasks ([predictors.md](predictors.md)): not kept either. Nor were "
+    "GBMs fit on each task's retention made relative to the task (minus its mean: 0.665; its percentile rank "
+    "within the task: 0.681): taking the level out of what the trees fit does not move the order. With Reptile "
     "selected, a search whose history has grown continues the pretrained meta-training for 15 epochs instead of "
     "refitting: [flywheel.md](flywheel.md), 0.711 against a refit's 0.715, 4.2 s against 40 s.",
     "- **The noise ceiling** (table above): the random runs' 35 query trials of each run, trained twice more with "
