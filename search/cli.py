@@ -1,4 +1,4 @@
-"""The ``metacompress`` command line: ``search``, ``tasks``, ``suggest``, ``report``, ``retrain``.
+"""The ``metacompress`` command line: ``search``, ``tasks``, ``suggest``, ``history``, ``report``, ``retrain``.
 
 Bad input (a missing file, an unknown key, an out-of-range value, an unreachable store) ends with exit code 2 and
 one line naming the field and what is allowed; ``--debug`` shows the traceback instead.
@@ -143,6 +143,8 @@ def suggest(
     config: Path = typer.Argument(..., help="Experiment YAML."),
     n: int = typer.Option(8, "--n", min=1, help="How many policies."),
     seed: Optional[int] = typer.Option(None),
+    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="MLflow store whose finished searches "
+                                               "join the history, or 'none' (the shipped meta-dataset only)."),
     as_json: bool = typer.Option(False, "--json", help="Print the proposals as JSON."),
     debug: bool = typer.Option(False, "--debug"),
 ) -> None:
@@ -153,9 +155,11 @@ def suggest(
 
     from .config import load_config
     from .runner import _task_spec, build_space
+    from .tracking import make_tracker
     from .warmstart import history_store
 
-    cfg = load_config(config, _overrides(seed=seed))
+    cfg = load_config(config, _overrides(seed=seed, tracking_uri=tracking_uri))
+    make_tracker(cfg.tracking_uri, cfg.experiment_name).check_reachable()  # as a search would: fail fast, exit 2
     task = load_task(_task_spec(cfg))
     space = build_space(cfg, task)
     from metacompress.learners.meta import History, propose_for_task
@@ -183,6 +187,76 @@ def suggest(
                       format_bytes(d["size_bytes"]),
                       f"{d['compression_ratio']:.1f}×", _policy_text(policy))
     console.print(table)
+
+
+@app.command()
+@_friendly
+def history(
+    tracking_uri: str = typer.Option("sqlite:///mlflow.db", "--tracking-uri", help="MLflow store whose finished "
+                                     "searches join the history, or 'none' (the shipped meta-dataset only)."),
+    experiment: Optional[list[str]] = typer.Option(None, "--experiment", help="Read only this MLflow experiment "
+                                                   "(repeatable; default: all of them)."),
+    show_all: bool = typer.Option(False, "--all", help="List every shipped task too, not only the tracked ones."),
+    as_json: bool = typer.Option(False, "--json", help="Print the history's summary as JSON."),
+    debug: bool = typer.Option(False, "--debug"),
+) -> None:
+    """Show the trial history warm starts learn from: the shipped meta-dataset and every finished search."""
+    from metacompress.learners import BUILTIN_TASKS
+    from metacompress.learners.meta import History
+    from metacompress.learners.meta.context import predictor_plan
+
+    from .config import tracking_uri_value
+    from .tracking import make_tracker
+    from .warmstart import history_store
+
+    uri = tracking_uri_value("tracking_uri", tracking_uri)
+    make_tracker(uri, "metacompress-history").check_reachable()
+    shipped = History.shipped()
+    store = history_store(uri)
+    tracked = History.from_mlflow(store, experiment) if store is not None else History()
+    both = shipped.concat(tracked)
+    plan = predictor_plan(both)
+    if as_json:
+        def per_task(h: History) -> dict[str, Any]:
+            return json.loads(h.summary().to_json(orient="index"))
+
+        print(json.dumps({"rows": len(both), "shipped": {"rows": len(shipped), "tasks": shipped.tasks},
+                          "tracking_uri": uri, "tracked": per_task(tracked), "skipped": dict(both.skipped),
+                          "predictor": plan}, indent=2))
+        return
+    builtin = sum(t in BUILTIN_TASKS for t in shipped.tasks)
+    console.print(f"shipped meta-dataset: {len(shipped)} rows of {len(shipped.tasks)} tasks ({builtin} built-in, "
+                  f"{len(shipped.tasks) - builtin} synthetic)", highlight=False)
+    if store is None:
+        console.print(f"{uri}: " + ("not read" if uri == "none" else "no store there yet (nothing tracked)"),
+                      highlight=False)
+    else:
+        studies = tracked.frame["study"].nunique() if len(tracked) else 0
+        console.print(f"{uri}: {_count(len(tracked), 'row')} of {_count(len(tracked.tasks), 'task')} from "
+                      f"{_count(studies, 'search', 'searches')}", highlight=False)
+    shown = [("tracked", tracked)] + ([("shipped", shipped)] if show_all else [])
+    if any(len(h) for _, h in shown):
+        console.print(_history_table(shown))
+    if both.skipped:
+        console.print("skipped: " + ", ".join(f"{n}× {r}" for r, n in both.skipped.most_common()), highlight=False)
+    console.print(f"a warm start uses {plan}, adapted on the rows of its own task", highlight=False)
+
+
+def _count(n: int, one: str, many: str | None = None) -> str:
+    return f"{n} {one if n == 1 else many or one + 's'}"
+
+
+def _history_table(parts: list[tuple[str, Any]]) -> Any:
+    from rich.table import Table
+
+    table = Table(title="Trial history by task")
+    for col in ("source", "task", "rows", "searches", "median retention", "best retention", "proxy measured"):
+        table.add_column(col, justify="left" if col in ("source", "task") else "right")
+    for source, h in parts:
+        for task, r in h.summary().iterrows():
+            table.add_row(source, str(task), str(int(r["rows"])), str(int(r["studies"])),
+                          f"{r['median_retention']:.3f}", f"{r['best_retention']:.3f}", f"{r['measured']:.0%}")
+    return table
 
 
 @app.command()

@@ -41,7 +41,7 @@ from metacompress.spaces.policy import ALLOWED_BITS, PRUNE_METHODS
 
 __all__ = [
     "BUILTIN_TASKS", "FloatRange", "IntRange", "TaskConfig", "WarmStartConfig", "SpaceConfig", "TrainConfig",
-    "RayConfig", "ParallelConfig", "SearchConfig", "config_from_dict", "load_config",
+    "RayConfig", "ParallelConfig", "SearchConfig", "config_from_dict", "load_config", "tracking_uri_value",
 ]
 
 BUILTIN_TASKS = ("digits-mlp", "digits-cnn", "mnist1d-mlp", "mnist1d-cnn", "wine-mlp", "breast-cancer-mlp",
@@ -74,7 +74,8 @@ def _task(name: str, v: Any) -> TaskConfig:
     return task
 
 
-def _tracking_uri(name: str, v: Any) -> str:
+def tracking_uri_value(name: str, v: Any) -> str:
+    """The tracking URI check: ``null`` is the default store, any case of ``none`` turns tracking off."""
     v = string()(name, "sqlite:///mlflow.db" if v is None else v)
     return "none" if v.lower() == "none" else v
 
@@ -191,7 +192,7 @@ class SearchConfig:
     objectives: dict[str, str] = option(lambda: {"accuracy": "maximize", "size_bytes": "minimize"},
                                       check_objectives, factory=True)
     storage: str = option("sqlite:///metacompress.db", string(pattern=_STORAGE_RE, want=_STORAGE_WANT))
-    tracking_uri: str = option("sqlite:///mlflow.db", _tracking_uri)
+    tracking_uri: str = option("sqlite:///mlflow.db", tracking_uri_value)
     warm_start: WarmStartConfig = option(WarmStartConfig, _warm_start, factory=True)
     space: SpaceConfig = section(SpaceConfig)
     train: TrainConfig = section(TrainConfig)

@@ -18,7 +18,7 @@ from metacompress.spaces import CompressionSpace, ConfigError, LayerInfo
 from .history import History
 from .size import SizeModel
 
-__all__ = ["SUPPORTED_OBJECTIVES", "TaskContext", "task_context"]
+__all__ = ["SUPPORTED_OBJECTIVES", "TaskContext", "predictor_plan", "task_context"]
 
 #: Objectives a warm start can serve (accuracy is predicted, size is exact, the others follow size).
 SUPPORTED_OBJECTIVES: tuple[str, ...] = ("accuracy", "size_bytes", "compression_ratio", "latency_ms", "bitops")
@@ -35,12 +35,34 @@ def _objective_problem(objectives: Mapping[str, str] | None) -> str | None:
     return None
 
 
+def _is_shipped(history: History) -> bool:
+    """Whether ``history`` is the shipped meta-dataset alone (the pretrained predictor learned from exactly it)."""
+    shipped = History.shipped()
+    return len(history) == len(shipped) and history.tasks == shipped.tasks
+
+
+def predictor_plan(history: History, kind: str | None = None) -> str:
+    """In words, the predictor a warm start on ``history`` uses (what :func:`_predictor_for` does, without doing
+    it)."""
+    from .predictors import default_kind  # noqa: PLC0415
+    from .reptile import FLYWHEEL_EPOCHS  # noqa: PLC0415
+
+    kind = kind or default_kind()
+    name = {"gbm": "GBMRetentionPredictor", "reptile": "ReptilePredictor"}.get(kind, kind)
+    if not len(history):
+        return "none (an empty history: a cold start)"
+    if _is_shipped(history):
+        return f"the pretrained {name}"
+    if kind == "reptile":
+        return f"the pretrained {name}, meta-trained {FLYWHEEL_EPOCHS} more epochs on the {len(history)} rows"
+    return f"a {name} fit on the {len(history)} rows (seconds, at each warm start)"
+
+
 def _predictor_for(history: History, kind: str | None) -> tuple[Any, str]:
     from .predictors import default_kind, load_default_predictor, make_predictor  # noqa: PLC0415
     from .reptile import FLYWHEEL_EPOCHS, FLYWHEEL_META_LR  # noqa: PLC0415
 
-    shipped = History.shipped()
-    if len(history) == len(shipped) and history.tasks == shipped.tasks:
+    if _is_shipped(history):
         predictor = load_default_predictor(kind)
         return predictor, f"pretrained {type(predictor).__name__}"
     kind = kind or default_kind()

@@ -174,8 +174,10 @@ class History:
         if tracking_uri is not None and tracking_uri != "none":
             try:
                 history = history.concat(cls.from_mlflow(tracking_uri, experiment_names))
-            except (ConfigError, OSError, ImportError) as exc:
-                history.skipped[f"tracking store unreadable ({type(exc).__name__})"] += 1
+            except ConfigError:  # down, refusing, or not an MLflow store (read_mlflow says which)
+                history.skipped[f"tracking store {tracking_uri} unreadable"] += 1
+            except (OSError, ImportError) as exc:
+                history.skipped[f"tracking store {tracking_uri} unreadable ({type(exc).__name__})"] += 1
         return history
 
     # ------------------------------------------------------------------------------------------------ access
@@ -219,6 +221,17 @@ class History:
     def groups(self) -> np.ndarray:
         """The task name of every row (the meta-learning episodes)."""
         return self._frame["task"].to_numpy(dtype=object)
+
+    def summary(self) -> pd.DataFrame:
+        """One row per task (its name the index, sorted): ``rows``, ``studies``, ``median_retention``,
+        ``best_retention`` and ``measured`` (the share of rows that recorded the measured proxy)."""
+        columns = ["rows", "studies", "median_retention", "best_retention", "measured"]
+        if not len(self):
+            return pd.DataFrame(columns=columns, index=pd.Index([], name="task"))
+        by = self._frame.groupby("task", sort=True)
+        return pd.DataFrame({"rows": by.size(), "studies": by["study"].nunique(),
+                             "median_retention": by["retention"].median(), "best_retention": by["retention"].max(),
+                             "measured": by[PROXY_NAME].apply(lambda s: float(s.notna().mean()))})[columns]
 
     def subset(self, tasks: Iterable[str]) -> History:
         """The rows of the given tasks."""

@@ -24,7 +24,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
-from metacompress.spaces import POLICY_SCALARS, CompressionPolicy, ConfigError, LayerInfo
+from metacompress.spaces import POLICY_SCALARS, CompressionPolicy, ConfigError, LayerInfo, invalid_value
 
 from .encoding import encode_policy
 from .features import FEATURE_NAMES
@@ -34,6 +34,7 @@ __all__ = ["read_mlflow", "policy_from_params", "meta_artifact", "META_ARTIFACT"
 #: Name of the parent-run artifact holding the task's meta-features, layers, probes and teacher metrics.
 META_ARTIFACT = "meta.json"
 _ROLE, _PARENT = "metacompress.role", "mlflow.parentRunId"
+_CAUSE_CHARS = 240  # of MLflow's message in the one-line error of a store that cannot be read
 
 
 def _convert(key: str, value: str) -> Any:
@@ -174,14 +175,25 @@ def read_mlflow(tracking_uri: str | None, experiment_names: Iterable[str] | None
 
     Returns:
         ``(rows, skipped)``: :func:`~.history.make_row` dicts and the count of skipped rows by reason.
+
+    Raises:
+        ConfigError: The store cannot be read at all (naming ``tracking_uri``); a search or trial that cannot be
+            read is skipped and counted instead.
     """
+    from mlflow.exceptions import MlflowException  # noqa: PLC0415
     from mlflow.tracking import MlflowClient  # noqa: PLC0415
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per meta.json otherwise
     skipped: Counter[str] = Counter()
-    client = MlflowClient(tracking_uri=tracking_uri)
     rows: list[dict[str, Any]] = []
-    for exp_id in _experiments(client, experiment_names, skipped):
-        for parent in _pages(client, [exp_id], f"tags.`{_ROLE}` = 'parent'"):
-            rows.extend(_search_rows(client, exp_id, parent, skipped))
+    try:
+        client = MlflowClient(tracking_uri=tracking_uri)
+        for exp_id in _experiments(client, experiment_names, skipped):
+            for parent in _pages(client, [exp_id], f"tags.`{_ROLE}` = 'parent'"):
+                rows.extend(_search_rows(client, exp_id, parent, skipped))
+    except MlflowException as exc:  # a server down or refusing, a store of another kind
+        cause = " ".join(str(exc).split())
+        cause = cause if len(cause) <= _CAUSE_CHARS else cause[: _CAUSE_CHARS - 3] + "..."
+        raise invalid_value("tracking_uri", f"a readable MLflow tracking store (reading it failed: {cause})",
+                            tracking_uri) from None
     return rows, skipped

@@ -608,3 +608,14 @@ def test_sequential_proposer_is_stateless_and_reacts_to_the_observed_front(digit
     assert second[2]["size_ratio"] < predicted["size_ratio"] or second[2]["accuracy_retention"] > 1.0 - 1e-9
     none, reason = sequential_for_task(space, digits, history=History())
     assert none is None and reason.startswith("cold start")
+
+
+def test_a_tracking_store_that_cannot_be_read_is_a_skip_reason_not_a_crash(monkeypatch):
+    """History.from_mlflow names the store in one ConfigError; History.collect (a warm start) counts it instead."""
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    uri = "http://127.0.0.1:9"  # nothing listens there
+    with pytest.raises(ConfigError, match="'tracking_uri'.*readable MLflow tracking store"):
+        History.from_mlflow(uri)
+    history = History.collect(uri)
+    assert len(history) == len(History.shipped())
+    assert history.skipped[f"tracking store {uri} unreadable"] == 1

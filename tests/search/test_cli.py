@@ -126,3 +126,31 @@ def test_console_script_usage_errors_are_one_line_too(tmp_path, flags, needle):
     assert result.returncode == 2
     lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and needle in lines[0] and "Traceback" not in result.stderr
+
+
+def test_history_shows_what_warm_starts_learn_from(search_yaml, tmp_path):
+    """Every finished search joins the history: the command lists its rows by task, next to the shipped ones."""
+    path = search_yaml(n_trials=2)
+    assert runner.invoke(app, ["search", str(path)]).exit_code == 0
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    result = runner.invoke(app, ["history", "--tracking-uri", uri, "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    assert summary["tracked"]["digits-mlp"]["rows"] == 2 and summary["tracked"]["digits-mlp"]["studies"] == 1
+    assert summary["rows"] == summary["shipped"]["rows"] + 2 and "digits-mlp" in summary["shipped"]["tasks"]
+    assert "fit on the" in summary["predictor"]  # a grown history: the pretrained predictor no longer fits it
+    table = runner.invoke(app, ["history", "--tracking-uri", uri])
+    assert table.exit_code == 0 and "2 rows of 1 task from 1 search" in table.output and "tracked" in table.output
+    alone = json.loads(runner.invoke(app, ["history", "--tracking-uri", "none", "--json"]).output)
+    assert alone["tracked"] == {} and alone["predictor"].startswith("the pretrained")
+    missing = runner.invoke(app, ["history", "--tracking-uri", "sqlite:///" + str(tmp_path / "nothing.db")])
+    assert missing.exit_code == 0 and "no store there yet" in missing.output
+    assert not (tmp_path / "nothing.db").exists()  # reading does not create a store
+
+
+@pytest.mark.parametrize("command", ["history", "suggest"])
+def test_an_unreachable_history_store_is_one_line_and_exit_code_2(search_yaml, command):
+    args = ["--tracking-uri", "http://127.0.0.1:9"]
+    result = runner.invoke(app, [command, *args] if command == "history" else [command, str(search_yaml()), *args])
+    assert result.exit_code == 2, result.output
+    assert "'tracking_uri'" in _one_error_line(result)
