@@ -266,7 +266,7 @@ def report(
     debug: bool = typer.Option(False, "--debug"),
 ) -> None:
     """Print the Pareto table of a finished search."""
-    from .report import pareto_table
+    from .report import pareto_table, summary_problem
 
     file = path / "summary.json" if path.is_dir() else path
     try:
@@ -274,6 +274,10 @@ def report(
     except (OSError, ValueError):
         raise ConfigError(f"The 'path' value must be a search output folder or summary.json. Got '{path}'.",
                           "path") from None
+    problem = summary_problem(summary)
+    if problem is not None:
+        raise ConfigError(f"The 'path' value must be a summary.json written by `metacompress search` ({problem}). "
+                          f"Got '{file}'.", "path")
     console.print(pareto_table(summary))
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["format_bytes", "pareto_markdown", "pareto_rows", "pareto_table"]
+__all__ = ["format_bytes", "pareto_markdown", "pareto_rows", "pareto_table", "summary_problem"]
 
 _COLUMNS = ("trial", "accuracy", "Δ acc (pp)", "size", "ratio", "latency (ms)", "speedup", "policy")
 
@@ -19,18 +19,40 @@ def format_bytes(n: float) -> str:
     return f"{n:.1f} GiB"  # pragma: no cover
 
 
+def summary_problem(summary: Any) -> str | None:
+    """What keeps ``summary`` (a parsed ``summary.json``) from being shown, or ``None``: the keys the tables read."""
+    if not isinstance(summary, Mapping):
+        return f"a JSON object, not {type(summary).__name__}"
+    number = (int, float)
+    for key, kind in (("study_name", str), ("task", str), ("n_complete", int), ("hypervolume", number),
+                      ("pareto", list)):
+        if not isinstance(summary.get(key), kind) or isinstance(summary.get(key), bool):
+            return f"no {key!r}" if key not in summary else f"{key!r} of the wrong type"
+    if not isinstance(summary.get("teacher", {}), Mapping):
+        return "'teacher' of the wrong type"
+    for i, entry in enumerate(summary["pareto"]):
+        metrics = entry.get("metrics") if isinstance(entry, Mapping) else None
+        if (not isinstance(metrics, Mapping) or "number" not in entry
+                or not all(isinstance(metrics.get(k), number) for k in ("accuracy", "size_bytes"))):
+            return f"pareto[{i}] without a number and numeric accuracy and size_bytes metrics"
+    return None
+
+
 def _policy_text(params: Mapping[str, Any]) -> str:
     """A compact one-line policy: ``bits 2-8 · prune 35% unstr · λ 0.46 · T 2.6``."""
-    bits = [v for k, v in params.items() if k.endswith(".bits")]
-    prunes = [v for k, v in params.items() if k.endswith(".prune")]
+    if not isinstance(params, Mapping):
+        return ""
+    num = {k: v for k, v in params.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    bits = [v for k, v in num.items() if k.endswith(".bits")]
+    prunes = [v for k, v in num.items() if k.endswith(".prune")]
     parts = []
     if bits:
         parts.append(f"bits {min(bits)}-{max(bits)}" if min(bits) != max(bits) else f"bits {bits[0]}")
     if prunes:
-        method = {"structured": "struct", "unstructured": "unstr"}.get(params.get("prune_method", ""), "")
+        method = {"structured": "struct", "unstructured": "unstr"}.get(str(params.get("prune_method", "")), "")
         parts.append(f"prune {sum(prunes) / len(prunes):.0%} {method}".rstrip())
-    if "kd_lambda" in params:
-        parts.append(f"λ {params['kd_lambda']:.2f} · T {params.get('temperature', 0):.1f}")
+    if "kd_lambda" in num:
+        parts.append(f"λ {num['kd_lambda']:.2f} · T {num.get('temperature', 0):.1f}")
     return " · ".join(parts)
 
 

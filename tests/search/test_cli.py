@@ -154,3 +154,31 @@ def test_an_unreachable_history_store_is_one_line_and_exit_code_2(search_yaml, c
     result = runner.invoke(app, [command, *args] if command == "history" else [command, str(search_yaml()), *args])
     assert result.exit_code == 2, result.output
     assert "'tracking_uri'" in _one_error_line(result)
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [("[]", "a JSON object, not list"), ("{}", "no 'study_name'"),
+     ('{"study_name": "s", "task": "t", "n_complete": "3", "hypervolume": 0.5, "pareto": []}',
+      "'n_complete' of the wrong type"),
+     ('{"study_name": "s", "task": "t", "n_complete": 1, "hypervolume": 0.5, "pareto": [{"number": 1}]}',
+      "pareto[0] without")],
+    ids=["list", "empty", "wrong-type", "pareto-entry"],
+)
+def test_report_of_a_json_that_is_not_a_summary_is_one_line_and_exit_code_2(tmp_path, content, problem):
+    path = tmp_path / "summary.json"
+    path.write_text(content)
+    result = runner.invoke(app, ["report", str(path)])
+    assert result.exit_code == 2, result.output
+    line = _one_error_line(result)
+    assert "'path'" in line and problem in line
+
+
+def test_report_shows_a_pareto_entry_whose_params_are_not_numbers():
+    from metacompress.search.report import pareto_rows
+
+    summary = {"study_name": "s", "task": "t", "n_complete": 1, "hypervolume": 0.5, "teacher": {"accuracy": 0.9},
+               "pareto": [{"number": 4, "metrics": {"accuracy": 0.8, "size_bytes": 100.0},
+                           "params": {"layers.fc.bits": "4", "layers.fc.prune": 0.5, "kd_lambda": None}}]}
+    (row,) = pareto_rows(summary)
+    assert row[0] == "4" and row[2] == "-10.00" and row[-1] == "prune 50%"
