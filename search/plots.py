@@ -81,8 +81,10 @@ def _front_2d(points: Sequence[Mapping[str, float] | None], front: Sequence[int]
 
 def pareto_plot(points: Sequence[Mapping[str, float] | None], pareto_idx: Sequence[int],
                 teacher: Mapping[str, float] | None, path: str | os.PathLike[str], x: str = "size_bytes",
-                y: str = "accuracy", title: str | None = None) -> Path:
-    """Scatter every trial (grey), the Pareto front (highlighted, joined as a step line) and the teacher (star).
+                y: str = "accuracy", title: str | None = None, *, numbers: Sequence[int] | None = None,
+                warm: Mapping[int, float | None] | None = None) -> Path:
+    """Scatter every trial (grey), the Pareto front (highlighted, joined as a step line) and the teacher (star);
+    warm-start trials are ringed, each joined to what the predictor expected of it where that was recorded.
 
     Args:
         points: Metrics per trial; ``None`` or incomplete entries are skipped.
@@ -92,6 +94,9 @@ def pareto_plot(points: Sequence[Mapping[str, float] | None], pareto_idx: Sequen
         x: Metric on the x axis (log scale for sizes, BitOPs and ratios).
         y: Metric on the y axis.
         title: Figure title; default ``"Pareto front: <y> vs <x>"``.
+        numbers: The trial number of each point, for the labels (default: its index).
+        warm: Index -> the ``y`` the warm start predicted for that trial (``None``: not recorded); the predicted
+            point is drawn at the trial's real ``x`` (sizes are exact, not predicted).
 
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
@@ -116,8 +121,9 @@ def pareto_plot(points: Sequence[Mapping[str, float] | None], pareto_idx: Sequen
                        c="lightsteelblue", edgecolors="tab:blue", linewidths=0.6, zorder=4,
                        label=f"  of them better on another objective ({len(rest)})")
         for i in front:
-            ax.annotate(f"#{i}", (points[i][x], points[i][y]), textcoords="offset points",  # type: ignore
-                        xytext=(4, 4), fontsize=7, color="tab:blue")
+            ax.annotate(f"#{i if numbers is None else numbers[i]}", (points[i][x], points[i][y]),  # type: ignore
+                        textcoords="offset points", xytext=(4, 4), fontsize=7, color="tab:blue")
+    _warm_markers(ax, points, [i for i in (warm or {}) if i in valid], warm or {}, x, y)
     if teacher is not None and _finite(teacher, x, y):
         ax.scatter([teacher[x]], [teacher[y]], marker="*", s=220, c="tab:orange", edgecolors="black",
                    linewidths=0.6, label="teacher (fp32)", zorder=5)
@@ -129,6 +135,24 @@ def pareto_plot(points: Sequence[Mapping[str, float] | None], pareto_idx: Sequen
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
     return _save(fig, path)
+
+
+def _warm_markers(ax: Any, points: Sequence[Mapping[str, float] | None], ringed: list[int],
+                  predicted: Mapping[int, float | None], x: str, y: str) -> None:
+    """Ring the warm-start trials; draw each recorded prediction as an x joined to the real point."""
+    if not ringed:
+        return
+    ax.scatter([points[i][x] for i in ringed], [points[i][y] for i in ringed], s=110,  # type: ignore
+               facecolors="none", edgecolors="tab:green", linewidths=1.2, label=f"warm start ({len(ringed)})",
+               zorder=5)
+    guessed = [i for i in ringed if predicted.get(i) is not None and math.isfinite(float(predicted[i]))]
+    if not guessed:
+        return
+    for i in guessed:
+        ax.plot([points[i][x]] * 2, [points[i][y], predicted[i]], color="tab:green", lw=0.8, ls=":",  # type: ignore
+                zorder=4)
+    ax.scatter([points[i][x] for i in guessed], [predicted[i] for i in guessed], marker="x", s=30,  # type: ignore
+               c="tab:green", linewidths=1.0, label="  predicted before it ran", zorder=5)
 
 
 def hypervolume_plot(history: Sequence[float], path: str | os.PathLike[str], title: str | None = None) -> Path:

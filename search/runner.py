@@ -34,10 +34,11 @@ from metacompress.spaces.adapters import to_optuna
 from .config import SearchConfig
 from .local import file_lock, lock_path, run_worker
 from .objective import Objective, resolve_device, teacher_metrics
-from .warmstart import SequentialWarmStart, enqueue_next_warm_point
+from .warmstart import ATTR_PREDICTED, SequentialWarmStart, enqueue_next_warm_point
 from .pareto import hypervolume, hypervolume_history, pareto_front
 from .study import (
     ATTR_REFERENCE,
+    ATTR_WARM_SOURCE,
     counted_trials,
     enqueue_points,
     make_sampler,
@@ -211,6 +212,17 @@ def trial_points(trials: list[FrozenTrial]) -> list[dict[str, float] | None]:
     return [t.user_attrs.get("metrics") if t.state == TrialState.COMPLETE else None for t in trials]
 
 
+def warm_points(trials: list[FrozenTrial], teacher_accuracy: float) -> dict[int, float | None]:
+    """Index (into ``trials``) -> the accuracy the predictor expected of each warm-start trial (``None`` where it
+    recorded no prediction: a batch or a file's points)."""
+    out: dict[int, float | None] = {}
+    for i, t in enumerate(trials):
+        if ATTR_WARM_SOURCE in t.user_attrs:
+            predicted = t.user_attrs.get(ATTR_PREDICTED)
+            out[i] = None if predicted is None else float(predicted) * teacher_accuracy
+    return out
+
+
 def summarize(p: Prepared, trials: list[FrozenTrial], warm: dict[str, Any]) -> dict[str, Any]:
     """The ``summary.json`` contract of DESIGN.md (plus the hypervolume history)."""
     cfg = p.cfg
@@ -229,7 +241,10 @@ def summarize(p: Prepared, trials: list[FrozenTrial], warm: dict[str, Any]) -> d
         "n_failed": sum(pt is None for pt in points),
         "objectives": dict(cfg.objectives),
         "teacher": {k: p.reference[k] for k in ("accuracy", "size_bytes", "latency_ms", "bitops") if k in p.reference},
-        "warm_start": warm,
+        "warm_start": {**warm, "points": [
+            {"number": trials[i].number, "accuracy": None if points[i] is None else points[i]["accuracy"],
+             "predicted_accuracy": predicted}
+            for i, predicted in warm_points(trials, float(p.reference["accuracy"])).items()]},
         "hypervolume": hypervolume(points, p.reference, cfg.objectives),
         "hypervolume_history": hypervolume_history(points, p.reference, cfg.objectives),
         "pareto": pareto,
@@ -250,7 +265,8 @@ def write_outputs(p: Prepared, summary: dict[str, Any], trials: list[FrozenTrial
     paths[1].write_text(pareto_markdown(summary))
     name = p.cfg.study_name
     pareto_plot(points, front, p.reference, paths[2], title=name if name == p.cfg.task_name else f"{name}: "
-                f"{p.cfg.task_name}")
+                f"{p.cfg.task_name}", numbers=[t.number for t in trials],
+                warm=warm_points(trials, float(p.reference["accuracy"])))
     hypervolume_plot(summary["hypervolume_history"], paths[3])
     return paths
 

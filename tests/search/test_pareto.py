@@ -123,6 +123,9 @@ def test_plots_write_pngs(tmp_path: Path) -> None:
     for path in (out, hv, any_hv):
         assert path.is_file() and path.read_bytes()[:4] == b"\x89PNG"
     assert pareto_plot([], [], None, tmp_path / "empty.png", x="latency_ms").is_file()
+    warm = pareto_plot(points, front, TEACHER, tmp_path / "warm.png", numbers=[3, 4, 6, 7, 8, 9, 10],
+                       warm={0: 0.95, 1: None, 6: 0.5, 2: float("nan")})  # 6 failed: nothing to ring
+    assert warm.read_bytes()[:4] == b"\x89PNG"
     assert not math.isnan(history[-1])
 
 

@@ -123,6 +123,11 @@ def test_sequential_warm_start_enqueues_k_points_one_at_a_time_and_resumes_witho
     assert len({t.user_attrs[ATTR_INDEX] for t in warm}) == 3
     assert all(0.0 <= t.user_attrs[ATTR_PREDICTED] <= 1.5 for t in warm)
     assert summary["warm_start"]["n_points"] == 3 and summary["n_complete"] == 4
+    # the summary pairs each warm trial's real accuracy with what the predictor expected of it
+    teacher = summary["teacher"]["accuracy"]
+    assert [(w["number"], w["accuracy"], w["predicted_accuracy"]) for w in summary["warm_start"]["points"]] == [
+        (t.number, t.user_attrs["metrics"]["accuracy"], pytest.approx(t.user_attrs[ATTR_PREDICTED] * teacher))
+        for t in warm]
     cfg2 = load_config(search_yaml(n_trials=6, tracking_uri="none", warm_start={"mode": "auto"}))
     run_search(cfg2, warm_points=SequentialWarmStart(plan.proposer, 3, p.reference), warm_info=info)
     again = counted_trials(_study(cfg2))
