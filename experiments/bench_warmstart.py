@@ -2,9 +2,9 @@
 
 For every held-out zoo task the retention predictor is fit on the shipped meta-dataset *without that task's rows*
 (:meth:`History.subset` of the other tasks) and proposes ``--k`` policies: warm-started TPE (``warm``) runs them
-exactly as a local search does, one at a time against the observed front
-(:func:`metacompress.search.warmstart.enqueue_next_warm_point`), ``warm_batch`` enqueues the batch a Ray search
-enqueues, and the other ``warm_*`` rows are ablations (``--seeds 5 6 7 8 9`` are kept for checking the defaults
+exactly as a search does, one at a time against the observed front
+(:func:`metacompress.search.warmstart.enqueue_next_warm_point`), ``warm_batch`` enqueues the same predictor's batch
+fixed up front (what ``metacompress suggest`` shows; a Ray search enqueued it before it chose one at a time too), and the other ``warm_*`` rows are ablations (``--seeds 5 6 7 8 9`` are kept for checking the defaults
 after the fact: :data:`FRESH_SEEDS`). They are compared with cold TPE (``cold_tpe``), cold NSGA-II (``nsga2``) and random search
 (``random``), all from :func:`metacompress.search.study.make_sampler`, with ``--budget`` real trials per run
 (compress → distill → evaluate, exactly :class:`metacompress.search.objective.Objective`) and several seeds
@@ -762,7 +762,7 @@ def aggregate(args: argparse.Namespace) -> dict[str, Any]:
 _LABELS = {"warm": "warm TPE (ours, default: k points one at a time against the observed front, measured)",
           "warm_rep": "warm TPE (sequential, the Reptile predictor instead of the GBM)",
           "warm_blend": "warm TPE (sequential, GBM blended with the calibrated proxy: proxy_weight 0.5)",
-          "warm_batch": "warm TPE (batch: k hedged points fixed up front, measured; the Ray backend's)",
+          "warm_batch": "warm TPE (batch: k hedged points fixed up front, measured)",
           "warm_batch_rep": "warm TPE (batch, the Reptile predictor)",
           "warm_nomeasure": "warm TPE (batch without measuring: hedged on the unmeasured GBM)",
           "warm_front": "warm TPE (GBM, predicted-front proposals)",
@@ -869,7 +869,7 @@ NOTES = [
     "the front the finished trials observed, its proxy measured (the 12 of largest unmeasured gain) and the "
     "predictions shifted by the shrunk mean residual of the warm trials so far. A point the predictor overrated "
     "is then followed by points that cover it, not by points planned as if it had succeeded. Against the batch "
-    "of the same predictor (row 'batch', still what a Ray search enqueues): 4 vs 5.5 trials on seeds 0–4, 4.5 vs "
+    "of the same predictor (row 'batch', what a Ray search enqueued until it chose one at a time too): 4 vs 5.5 trials on seeds 0–4, 4.5 vs "
     "5.5 on seeds 5–9, the same HV@40; HV@10 is a little lower (0.946 vs 0.949: the batch spreads over sizes "
     "sooner).",
     "- **The measured proxy** (`learners/meta/proxy.py`) is what moved the numbers: compress the teacher and "

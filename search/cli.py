@@ -99,13 +99,11 @@ def search(
     tracker = make_tracker(cfg)  # an unreachable tracking server fails here, before any training
     with console.status(f"Preparing {cfg.task_name} (teacher, search space, study)..."):
         p = prepare(cfg, progress=False)
-        points, info = [], resumed_warm_start(p.study, cfg.n_trials, cfg.warm_start.n_points,
-                                              sequential=cfg.backend != "ray")
+        points, info = [], resumed_warm_start(p.study, cfg.n_trials, cfg.warm_start.n_points, sequential=True)
         if info is None:
             points, info = resolve_warm_start(mode, p.space, p.task, n_points=cfg.warm_start.n_points,
                                               seed=cfg.seed, file=cfg.warm_start.file, tracking_uri=cfg.tracking_uri,
-                                              objectives=cfg.objectives, sequential=cfg.backend != "ray",
-                                              reference=p.reference)
+                                              objectives=cfg.objectives, sequential=True, reference=p.reference)
     if info.get("reason"):
         console.print(info["reason"], style="yellow" if info["reason"].startswith("cold") else None)
     with SearchProgress(console, p) as bar:
@@ -173,8 +171,8 @@ def suggest(
         console.print(f"[yellow]{reason}[/]")
         return
     table = Table(title=f"Warm-start proposals for {cfg.task_name} ({reason})",
-                  caption="the batch, in run order (each adds the most predicted hypervolume), as a Ray search "
-                          "enqueues it; a local search picks its points one at a time against the observed front")
+                  caption="the batch, in run order (each adds the most predicted hypervolume); a search picks its "
+                          "points from the same predictor one at a time, against the front its trials observed")
     for col in ("#", "pred. accuracy retention", "before fine-tuning", "size", "ratio", "policy"):
         table.add_column(col)
     from .report import _policy_text, format_bytes

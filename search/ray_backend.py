@@ -3,7 +3,9 @@
 The Optuna study stays the single source of truth. :class:`StudySearch` (an ``OptunaSearch`` on the same storage
 and study name, with the study's sampler) asks the study for every trial, so enqueued warm-start points and trials
 re-queued after an interruption (both ``WAITING``) are picked up first, local and Ray runs add to one history, and
-only the budget still open (``n_trials`` less the counted trials) is launched.
+only the budget still open (``n_trials`` less the counted trials) is launched. Before each ask it enqueues the next
+sequential warm-start point when one is due (:func:`~metacompress.search.warmstart.enqueue_next_warm_point`), so
+a Ray search chooses its warm points against the front its finished trials observed, as a local one does.
 
 Each trial runs :class:`~metacompress.search.objective.Objective` in a Ray worker. The objective (teacher, data,
 teacher logits) is put into the object store once and cached per worker process, so with ``reuse_actors`` a
@@ -24,6 +26,7 @@ shared storage, and the Optuna storage must be reachable from the driver (an RDB
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -48,6 +51,7 @@ from ray.tune.search.optuna import OptunaSearch  # noqa: E402
 
 from .objective import Objective, TrialFailed, resolve_device  # noqa: E402
 from .study import remaining_budget  # noqa: E402
+from .warmstart import enqueue_next_warm_point  # noqa: E402
 
 __all__ = ["StudySearch", "TrialEndCallback", "run_ray", "init_ray"]
 
@@ -71,17 +75,32 @@ class StudySearch(OptunaSearch):
         study: The search's study (its storage, name and sampler are reused).
         distributions: The Optuna distributions of the space.
         objectives: Objective name -> ``maximize`` | ``minimize``, in the study's order.
+        before_ask: Called with the study before each ask, in the driver (the sequential warm start enqueues its
+            next point there: Tune asks one trial at a time, so no lock is needed).
     """
 
-    def __init__(self, study: optuna.Study, distributions: Mapping[str, Any], objectives: Mapping[str, str]):
+    def __init__(self, study: optuna.Study, distributions: Mapping[str, Any], objectives: Mapping[str, str],
+                 before_ask: Callable[[optuna.Study], Any] | None = None):
         super().__init__(space=dict(distributions), metric=list(objectives),
                          mode=["max" if d == "maximize" else "min" for d in objectives.values()],
                          sampler=study.sampler, study_name=study.study_name, storage=study._storage)
         self._objectives = dict(objectives)
         self._histories: dict[str, list[dict[str, float]]] = {}
+        self._before_ask = before_ask
+
+    def save(self, checkpoint_path: str) -> None:
+        """Tune's experiment checkpoint, without the warm-start hook (it holds the task and the predictor, and a
+        resumed search builds its own: the study is what resumes, not Tune's state)."""
+        hook, self._before_ask = self._before_ask, None
+        try:
+            super().save(checkpoint_path)
+        finally:
+            self._before_ask = hook
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
-        """Ask the study (``WAITING`` trials first); the config also names the Optuna trial."""
+        """Ask the study (``WAITING`` trials first, after ``before_ask``); the config also names the Optuna trial."""
+        if self._before_ask is not None:
+            self._before_ask(self._ot_study)
         config = super().suggest(trial_id)
         if config is None:
             return None
@@ -277,12 +296,13 @@ def run_ray(p: Any, on_trial_end: Callable[[FrozenTrial], None] | None = None) -
         if objective.teacher_logits is not None:
             objective.teacher_logits = objective.teacher_logits.cpu()
         holder = [ray.put(objective)]
+        before_ask = None if p.warm is None else functools.partial(enqueue_next_warm_point, plan=p.warm)
         trainable = tune.with_resources(
             _make_trainable(holder, str(p.artifact_dir.resolve()), cfg.train.device, cfg.train.num_threads),
             {"cpu": cfg.ray.cpus_per_trial, "gpu": cfg.ray.gpus_per_trial})
         tuner = Tuner(
             trainable,
-            tune_config=TuneConfig(search_alg=StudySearch(p.study, p.distributions, cfg.objectives),
+            tune_config=TuneConfig(search_alg=StudySearch(p.study, p.distributions, cfg.objectives, before_ask),
                                    scheduler=_scheduler(p), num_samples=n,
                                    max_concurrent_trials=cfg.ray.max_concurrent, reuse_actors=cfg.ray.reuse_actors),
             run_config=RunConfig(

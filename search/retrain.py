@@ -12,8 +12,8 @@
    in ``out/<run_key>``: a rerun after a crash resumes it (finished trials are never repeated).
 4. **Warm start** (``warm_start.mode: auto``): the Pareto policies of the latest earlier study of this job (same
    search space) run first, then the meta-learned predictor's proposals fitted on the whole history in the
-   tracking store (``History.collect(tracking_uri)``): on the local backend one at a time against the front the
-   finished trials observed (:class:`~.warmstart.SequentialWarmStart`), on Ray as a batch.
+   tracking store (``History.collect(tracking_uri)``), one at a time against the front the finished trials
+   observed (:class:`~.warmstart.SequentialWarmStart`), on either backend.
 5. **Select** among Pareto models that meet every constraint (all re-measured here on this run's validation data):
    the smallest ``size_bytes``; ties by higher accuracy, then lower latency, then lower trial number. None: exit 3.
 6. **Compare** with the model under alias ``champion``, re-measured on the *same* validation data, loaded from the
@@ -227,9 +227,8 @@ def retrain(
 
 
 def _warm_start(job: Any, p: Any, base: str) -> tuple[list[dict[str, Any]] | Any, dict[str, Any]]:
-    """Earlier Pareto policies of this job first, then predictor proposals from the whole tracked history: on the
-    local backend one at a time against the front the earlier policies observed (as a search does), on Ray as a
-    batch."""
+    """Earlier Pareto policies of this job first, then predictor proposals from the whole tracked history, one at a
+    time against the front the earlier policies observed (as a search does)."""
     from .warmstart import SequentialWarmStart, resolve_warm_start
 
     mode = job.warm_start.mode
@@ -241,24 +240,19 @@ def _warm_start(job: Any, p: Any, base: str) -> tuple[list[dict[str, Any]] | Any
     if k <= 0:
         return previous, {"mode": "auto", "n_points": len(previous),
                           "reason": f"{len(previous)} from the previous run; no predictor points needed"}
-    from metacompress.learners.meta import History, warm_start_points
+    from metacompress.learners.meta import History
     from metacompress.learners.meta.sequential import sequential_for_task
 
     history = History.collect(job.tracking_uri)
-    if job.backend != "ray":
-        proposer, source = sequential_for_task(p.space, p.task, history=history, seed=job.seed,
-                                               objectives=job.objectives)
-        if proposer is not None:
-            return SequentialWarmStart(proposer, k, p.reference, first=previous), {
-                "mode": "auto", "n_points": len(previous) + k, "sequential": True,
-                "reason": f"{len(previous)} from the previous run; {k} one at a time against the observed front, "
-                          f"from {source}"}
-        return previous, {"mode": "auto", "n_points": len(previous),
-                          "reason": f"{len(previous)} from the previous run; {source}"}
-    points, reason = warm_start_points(p.space, p.task, history=history, k=k, seed=job.seed,
-                                       objectives=job.objectives)
-    return previous + points, {"mode": "auto", "n_points": len(previous) + len(points),
-                               "reason": f"{len(previous)} from the previous run; {reason}"}
+    proposer, source = sequential_for_task(p.space, p.task, history=history, seed=job.seed,
+                                           objectives=job.objectives)
+    if proposer is not None:
+        return SequentialWarmStart(proposer, k, p.reference, first=previous), {
+            "mode": "auto", "n_points": len(previous) + k, "sequential": True,
+            "reason": f"{len(previous)} from the previous run; {k} one at a time against the observed front, "
+                      f"from {source}"}
+    return previous, {"mode": "auto", "n_points": len(previous),
+                      "reason": f"{len(previous)} from the previous run; {source}"}
 
 
 def _previous_pareto(p: Any, base: str) -> list[dict[str, Any]]:

@@ -311,8 +311,6 @@ def run_search(
                               f"{cfg.study_name!r}.", "study_name")
         recover_interrupted(p.study)
         if isinstance(warm_points, SequentialWarmStart):
-            if cfg.backend == "ray":
-                raise ValueError("sequential warm points need the local backend; pass the batch to Ray")
             enqueue_points(p.study, warm_points.first, source=(warm_info or {}).get("mode", "auto"))
             p.warm = warm_points
         else:

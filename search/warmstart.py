@@ -160,7 +160,8 @@ def resolve_warm_start(
         tracking_uri: MLflow store whose finished searches join the shipped meta-dataset (the flywheel).
         objectives: The search's objectives (a history for other objectives means a cold start).
         sequential: With ``auto``, return a :class:`SequentialWarmStart` (points chosen one at a time against the
-            observed front: the local backend) instead of a list (the batch: the Ray backend's).
+            observed front: what a search on either backend runs) instead of a list (the batch, chosen up front:
+            what ``metacompress suggest`` shows).
         reference: The teacher's metrics (required with ``sequential``).
     """
     if mode not in ("auto", "off"):

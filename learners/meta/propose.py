@@ -5,8 +5,8 @@ size of :class:`~.size.SizeModel` and takes the best predicted point in each of 
 points spread along the predicted Pareto set); the best candidates of each bin are measured first (the proxy of
 :mod:`.proxy`, milliseconds each) and re-scored with it. :func:`warm_start_points` does everything from a space
 and a task: it reads the history, loads or fits a predictor (:func:`~.context.task_context`), computes the
-task's meta-features, and explains itself in one line. The Ray backend enqueues this batch; a local search chooses its
-points one at a time against the observed front instead (:mod:`.sequential`).
+task's meta-features, and explains itself in one line. ``metacompress suggest`` shows this batch; a search chooses
+its points one at a time against the observed front instead (:mod:`.sequential`).
 """
 
 from __future__ import annotations

@@ -111,6 +111,39 @@ def test_ray_then_local_continue_one_study(search_yaml, tmp_path: Path, local_ra
     assert [t.params for t in trials[:2]] == [t.params for t in first]
 
 
+def test_a_ray_search_chooses_its_warm_points_one_at_a_time(search_yaml, tmp_path: Path, local_ray: None) -> None:
+    """The driver's searcher enqueues each sequential warm point before its ask, as a local search does."""
+    from metacompress.search.warmstart import ATTR_INDEX, ATTR_PREDICTED, SequentialWarmStart, resolve_warm_start
+
+    path = search_yaml(n_trials=3, backend="ray", tracking_uri="none",
+                       ray=_ray_section(tmp_path, asha=False, max_concurrent=1))
+    cfg = load_config(path)
+    p = prepare(cfg)
+    plan, info = resolve_warm_start("auto", p.space, p.task, n_points=2, seed=0, objectives=cfg.objectives,
+                                    sequential=True, reference=p.reference)
+    assert isinstance(plan, SequentialWarmStart)
+    summary = run_search(cfg, prepared=p, warm_points=plan, warm_info=info)
+    trials = counted_trials(optuna.load_study(study_name=cfg.study_name, storage=cfg.storage))
+    warm = [t for t in trials if ATTR_INDEX in t.user_attrs]
+    assert [t.number for t in warm] == [0, 1] and len({t.user_attrs[ATTR_INDEX] for t in warm}) == 2
+    assert all(0.0 <= t.user_attrs[ATTR_PREDICTED] <= 1.5 for t in warm)
+    assert [w["number"] for w in summary["warm_start"]["points"]] == [0, 1] and summary["n_complete"] == 3
+
+
+def test_the_searchers_checkpoint_leaves_the_warm_start_hook_out(tmp_path: Path) -> None:
+    """Tune pickles its searcher at each experiment checkpoint; the hook (the task, the predictor) stays out."""
+    from metacompress.search.ray_backend import StudySearch
+
+    study = optuna.create_study(directions=["maximize", "minimize"], storage=f"sqlite:///{tmp_path}/s.db")
+    asked: list[str] = []
+    searcher = StudySearch(study, {"x": optuna.distributions.FloatDistribution(0.0, 1.0)},
+                           {"accuracy": "maximize", "size_bytes": "minimize"},
+                           before_ask=lambda s: asked.append(s.study_name))  # a lambda does not pickle
+    searcher.save(str(tmp_path / "searcher.pkl"))
+    assert searcher._before_ask is not None and (tmp_path / "searcher.pkl").stat().st_size > 0
+    assert searcher.suggest("t1") is not None and asked == [study.study_name]
+
+
 def test_two_node_cluster_runs_trials_on_both_nodes(search_yaml, tmp_path: Path, two_nodes: Any) -> None:
     """Connect to an existing cluster by address: one trial per one-CPU node at a time, both nodes used."""
     path = search_yaml(n_trials=2, backend="ray", tracking_uri="none",
