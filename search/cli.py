@@ -209,9 +209,10 @@ def history(
 
     uri = tracking_uri_value("tracking_uri", tracking_uri)
     make_tracker(uri, "metacompress-history").check_reachable()
-    shipped = History.shipped()
     store = history_store(uri)
-    tracked = History.from_mlflow(store, experiment) if store is not None else History()
+    with console.status(f"Reading the history{'' if store is None else ' in ' + store}..."):
+        shipped = History.shipped()
+        tracked = History.from_mlflow(store, experiment) if store is not None else History()
     both = shipped.concat(tracked)
     plan = predictor_plan(both)
     if as_json:
