@@ -5,7 +5,7 @@ The verbs follow one shape: ``compress(teacher, policy) -> student``, ``finetune
 """
 
 from .compress import compress, compressible_layers, describe_layers
-from .distill import FinetuneConfig, NonFiniteLossError, attention_map, finetune, kd_loss
+from .distill import FinetuneConfig, NonFiniteLossError, attention_map, feature_map, finetune, kd_loss
 from .export import export_compressed, load_compressed
 from .measure import accuracy, bitops, deployable, evaluate, measure_latency, predict_logits, size_bytes
 from .prune import channel_groups, magnitude_mask, shrink
@@ -20,6 +20,7 @@ __all__ = [
     "Task",
     "accuracy",
     "attention_map",
+    "feature_map",
     "bitops",
     "channel_groups",
     "compress",

@@ -1,9 +1,11 @@
 """Knowledge-distillation fine-tuning of a compressed student.
 
 The loss of one batch is ``λ·CE(s, y) + (1−λ)·T²·KL(softmax(t/T) ‖ softmax(s/T))``, plus optionally
-``β·Σ‖A_s − A_t‖²`` over attention maps of named layers (channel-mean of squared activations, L2-normalized, so
-a channel-pruned student still matches its teacher) and ``μ‖θ − θ*‖²`` toward a reference initialisation
-(meta-KD). The teacher's logits are computed once per call, not once per step: the teacher is frozen and the data
+``β·Σ‖A_s − A_t‖²`` over the feature maps of named layers (every compressible layer but the last unless named)
+and ``μ‖θ − θ*‖²`` toward a reference (a meta-learned initialisation, else the student's own starting weights,
+i.e. L2-SP). A feature map does not depend on the layer's width, so a channel-pruned student still matches its
+teacher: the attention map of a convolution's output (channel-mean of squares, Zagoruyko & Komodakis 2017) and
+the batch similarity matrix of a Linear one (Tung & Mori 2019). The teacher's logits are computed once per call, not once per step: the teacher is frozen and the data
 is not augmented, so they never change.
 """
 
@@ -21,9 +23,11 @@ from torch.utils.data import Dataset
 
 from metacompress.spaces import CompressionPolicy, MetacompressError
 
+from .compress import compressible_layers
 from .measure import _tensors, accuracy, on_device, predict_logits
 
-__all__ = ["FinetuneConfig", "NonFiniteLossError", "attention_map", "finetune", "kd_loss"]
+__all__ = ["FinetuneConfig", "NonFiniteLossError", "attention_map", "feature_map", "finetune", "kd_loss",
+           "similarity_map"]
 
 EpochCallback = Callable[[int, Mapping[str, float]], bool | None]
 
@@ -57,6 +61,23 @@ def attention_map(features: torch.Tensor) -> torch.Tensor:
     return F.normalize(a.flatten(1), dim=1)
 
 
+def similarity_map(features: torch.Tensor) -> torch.Tensor:
+    """Similarity-preserving map (Tung & Mori): the batch's ``N × N`` Gram matrix, rows L2-normalized."""
+    f = features.flatten(1)
+    return F.normalize(f @ f.T, dim=1)
+
+
+def feature_map(features: torch.Tensor) -> torch.Tensor:
+    """What the feature term matches: :func:`attention_map` for maps with spatial axes, :func:`similarity_map` for
+    ``(N, C)`` features; neither depends on the number of channels."""
+    return attention_map(features) if features.dim() > 2 else similarity_map(features)
+
+
+def default_feature_layers(teacher: nn.Module) -> tuple[str, ...]:
+    """Every compressible layer of ``teacher`` but the last (the logits are the KD term's)."""
+    return tuple(compressible_layers(teacher))[:-1]
+
+
 @dataclass
 class FinetuneConfig:
     """How to fine-tune: everything not in the policy.
@@ -65,7 +86,8 @@ class FinetuneConfig:
         batch_size: Mini-batch size.
         device: ``"cpu"``, ``"cuda"`` ...
         seed: Seed of the batch order.
-        feature_layers: Layer names whose attention maps are matched when ``policy.feature_beta > 0``.
+        feature_layers: Layer names whose feature maps are matched when ``policy.feature_beta > 0`` (empty:
+            :func:`default_feature_layers` of the teacher).
         max_steps_per_epoch: Cap on steps per epoch (``None``: full passes).
         eval_every_epoch: Compute validation accuracy after each epoch (needed by early stopping).
     """
@@ -124,7 +146,8 @@ def finetune(
         val: Validation data for the per-epoch accuracy.
         config: Batch size, device, seed, feature layers.
         teacher_logits: Precomputed teacher logits on ``train`` (same order); computed here when omitted.
-        reference: θ* for the proximal term (parameter name -> tensor); required when ``policy.prox_mu > 0``.
+        reference: θ* for the proximal term (parameter name -> tensor); with ``policy.prox_mu > 0`` and no
+            reference the student's own weights before fine-tuning (L2-SP: stay near the compressed teacher).
         callback: Called as ``callback(epoch, metrics)`` after each epoch; returning ``True`` stops training
             (early stopping, trial pruning).
 
@@ -136,7 +159,8 @@ def finetune(
     """
     cfg = config or FinetuneConfig()
     x, y = _tensors(train)
-    use_features = policy.feature_beta > 0 and cfg.feature_layers
+    layers = tuple(cfg.feature_layers) or (default_feature_layers(teacher) if teacher is not None else ())
+    use_features = policy.feature_beta > 0 and bool(layers)
     if teacher_logits is None:
         teacher_logits = predict_logits(teacher, x, device=cfg.device)
     if policy.epochs <= 0:
@@ -144,6 +168,8 @@ def finetune(
     device = torch.device(cfg.device)
     student.to(device).train()
     x, y, t_logits = x.to(device), y.to(device), teacher_logits.to(device)
+    if policy.prox_mu > 0 and reference is None:
+        reference = {n: p.detach().clone() for n, p in student.named_parameters()}
     ref = {n: r.to(device) for n, r in (reference or {}).items()}
     params = [p for p in student.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=policy.lr)
@@ -157,7 +183,7 @@ def finetune(
         taps = None
         if use_features:  # the frozen teacher runs on the device for the feature term, and goes back afterwards
             stack.enter_context(on_device(teacher, device))
-            taps = (_FeatureTap(student, cfg.feature_layers), _FeatureTap(teacher, cfg.feature_layers))
+            taps = (_FeatureTap(student, layers), _FeatureTap(teacher, layers))
             for tap in taps:
                 stack.callback(tap.close)
         for epoch in range(1, policy.epochs + 1):
@@ -170,8 +196,8 @@ def finetune(
                     with torch.no_grad():
                         teacher(x[idx])
                     loss = loss + policy.feature_beta * sum(
-                        (attention_map(taps[0].out[n]) - attention_map(taps[1].out[n])).pow(2).sum(1).mean()
-                        for n in cfg.feature_layers
+                        (feature_map(taps[0].out[n]) - feature_map(taps[1].out[n])).pow(2).sum(1).mean()
+                        for n in layers
                     )
                 if policy.prox_mu > 0 and ref:
                     loss = loss + policy.prox_mu * _prox(student, ref)

@@ -311,3 +311,53 @@ def test_activation_quantizer_tracks_an_ema_of_the_range_in_training_and_freezes
     assert float(aq.amax) == pytest.approx(3.0)  # frozen
     assert float(out[0, 0]) == pytest.approx(3.0, rel=1e-6)  # clipped to the range
     assert abs(float(out[0, 1]) - 0.01) <= 3.0 / 127 / 2 + 1e-7  # rounded to the 8-bit grid
+
+
+def test_feature_maps_do_not_depend_on_the_layer_width():
+    from metacompress.learners import feature_map
+
+    conv, narrow = torch.randn(6, 16, 4, 4), torch.randn(6, 8, 4, 4)
+    assert feature_map(conv).shape == feature_map(narrow).shape == (6, 16)  # attention: spatial positions
+    dense, pruned = torch.randn(6, 64), torch.randn(6, 40)
+    assert feature_map(dense).shape == feature_map(pruned).shape == (6, 6)  # similarity: the batch's Gram rows
+    torch.testing.assert_close(feature_map(dense).norm(dim=1), torch.ones(6))
+    torch.testing.assert_close(feature_map(2.0 * dense), feature_map(dense))  # the scale of a layer is not matched
+
+
+@pytest.mark.parametrize("method", ["unstructured", "structured"])
+def test_feature_distillation_matches_every_hidden_layer_by_default(teacher, digits, method):
+    """With feature_beta > 0 and no layers named, the term covers every compressible layer but the head, also when
+    structured pruning made the student's layers narrower than the teacher's; the hooks are gone afterwards."""
+    from metacompress.learners.distill import default_feature_layers
+
+    assert default_feature_layers(teacher) == ("conv1", "conv2", "conv3", "fc1")
+    train, val = digits
+    example = torch.zeros(2, 1, 8, 8)
+    losses = {}
+    for beta in (0.0, 5.0):
+        policy = CompressionPolicy.uniform(LAYERS, prune=0.5, bits=8, prune_method=method, epochs=1, lr=2e-3,
+                                           feature_beta=beta)
+        torch.manual_seed(0)
+        student = compress(teacher, policy, example)
+        if method == "structured":
+            assert student.fc1.weight.shape[0] < teacher.fc1.weight.shape[0]  # narrower: the Gram map copes
+        history = finetune(student, teacher, train, policy, val=val, config=FinetuneConfig(max_steps_per_epoch=5))
+        losses[beta] = history[0]["loss"]
+        hooks = [m._forward_hooks for m in (*student.modules(), *teacher.modules())]
+        assert not any(hooks)
+    assert math.isfinite(losses[5.0]) and losses[5.0] > losses[0.0]  # the feature term is in the loss
+
+
+def test_the_proximal_term_defaults_to_the_students_starting_weights(teacher, digits):
+    """prox_mu > 0 without a reference keeps the student near where fine-tuning started (L2-SP)."""
+    train, _ = digits
+
+    def moved(mu: float) -> float:
+        policy = CompressionPolicy.uniform(LAYERS, bits=8, epochs=2, lr=1e-2, prox_mu=mu)
+        torch.manual_seed(0)
+        student = compress(teacher, policy)
+        start = {n: p.detach().clone() for n, p in student.named_parameters()}
+        finetune(student, teacher, train, policy, config=FinetuneConfig(max_steps_per_epoch=10))
+        return float(sum((p.detach() - start[n]).pow(2).sum() for n, p in student.named_parameters()))
+
+    assert moved(10.0) < 0.5 * moved(0.0)

@@ -63,6 +63,24 @@ def test_search_writes_the_summary_contract_and_mlflow_layout(search_yaml):
     assert {"summary.json", "pareto.png", "hypervolume.png", "meta.json"} <= artifacts
 
 
+def test_feature_distillation_and_the_proximal_term_are_searched_for_real(search_yaml):
+    """space.feature_beta and space.prox_mu reach the fine-tuning: the same trial with them minimizes a larger loss,
+    and a search over them completes its trials."""
+    from metacompress.search.runner import prepare
+
+    cfg = load_config(search_yaml(n_trials=2, tracking_uri="none", space={
+        "bits": [8], "epochs": {"low": 1, "high": 1}, "feature_beta": {"low": 0.0, "high": 10.0},
+        "prox_mu": {"low": 0.0, "high": 1.0}}))
+    p = prepare(cfg)
+    assert {"feature_beta", "prox_mu"} <= set(p.distributions)
+    params = {name: (d.choices[0] if hasattr(d, "choices") else d.low) for name, d in p.distributions.items()}
+    plain = p.objective(params).history[0]["loss"]
+    both = p.objective({**params, "feature_beta": 10.0, "prox_mu": 1.0}).history[0]["loss"]
+    assert both > plain  # same seed, same batches: only the two terms differ
+    summary = run_search(cfg, prepared=p)
+    assert summary["n_complete"] == 2
+
+
 def test_rerun_with_a_larger_budget_continues_without_repeating(search_yaml):
     path = search_yaml(n_trials=2)
     run_search(load_config(path))
