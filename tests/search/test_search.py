@@ -18,6 +18,7 @@ from optuna.trial import TrialState
 from metacompress.search.config import load_config
 from metacompress.search.runner import run_search
 from metacompress.search.study import counted_trials
+from metacompress.spaces import ConfigError
 
 
 def _children(tracking_uri: str, experiment: str) -> tuple[list, list]:
@@ -343,3 +344,26 @@ def test_a_finished_search_joins_the_history_the_next_warm_start_learns_from(sea
     proxy = history.frame["proxy_retention"]  # every trial records its accuracy before fine-tuning
     assert proxy.notna().all() and ((proxy >= 0) & (proxy <= 1.5)).all()
     assert len(History.collect(cfg.tracking_uri)) == len(History.shipped()) + 3
+
+
+def test_a_previous_summary_or_a_list_of_params_can_seed_a_search(search_yaml, tmp_path):
+    """warm_start.file takes a previous summary.json (its Pareto policies) or space params; a bad entry is named."""
+    from metacompress.search.runner import prepare
+    from metacompress.search.warmstart import load_points
+
+    first = load_config(search_yaml(n_trials=2, tracking_uri="none", study_name="first"))
+    summary = run_search(first)
+    p = prepare(load_config(search_yaml(n_trials=2, tracking_uri="none", study_name="second")))
+    from_summary = load_points(Path(first.out) / "summary.json", p.space)
+    assert len(from_summary) == len(summary["pareto"])
+    assert [p.space.decode(x).to_dict() for x in from_summary] == [e["params"] for e in summary["pareto"]]
+    params = tmp_path / "params.json"
+    params.write_text(json.dumps(from_summary[:1]))
+    assert load_points(params, p.space) == from_summary[:1]
+    for content, field in (("{not json", "warm_start.file"), ('{"a": 1}', "warm_start.file"),
+                           ("[3]", "warm_start.file[0]"), (json.dumps([{**from_summary[0], "kd_lambda": 7}]),
+                                                           "warm_start.file[0]")):
+        params.write_text(content)
+        with pytest.raises(ConfigError) as err:
+            load_points(params, p.space)
+        assert err.value.field == field
