@@ -367,3 +367,20 @@ def test_a_previous_summary_or_a_list_of_params_can_seed_a_search(search_yaml, t
         with pytest.raises(ConfigError) as err:
             load_points(params, p.space)
         assert err.value.field == field
+
+
+@pytest.mark.parametrize("storage", ["study.log", "journal:///{tmp}/j/study"])
+def test_a_journal_file_storage_runs_and_resumes_a_search(search_yaml, tmp_path, storage):
+    """The storage needs no database: a journal file holds the study, and a rerun continues it."""
+    url = storage.format(tmp=tmp_path) if "{tmp}" in storage else str(tmp_path / storage)
+    cfg = load_config(search_yaml(n_trials=2, tracking_uri="none", storage=url))
+    first = run_search(cfg)
+    again = run_search(cfg)  # the budget is spent: nothing runs
+    assert first["n_complete"] + first["n_failed"] == again["n_complete"] + again["n_failed"] == 2
+    more = load_config(search_yaml(n_trials=3, tracking_uri="none", storage=url))
+    summary = run_search(more)
+    assert summary["n_complete"] + summary["n_failed"] == 3
+    from metacompress.search.study import make_storage
+
+    trials = optuna.load_study(study_name=more.study_name, storage=make_storage(url)).get_trials()
+    assert [t.number for t in trials] == [0, 1, 2] and all(t.state == TrialState.COMPLETE for t in trials)
