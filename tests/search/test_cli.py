@@ -182,3 +182,23 @@ def test_report_shows_a_pareto_entry_whose_params_are_not_numbers():
                            "params": {"layers.fc.bits": "4", "layers.fc.prune": 0.5, "kd_lambda": None}}]}
     (row,) = pareto_rows(summary)
     assert row[0] == "4" and row[2] == "-10.00" and row[-1] == "prune 50%"
+
+
+@pytest.mark.parametrize(("raised", "code", "needle"), [
+    (RuntimeError("disk on fire"), 1, "internal error (RuntimeError): disk on fire (rerun with --debug"),
+    (KeyboardInterrupt(), 130, "interrupted: finished trials are saved; rerun the same command to resume."),
+], ids=["unexpected", "interrupted"])
+def test_an_unexpected_error_or_an_interrupt_is_one_line_too(tmp_path, monkeypatch, raised, code, needle):
+    import metacompress.search.config as config_module
+
+    def fail(*_args, **_kwargs):
+        raise raised
+
+    monkeypatch.setattr(config_module, "load_config", fail)
+    path = _write(tmp_path, BASE)
+    result = runner.invoke(app, ["search", str(path)])
+    assert result.exit_code == code
+    assert needle in _one_error_line(result)
+    if code == 1:  # --debug shows the traceback instead
+        debug = runner.invoke(app, ["search", str(path), "--debug"])
+        assert debug.exit_code != 0 and isinstance(debug.exception, RuntimeError)
