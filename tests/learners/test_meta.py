@@ -619,3 +619,20 @@ def test_a_tracking_store_that_cannot_be_read_is_a_skip_reason_not_a_crash(monke
     history = History.collect(uri)
     assert len(history) == len(History.shipped())
     assert history.skipped[f"tracking store {uri} unreadable"] == 1
+
+
+def test_the_gbm_ensemble_resamples_tasks_and_its_spread_shows_where_they_disagree():
+    """n_ensemble > 1: members fit on bootstrap resamples of whole tasks; predict_std is their spread (0 for one)."""
+    history = History.from_rows(_rows(6, 20))
+    X, y, g = history.X(), history.y(), history.groups()
+    single = GBMRetentionPredictor(max_iter=40, random_state=0).fit(X, y, g)
+    assert not single.predict_std(X).any()
+    ensemble = GBMRetentionPredictor(max_iter=40, n_ensemble=4, random_state=0).fit(X, y, g)
+    assert len(ensemble.models_) == 4
+    spread = ensemble.predict_std(X)
+    assert spread.shape == (len(y),) and (spread > 0).mean() > 0.5  # the resamples see other tasks
+    np.testing.assert_allclose(ensemble.predict(X), ensemble._predictions(X).mean(0))
+    # one task: nothing to resample, every member sees the same rows (seeds differ, the trees barely)
+    one = GBMRetentionPredictor(max_iter=40, n_ensemble=3, random_state=0).fit(X[g == "task0"], y[g == "task0"],
+                                                                              g[g == "task0"])
+    assert len(one.models_) == 3
