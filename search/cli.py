@@ -1,4 +1,5 @@
-"""The ``metacompress`` command line: ``search``, ``tasks``, ``suggest``, ``history``, ``report``, ``retrain``.
+"""The ``metacompress`` command line: ``search``, ``tasks``, ``suggest``, ``history``, ``report``, ``export``,
+``retrain``.
 
 Bad input (a missing file, an unknown key, an out-of-range value, an unreachable store) ends with exit code 2 and
 one line naming the field and what is allowed; ``--debug`` shows the traceback instead.
@@ -278,6 +279,34 @@ def report(
         raise ConfigError(f"The 'path' value must be a summary.json written by `metacompress search` ({problem}). "
                           f"Got '{file}'.", "path")
     console.print(pareto_table(summary))
+
+
+@app.command()
+@_friendly
+def export(
+    config: Path = typer.Argument(..., help="The search's experiment YAML (its task, storage and study name)."),
+    trial: int = typer.Option(..., "--trial", min=0, help="A finished trial (`metacompress report` lists the "
+                              "Pareto ones)."),
+    output: Optional[Path] = typer.Option(None, "--output", help="The .pt file (default OUT/trial-N.pt)."),
+    study_name: Optional[str] = typer.Option(None, "--study-name"),
+    storage: Optional[str] = typer.Option(None, help="Optuna storage URL."),
+    no_int8: bool = typer.Option(False, "--no-int8", help="Keep float Linear kernels (default: int8 where the "
+                                 "weights have 8 bits or fewer, as the search measured latency)."),
+    debug: bool = typer.Option(False, "--debug"),
+) -> None:
+    """Write a finished trial as a TorchScript file that loads with torch.jit.load alone, checked on the
+    validation data."""
+    from .config import load_config
+    from .deploy import export_trial
+    from .report import format_bytes
+
+    cfg = load_config(config, _overrides(study_name=study_name, storage=storage))
+    with console.status(f"Exporting trial {trial} of {cfg.study_name}..."):
+        result = export_trial(cfg, trial, output, int8=not no_int8)
+    console.print(f"Wrote {result.path} (TorchScript, {format_bytes(result.size_bytes)}): accuracy "
+                  f"{result.accuracy:.4f} on the validation data (the trial recorded {result.trial_accuracy:.4f}; "
+                  f"{result.agreement:.1%} of predictions as the packed model). Load it with "
+                  f"torch.jit.load({str(result.path)!r}).", highlight=False, soft_wrap=True)
 
 
 def _number_flag(name: str, text: Optional[str], kind: type) -> Any:

@@ -202,3 +202,26 @@ def test_an_unexpected_error_or_an_interrupt_is_one_line_too(tmp_path, monkeypat
     if code == 1:  # --debug shows the traceback instead
         debug = runner.invoke(app, ["search", str(path), "--debug"])
         assert debug.exit_code != 0 and isinstance(debug.exception, RuntimeError)
+
+
+def test_export_writes_a_trial_that_loads_with_torch_alone(search_yaml, tmp_path):
+    path = search_yaml(n_trials=2, tracking_uri="none")
+    assert runner.invoke(app, ["search", str(path)]).exit_code == 0
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    best = summary["pareto"][0]
+    result = runner.invoke(app, ["export", str(path), "--trial", str(best["number"])])
+    assert result.exit_code == 0, result.output
+    file = tmp_path / "out" / f"trial-{best['number']}.pt"
+    assert f"accuracy {best['metrics']['accuracy']:.4f}" in result.output and "100.0% of predictions" in result.output
+    code = (f"import torch; m = torch.jit.load({str(file)!r}); "
+            "print(tuple(m(torch.zeros(3, 64)).shape))")  # a fresh interpreter: no metacompress import
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "(3, 10)", done.stderr[-500:]
+    floats = runner.invoke(app, ["export", str(path), "--trial", str(best["number"]), "--no-int8",
+                                 "--output", str(tmp_path / "f32.pt")])
+    assert floats.exit_code == 0 and (tmp_path / "f32.pt").is_file()
+    for flags, field in ((["--trial", "99"], "'trial'"), (["--trial", "0", "--study-name", "nope"], "'study_name'"),
+                         (["--trial", "0", "--output", str(tmp_path / "model.onnx")], "'output'")):
+        bad = runner.invoke(app, ["export", str(path), *flags])
+        assert bad.exit_code == 2, bad.output
+        assert field in _one_error_line(bad)

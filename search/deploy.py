@@ -1,0 +1,103 @@
+"""From a finished trial to a file that serves without metacompress: ``metacompress export``.
+
+The trial's packed export (``.mcz``, written by the search) is loaded back onto the teacher's architecture
+(:func:`~metacompress.learners.load_compressed`), made deployable (:func:`~metacompress.learners.deployable`:
+compressed layers become plain layers, BatchNorm folded, int8 dynamic Linear kernels where the weights have 8 bits
+or fewer) and frozen with TorchScript. The file loads with ``torch.jit.load`` alone, and is checked before this
+returns: reloaded, it must predict the validation data as the packed model does. It is the runtime form: pruned
+weights are stored as zeros in dense tensors, so the file is larger than the trial's ``size_bytes`` (the packed
+storage form).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+import torch
+from optuna.trial import TrialState
+
+from metacompress.learners import deployable, load_compressed, load_task, predict_logits
+from metacompress.learners.measure import _Frozen, _tensors
+from metacompress.spaces import ConfigError, MetacompressError, invalid_value
+
+from .config import SearchConfig
+from .study import counted_trials, make_storage
+
+__all__ = ["ExportResult", "export_trial"]
+
+#: Share of validation predictions the reloaded file must agree on with the packed model (int8 kernels round
+#: differently from fake-quant; a prediction on a near tie may flip).
+MIN_AGREEMENT = 0.99
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """What :func:`export_trial` wrote and how it checked it."""
+
+    path: Path
+    size_bytes: int
+    trial_accuracy: float
+    accuracy: float
+    agreement: float
+
+
+def _trial_artifact(cfg: SearchConfig, number: int) -> tuple[Path, float]:
+    """The packed export and the recorded accuracy of finished trial ``number`` of the config's study."""
+    try:
+        study = optuna.load_study(study_name=cfg.study_name, storage=make_storage(cfg.storage))
+    except KeyError:
+        raise invalid_value("study_name", f"a study in {cfg.storage} (run `metacompress search` first)",
+                            cfg.study_name) from None
+    done = {t.number: t for t in counted_trials(study) if t.state == TrialState.COMPLETE}
+    trial = done.get(number)
+    if trial is None:
+        shown = ", ".join(map(str, sorted(done)[:20])) + (", ..." if len(done) > 20 else "")
+        raise invalid_value("trial", f"a finished trial of study {cfg.study_name!r} ({shown or 'none yet'})", number)
+    artifact = trial.user_attrs.get("artifact")
+    if not artifact or not Path(artifact).is_file():
+        raise invalid_value("trial", "a trial whose packed export (.mcz) still exists", f"{number} ({artifact})")
+    return Path(artifact), float(trial.user_attrs["metrics"]["accuracy"])
+
+
+def export_trial(cfg: SearchConfig, number: int, output: str | Path | None = None, *, int8: bool = True
+                 ) -> ExportResult:
+    """Write trial ``number`` of ``cfg``'s study as a TorchScript file and check it.
+
+    Args:
+        cfg: The search's config (its task, storage and study name).
+        number: A finished trial's number (``metacompress report`` lists the Pareto ones).
+        output: Where to write it (default ``<out>/trial-<number>.pt``).
+        int8: Run Linear layers of 8 bits or fewer with int8 kernels (as the search measured latency).
+
+    Raises:
+        ConfigError: No such study or finished trial, or its export is gone.
+        MetacompressError: The model does not trace, or the reloaded file predicts differently.
+    """
+    from .runner import _task_spec  # noqa: PLC0415 (runner imports the heavy backends)
+
+    if isinstance(number, bool) or not isinstance(number, int) or number < 0:
+        raise invalid_value("trial", "a trial number >= 0", number)
+    path = Path(output) if output is not None else Path(cfg.out) / f"trial-{number}.pt"
+    if path.suffix != ".pt" or path.is_dir():
+        raise ConfigError(f"The 'output' value must be a file path ending in .pt. Got '{path}'.", "output")
+    artifact, recorded = _trial_artifact(cfg, number)
+    task = load_task(_task_spec(cfg))
+    model = load_compressed(artifact, task.teacher).eval()
+    frozen = deployable(model, int8=int8, example_input=task.example_input(2))
+    if not isinstance(frozen, _Frozen):
+        raise MetacompressError(f"trial {number} does not trace to TorchScript; load its packed export with "
+                                f"metacompress.learners.load_compressed({str(artifact)!r}, teacher) instead")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.jit.save(frozen.graph, str(path))
+    reloaded = torch.jit.load(str(path))
+    x, y = _tensors(task.val)
+    with torch.no_grad():  # a frozen graph is not an nn.Module (no train/eval mode): called as a plain function
+        theirs = torch.cat([reloaded(x[i : i + 1024]) for i in range(0, len(x), 1024)]).argmax(1)
+    agreement = float((predict_logits(model, x).argmax(1) == theirs).float().mean())
+    if agreement < MIN_AGREEMENT:
+        path.unlink(missing_ok=True)
+        raise MetacompressError(f"the TorchScript file of trial {number} agreed with the packed model on only "
+                                f"{agreement:.1%} of the validation predictions; nothing was written")
+    return ExportResult(path, path.stat().st_size, recorded, float((theirs == y).float().mean()), agreement)
