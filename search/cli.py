@@ -294,8 +294,7 @@ def export(
                                  "weights have 8 bits or fewer, as the search measured latency)."),
     debug: bool = typer.Option(False, "--debug"),
 ) -> None:
-    """Write a finished trial as a TorchScript file that loads with torch.jit.load alone, checked on the
-    validation data."""
+    """Write a finished trial as TorchScript that loads with torch.jit.load alone (checked on validation data)."""
     from .config import load_config
     from .deploy import export_trial
     from .report import format_bytes
