@@ -155,18 +155,28 @@ def _warm_markers(ax: Any, points: Sequence[Mapping[str, float] | None], ringed:
                c="tab:green", linewidths=1.0, label="  predicted before it ran", zorder=5)
 
 
-def hypervolume_plot(history: Sequence[float], path: str | os.PathLike[str], title: str | None = None) -> Path:
-    """Plot the running hypervolume after each trial (see ``pareto.hypervolume_history``); returns ``path``."""
+def hypervolume_plot(history: Sequence[float], path: str | os.PathLike[str], title: str | None = None, *,
+                     warm: Sequence[int] = ()) -> Path:
+    """Plot the running hypervolume after each trial (see ``pareto.hypervolume_history``); returns ``path``.
+
+    ``warm``: indices of the warm-start trials, ringed as in :func:`pareto_plot`.
+    """
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
     trials = list(range(1, len(history) + 1))
     ax.step(trials, list(history), where="post", color="tab:blue", lw=1.8)
     ax.plot(trials, list(history), "o", ms=3, color="tab:blue")
+    ringed = [i for i in warm if 0 <= i < len(history)]
+    if ringed:
+        ax.scatter([i + 1 for i in ringed], [history[i] for i in ringed], s=80, facecolors="none",
+                   edgecolors="tab:green", linewidths=1.2, label=f"warm start ({len(ringed)})", zorder=3)
+        ax.legend(loc="lower right", fontsize=8)
     ax.set_xlabel("trial")
     ax.set_ylabel("hypervolume (normalized)")
     ax.set_title(title or "Hypervolume after each trial")
     ax.set_xlim(0.5, max(len(history), 1) + 0.5)
-    ax.set_ylim(bottom=0)
+    finite = [float(h) for h in history if math.isfinite(float(h))]
+    ax.set_ylim(0, max(finite) * 1.06 if finite and max(finite) > 0 else None)  # room for the rings at the top
     ax.grid(True, alpha=0.3)
     return _save(fig, path)
 

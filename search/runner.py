@@ -264,10 +264,10 @@ def write_outputs(p: Prepared, summary: dict[str, Any], trials: list[FrozenTrial
     paths[0].write_text(json.dumps(summary, indent=2))
     paths[1].write_text(pareto_markdown(summary))
     name = p.cfg.study_name
+    warm = warm_points(trials, float(p.reference["accuracy"]))
     pareto_plot(points, front, p.reference, paths[2], title=name if name == p.cfg.task_name else f"{name}: "
-                f"{p.cfg.task_name}", numbers=[t.number for t in trials],
-                warm=warm_points(trials, float(p.reference["accuracy"])))
-    hypervolume_plot(summary["hypervolume_history"], paths[3])
+                f"{p.cfg.task_name}", numbers=[t.number for t in trials], warm=warm)
+    hypervolume_plot(summary["hypervolume_history"], paths[3], warm=list(warm))
     return paths
 
 

@@ -126,6 +126,7 @@ def test_plots_write_pngs(tmp_path: Path) -> None:
     warm = pareto_plot(points, front, TEACHER, tmp_path / "warm.png", numbers=[3, 4, 6, 7, 8, 9, 10],
                        warm={0: 0.95, 1: None, 6: 0.5, 2: float("nan")})  # 6 failed: nothing to ring
     assert warm.read_bytes()[:4] == b"\x89PNG"
+    assert hypervolume_plot(history, tmp_path / "hv_warm.png", warm=[0, 1, 99]).is_file()  # 99: past the end
     assert not math.isnan(history[-1])
 
 
