@@ -290,22 +290,26 @@ def export(
     output: Optional[Path] = typer.Option(None, "--output", help="The .pt file (default OUT/trial-N.pt)."),
     study_name: Optional[str] = typer.Option(None, "--study-name"),
     storage: Optional[str] = typer.Option(None, help="Optuna storage URL."),
-    no_int8: bool = typer.Option(False, "--no-int8", help="Keep float Linear kernels (default: int8 where the "
-                                 "weights have 8 bits or fewer, as the search measured latency)."),
+    int8: Optional[bool] = typer.Option(None, "--int8/--no-int8", help="Int8 or float Linear kernels (default: "
+                                        "the runtime the trial's latency was measured on, the faster one)."),
     debug: bool = typer.Option(False, "--debug"),
 ) -> None:
     """Write a finished trial as TorchScript that loads with torch.jit.load alone (checked on validation data)."""
     from .config import load_config
-    from .deploy import export_trial
+    from .deploy import MIN_AGREEMENT, export_trial
     from .report import format_bytes
 
     cfg = load_config(config, _overrides(study_name=study_name, storage=storage))
     with console.status(f"Exporting trial {trial} of {cfg.study_name}..."):
-        result = export_trial(cfg, trial, output, int8=not no_int8)
-    console.print(f"Wrote {result.path} (TorchScript, {format_bytes(result.size_bytes)}): accuracy "
+        result = export_trial(cfg, trial, output, int8=int8)
+    kernels = "int8 Linear kernels" if result.int8 else "float kernels"
+    console.print(f"Wrote {result.path} (TorchScript, {kernels}, {format_bytes(result.size_bytes)}): accuracy "
                   f"{result.accuracy:.4f} on the validation data (the trial recorded {result.trial_accuracy:.4f}; "
                   f"{result.agreement:.1%} of predictions as the packed model). Load it with "
                   f"torch.jit.load({str(result.path)!r}).", highlight=False, soft_wrap=True)
+    if result.agreement < MIN_AGREEMENT:  # only an int8 file gets here: its kernels also quantize activations
+        console.print(f"[yellow]int8 kernels change {1 - result.agreement:.1%} of the predictions; --no-int8 "
+                      "keeps the trial's arithmetic[/]", highlight=False)
 
 
 def _number_flag(name: str, text: Optional[str], kind: type) -> Any:

@@ -2,9 +2,11 @@
 
 The trial's packed export (``.mcz``, written by the search) is loaded back onto the teacher's architecture
 (:func:`~metacompress.learners.load_compressed`), made deployable (:func:`~metacompress.learners.deployable`:
-compressed layers become plain layers, BatchNorm folded, int8 dynamic Linear kernels where the weights have 8 bits
-or fewer) and frozen with TorchScript. The file loads with ``torch.jit.load`` alone, and is checked before this
-returns: reloaded, it must predict the validation data as the packed model does. It is the runtime form: pruned
+compressed layers become plain layers, BatchNorm folded, and, when the trial's latency was timed on them, int8
+dynamic Linear kernels for weights of 8 bits or fewer) and frozen with TorchScript. The file loads with
+``torch.jit.load`` alone, and is checked before this returns: reloaded, a float file must predict the validation
+data as the packed model does; an int8 file's agreement is measured and reported (its kernels also quantize
+activations). It is the runtime form: pruned
 weights are stored as zeros in dense tensors, so the file is larger than the trial's ``size_bytes`` (the packed
 storage form).
 """
@@ -27,8 +29,9 @@ from .study import counted_trials, make_storage
 
 __all__ = ["ExportResult", "export_trial"]
 
-#: Share of validation predictions the reloaded file must agree on with the packed model (int8 kernels round
-#: differently from fake-quant; a prediction on a near tie may flip).
+#: Share of validation predictions a float file must agree on with the packed model (the same arithmetic, up to
+#: rounding; a near tie may flip). Int8 kernels also quantize activations, so an int8 file may differ more: it is
+#: written and its agreement reported.
 MIN_AGREEMENT = 0.99
 
 
@@ -41,10 +44,11 @@ class ExportResult:
     trial_accuracy: float
     accuracy: float
     agreement: float
+    int8: bool
 
 
-def _trial_artifact(cfg: SearchConfig, number: int) -> tuple[Path, float]:
-    """The packed export and the recorded accuracy of finished trial ``number`` of the config's study."""
+def _trial_artifact(cfg: SearchConfig, number: int) -> tuple[Path, dict[str, float]]:
+    """The packed export and the recorded metrics of finished trial ``number`` of the config's study."""
     try:
         study = optuna.load_study(study_name=cfg.study_name, storage=make_storage(cfg.storage))
     except KeyError:
@@ -58,10 +62,10 @@ def _trial_artifact(cfg: SearchConfig, number: int) -> tuple[Path, float]:
     artifact = trial.user_attrs.get("artifact")
     if not artifact or not Path(artifact).is_file():
         raise invalid_value("trial", "a trial whose packed export (.mcz) still exists", f"{number} ({artifact})")
-    return Path(artifact), float(trial.user_attrs["metrics"]["accuracy"])
+    return Path(artifact), dict(trial.user_attrs["metrics"])
 
 
-def export_trial(cfg: SearchConfig, number: int, output: str | Path | None = None, *, int8: bool = True
+def export_trial(cfg: SearchConfig, number: int, output: str | Path | None = None, *, int8: bool | None = None
                  ) -> ExportResult:
     """Write trial ``number`` of ``cfg``'s study as a TorchScript file and check it.
 
@@ -69,11 +73,12 @@ def export_trial(cfg: SearchConfig, number: int, output: str | Path | None = Non
         cfg: The search's config (its task, storage and study name).
         number: A finished trial's number (``metacompress report`` lists the Pareto ones).
         output: Where to write it (default ``<out>/trial-<number>.pt``).
-        int8: Run Linear layers of 8 bits or fewer with int8 kernels (as the search measured latency).
+        int8: Run Linear layers of 8 bits or fewer with int8 kernels (``None``: as the trial's latency was
+            measured, its ``int8_runtime`` metric: the faster of the two).
 
     Raises:
         ConfigError: No such study or finished trial, or its export is gone.
-        MetacompressError: The model does not trace, or the reloaded file predicts differently.
+        MetacompressError: The model does not trace, or the reloaded float file predicts differently.
     """
     from .runner import _task_spec  # noqa: PLC0415 (runner imports the heavy backends)
 
@@ -82,7 +87,8 @@ def export_trial(cfg: SearchConfig, number: int, output: str | Path | None = Non
     path = Path(output) if output is not None else Path(cfg.out) / f"trial-{number}.pt"
     if path.suffix != ".pt" or path.is_dir():
         raise ConfigError(f"The 'output' value must be a file path ending in .pt. Got '{path}'.", "output")
-    artifact, recorded = _trial_artifact(cfg, number)
+    artifact, metrics = _trial_artifact(cfg, number)
+    int8 = bool(metrics.get("int8_runtime", 0.0)) if int8 is None else bool(int8)
     task = load_task(_task_spec(cfg))
     model = load_compressed(artifact, task.teacher).eval()
     frozen = deployable(model, int8=int8, example_input=task.example_input(2))
@@ -96,8 +102,9 @@ def export_trial(cfg: SearchConfig, number: int, output: str | Path | None = Non
     with torch.no_grad():  # a frozen graph is not an nn.Module (no train/eval mode): called as a plain function
         theirs = torch.cat([reloaded(x[i : i + 1024]) for i in range(0, len(x), 1024)]).argmax(1)
     agreement = float((predict_logits(model, x).argmax(1) == theirs).float().mean())
-    if agreement < MIN_AGREEMENT:
+    if agreement < MIN_AGREEMENT and not int8:
         path.unlink(missing_ok=True)
         raise MetacompressError(f"the TorchScript file of trial {number} agreed with the packed model on only "
                                 f"{agreement:.1%} of the validation predictions; nothing was written")
-    return ExportResult(path, path.stat().st_size, recorded, float((theirs == y).float().mean()), agreement)
+    return ExportResult(path, path.stat().st_size, float(metrics["accuracy"]), float((theirs == y).float().mean()),
+                        agreement, int8)

@@ -7,12 +7,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import optuna
 import pytest
 import torch
 import yaml
 from typer.testing import CliRunner
 
 from metacompress.search.cli import app
+from metacompress.search.study import counted_trials
 
 runner = CliRunner()
 
@@ -212,7 +214,10 @@ def test_export_writes_a_trial_that_loads_with_torch_alone(search_yaml, tmp_path
     result = runner.invoke(app, ["export", str(path), "--trial", str(best["number"])])
     assert result.exit_code == 0, result.output
     file = tmp_path / "out" / f"trial-{best['number']}.pt"
-    assert f"accuracy {best['metrics']['accuracy']:.4f}" in result.output and "100.0% of predictions" in result.output
+    assert f"(the trial recorded {best['metrics']['accuracy']:.4f}" in result.output
+    trial = counted_trials(optuna.load_study(study_name="search", storage=f"sqlite:///{tmp_path}/study.db"))[
+        best["number"]]  # the default runtime is the one the trial's latency was measured on
+    assert ("int8 Linear kernels" in result.output) == bool(trial.user_attrs["metrics"]["int8_runtime"])
     code = (f"import torch; m = torch.jit.load({str(file)!r}); "
             "print(tuple(m(torch.zeros(3, 64)).shape))")  # a fresh interpreter: no metacompress import
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
@@ -220,6 +225,11 @@ def test_export_writes_a_trial_that_loads_with_torch_alone(search_yaml, tmp_path
     floats = runner.invoke(app, ["export", str(path), "--trial", str(best["number"]), "--no-int8",
                                  "--output", str(tmp_path / "f32.pt")])
     assert floats.exit_code == 0 and (tmp_path / "f32.pt").is_file()
+    assert f"accuracy {best['metrics']['accuracy']:.4f}" in floats.output  # the trial's own arithmetic
+    assert "float kernels" in floats.output and "100.0% of predictions" in floats.output
+    ints = runner.invoke(app, ["export", str(path), "--trial", str(best["number"]), "--int8",
+                               "--output", str(tmp_path / "i8.pt")])
+    assert ints.exit_code == 0 and "int8 Linear kernels" in ints.output
     for flags, field in ((["--trial", "99"], "'trial'"), (["--trial", "0", "--study-name", "nope"], "'study_name'"),
                          (["--trial", "0", "--output", str(tmp_path / "model.onnx")], "'output'")):
         bad = runner.invoke(app, ["export", str(path), *flags])
