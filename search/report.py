@@ -28,13 +28,18 @@ def summary_problem(summary: Any) -> str | None:
                       ("pareto", list)):
         if not isinstance(summary.get(key), kind) or isinstance(summary.get(key), bool):
             return f"no {key!r}" if key not in summary else f"{key!r} of the wrong type"
-    if not isinstance(summary.get("teacher", {}), Mapping):
+    def numeric(values: Mapping[str, Any], optional: tuple[str, ...]) -> bool:
+        return all(isinstance(values[k], number) and not isinstance(values[k], bool) for k in optional if k in values)
+
+    teacher = summary.get("teacher", {})
+    if not isinstance(teacher, Mapping) or not numeric(teacher, ("accuracy", "size_bytes", "latency_ms")):
         return "'teacher' of the wrong type"
     for i, entry in enumerate(summary["pareto"]):
         metrics = entry.get("metrics") if isinstance(entry, Mapping) else None
-        if (not isinstance(metrics, Mapping) or "number" not in entry
-                or not all(isinstance(metrics.get(k), number) for k in ("accuracy", "size_bytes"))):
-            return f"pareto[{i}] without a number and numeric accuracy and size_bytes metrics"
+        if (not isinstance(metrics, Mapping) or not isinstance(entry.get("number"), int)
+                or not all(k in metrics for k in ("accuracy", "size_bytes"))
+                or not numeric(metrics, ("accuracy", "size_bytes", "compression_ratio", "latency_ms", "speedup"))):
+            return f"pareto[{i}] without a trial number and numeric accuracy and size_bytes metrics"
     return None
 
 

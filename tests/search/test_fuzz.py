@@ -1,4 +1,5 @@
-"""Bad input, fuzzed: generated YAML configs and ``retrain`` flags, each broken in exactly one field.
+"""Bad input, fuzzed: generated YAML configs and ``retrain`` flags, each broken in exactly one field, and
+``summary.json`` files for ``report`` with any JSON value anywhere.
 
 Every case must end with exit code 2 and one line naming the field, and no traceback. The ≥ 500 cases run
 in-process (``CliRunner``; validation happens before any training); a few run the console script in a subprocess
@@ -7,6 +8,7 @@ to show that nothing reaches stderr but that one line. ``experiments/bench_fault
 
 from __future__ import annotations
 
+import json
 import math
 import subprocess
 import sys
@@ -167,3 +169,48 @@ def test_console_script_prints_one_line_and_no_traceback(tmp_path, flags, field)
                             capture_output=True, text=True, timeout=120)
     assert check(result, field) is None, check(result, field)
     assert result.stdout.strip() == ""  # the one line is on stderr
+
+
+# --------------------------------------------------------------------------------------------- report's input
+_json = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=6),
+                     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner,
+                                                                                 max_size=3), max_leaves=8)
+SUMMARY = {"study_name": "s", "task": "digits-mlp", "n_complete": 1, "hypervolume": 0.5,
+           "teacher": {"accuracy": 0.97, "size_bytes": 68904.0, "latency_ms": 0.03},
+           "pareto": [{"number": 0, "params": {"layers.fc1.bits": 4, "layers.fc1.prune": 0.5, "kd_lambda": 0.5,
+                                               "temperature": 2.0, "prune_method": "structured"},
+                       "metrics": {"accuracy": 0.95, "size_bytes": 900.0, "compression_ratio": 76.6,
+                                   "latency_ms": 0.02, "speedup": 1.5}}]}
+
+
+@st.composite
+def broken_summary(draw: Any) -> Any:
+    """A valid summary with one value anywhere in it replaced by arbitrary JSON, or arbitrary JSON itself."""
+    if draw(st.booleans()):
+        return draw(_json)
+    import copy
+
+    summary = copy.deepcopy(SUMMARY)
+    paths = [(k,) for k in summary] + [("teacher", k) for k in summary["teacher"]] + [
+        ("pareto", 0, k) for k in summary["pareto"][0]] + [("pareto", 0, "metrics", k) for k in
+                                                           summary["pareto"][0]["metrics"]] + [
+        ("pareto", 0, "params", k) for k in summary["pareto"][0]["params"]]
+    path = draw(st.sampled_from(paths))
+    node = summary
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = draw(_json)
+    return summary
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+@given(summary=broken_summary())
+def test_report_shows_a_summary_or_names_path_in_one_line(tmp_path_factory, summary):
+    """Whatever JSON a summary.json holds, report prints its table (exit 0) or one line naming 'path' (exit 2)."""
+    path = tmp_path_factory.mktemp("report") / "summary.json"
+    path.write_text(json.dumps(summary))
+    result = runner.invoke(app, ["report", str(path)])
+    if result.exit_code == 0:
+        assert "Pareto front" in result.output
+    else:
+        assert check(result, "path") is None, (check(result, "path"), summary)
