@@ -63,6 +63,21 @@ def _quote(value: str) -> str:
     return f'"{value}"' if "'" in value else f"'{value}'"
 
 
+def _database_driver_problem(uri: str) -> str | None:
+    """Why the SQLAlchemy driver of database URL ``uri`` does not import, or None (also for a non-database URI)."""
+    try:
+        from sqlalchemy.engine.url import make_url  # noqa: PLC0415
+
+        dialect = make_url(uri).get_dialect()
+    except Exception:  # noqa: BLE001 - not a SQLAlchemy URL (file://, databricks): MLflow decides
+        return None
+    try:
+        dialect.import_dbapi()
+    except ImportError as exc:
+        return str(exc)
+    return None
+
+
 def _soft(method: Callable[..., _T]) -> Callable[..., _T | None]:
     """Run ``method`` only while the tracker is enabled; in non-strict mode turn a failure into one warning."""
 
@@ -123,7 +138,8 @@ class Tracker:
 
         ``http(s)://``: GET ``<uri>/health`` (served by ``mlflow server``); any HTTP answer, even 401 or 404 from a
         proxy, counts as reachable; a refused connection, DNS failure or no answer within ``timeout_s`` does not.
-        ``sqlite:///``: the database's directory must exist. Other schemes are not checked.
+        ``sqlite:///``: the database's directory must exist. Another database URL: its driver must import (a
+        server that is down shows at the first write, which tracking survives). Other schemes are not checked.
 
         Raises:
             ConfigError: naming ``tracking_uri``.
@@ -144,6 +160,10 @@ class Tracker:
             folder = Path(uri[len("sqlite:///"):]).parent
             if not folder.is_dir():
                 raise invalid_value("tracking_uri", "a sqlite URL whose directory exists", uri)
+        elif "://" in uri:  # a database store (postgresql://, mysql://, ...): its Python driver must import
+            driver = _database_driver_problem(uri)
+            if driver is not None:
+                raise invalid_value("tracking_uri", f"a database URL whose driver is installed ({driver})", uri)
 
     def _experiment(self) -> str:
         if self._experiment_id is not None:

@@ -182,6 +182,7 @@ def read_mlflow(tracking_uri: str | None, experiment_names: Iterable[str] | None
     """
     from mlflow.exceptions import MlflowException  # noqa: PLC0415
     from mlflow.tracking import MlflowClient  # noqa: PLC0415
+    from sqlalchemy.exc import SQLAlchemyError  # noqa: PLC0415 (MLflow's database stores)
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per meta.json otherwise
     skipped: Counter[str] = Counter()
@@ -191,7 +192,7 @@ def read_mlflow(tracking_uri: str | None, experiment_names: Iterable[str] | None
         for exp_id in _experiments(client, experiment_names, skipped):
             for parent in _pages(client, [exp_id], f"tags.`{_ROLE}` = 'parent'"):
                 rows.extend(_search_rows(client, exp_id, parent, skipped))
-    except MlflowException as exc:  # a server down or refusing, a store of another kind
+    except (MlflowException, SQLAlchemyError, ImportError) as exc:  # down, refusing, no driver, another kind
         cause = " ".join(str(exc).split())
         cause = cause if len(cause) <= _CAUSE_CHARS else cause[: _CAUSE_CHARS - 3] + "..."
         raise invalid_value("tracking_uri", f"a readable MLflow tracking store (reading it failed: {cause})",

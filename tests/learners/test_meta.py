@@ -619,6 +619,11 @@ def test_a_tracking_store_that_cannot_be_read_is_a_skip_reason_not_a_crash(monke
     history = History.collect(uri)
     assert len(history) == len(History.shipped())
     assert history.skipped[f"tracking store {uri} unreadable"] == 1
+    import importlib.util
+
+    if importlib.util.find_spec("psycopg") is None:  # a database store whose driver is missing: the same
+        with pytest.raises(ConfigError, match="No module named 'psycopg'"):
+            History.from_mlflow("postgresql://u@127.0.0.1:9/db")
 
 
 def test_the_gbm_ensemble_resamples_tasks_and_its_spread_shows_where_they_disagree():

@@ -235,3 +235,21 @@ def test_export_writes_a_trial_that_loads_with_torch_alone(search_yaml, tmp_path
         bad = runner.invoke(app, ["export", str(path), *flags])
         assert bad.exit_code == 2, bad.output
         assert field in _one_error_line(bad)
+
+
+def test_a_database_tracking_store_without_its_driver_is_one_line_and_exit_code_2(tmp_path, monkeypatch):
+    """search, suggest and history check that the store's Python driver imports before anything runs."""
+    import importlib.util
+
+    drivers = {"psycopg": "postgresql://u@127.0.0.1:9/db", "MySQLdb": "mysql://u@127.0.0.1:9/db",
+               "pymssql": "mssql+pymssql://u@127.0.0.1:9/db"}
+    missing = [uri for module, uri in drivers.items() if importlib.util.find_spec(module) is None]
+    if not missing:
+        pytest.skip("every database driver this test knows is installed here")
+    monkeypatch.chdir(tmp_path)
+    path = _write(tmp_path, {**BASE, "storage": f"sqlite:///{tmp_path}/s.db"})
+    for args in (["search", str(path)], ["suggest", str(path)], ["history"]):
+        result = runner.invoke(app, [*args, "--tracking-uri", missing[0]])
+        assert result.exit_code == 2, result.output
+        line = _one_error_line(result)
+        assert "'tracking_uri'" in line and "driver is installed" in line
