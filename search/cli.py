@@ -87,7 +87,7 @@ def search(
     """Search compression policies for a model; resume when the study exists."""
     from .config import load_config
     from .progress import SearchProgress
-    from .report import pareto_table
+    from .report import pareto_table, warm_start_line
     from .runner import prepare, run_search
     from .sync import make_tracker
     from .warmstart import resolve_warm_start, resumed_warm_start
@@ -111,6 +111,8 @@ def search(
         summary = run_search(cfg, warm_points=points, warm_info=info, on_trial_end=bar.update, prepared=p,
                              tracker=tracker)
     console.print(pareto_table(summary))
+    if warm_start_line(summary):
+        console.print(warm_start_line(summary), highlight=False)
     console.print(f"Wrote [bold]{Path(cfg.out) / 'summary.json'}[/] (+ pareto.md, pareto.png, hypervolume.png).")
     if (cfg.tracking_uri != "none"):
         ui = cfg.tracking_uri if cfg.tracking_uri.startswith("http") else None
@@ -266,7 +268,7 @@ def report(
     debug: bool = typer.Option(False, "--debug"),
 ) -> None:
     """Print the Pareto table of a finished search."""
-    from .report import pareto_table, summary_problem
+    from .report import pareto_table, summary_problem, warm_start_line
 
     file = path / "summary.json" if path.is_dir() else path
     try:
@@ -279,6 +281,8 @@ def report(
         raise ConfigError(f"The 'path' value must be a summary.json written by `metacompress search` ({problem}). "
                           f"Got '{file}'.", "path")
     console.print(pareto_table(summary))
+    if warm_start_line(summary):
+        console.print(warm_start_line(summary), highlight=False)
 
 
 @app.command()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["format_bytes", "pareto_markdown", "pareto_rows", "pareto_table", "summary_problem"]
+__all__ = ["format_bytes", "pareto_markdown", "pareto_rows", "pareto_table", "summary_problem", "warm_start_line"]
 
 _COLUMNS = ("trial", "accuracy", "Δ acc (pp)", "size", "ratio", "latency (ms)", "speedup", "policy")
 
@@ -107,3 +107,23 @@ def pareto_table(summary: Mapping[str, Any]) -> Any:
     for row in pareto_rows(summary):
         table.add_row(*row)
     return table
+
+
+def warm_start_line(summary: Mapping[str, Any]) -> str | None:
+    """One line on how the warm start did: its trials on the front, and how far the predictor was off."""
+    warm = summary.get("warm_start")
+    points = warm.get("points") if isinstance(warm, Mapping) else None
+    if not isinstance(points, list) or not points:
+        return None
+    ok = [p for p in points if isinstance(p, Mapping) and isinstance(p.get("accuracy"), (int, float))]
+    front = {e.get("number") for e in summary.get("pareto", []) if isinstance(e, Mapping)}
+    n = len(points)
+    line = f"warm start: {n} trial{'' if n == 1 else 's'}, {sum(p.get('number') in front for p in ok)} on the Pareto front"
+    gaps = sorted(p["predicted_accuracy"] - p["accuracy"] for p in ok
+                  if isinstance(p.get("predicted_accuracy"), (int, float)))
+    if gaps:
+        median = (gaps[(len(gaps) - 1) // 2] + gaps[len(gaps) // 2]) / 2
+        line += f"; predicted minus real accuracy: median {100 * median:+.1f} pp (from {100 * gaps[0]:+.1f} to " \
+                f"{100 * gaps[-1]:+.1f})"
+    return line
+

@@ -253,3 +253,18 @@ def test_a_database_tracking_store_without_its_driver_is_one_line_and_exit_code_
         assert result.exit_code == 2, result.output
         line = _one_error_line(result)
         assert "'tracking_uri'" in line and "driver is installed" in line
+
+
+def test_the_warm_start_line_counts_front_trials_and_the_predictors_error():
+    from metacompress.search.report import warm_start_line
+
+    summary = {"pareto": [{"number": 0}, {"number": 2}], "warm_start": {"points": [
+        {"number": 0, "accuracy": 0.90, "predicted_accuracy": 0.95},
+        {"number": 1, "accuracy": 0.80, "predicted_accuracy": 0.70},
+        {"number": 2, "accuracy": 0.85, "predicted_accuracy": None},  # a file's point: no prediction
+        {"number": 3, "accuracy": None, "predicted_accuracy": 0.9}]}}  # failed
+    assert warm_start_line(summary) == ("warm start: 4 trials, 2 on the Pareto front; predicted minus real "
+                                        "accuracy: median -2.5 pp (from -10.0 to +5.0)")
+    assert warm_start_line({"warm_start": {"mode": "off", "n_points": 0}}) is None
+    assert warm_start_line({"warm_start": {"points": [{"number": 0, "accuracy": 0.9}]}}) == (
+        "warm start: 1 trial, 0 on the Pareto front")
