@@ -5,8 +5,8 @@ The loss of one batch is ``λ·CE(s, y) + (1−λ)·T²·KL(softmax(t/T) ‖ sof
 and ``μ‖θ − θ*‖²`` toward a reference (a meta-learned initialisation, else the student's own starting weights,
 i.e. L2-SP). A feature map does not depend on the layer's width, so a channel-pruned student still matches its
 teacher: the attention map of a convolution's output (channel-mean of squares, Zagoruyko & Komodakis 2017) and
-the batch similarity matrix of a Linear one (Tung & Mori 2019). The teacher's logits are computed once per call, not once per step: the teacher is frozen and the data
-is not augmented, so they never change.
+the batch similarity matrix of a Linear one (Tung & Mori 2019). The teacher's logits are computed once per call,
+not once per step: the teacher is frozen and the data is not augmented, so they never change.
 """
 
 from __future__ import annotations

@@ -6,9 +6,8 @@ compressed layers become plain layers, BatchNorm folded, and, when the trial's l
 dynamic Linear kernels for weights of 8 bits or fewer) and frozen with TorchScript. The file loads with
 ``torch.jit.load`` alone, and is checked before this returns: reloaded, a float file must predict the validation
 data as the packed model does; an int8 file's agreement is measured and reported (its kernels also quantize
-activations). It is the runtime form: pruned
-weights are stored as zeros in dense tensors, so the file is larger than the trial's ``size_bytes`` (the packed
-storage form).
+activations). It is the runtime form: pruned weights are stored as zeros in dense tensors, so the file is larger
+than the trial's ``size_bytes`` (the packed storage form).
 """
 
 from __future__ import annotations

@@ -19,6 +19,11 @@ def format_bytes(n: float) -> str:
     return f"{n:.1f} GiB"  # pragma: no cover
 
 
+def _numeric(values: Mapping[str, Any], keys: tuple[str, ...]) -> bool:
+    """Whether each of ``keys`` present in ``values`` is a number (not a bool)."""
+    return all(isinstance(values[k], (int, float)) and not isinstance(values[k], bool) for k in keys if k in values)
+
+
 def summary_problem(summary: Any) -> str | None:
     """What keeps ``summary`` (a parsed ``summary.json``) from being shown, or ``None``: the keys the tables read."""
     if not isinstance(summary, Mapping):
@@ -28,17 +33,14 @@ def summary_problem(summary: Any) -> str | None:
                       ("pareto", list)):
         if not isinstance(summary.get(key), kind) or isinstance(summary.get(key), bool):
             return f"no {key!r}" if key not in summary else f"{key!r} of the wrong type"
-    def numeric(values: Mapping[str, Any], optional: tuple[str, ...]) -> bool:
-        return all(isinstance(values[k], number) and not isinstance(values[k], bool) for k in optional if k in values)
-
     teacher = summary.get("teacher", {})
-    if not isinstance(teacher, Mapping) or not numeric(teacher, ("accuracy", "size_bytes", "latency_ms")):
+    if not isinstance(teacher, Mapping) or not _numeric(teacher, ("accuracy", "size_bytes", "latency_ms")):
         return "'teacher' of the wrong type"
     for i, entry in enumerate(summary["pareto"]):
         metrics = entry.get("metrics") if isinstance(entry, Mapping) else None
         if (not isinstance(metrics, Mapping) or not isinstance(entry.get("number"), int)
                 or not all(k in metrics for k in ("accuracy", "size_bytes"))
-                or not numeric(metrics, ("accuracy", "size_bytes", "compression_ratio", "latency_ms", "speedup"))):
+                or not _numeric(metrics, ("accuracy", "size_bytes", "compression_ratio", "latency_ms", "speedup"))):
             return f"pareto[{i}] without a trial number and numeric accuracy and size_bytes metrics"
     return None
 
@@ -118,7 +120,8 @@ def warm_start_line(summary: Mapping[str, Any]) -> str | None:
     ok = [p for p in points if isinstance(p, Mapping) and isinstance(p.get("accuracy"), (int, float))]
     front = {e.get("number") for e in summary.get("pareto", []) if isinstance(e, Mapping)}
     n = len(points)
-    line = f"warm start: {n} trial{'' if n == 1 else 's'}, {sum(p.get('number') in front for p in ok)} on the Pareto front"
+    on_front = sum(p.get("number") in front for p in ok)
+    line = f"warm start: {n} trial{'' if n == 1 else 's'}, {on_front} on the Pareto front"
     gaps = sorted(p["predicted_accuracy"] - p["accuracy"] for p in ok
                   if isinstance(p.get("predicted_accuracy"), (int, float)))
     if gaps:
