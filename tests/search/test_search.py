@@ -209,9 +209,22 @@ def _wait_for(predicate, timeout: float) -> bool:
     return False
 
 
-def _kill_when_then_rerun(proc: subprocess.Popen, ready, cmd: list[str], cwd: Path) -> None:
+def _never_ready(proc: subprocess.Popen, cfg) -> str:
+    """Why a kill test's moment never came: the trials it saw, and the search's stderr (the search is stopped)."""
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()
+    try:
+        seen = [(t.number, t.state.name, sorted(k for k in t.user_attrs if k.startswith("metacompress.")))
+                for t in _study(cfg).get_trials(deepcopy=False)]
+    except KeyError:
+        seen = "no study"
+    return f"exit code {proc.returncode}; trials {seen}; stderr: {proc.stderr.read().decode()[-2000:]}"
+
+
+def _kill_when_then_rerun(proc: subprocess.Popen, ready, cmd: list[str], cwd: Path, cfg) -> None:
     """``kill -9`` the search ``proc`` once ``ready()`` holds, then rerun ``cmd`` at once; it must succeed."""
-    assert _wait_for(ready, 180), proc.stderr.read().decode()[-2000:] if proc.poll() else ""
+    assert _wait_for(ready, 180), _never_ready(proc, cfg)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     rerun = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600)
@@ -236,7 +249,7 @@ def test_kill_9_mid_search_then_rerun_finishes_the_budget_exactly(search_yaml, t
         # kill while the running trial trains, i.e. once all of its parameters are sampled
         return bool(done) and any(len(t.params) == len(done[0].params) for t in running)
 
-    assert _wait_for(running_after_one_complete, 180), proc.stderr.read().decode()[-2000:] if proc.poll() else ""
+    assert _wait_for(running_after_one_complete, 180), _never_ready(proc, cfg)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     interrupted = [t for t in _study(cfg).get_trials(deepcopy=False) if t.state == TrialState.RUNNING]
@@ -262,7 +275,7 @@ def test_kill_9_in_the_sequential_warm_phase_then_rerun_goes_on_with_the_same_po
     from metacompress.search.warmstart import ATTR_INDEX
 
     path = search_yaml(n_trials=5, tracking_uri="none", warm_start={"mode": "auto", "n_points": 3},
-                       space={"bits": [2, 4, 8], "epochs": {"low": 50, "high": 50}})
+                       space={"bits": [2, 4, 8], "epochs": {"low": 120, "high": 120}})  # a window of seconds
     cfg = load_config(path)
     cmd = [sys.executable, "-m", "metacompress.search.cli", "search", str(path)]
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -275,7 +288,7 @@ def test_kill_9_in_the_sequential_warm_phase_then_rerun_goes_on_with_the_same_po
         return (len(trials) == 2 and trials[0].state == TrialState.COMPLETE
                 and trials[1].state == TrialState.RUNNING and ATTR_INDEX in trials[1].user_attrs)
 
-    _kill_when_then_rerun(proc, second_warm_point_running, cmd, tmp_path)
+    _kill_when_then_rerun(proc, second_warm_point_running, cmd, tmp_path, cfg)
     study = _study(cfg)
     counted = counted_trials(study)
     interrupted = [t for t in study.get_trials() if t.user_attrs.get("metacompress.interrupted")]
@@ -306,7 +319,7 @@ def test_kill_9_of_a_two_worker_search_takes_its_workers_down_and_the_rerun_fini
         return len(trials) == 2 and all(len(t.params) == n_params for t in trials)
 
     # rerun at once: an orphaned worker would still hold the run lock (exit code 2) and keep running trials
-    _kill_when_then_rerun(proc, both_workers_training, cmd, tmp_path)
+    _kill_when_then_rerun(proc, both_workers_training, cmd, tmp_path, cfg)
     study = _study(cfg)
     counted = counted_trials(study)
     assert len(counted) == 6
