@@ -159,8 +159,10 @@ def finetune(
     """
     cfg = config or FinetuneConfig()
     x, y = _tensors(train)
-    layers = tuple(cfg.feature_layers) or (default_feature_layers(teacher) if teacher is not None else ())
-    use_features = policy.feature_beta > 0 and bool(layers)
+    layers: tuple[str, ...] = ()
+    if policy.feature_beta > 0:  # the default layers are looked up only when the term is on
+        layers = tuple(cfg.feature_layers) or (default_feature_layers(teacher) if teacher is not None else ())
+    use_features = bool(layers)
     if teacher_logits is None:
         teacher_logits = predict_logits(teacher, x, device=cfg.device)
     if policy.epochs <= 0:

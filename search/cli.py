@@ -111,8 +111,8 @@ def search(
         summary = run_search(cfg, warm_points=points, warm_info=info, on_trial_end=bar.update, prepared=p,
                              tracker=tracker)
     console.print(pareto_table(summary))
-    if warm_start_line(summary):
-        console.print(warm_start_line(summary), highlight=False)
+    if line := warm_start_line(summary):
+        console.print(line, highlight=False)
     console.print(f"Wrote [bold]{Path(cfg.out) / 'summary.json'}[/] (+ pareto.md, pareto.png, hypervolume.png).")
     if (cfg.tracking_uri != "none"):
         ui = cfg.tracking_uri if cfg.tracking_uri.startswith("http") else None
@@ -281,8 +281,8 @@ def report(
         raise ConfigError(f"The 'path' value must be a summary.json written by `metacompress search` ({problem}). "
                           f"Got '{file}'.", "path")
     console.print(pareto_table(summary))
-    if warm_start_line(summary):
-        console.print(warm_start_line(summary), highlight=False)
+    if line := warm_start_line(summary):
+        console.print(line, highlight=False)
 
 
 @app.command()

@@ -26,7 +26,6 @@ shared storage, and the Optuna storage must be reachable from the driver (an RDB
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import math
@@ -51,7 +50,6 @@ from ray.tune.search.optuna import OptunaSearch  # noqa: E402
 
 from .objective import Objective, TrialFailed, resolve_device  # noqa: E402
 from .study import remaining_budget  # noqa: E402
-from .warmstart import enqueue_next_warm_point  # noqa: E402
 
 __all__ = ["StudySearch", "TrialEndCallback", "run_ray", "init_ray"]
 
@@ -296,13 +294,12 @@ def run_ray(p: Any, on_trial_end: Callable[[FrozenTrial], None] | None = None) -
         if objective.teacher_logits is not None:
             objective.teacher_logits = objective.teacher_logits.cpu()
         holder = [ray.put(objective)]
-        before_ask = None if p.warm is None else functools.partial(enqueue_next_warm_point, plan=p.warm)
         trainable = tune.with_resources(
             _make_trainable(holder, str(p.artifact_dir.resolve()), cfg.train.device, cfg.train.num_threads),
             {"cpu": cfg.ray.cpus_per_trial, "gpu": cfg.ray.gpus_per_trial})
         tuner = Tuner(
             trainable,
-            tune_config=TuneConfig(search_alg=StudySearch(p.study, p.distributions, cfg.objectives, before_ask),
+            tune_config=TuneConfig(search_alg=StudySearch(p.study, p.distributions, cfg.objectives, p.before_ask),
                                    scheduler=_scheduler(p), num_samples=n,
                                    max_concurrent_trials=cfg.ray.max_concurrent, reuse_actors=cfg.ray.reuse_actors),
             run_config=RunConfig(

@@ -69,6 +69,12 @@ class Prepared:
         return to_optuna(self.space)
 
     @property
+    def before_ask(self) -> Callable[[optuna.Study], bool] | None:
+        """What runs before each ask in the process that enqueues (the local worker here, Ray's driver): the next
+        sequential warm point, when there is a sequential warm start."""
+        return None if self.warm is None else functools.partial(enqueue_next_warm_point, plan=self.warm)
+
+    @property
     def artifact_dir(self) -> Path:
         path = Path(self.cfg.out) / "trials"
         path.mkdir(parents=True, exist_ok=True)
@@ -198,10 +204,9 @@ def run_local(p: Prepared, on_trial_end: Callable[[FrozenTrial], None] | None = 
     try:
         # only this process enqueues sequential warm points: forked workers must not run the predictor's
         # OpenMP pool, which the fork left in an undefined state
-        before_ask = None if p.warm is None else functools.partial(enqueue_next_warm_point, plan=p.warm)
         run_worker(p.study, p.objective, cfg.n_trials, cfg.objectives, p.distributions,
                    lock_path(cfg.storage, cfg.study_name, "budget"), artifact_dir=p.artifact_dir,
-                   on_trial_end=on_trial_end, before_ask=before_ask)
+                   on_trial_end=on_trial_end, before_ask=p.before_ask)
     finally:
         for w in workers:
             w.join()
