@@ -23,6 +23,7 @@ import logging
 import os
 import re
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
@@ -76,6 +77,12 @@ def _database_driver_problem(uri: str) -> str | None:
     except ImportError as exc:
         return str(exc)
     return None
+
+
+def _is_file_store(uri: str) -> bool:
+    """Whether MLflow reads ``uri`` as a local file store: ``file:...`` or a path without a scheme."""
+    scheme = urllib.parse.urlparse(uri).scheme
+    return scheme in ("", "file") or (len(scheme) == 1 and os.name == "nt")  # ``C:\\mlruns`` parses as scheme c
 
 
 def _soft(method: Callable[..., _T]) -> Callable[..., _T | None]:
@@ -139,7 +146,8 @@ class Tracker:
         ``http(s)://``: GET ``<uri>/health`` (served by ``mlflow server``); any HTTP answer, even 401 or 404 from a
         proxy, counts as reachable; a refused connection, DNS failure or no answer within ``timeout_s`` does not.
         ``sqlite:///``: the database's directory must exist. Another database URL: its driver must import (a
-        server that is down shows at the first write, which tracking survives). Other schemes are not checked.
+        server that is down shows at the first write, which tracking survives). A file store (``file:``, a plain
+        path): MLflow 3 refuses it unless ``MLFLOW_ALLOW_FILE_STORE`` is true. Other schemes are not checked.
 
         Raises:
             ConfigError: naming ``tracking_uri``.
@@ -160,6 +168,13 @@ class Tracker:
             folder = Path(uri[len("sqlite:///"):]).parent
             if not folder.is_dir():
                 raise invalid_value("tracking_uri", "a sqlite URL whose directory exists", uri)
+        elif _is_file_store(uri):
+            from mlflow.environment_variables import MLFLOW_ALLOW_FILE_STORE  # noqa: PLC0415
+
+            if not MLFLOW_ALLOW_FILE_STORE.get():
+                raise invalid_value("tracking_uri", "a database or server store: MLflow 3 refuses file stores "
+                                    "(use sqlite:///mlflow.db; `mlflow migrate-filestore` converts a file store, "
+                                    "MLFLOW_ALLOW_FILE_STORE=true keeps using it)", uri)
         elif "://" in uri:  # a database store (postgresql://, mysql://, ...): its Python driver must import
             driver = _database_driver_problem(uri)
             if driver is not None:

@@ -255,6 +255,26 @@ def test_a_database_tracking_store_without_its_driver_is_one_line_and_exit_code_
         assert "'tracking_uri'" in line and "driver is installed" in line
 
 
+def test_a_file_tracking_store_is_refused_before_training_unless_mlflow_is_told_to_allow_it(
+        search_yaml, tmp_path, monkeypatch):
+    """MLflow 3 refuses file stores; without the check a search failed at its first trial (exit 1)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    path = search_yaml(n_trials=1)
+    for uri in ("file:./mlruns", "./mlruns", str(tmp_path / "mlruns")):
+        for args in (["search", str(path)], ["suggest", str(path)], ["history"]):
+            result = runner.invoke(app, [*args, "--tracking-uri", uri])
+            assert result.exit_code == 2, result.output
+            line = _one_error_line(result)
+            assert "'tracking_uri'" in line and "MLFLOW_ALLOW_FILE_STORE=true" in line
+    assert not (tmp_path / "study.db").exists()  # refused before the study was created
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # the user's opt-out: the file store works end to end
+    assert runner.invoke(app, ["search", str(path), "--tracking-uri", "file:./mlruns"]).exit_code == 0
+    result = runner.invoke(app, ["history", "--tracking-uri", "file:./mlruns", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["tracked"]["digits-mlp"]["rows"] == 1
+
+
 def test_the_warm_start_line_counts_front_trials_and_the_predictors_error():
     from metacompress.search.report import warm_start_line
 
