@@ -43,7 +43,8 @@ from bench_warmstart import RESULTS, RUNS, TASKS, _rank_scores, load_runs, loto_
 SHOTS = 5
 #: Encoding columns that a policy and the architecture alone determine (:func:`in_task_references` matches on them).
 POLICY_COLUMNS = ("prune_mean", "prune_max", "prune_first", "prune_last", "bits_mean", "bits_min", "bits_first",
-                  "bits_last", "structured", "kd_lambda", "log_temperature", "epochs", "log10_lr")
+                  "bits_last", "structured", "kd_lambda", "log_temperature", "epochs", "log10_lr", "log1p_feature_beta",
+                  "log1p_prox_mu")
 
 
 class _Mean:

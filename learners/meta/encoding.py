@@ -2,8 +2,9 @@
 
 A policy lists one prune ratio and one bit width per layer, and models differ in their layers. The encoding
 summarizes a policy with a fixed set of numbers (:data:`ENCODING_NAMES`): parameter- and sensitivity-weighted
-means, extremes, first/last layer settings, the distillation scalars, the exact compression ratio, and damage
-proxies that combine the policy with the teacher's per-layer probes (:func:`~.features.layer_sensitivity`).
+means, extremes, first/last layer settings, the distillation scalars (λ, T, the feature-map and proximal weights),
+the exact compression ratio, and damage proxies that combine the policy with the teacher's per-layer probes
+(:func:`~.features.layer_sensitivity`).
 
 :func:`encode_arrays` is the vectorized core (``N`` candidates at once); :func:`encode_policy` wraps it for one
 :class:`~metacompress.spaces.CompressionPolicy`.
@@ -21,7 +22,7 @@ from metacompress.spaces import CompressionPolicy, LayerInfo, invalid_value
 from .features import ENERGY_GRID, QERR_BITS
 from .size import SizeModel, policy_arrays
 
-__all__ = ["ENCODING_NAMES", "encode_policy", "encode_arrays", "scalar_arrays"]
+__all__ = ["ENCODING_DEFAULTS", "ENCODING_NAMES", "encode_policy", "encode_arrays", "scalar_arrays"]
 
 #: Keys of :func:`encode_policy`, in a fixed order (the predictor's input columns after the meta-features).
 ENCODING_NAMES: tuple[str, ...] = (
@@ -30,7 +31,11 @@ ENCODING_NAMES: tuple[str, ...] = (
     "structured", "act_bits", "kd_lambda", "log_temperature", "epochs", "log10_lr",
     "log_compression_ratio", "prune_damage", "quant_damage",
     "log_prune_energy", "log_quant_error", "log_weight_error", "log_weight_error_max",
+    "log1p_feature_beta", "log1p_prox_mu",
 )
+#: Encoding columns a row written before they existed lacks, with the value such a row stands for: both terms
+#: off (``History`` fills them in, so older CSVs and meta-datasets stay usable).
+ENCODING_DEFAULTS: dict[str, float] = {"log1p_feature_beta": 0.0, "log1p_prox_mu": 0.0}
 
 _EPS = 1e-6
 
@@ -74,6 +79,8 @@ def scalar_arrays(policies: Sequence[CompressionPolicy]) -> dict[str, np.ndarray
         "temperature": np.array([p.temperature for p in policies], dtype=np.float64),
         "epochs": np.array([p.epochs for p in policies], dtype=np.float64),
         "lr": np.array([p.lr for p in policies], dtype=np.float64),
+        "feature_beta": np.array([p.feature_beta for p in policies], dtype=np.float64),
+        "prox_mu": np.array([p.prox_mu for p in policies], dtype=np.float64),
     }
 
 
@@ -87,7 +94,7 @@ def encode_arrays(
         prune: ``(N, L)`` prune ratios, layers in ``layers`` order.
         bits: ``(N, L)`` bit widths (32 = float).
         scalars: ``structured``, ``act_bits`` (32 for float), ``kd_lambda``, ``temperature``, ``epochs``, ``lr``,
-            each ``(N,)`` (see :func:`scalar_arrays`).
+            ``feature_beta``, ``prox_mu``, each ``(N,)`` (see :func:`scalar_arrays`).
         layers: The teacher's layers.
         sensitivity: Per-layer probes (:func:`~.features.layer_sensitivity`).
         compression_ratio: ``(N,)`` teacher bytes / student bytes (exact, from :class:`~.size.SizeModel`).
@@ -116,6 +123,7 @@ def encode_arrays(
         "quant_damage": np.where(bits < 16, 4.0 ** (4 - bits), 0.0) @ t.s_bits,
         "log_prune_energy": np.log10(energy @ t.w + _EPS), "log_quant_error": np.log10(qerr @ t.w + _EPS),
         "log_weight_error": np.log10(werr @ t.w + _EPS), "log_weight_error_max": np.log10(werr.max(1) + _EPS),
+        "log1p_feature_beta": np.log1p(scalars["feature_beta"]), "log1p_prox_mu": np.log1p(scalars["prox_mu"]),
     }
     n = len(prune)
     return np.column_stack([np.broadcast_to(np.asarray(cols[k], dtype=np.float64), (n,)) for k in ENCODING_NAMES])

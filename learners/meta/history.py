@@ -22,7 +22,7 @@ import pandas as pd
 
 from metacompress.spaces import CompressionPolicy, ConfigError, invalid_value
 
-from .encoding import ENCODING_NAMES
+from .encoding import ENCODING_DEFAULTS, ENCODING_NAMES
 from .features import FEATURE_NAMES
 from .proxy import PROXY_NAME
 
@@ -105,13 +105,17 @@ class History:
     """Rows of (task meta-features, policy encoding, outcomes), with the count of rows that were skipped.
 
     Args:
-        frame: A table with the columns of :func:`make_row`; unusable rows are dropped and counted.
+        frame: A table with the columns of :func:`make_row`; unusable rows are dropped and counted. Encoding
+            columns added since a table was written are filled with :data:`~.encoding.ENCODING_DEFAULTS`.
         skipped: Counts of rows already skipped upstream, by reason.
     """
 
     def __init__(self, frame: pd.DataFrame | None = None, skipped: Mapping[str, int] | None = None) -> None:
         self.skipped: Counter[str] = Counter(dict(skipped or {}))
         frame = pd.DataFrame(columns=list(_COLUMNS)) if frame is None else frame
+        absent = {k: v for k, v in ENCODING_DEFAULTS.items() if k not in frame.columns}
+        if absent and len(frame):  # rows written before these encoding columns existed
+            frame = frame.assign(**absent)
         optional = ("policy", "latency_ms", "study", *MEASURED_NAMES)
         missing = [c for c in _COLUMNS if c not in frame.columns and c not in optional]
         if missing and len(frame):

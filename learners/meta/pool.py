@@ -64,7 +64,8 @@ class CandidatePool:
         raw: Parameter name -> ``(N,)`` array (values, or item indices for discrete domains).
         prune: ``(N, L)`` per-layer prune ratios, layers in ``space.layers`` order.
         bits: ``(N, L)`` per-layer bit widths.
-        scalars: ``structured``, ``act_bits``, ``kd_lambda``, ``temperature``, ``epochs``, ``lr`` arrays.
+        scalars: ``structured``, ``act_bits``, ``kd_lambda``, ``temperature``, ``epochs``, ``lr``, ``feature_beta``,
+            ``prox_mu`` arrays.
     """
 
     space: CompressionSpace
@@ -117,7 +118,7 @@ class CandidatePool:
         prunable = np.array([info.structured for info in space.layers])
         prune = np.where(structured[:, None] & ~prunable[None, :], 0.0, prune.astype(np.float64))
         scalars = {"structured": structured.astype(np.float64)}
-        for name in ("act_bits", "kd_lambda", "temperature", "epochs", "lr"):
+        for name in ("act_bits", "kd_lambda", "temperature", "epochs", "lr", "feature_beta", "prox_mu"):
             scalars[name] = numeric(name, name).astype(np.float64)
         return cls(space, raw, prune, bits.astype(np.int64), scalars)
 

@@ -9,6 +9,7 @@ import random
 import time
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from sklearn.base import clone
@@ -19,6 +20,7 @@ from metacompress.learners.meta import (
     ENCODING_NAMES,
     FEATURE_NAMES,
     INPUT_NAMES,
+    MEASURED_NAMES,
     PROXY_NAME,
     GBMRetentionPredictor,
     History,
@@ -40,7 +42,7 @@ from metacompress.learners.meta import (
     warm_start_points,
 )
 from metacompress.learners.meta.encoding import scalar_arrays
-from metacompress.learners.meta.pool import from_unit_array
+from metacompress.learners.meta.pool import CandidatePool, from_unit_array
 from metacompress.spaces import (
     Categorical,
     CompressionPolicy,
@@ -194,7 +196,8 @@ def test_encoding_is_layer_count_agnostic(digits, digits_meta):
 
 def test_encode_arrays_matches_encode_policy(digits, digits_meta):
     layers, sens, _ = digits_meta
-    space, size_model = _space(layers), SizeModel(digits.teacher)
+    space = _space(layers, feature_beta=Float(0.0, 2.0), prox_mu=Float(0.0, 1.0))
+    size_model = SizeModel(digits.teacher)
     policies = [space.decode(p) for p in space.space_filling(5, seed=3)]
     names = space.layer_names
     prune = np.array([[p.layer(n).prune for n in names] for p in policies])
@@ -203,6 +206,32 @@ def test_encode_arrays_matches_encode_policy(digits, digits_meta):
     rows = encode_arrays(prune, bits, scalar_arrays(policies), layers, sens, ratio)
     for row, policy in zip(rows, policies):
         assert row == pytest.approx(list(encode_policy(policy, layers, sens, size_model).values()))
+
+
+def test_the_feature_and_proximal_weights_are_part_of_the_encoding(digits, digits_meta):
+    """A search that turns either term on adds rows the predictor can tell apart from plain KD."""
+    layers, sens, _ = digits_meta
+    names, size_model = [i.name for i in layers], SizeModel(digits.teacher)
+    plain = encode_policy(CompressionPolicy.uniform(names, 0.5, 4), layers, sens, size_model)
+    both = encode_policy(CompressionPolicy.uniform(names, 0.5, 4, feature_beta=0.5, prox_mu=0.1), layers, sens,
+                         size_model)
+    assert plain["log1p_feature_beta"] == plain["log1p_prox_mu"] == 0.0
+    assert both["log1p_feature_beta"] == pytest.approx(math.log1p(0.5))
+    assert both["log1p_prox_mu"] == pytest.approx(math.log1p(0.1))
+    assert {k for k in plain if plain[k] != both[k]} == {"log1p_feature_beta", "log1p_prox_mu"}
+    pool = CandidatePool.sobol(_space(layers, feature_beta=Float(0.0, 2.0)), 64, seed=0)
+    assert np.ptp(pool.scalars["feature_beta"]) > 1.0 and not pool.scalars["prox_mu"].any()
+
+
+def test_rows_written_before_the_newest_encoding_columns_read_as_those_terms_off(tmp_path):
+    path = tmp_path / "old.csv"
+    History.from_rows(_rows(2, 5)).to_csv(path)
+    frame = pd.read_csv(path).drop(columns=["log1p_feature_beta", "log1p_prox_mu"])  # an older CSV
+    frame.to_csv(path, index=False)
+    old = History.from_csv(path)
+    assert len(old) == 10 and old.n_skipped == 0
+    assert (old.frame[["log1p_feature_beta", "log1p_prox_mu"]] == 0.0).all().all()
+    assert np.isfinite(old.X()[:, :-len(MEASURED_NAMES)]).all()  # the proxy: NaN where not measured
 
 
 # ---------------------------------------------------------------------------------------------------- history
