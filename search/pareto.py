@@ -42,6 +42,7 @@ __all__ = [
     "normalize",
     "hypervolume",
     "hypervolume_history",
+    "max_hypervolume",
 ]
 
 #: The natural optimization direction of every known objective.
@@ -86,6 +87,12 @@ def check_objectives(field: str, value: Any) -> dict[str, str]:
     if "accuracy" not in out:
         raise invalid_value(field, "a mapping that includes 'accuracy'", value)
     return out
+
+
+def max_hypervolume(objectives: Mapping[str, str] | Sequence[str]) -> float:
+    """The largest hypervolume ``objectives`` admit: the product of their :data:`REFERENCE_POINT` coordinates
+    (1, or 2 with ``latency_ms``)."""
+    return math.prod(REFERENCE_POINT.get(name, 1.0) for name in objectives)
 
 
 def objective_directions(objectives: Mapping[str, str]) -> list[str]:

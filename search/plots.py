@@ -156,10 +156,11 @@ def _warm_markers(ax: Any, points: Sequence[Mapping[str, float] | None], ringed:
 
 
 def hypervolume_plot(history: Sequence[float], path: str | os.PathLike[str], title: str | None = None, *,
-                     warm: Sequence[int] = ()) -> Path:
+                     warm: Sequence[int] = (), maximum: float = 1.0) -> Path:
     """Plot the running hypervolume after each trial (see ``pareto.hypervolume_history``); returns ``path``.
 
-    ``warm``: indices of the warm-start trials, ringed as in :func:`pareto_plot`.
+    ``warm``: indices of the warm-start trials, ringed as in :func:`pareto_plot`. ``maximum``: the largest value
+    the objectives admit (``pareto.max_hypervolume``), named on the axis when it is not 1.
     """
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
@@ -172,13 +173,18 @@ def hypervolume_plot(history: Sequence[float], path: str | os.PathLike[str], tit
                    edgecolors="tab:green", linewidths=1.2, label=f"warm start ({len(ringed)})", zorder=3)
         ax.legend(loc="lower right", fontsize=8)
     ax.set_xlabel("trial")
-    ax.set_ylabel("hypervolume (normalized)")
+    ax.set_ylabel(hv_label(maximum))
     ax.set_title(title or "Hypervolume after each trial")
     ax.set_xlim(0.5, max(len(history), 1) + 0.5)
     finite = [float(h) for h in history if math.isfinite(float(h))]
     ax.set_ylim(0, max(finite) * 1.06 if finite and max(finite) > 0 else None)  # room for the rings at the top
     ax.grid(True, alpha=0.3)
     return _save(fig, path)
+
+
+def hv_label(maximum: float = 1.0) -> str:
+    """The hypervolume axis label: normalized by the teacher, and its maximum when that is not 1."""
+    return "hypervolume (normalized)" if maximum == 1.0 else f"hypervolume (normalized, at most {maximum:g})"
 
 
 def anytime_hv_plot(curves: Mapping[str, Sequence[Sequence[float]]], path: str | os.PathLike[str],

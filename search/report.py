@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from .pareto import max_hypervolume
+
 __all__ = ["format_bytes", "pareto_markdown", "pareto_rows", "pareto_table", "summary_problem", "warm_start_line"]
 
 _COLUMNS = ("trial", "accuracy", "Δ acc (pp)", "size", "ratio", "latency (ms)", "speedup", "policy")
@@ -78,12 +80,20 @@ def pareto_rows(summary: Mapping[str, Any]) -> list[list[str]]:
     return rows
 
 
+def _hv_text(summary: Mapping[str, Any]) -> str:
+    """The hypervolume, and the most its objectives admit when that is not 1 (2 with latency)."""
+    objectives = summary.get("objectives")
+    maximum = max_hypervolume(objectives) if isinstance(objectives, Mapping) else 1.0
+    hv = f"{summary['hypervolume']:.4f}"
+    return hv if maximum == 1.0 else f"{hv} of at most {maximum:g}"
+
+
 def pareto_markdown(summary: Mapping[str, Any]) -> str:
     """The Pareto table as GitHub Markdown, with the teacher on the first line."""
     t = summary.get("teacher", {})
     lines = [
         f"Pareto front of `{summary['study_name']}` ({summary['task']}, {summary['n_complete']} complete trials, "
-        f"hypervolume {summary['hypervolume']:.4f})",
+        f"hypervolume {_hv_text(summary)})",
         "",
         f"Teacher: accuracy {t.get('accuracy', float('nan')):.4f}, size {format_bytes(t.get('size_bytes', 0))}, "
         f"latency {t.get('latency_ms', float('nan')):.3f} ms",
@@ -101,7 +111,7 @@ def pareto_table(summary: Mapping[str, Any]) -> Any:
 
     t = summary.get("teacher", {})
     table = Table(title=f"Pareto front — {summary['study_name']} ({summary['n_complete']} trials, "
-                        f"HV {summary['hypervolume']:.4f})",
+                        f"HV {_hv_text(summary)})",
                   caption=f"teacher: acc {t.get('accuracy', float('nan')):.4f}, "
                           f"{format_bytes(t.get('size_bytes', 0))}, {t.get('latency_ms', float('nan')):.3f} ms")
     for col in _COLUMNS:

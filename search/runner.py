@@ -35,7 +35,7 @@ from .config import SearchConfig
 from .local import file_lock, lock_path, run_worker
 from .objective import Objective, resolve_device, teacher_metrics
 from .warmstart import ATTR_PREDICTED, SequentialWarmStart, enqueue_next_warm_point
-from .pareto import hypervolume, hypervolume_history, pareto_front
+from .pareto import hypervolume, hypervolume_history, max_hypervolume, pareto_front
 from .study import (
     ATTR_REFERENCE,
     ATTR_WARM_SOURCE,
@@ -272,7 +272,8 @@ def write_outputs(p: Prepared, summary: dict[str, Any], trials: list[FrozenTrial
     warm = warm_points(trials, float(p.reference["accuracy"]))
     pareto_plot(points, front, p.reference, paths[2], title=name if name == p.cfg.task_name else f"{name}: "
                 f"{p.cfg.task_name}", numbers=[t.number for t in trials], warm=warm)
-    hypervolume_plot(summary["hypervolume_history"], paths[3], warm=list(warm))
+    hypervolume_plot(summary["hypervolume_history"], paths[3], warm=list(warm),
+                     maximum=max_hypervolume(p.cfg.objectives))
     return paths
 
 

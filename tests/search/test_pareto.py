@@ -14,6 +14,7 @@ from metacompress.search.pareto import (
     check_objectives,
     hypervolume,
     hypervolume_history,
+    max_hypervolume,
     normalize,
     objective_directions,
     pareto_front,
@@ -101,7 +102,7 @@ def test_history_is_monotone_bounded_and_front_dominates(points: list) -> None:
     history = hypervolume_history(points, TEACHER, objectives)
     assert len(history) == len(points)
     assert all(b >= a - 1e-12 for a, b in zip(history, history[1:]))
-    assert all(0.0 <= h <= 2.0 + 1e-12 for h in history)
+    assert all(0.0 <= h <= max_hypervolume(objectives) + 1e-12 for h in history)
     front = [points[i] for i in pareto_front(points, objectives)]
     assert hypervolume(front, TEACHER, objectives) == pytest.approx(history[-1] if history else 0.0)
 
@@ -110,6 +111,21 @@ def test_check_objectives() -> None:
     assert check_objectives("objectives", ["accuracy", "bitops"]) == {"accuracy": "maximize", "bitops": "minimize"}
     with pytest.raises(ConfigError, match="Did you mean 'latency_ms'"):
         check_objectives("objectives", {"accuracy": "maximize", "latency": "minimize"})
+
+
+def test_the_largest_hypervolume_is_2_with_latency_and_the_report_says_so() -> None:
+    from metacompress.search.plots import hv_label
+    from metacompress.search.report import pareto_markdown
+
+    with_latency = {"accuracy": "maximize", "size_bytes": "minimize", "latency_ms": "minimize"}
+    assert max_hypervolume(AS) == 1.0 and max_hypervolume(with_latency) == 2.0
+    ideal = {"accuracy": 0.96, "size_bytes": 1e-9, "latency_ms": 1e-9}  # lossless, free, instant
+    assert hypervolume([ideal], TEACHER, with_latency) == pytest.approx(max_hypervolume(with_latency))
+    assert hv_label(2.0).endswith("at most 2)") and hv_label(1.0) == "hypervolume (normalized)"
+    summary = {"study_name": "s", "task": "t", "n_complete": 1, "hypervolume": 1.39, "pareto": [],
+               "teacher": TEACHER}
+    assert "hypervolume 1.3900 of at most 2)" in pareto_markdown({**summary, "objectives": with_latency})
+    assert "hypervolume 1.3900)" in pareto_markdown({**summary, "objectives": AS})
 
 
 def test_plots_write_pngs(tmp_path: Path) -> None:
