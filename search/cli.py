@@ -122,7 +122,7 @@ def search(
 
 @app.command()
 @_friendly
-def tasks(debug: bool = typer.Option(False, "--debug")) -> None:
+def tasks(debug: bool = typer.Option(False, "--debug", help="Show tracebacks.")) -> None:
     """List the built-in tasks and their teachers' accuracy (when trained and cached)."""
     from rich.table import Table
 
@@ -147,7 +147,7 @@ def suggest(
     tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="MLflow store whose finished searches "
                                                "join the history, or 'none' (the shipped meta-dataset only)."),
     as_json: bool = typer.Option(False, "--json", help="Print the proposals as JSON."),
-    debug: bool = typer.Option(False, "--debug"),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
 ) -> None:
     """Print the warm-start policies the predictor proposes, without training anything."""
     from rich.table import Table
@@ -199,7 +199,7 @@ def history(
                                                    "(repeatable; default: all of them)."),
     show_all: bool = typer.Option(False, "--all", help="List every shipped task too, not only the tracked ones."),
     as_json: bool = typer.Option(False, "--json", help="Print the history's summary as JSON."),
-    debug: bool = typer.Option(False, "--debug"),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
 ) -> None:
     """Show the trial history warm starts learn from: the shipped meta-dataset and every finished search."""
     from metacompress.learners import BUILTIN_TASKS
@@ -265,7 +265,7 @@ def _history_table(parts: list[tuple[str, Any]]) -> Any:
 @_friendly
 def report(
     path: Path = typer.Argument(..., help="An output folder or its summary.json."),
-    debug: bool = typer.Option(False, "--debug"),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
 ) -> None:
     """Print the Pareto table of a finished search."""
     from .report import pareto_table, summary_problem, warm_start_line
@@ -296,7 +296,7 @@ def export(
     storage: Optional[str] = typer.Option(None, help="Optuna storage URL."),
     int8: Optional[bool] = typer.Option(None, "--int8/--no-int8", help="Int8 or float Linear kernels (default: "
                                         "the runtime the trial's latency was measured on, the faster one)."),
-    debug: bool = typer.Option(False, "--debug"),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
 ) -> None:
     """Write a finished trial as TorchScript that loads with torch.jit.load alone (checked on validation data)."""
     from .config import load_config
@@ -345,8 +345,9 @@ def retrain(
 ) -> None:
     """Scheduled job: search the retrained model (warm), promote the best constrained model only when better.
 
-    Exit codes: 0 promoted or champion kept (the last line says which), 3 no model met the constraints (nothing
-    promoted, everything logged), 2 bad input or another run of this job is running, 1 other errors (rerun).
+    Exit codes: 0 promoted or champion kept (the last line says which);
+    3 no model met the constraints (nothing promoted, everything logged);
+    2 bad input, or another run of this job is running; 1 other errors (rerun).
     """
     from .config import load_config
     from .retrain import parse_constraint, retrain as run_job, validate_name
