@@ -48,7 +48,8 @@ def summary_problem(summary: Any) -> str | None:
 
 
 def _policy_text(params: Mapping[str, Any]) -> str:
-    """A compact one-line policy: ``bits 2-8 · prune 35% unstr · λ 0.46 · T 2.6``."""
+    """A compact one-line policy: ``bits 2-8 · prune 35% unstr · λ 0.46 · T 2.6`` (`` · β 0.5 · μ 0.01`` when the
+    feature-map or proximal term is on)."""
     if not isinstance(params, Mapping):
         return ""
     num = {k: v for k, v in params.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
@@ -62,6 +63,9 @@ def _policy_text(params: Mapping[str, Any]) -> str:
         parts.append(f"prune {sum(prunes) / len(prunes):.0%} {method}".rstrip())
     if "kd_lambda" in num:
         parts.append(f"λ {num['kd_lambda']:.2f} · T {num.get('temperature', 0):.1f}")
+    for key, symbol in (("feature_beta", "β"), ("prox_mu", "μ")):  # shown when searched and on
+        if num.get(key):
+            parts.append(f"{symbol} {num[key]:.2g}")
     return " · ".join(parts)
 
 
