@@ -291,14 +291,17 @@ def export(
     config: Path = typer.Argument(..., help="The search's experiment YAML (its task, storage and study name)."),
     trial: int = typer.Option(..., "--trial", min=0, help="A finished trial (`metacompress report` lists the "
                               "Pareto ones)."),
-    output: Optional[Path] = typer.Option(None, "--output", help="The .pt file (default OUT/trial-N.pt)."),
-    study_name: Optional[str] = typer.Option(None, "--study-name"),
+    output: Optional[Path] = typer.Option(None, "--output", help="A .pt2 file (torch.export) or .pt (TorchScript, "
+                                          "the only one with int8 kernels); default OUT/trial-N.pt2, .pt for int8."),
+    study_name: Optional[str] = typer.Option(None, "--study-name", help="The study (default: the config's)."),
     storage: Optional[str] = typer.Option(None, help="Optuna storage URL."),
     int8: Optional[bool] = typer.Option(None, "--int8/--no-int8", help="Int8 or float Linear kernels (default: "
-                                        "the runtime the trial's latency was measured on, the faster one)."),
+                                        "the runtime the trial's latency was measured on, the faster one; float "
+                                        "for a .pt2 output)."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
 ) -> None:
-    """Write a finished trial as TorchScript that loads with torch.jit.load alone (checked on validation data)."""
+    """Write a finished trial as a file that loads with PyTorch alone (torch.export or TorchScript; checked on
+    validation data)."""
     from .config import load_config
     from .deploy import MIN_AGREEMENT, export_trial
     from .report import format_bytes
@@ -307,10 +310,10 @@ def export(
     with console.status(f"Exporting trial {trial} of {cfg.study_name}..."):
         result = export_trial(cfg, trial, output, int8=int8)
     kernels = "int8 Linear kernels" if result.int8 else "float kernels"
-    console.print(f"Wrote {result.path} (TorchScript, {kernels}, {format_bytes(result.size_bytes)}): accuracy "
+    console.print(f"Wrote {result.path} ({result.format}, {kernels}, {format_bytes(result.size_bytes)}): accuracy "
                   f"{result.accuracy:.4f} on the validation data (the trial recorded {result.trial_accuracy:.4f}; "
                   f"{result.agreement:.1%} of predictions as the packed model). Load it with "
-                  f"torch.jit.load({str(result.path)!r}).", highlight=False, soft_wrap=True)
+                  f"{result.load_hint}.", highlight=False, soft_wrap=True)
     if result.agreement < MIN_AGREEMENT:  # only an int8 file gets here: its kernels also quantize activations
         console.print(f"[yellow]int8 kernels change {1 - result.agreement:.1%} of the predictions; --no-int8 "
                       "keeps the trial's arithmetic[/]", highlight=False)

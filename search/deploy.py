@@ -1,26 +1,34 @@
 """From a finished trial to a file that serves without metacompress: ``metacompress export``.
 
 The trial's packed export (``.mcz``, written by the search) is loaded back onto the teacher's architecture
-(:func:`~metacompress.learners.load_compressed`), made deployable (:func:`~metacompress.learners.deployable`:
+(:func:`~metacompress.learners.load_compressed`) and made deployable (:func:`~metacompress.learners.deployable`:
 compressed layers become plain layers, BatchNorm folded, and, when the trial's latency was timed on them, int8
-dynamic Linear kernels for weights of 8 bits or fewer) and frozen with TorchScript. The file loads with
-``torch.jit.load`` alone, and is checked before this returns: reloaded, a float file must predict the validation
-data as the packed model does; an int8 file's agreement is measured and reported (its kernels also quantize
-activations). It is the runtime form: pruned weights are stored as zeros in dense tensors, so the file is larger
-than the trial's ``size_bytes`` (the packed storage form).
+dynamic Linear kernels for weights of 8 bits or fewer). The output's suffix picks the format:
+
+* ``.pt2``: a ``torch.export`` program (the batch dimension dynamic), loaded with
+  ``torch.export.load(path).module()``; float kernels only (``torch.export`` cannot hold ``torch.ao``'s dynamic
+  int8 Linear). The default for a float runtime.
+* ``.pt``: TorchScript, traced and frozen, loaded with ``torch.jit.load(path)`` (PyTorch 2.13 deprecates
+  TorchScript in favour of ``torch.export``); float or int8 kernels. The default for an int8 runtime.
+
+Either file loads with PyTorch alone and is checked before this returns: reloaded, a float file must predict the
+validation data as the packed model does; an int8 file's agreement is measured and reported (its kernels also
+quantize activations). It is the runtime form: pruned weights are stored as zeros in dense tensors, so the file is
+larger than the trial's ``size_bytes`` (the packed storage form).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import optuna
 import torch
 from optuna.trial import TrialState
 
 from metacompress.learners import deployable, load_compressed, load_task, predict_logits
-from metacompress.learners.measure import _Frozen, _tensors
+from metacompress.learners.measure import _freeze, _Frozen, _tensors
 from metacompress.spaces import ConfigError, MetacompressError, invalid_value
 
 from .config import SearchConfig
@@ -44,6 +52,14 @@ class ExportResult:
     accuracy: float
     agreement: float
     int8: bool
+    format: str  # "torch.export" (.pt2) or "TorchScript" (.pt)
+
+    @property
+    def load_hint(self) -> str:
+        """The one line of Python that loads the file."""
+        if self.format == "torch.export":
+            return f"torch.export.load({str(self.path)!r}).module()"
+        return f"torch.jit.load({str(self.path)!r})"
 
 
 def _trial_artifact(cfg: SearchConfig, number: int) -> tuple[Path, dict[str, float]]:
@@ -64,46 +80,74 @@ def _trial_artifact(cfg: SearchConfig, number: int) -> tuple[Path, dict[str, flo
     return Path(artifact), dict(trial.user_attrs["metrics"])
 
 
+def _output_path(cfg: SearchConfig, number: int, output: str | Path | None, int8: bool) -> Path:
+    """Where to write: ``output`` (``.pt2`` or ``.pt``), by default ``<out>/trial-<number>.pt2`` (``.pt`` for int8)."""
+    path = Path(output) if output is not None else Path(cfg.out) / f"trial-{number}.{'pt' if int8 else 'pt2'}"
+    if path.suffix not in (".pt", ".pt2") or path.is_dir():
+        raise ConfigError(f"The 'output' value must be a file path ending in .pt2 (torch.export) or .pt "
+                          f"(TorchScript). Got '{path}'.", "output")
+    if int8 and path.suffix == ".pt2":
+        raise ConfigError(f"The 'output' value must end in .pt for int8 kernels (torch.export cannot hold "
+                          f"torch.ao's dynamic int8 Linear; --no-int8 writes .pt2). Got '{path}'.", "output")
+    return path
+
+
+def _write(model: torch.nn.Module, example: torch.Tensor, path: Path, number: int) -> Any:
+    """Write ``model`` to ``path`` in the format its suffix names; returns the reloaded callable."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".pt2":
+        try:
+            program = torch.export.export(model, (example,), dynamic_shapes=({0: torch.export.Dim("batch")},))
+        except Exception as exc:  # noqa: BLE001 - torch.export raises many kinds; the message says what failed
+            raise MetacompressError(f"trial {number} does not export with torch.export ({type(exc).__name__}: "
+                                    f"{str(exc).splitlines()[0][:200]}); --output FILE.pt writes TorchScript") \
+                from None
+        torch.export.save(program, str(path))
+        return torch.export.load(str(path)).module()
+    frozen = _freeze(model, example)
+    if not isinstance(frozen, _Frozen):
+        raise MetacompressError(f"trial {number} does not trace to TorchScript; load its packed export with "
+                                "metacompress.learners.load_compressed(path, teacher) instead")
+    torch.jit.save(frozen.graph, str(path))
+    return torch.jit.load(str(path))
+
+
 def export_trial(cfg: SearchConfig, number: int, output: str | Path | None = None, *, int8: bool | None = None
                  ) -> ExportResult:
-    """Write trial ``number`` of ``cfg``'s study as a TorchScript file and check it.
+    """Write trial ``number`` of ``cfg``'s study as a ``torch.export`` (``.pt2``) or TorchScript (``.pt``) file and
+    check it.
 
     Args:
         cfg: The search's config (its task, storage and study name).
         number: A finished trial's number (``metacompress report`` lists the Pareto ones).
-        output: Where to write it (default ``<out>/trial-<number>.pt``).
+        output: Where to write it; its suffix picks the format (default ``<out>/trial-<number>.pt2``, ``.pt`` when
+            the runtime is int8).
         int8: Run Linear layers of 8 bits or fewer with int8 kernels (``None``: as the trial's latency was
-            measured, its ``int8_runtime`` metric: the faster of the two).
+            measured, its ``int8_runtime`` metric: the faster of the two; float for a ``.pt2`` output).
+            TorchScript only.
 
     Raises:
-        ConfigError: No such study or finished trial, or its export is gone.
-        MetacompressError: The model does not trace, or the reloaded float file predicts differently.
+        ConfigError: No such study or finished trial, its export is gone, or an output this runtime cannot take.
+        MetacompressError: The model does not export, or the reloaded float file predicts differently.
     """
     from .runner import _task_spec  # noqa: PLC0415 (runner imports the heavy backends)
 
     if isinstance(number, bool) or not isinstance(number, int) or number < 0:
         raise invalid_value("trial", "a trial number >= 0", number)
-    path = Path(output) if output is not None else Path(cfg.out) / f"trial-{number}.pt"
-    if path.suffix != ".pt" or path.is_dir():
-        raise ConfigError(f"The 'output' value must be a file path ending in .pt. Got '{path}'.", "output")
     artifact, metrics = _trial_artifact(cfg, number)
-    int8 = bool(metrics.get("int8_runtime", 0.0)) if int8 is None else bool(int8)
+    if int8 is None:  # the trial's runtime, unless the output names a format that has only float kernels
+        int8 = bool(metrics.get("int8_runtime", 0.0)) and not str(output or "").endswith(".pt2")
+    path = _output_path(cfg, number, output, bool(int8))
     task = load_task(_task_spec(cfg))
     model = load_compressed(artifact, task.teacher).eval()
-    frozen = deployable(model, int8=int8, example_input=task.example_input(2))
-    if not isinstance(frozen, _Frozen):
-        raise MetacompressError(f"trial {number} does not trace to TorchScript; load its packed export with "
-                                f"metacompress.learners.load_compressed({str(artifact)!r}, teacher) instead")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.jit.save(frozen.graph, str(path))
-    reloaded = torch.jit.load(str(path))
+    reloaded = _write(deployable(model, int8=bool(int8)), task.example_input(2), path, number)
     x, y = _tensors(task.val)
     with torch.no_grad():  # a frozen graph is not an nn.Module (no train/eval mode): called as a plain function
         theirs = torch.cat([reloaded(x[i : i + 1024]) for i in range(0, len(x), 1024)]).argmax(1)
     agreement = float((predict_logits(model, x).argmax(1) == theirs).float().mean())
     if agreement < MIN_AGREEMENT and not int8:
         path.unlink(missing_ok=True)
-        raise MetacompressError(f"the TorchScript file of trial {number} agreed with the packed model on only "
+        raise MetacompressError(f"the exported file of trial {number} agreed with the packed model on only "
                                 f"{agreement:.1%} of the validation predictions; nothing was written")
     return ExportResult(path, path.stat().st_size, float(metrics["accuracy"]), float((theirs == y).float().mean()),
-                        agreement, int8)
+                        agreement, bool(int8), "torch.export" if path.suffix == ".pt2" else "TorchScript")

@@ -214,6 +214,15 @@ def test_an_unexpected_error_or_an_interrupt_is_one_line_too(tmp_path, monkeypat
         assert debug.exit_code != 0 and isinstance(debug.exception, RuntimeError)
 
 
+def _load_in_a_fresh_interpreter(file: Path) -> str:
+    """Load ``file`` with PyTorch alone (no metacompress import) and return the output shape of a batch of 3."""
+    load = f"torch.export.load({str(file)!r}).module()" if file.suffix == ".pt2" else f"torch.jit.load({str(file)!r})"
+    code = f"import torch; m = {load}; print(tuple(m(torch.zeros(3, 64)).shape))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-500:]
+    return done.stdout.strip()
+
+
 def test_export_writes_a_trial_that_loads_with_torch_alone(search_yaml, tmp_path):
     path = search_yaml(n_trials=2, tracking_uri="none")
     assert runner.invoke(app, ["search", str(path)]).exit_code == 0
@@ -221,25 +230,28 @@ def test_export_writes_a_trial_that_loads_with_torch_alone(search_yaml, tmp_path
     best = summary["pareto"][0]
     result = runner.invoke(app, ["export", str(path), "--trial", str(best["number"])])
     assert result.exit_code == 0, result.output
-    file = tmp_path / "out" / f"trial-{best['number']}.pt"
     assert f"(the trial recorded {best['metrics']['accuracy']:.4f}" in result.output
     trial = counted_trials(optuna.load_study(study_name="search", storage=f"sqlite:///{tmp_path}/study.db"))[
         best["number"]]  # the default runtime is the one the trial's latency was measured on
-    assert ("int8 Linear kernels" in result.output) == bool(trial.user_attrs["metrics"]["int8_runtime"])
-    code = (f"import torch; m = torch.jit.load({str(file)!r}); "
-            "print(tuple(m(torch.zeros(3, 64)).shape))")  # a fresh interpreter: no metacompress import
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0 and done.stdout.strip() == "(3, 10)", done.stderr[-500:]
-    floats = runner.invoke(app, ["export", str(path), "--trial", str(best["number"]), "--no-int8",
-                                 "--output", str(tmp_path / "f32.pt")])
-    assert floats.exit_code == 0 and (tmp_path / "f32.pt").is_file()
-    assert f"accuracy {best['metrics']['accuracy']:.4f}" in floats.output  # the trial's own arithmetic
-    assert "float kernels" in floats.output and "100.0% of predictions" in floats.output
+    int8 = bool(trial.user_attrs["metrics"]["int8_runtime"])
+    assert ("int8 Linear kernels" in result.output) == int8
+    file = tmp_path / "out" / f"trial-{best['number']}.{'pt' if int8 else 'pt2'}"  # torch.export unless int8
+    assert ("TorchScript" if int8 else "torch.export") in result.output and str(file) in result.output
+    assert _load_in_a_fresh_interpreter(file) == "(3, 10)"
+    for name, fmt in (("f32.pt2", "torch.export"), ("f32.pt", "TorchScript")):
+        floats = runner.invoke(app, ["export", str(path), "--trial", str(best["number"]), "--no-int8",
+                                     "--output", str(tmp_path / name)])
+        assert floats.exit_code == 0, floats.output
+        assert f"accuracy {best['metrics']['accuracy']:.4f}" in floats.output  # the trial's own arithmetic
+        assert f"({fmt}, float kernels" in floats.output and "100.0% of predictions" in floats.output
+        assert _load_in_a_fresh_interpreter(tmp_path / name) == "(3, 10)"
     ints = runner.invoke(app, ["export", str(path), "--trial", str(best["number"]), "--int8",
                                "--output", str(tmp_path / "i8.pt")])
     assert ints.exit_code == 0 and "int8 Linear kernels" in ints.output
+    assert _load_in_a_fresh_interpreter(tmp_path / "i8.pt") == "(3, 10)"
     for flags, field in ((["--trial", "99"], "'trial'"), (["--trial", "0", "--study-name", "nope"], "'study_name'"),
-                         (["--trial", "0", "--output", str(tmp_path / "model.onnx")], "'output'")):
+                         (["--trial", "0", "--output", str(tmp_path / "model.onnx")], "'output'"),
+                         (["--trial", "0", "--int8", "--output", str(tmp_path / "i8.pt2")], "'output'")):
         bad = runner.invoke(app, ["export", str(path), *flags])
         assert bad.exit_code == 2, bad.output
         assert field in _one_error_line(bad)
