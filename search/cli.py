@@ -150,8 +150,6 @@ def suggest(
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
 ) -> None:
     """Print the warm-start policies the predictor proposes, without training anything."""
-    from rich.table import Table
-
     from metacompress.learners import load_task
 
     from .config import load_config
@@ -173,21 +171,9 @@ def suggest(
     if not proposals:
         console.print(f"[yellow]{reason}[/]")
         return
-    table = Table(title=f"Warm-start proposals for {cfg.task_name} ({reason})",
-                  caption="the batch, in run order (each adds the most predicted hypervolume); a search picks its "
-                          "points from the same predictor one at a time, against the front its trials observed")
-    for col in ("#", "pred. accuracy retention", "before fine-tuning", "size", "ratio", "policy"):
-        table.add_column(col)
-    from .report import _policy_text, format_bytes
+    from .report import proposals_table
 
-    for i, pr in enumerate(proposals):
-        d = pr.predicted
-        policy = space.decode(pr.params).to_dict()
-        proxy = d.get("proxy_retention")  # measured: the student's retention with no fine-tuning
-        table.add_row(str(i), f"{d['accuracy_retention']:.3f}", "–" if proxy is None else f"{proxy:.3f}",
-                      format_bytes(d["size_bytes"]),
-                      f"{d['compression_ratio']:.1f}×", _policy_text(policy))
-    console.print(table)
+    console.print(proposals_table(proposals, space, title=f"Warm-start proposals for {cfg.task_name} ({reason})"))
 
 
 @app.command()
@@ -238,7 +224,9 @@ def history(
                       f"{_count(studies, 'search', 'searches')}", highlight=False)
     shown = [("tracked", tracked)] + ([("shipped", shipped)] if show_all else [])
     if any(len(h) for _, h in shown):
-        console.print(_history_table(shown))
+        from .report import history_table
+
+        console.print(history_table(shown))
     if both.skipped:
         console.print("skipped: " + ", ".join(f"{n}× {r}" for r, n in both.skipped.most_common()), highlight=False)
     console.print(f"a warm start uses {plan}, adapted on the rows of its own task", highlight=False)
@@ -246,19 +234,6 @@ def history(
 
 def _count(n: int, one: str, many: str | None = None) -> str:
     return f"{n} {one if n == 1 else many or one + 's'}"
-
-
-def _history_table(parts: list[tuple[str, Any]]) -> Any:
-    from rich.table import Table
-
-    table = Table(title="Trial history by task")
-    for col in ("source", "task", "rows", "searches", "median retention", "best retention", "proxy measured"):
-        table.add_column(col, justify="left" if col in ("source", "task") else "right")
-    for source, h in parts:
-        for task, r in h.summary().iterrows():
-            table.add_row(source, str(task), str(int(r["rows"])), str(int(r["studies"])),
-                          f"{r['median_retention']:.3f}", f"{r['best_retention']:.3f}", f"{r['measured']:.0%}")
-    return table
 
 
 @app.command()

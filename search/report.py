@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .pareto import max_hypervolume
 
-__all__ = ["format_bytes", "pareto_markdown", "pareto_rows", "pareto_table", "summary_problem", "warm_start_line"]
+__all__ = ["format_bytes", "history_table", "pareto_markdown", "pareto_rows", "pareto_table", "policy_text",
+           "proposals_table", "summary_problem", "warm_start_line"]
 
 _COLUMNS = ("trial", "accuracy", "Δ acc (pp)", "size", "ratio", "latency (ms)", "speedup", "policy")
 
@@ -47,7 +48,7 @@ def summary_problem(summary: Any) -> str | None:
     return None
 
 
-def _policy_text(params: Mapping[str, Any]) -> str:
+def policy_text(params: Mapping[str, Any]) -> str:
     """A compact one-line policy: ``bits 2-8 · prune 35% unstr · λ 0.46 · T 2.6`` (`` · β 0.5 · μ 0.01`` when the
     feature-map or proximal term is on)."""
     if not isinstance(params, Mapping):
@@ -79,7 +80,7 @@ def pareto_rows(summary: Mapping[str, Any]) -> list[list[str]]:
         rows.append([
             str(e["number"]), f"{m['accuracy']:.4f}", f"{drop:+.2f}", format_bytes(m["size_bytes"]),
             f"{m.get('compression_ratio', float('nan')):.1f}×", f"{m.get('latency_ms', float('nan')):.3f}",
-            f"{m.get('speedup', float('nan')):.2f}×", _policy_text(e.get("params", {})),
+            f"{m.get('speedup', float('nan')):.2f}×", policy_text(e.get("params", {})),
         ])
     return rows
 
@@ -144,3 +145,35 @@ def warm_start_line(summary: Mapping[str, Any]) -> str | None:
                 f"{100 * gaps[-1]:+.1f})"
     return line
 
+
+
+def proposals_table(proposals: Sequence[Any], space: Any, title: str) -> Any:
+    """The warm-start proposals (``learners.meta.Proposal``) of ``metacompress suggest`` as a ``rich`` table."""
+    from rich.table import Table
+
+    table = Table(title=title, caption="the batch, in run order (each adds the most predicted hypervolume); a search "
+                                       "picks its points from the same predictor one at a time, against the front "
+                                       "its trials observed")
+    for col in ("#", "pred. accuracy retention", "before fine-tuning", "size", "ratio", "policy"):
+        table.add_column(col)
+    for i, pr in enumerate(proposals):
+        d = pr.predicted
+        proxy = d.get("proxy_retention")  # measured: the student's retention with no fine-tuning
+        table.add_row(str(i), f"{d['accuracy_retention']:.3f}", "–" if proxy is None else f"{proxy:.3f}",
+                      format_bytes(d["size_bytes"]), f"{d['compression_ratio']:.1f}×",
+                      policy_text(space.decode(pr.params).to_dict()))
+    return table
+
+
+def history_table(parts: Sequence[tuple[str, Any]]) -> Any:
+    """``metacompress history``'s table: one row per task of each ``(source, History)`` part."""
+    from rich.table import Table
+
+    table = Table(title="Trial history by task")
+    for col in ("source", "task", "rows", "searches", "median retention", "best retention", "proxy measured"):
+        table.add_column(col, justify="left" if col in ("source", "task") else "right")
+    for source, h in parts:
+        for task, r in h.summary().iterrows():
+            table.add_row(source, str(task), str(int(r["rows"])), str(int(r["studies"])),
+                          f"{r['median_retention']:.3f}", f"{r['best_retention']:.3f}", f"{r['measured']:.0%}")
+    return table

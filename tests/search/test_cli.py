@@ -187,11 +187,11 @@ def test_report_shows_a_pareto_entry_whose_params_are_not_numbers():
 
 
 def test_the_policy_column_shows_the_feature_and_proximal_weights_only_when_on():
-    from metacompress.search.report import _policy_text
+    from metacompress.search.report import policy_text
 
     base = {"layers.fc.bits": 4, "layers.fc.prune": 0.5, "kd_lambda": 0.5, "temperature": 4.0}
-    assert _policy_text({**base, "feature_beta": 0.0, "prox_mu": 0.0}) == "bits 4 · prune 50% · λ 0.50 · T 4.0"
-    assert _policy_text({**base, "feature_beta": 0.5, "prox_mu": 0.013}).endswith("T 4.0 · β 0.5 · μ 0.013")
+    assert policy_text({**base, "feature_beta": 0.0, "prox_mu": 0.0}) == "bits 4 · prune 50% · λ 0.50 · T 4.0"
+    assert policy_text({**base, "feature_beta": 0.5, "prox_mu": 0.013}).endswith("T 4.0 · β 0.5 · μ 0.013")
 
 
 @pytest.mark.parametrize(("raised", "code", "needle"), [
