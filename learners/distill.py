@@ -124,6 +124,40 @@ def _prox(model: nn.Module, reference: Mapping[str, torch.Tensor]) -> torch.Tens
     return torch.stack(terms).sum() if terms else torch.zeros(())
 
 
+class _BatchLoss:
+    """The fine-tuning loss of one batch: KD, plus β × the feature-map term, plus μ × the proximal term."""
+
+    def __init__(self, student: nn.Module, teacher: nn.Module | None, policy: CompressionPolicy,
+                 teacher_logits: torch.Tensor, labels: torch.Tensor, layers: Sequence[str],
+                 taps: tuple[_FeatureTap, _FeatureTap] | None, reference: Mapping[str, torch.Tensor]) -> None:
+        self.student, self.teacher, self.policy = student, teacher, policy
+        self.teacher_logits, self.labels, self.layers, self.taps, self.reference = (
+            teacher_logits, labels, layers, taps, reference)
+
+    def __call__(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        p = self.policy
+        loss = kd_loss(self.student(x), self.teacher_logits[idx], self.labels[idx], p.kd_lambda, p.temperature)
+        if self.taps is not None:
+            with torch.no_grad():
+                self.teacher(x)  # fills the teacher's tap
+            student_out, teacher_out = self.taps[0].out, self.taps[1].out
+            loss = loss + p.feature_beta * sum(
+                (feature_map(student_out[n]) - feature_map(teacher_out[n])).pow(2).sum(1).mean() for n in self.layers)
+        if self.reference:
+            loss = loss + p.prox_mu * _prox(self.student, self.reference)
+        return loss
+
+
+def _finite_mean(losses: list[torch.Tensor], epoch: int) -> float:
+    """The epoch's mean loss; raises :class:`NonFiniteLossError` at its first non-finite step."""
+    values = torch.stack(losses).double().cpu()
+    bad = (~torch.isfinite(values)).nonzero()
+    if len(bad):  # the trial fails: nothing after it is kept
+        step = int(bad[0])
+        raise NonFiniteLossError(epoch, step, float(values[step]))
+    return float(values.mean())
+
+
 def finetune(
     student: nn.Module,
     teacher: nn.Module | None,
@@ -162,7 +196,6 @@ def finetune(
     layers: tuple[str, ...] = ()
     if policy.feature_beta > 0:  # the default layers are looked up only when the term is on
         layers = tuple(cfg.feature_layers) or (default_feature_layers(teacher) if teacher is not None else ())
-    use_features = bool(layers)
     if teacher_logits is None:
         teacher_logits = predict_logits(teacher, x, device=cfg.device)
     if policy.epochs <= 0:
@@ -172,48 +205,34 @@ def finetune(
     x, y, t_logits = x.to(device), y.to(device), teacher_logits.to(device)
     if policy.prox_mu > 0 and reference is None:
         reference = {n: p.detach().clone() for n, p in student.named_parameters()}
-    ref = {n: r.to(device) for n, r in (reference or {}).items()}
-    params = [p for p in student.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=policy.lr)
+    ref = {n: r.to(device) for n, r in (reference or {}).items()} if policy.prox_mu > 0 else {}
     steps_per_epoch = math.ceil(len(x) / cfg.batch_size)
     if cfg.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
+    optimizer = torch.optim.Adam([p for p in student.parameters() if p.requires_grad], lr=policy.lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, policy.epochs * steps_per_epoch))
     gen = torch.Generator().manual_seed(cfg.seed)
     history: list[dict[str, float]] = []
     with ExitStack() as stack:
         taps = None
-        if use_features:  # the frozen teacher runs on the device for the feature term, and goes back afterwards
+        if layers:  # the frozen teacher runs on the device for the feature term, and goes back afterwards
             stack.enter_context(on_device(teacher, device))
             taps = (_FeatureTap(student, layers), _FeatureTap(teacher, layers))
             for tap in taps:
                 stack.callback(tap.close)
+        loss_of = _BatchLoss(student, teacher, policy, t_logits, y, layers, taps, ref)
         for epoch in range(1, policy.epochs + 1):
             order = torch.randperm(len(x), generator=gen).to(device)
             losses = []  # kept on the device: reading each one back would wait for the GPU at every step
             for step in range(steps_per_epoch):
                 idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
-                loss = kd_loss(student(x[idx]), t_logits[idx], y[idx], policy.kd_lambda, policy.temperature)
-                if taps is not None:
-                    with torch.no_grad():
-                        teacher(x[idx])
-                    loss = loss + policy.feature_beta * sum(
-                        (feature_map(taps[0].out[n]) - feature_map(taps[1].out[n])).pow(2).sum(1).mean()
-                        for n in layers
-                    )
-                if policy.prox_mu > 0 and ref:
-                    loss = loss + policy.prox_mu * _prox(student, ref)
+                loss = loss_of(x[idx], idx)
                 losses.append(loss.detach())
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
                 schedule.step()
-            values = torch.stack(losses).double().cpu()
-            bad = (~torch.isfinite(values)).nonzero()
-            if len(bad):  # the epoch's first non-finite step (the trial fails: nothing after it is kept)
-                step = int(bad[0])
-                raise NonFiniteLossError(epoch, step, float(values[step]))
-            record = {"epoch": epoch, "loss": float(values.mean())}
+            record = {"epoch": epoch, "loss": _finite_mean(losses, epoch)}
             if val is not None and cfg.eval_every_epoch:
                 record["val_accuracy"] = accuracy(student, val, device=cfg.device)
             history.append(record)
