@@ -83,7 +83,23 @@ class Prepared:
 
 def _task_spec(cfg: SearchConfig) -> dict[str, Any]:
     t = cfg.task
-    return {"factory": t.factory, "kwargs": t.kwargs} if t.factory else {"name": t.name, "seed": t.seed}
+    if not t.factory:
+        return {"name": t.name, "seed": t.seed}
+    _make_importable([Path(cfg.config_path).parent] if cfg.config_path else [])
+    return {"factory": t.factory, "kwargs": t.kwargs}
+
+
+def _make_importable(folders: list[Path]) -> None:
+    """Let a task factory's module be found next to the config file and in the working directory, in this process
+    and the workers it starts (local processes and a local Ray inherit ``PYTHONPATH``). Appended to the path, so an
+    installed module of the same name wins; on a Ray cluster the module must be importable on every node."""
+    for folder in [*folders, Path.cwd()]:
+        entry = str(folder.resolve())
+        if entry not in sys.path:
+            sys.path.append(entry)
+        parts = [x for x in os.environ.get("PYTHONPATH", "").split(os.pathsep) if x]
+        if entry not in parts:
+            os.environ["PYTHONPATH"] = os.pathsep.join([*parts, entry])
 
 
 def build_space(cfg: SearchConfig, task: Task) -> CompressionSpace:

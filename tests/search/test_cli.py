@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -273,6 +274,26 @@ def test_a_database_tracking_store_without_its_driver_is_one_line_and_exit_code_
         assert result.exit_code == 2, result.output
         line = _one_error_line(result)
         assert "'tracking_uri'" in line and "driver is installed" in line
+
+
+def test_a_task_factory_next_to_its_config_imports_from_the_console_script_in_any_folder(tmp_path):
+    """The console script does not put the working directory on the path (``python -m`` does): a factory module
+    beside the config, or in the folder the command runs in, must import all the same, here and in 2 workers."""
+    project, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
+    project.mkdir(), elsewhere.mkdir()
+    plugin = Path(__file__).parents[1] / "learners" / "plugin_task.py"
+    (project / "my_model_for_cli.py").write_text(plugin.read_text())
+    config = project / "my.yaml"
+    config.write_text(yaml.safe_dump({"task": {"factory": "my_model_for_cli:make_task"}, "n_trials": 2,
+                                      "warm_start": "off", "tracking_uri": "none",
+                                      "storage": f"sqlite:///{tmp_path}/s.db", "parallel": {"n_jobs": 2}}))
+    script = Path(sys.executable).with_name("metacompress")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    for cwd, study in ((elsewhere, "from-elsewhere"), (project, "from-the-project")):
+        done = subprocess.run([str(script), "search", str(config), "--study-name", study, "--out", str(tmp_path / study)],
+                              cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-1500:]
+        assert json.loads((tmp_path / study / "summary.json").read_text())["n_complete"] == 2
 
 
 def test_a_file_tracking_store_is_refused_before_training_unless_mlflow_is_told_to_allow_it(
