@@ -296,6 +296,25 @@ def test_a_task_factory_next_to_its_config_imports_from_the_console_script_in_an
         assert json.loads((tmp_path / study / "summary.json").read_text())["n_complete"] == 2
 
 
+def test_the_own_model_example_runs_as_a_user_would_copy_it(tmp_path):
+    """experiments/plugin_example is what the README tells a user to copy: copied, it must run as written."""
+    import shutil
+
+    example = Path(__file__).parents[2] / "experiments" / "plugin_example"
+    mine, elsewhere = tmp_path / "mine", tmp_path / "elsewhere"
+    shutil.copytree(example, mine, ignore=shutil.ignore_patterns("*.pt", "__pycache__"))
+    elsewhere.mkdir()
+    script = Path(sys.executable).with_name("metacompress")
+    done = subprocess.run([str(script), "search", str(mine / "my_model.yaml"), "--trials", "1", "--warm-start", "off",
+                           "--storage", f"sqlite:///{tmp_path}/s.db", "--tracking-uri", "none",
+                           "--out", str(tmp_path / "out")], cwd=elsewhere, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-1500:]
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["task"] == "my-digits-net" and summary["n_complete"] == 1
+    assert summary["teacher"]["accuracy"] > 0.9  # the factory trained its teacher ...
+    assert (mine / "digits_net.pt").is_file()  # ... and kept it next to itself for the next run
+
+
 def test_a_file_tracking_store_is_refused_before_training_unless_mlflow_is_told_to_allow_it(
         search_yaml, tmp_path, monkeypatch):
     """MLflow 3 refuses file stores; without the check a search failed at its first trial (exit 1)."""
