@@ -60,6 +60,35 @@ class _Mean:
         return _Mean([m.adapt(X, y) for m in self.members])
 
 
+#: Inputs along which retention should only fall (more pruning, more weight error, more compression) or only rise
+#: (more bits, a better measured proxy): :class:`_MonotoneGBM`'s constraints.
+FALLING = ("prune_mean", "prune_sens", "prune_max", "prune_first", "prune_last", "log_compression_ratio",
+           "prune_damage", "quant_damage", "log_prune_energy", "log_quant_error", "log_weight_error",
+           "log_weight_error_max")
+RISING = ("bits_mean", "bits_sens", "bits_min", "bits_first", "bits_last", "proxy_retention")
+
+
+def _monotone_gbm() -> Any:
+    """The default GBM whose trees may only lower retention along :data:`FALLING` and raise it along
+    :data:`RISING` (HistGradientBoosting's ``monotonic_cst``): a prior that shapes what transfers between tasks."""
+    from sklearn.ensemble import HistGradientBoostingRegressor
+
+    from metacompress.learners.meta import GBMRetentionPredictor
+    from metacompress.learners.meta.history import INPUT_NAMES
+
+    class _MonotoneGBM(GBMRetentionPredictor):
+        def _ensemble(self, X: np.ndarray, y: np.ndarray, groups: np.ndarray) -> list[Any]:
+            self._cst = [-1 if c in FALLING else 1 if c in RISING else 0 for c in INPUT_NAMES[: X.shape[1]]]
+            return super()._ensemble(X, y, groups)
+
+        def _model(self, seed: int) -> Any:
+            return HistGradientBoostingRegressor(max_iter=self.max_iter, learning_rate=self.learning_rate,
+                                                 max_depth=self.max_depth, min_samples_leaf=self.min_samples_leaf,
+                                                 random_state=seed, monotonic_cst=self._cst)
+
+    return _MonotoneGBM(random_state=0)
+
+
 def task_normalized(y: np.ndarray, groups: np.ndarray, how: str) -> np.ndarray:
     """``y`` made relative to its task: ``center`` subtracts each task's mean, ``rank`` maps it to its percentile
     rank within the task (ties averaged)."""
@@ -113,6 +142,8 @@ def _variants(held_out: str, quick: bool = False) -> dict[str, Any]:
         out[f"gbm, depth {depth}, {leaf} rows per leaf"] = _fit(held_out, "gbm", max_depth=depth,
                                                                min_samples_leaf=leaf)
     out.update(_normalized_variants(held_out))
+    h = _history(held_out, None)
+    out["gbm, monotone in compression and bits"] = _monotone_gbm().fit(h.X(), h.y(), h.groups())
     for epochs in (30, 60, 150):
         out[f"reptile, {epochs} meta-epochs"] = _fit(held_out, "reptile", meta_epochs=epochs)
     out["mean of gbm and reptile"] = _Mean([out["gbm, 64 synthetic tasks"], out["reptile, 150 meta-epochs"]])
