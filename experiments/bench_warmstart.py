@@ -815,7 +815,7 @@ NOTES = [
     "5 instead of 5.5), HV@5 0.948 instead of 0.942. Reptile gains more (one meta-training episode per task; "
     "30, 60, 150 meta-epochs: 0.674, 0.695, 0.713 zero-shot, the difference mostly breast-cancer's; 0.718 "
     "after 5; its scores depend on its random initialization: refit with the same seed after the encoding gained "
-    "two inputs, which changes the first layer's random draws, they moved from 0.711 / 0.720 on the real trials, "
+    "two inputs, which changes the first layer's random draws, they moved from 0.711 / 0.720 to 0.713 / 0.718 on the real trials, "
     "0.753 → 0.724 on the meta-dataset rows and 0.500 → 0.573 with the zoo-only history) and now wins the build's meta-dataset leave-one-task-out Spearman (0.769 against 0.731), yet its "
     "warm starts are far worse (row 'Reptile instead of the GBM': 11.5 trials, HV@5 0.886; its batch 6): "
     "Spearman scores the order within a "
@@ -832,7 +832,7 @@ NOTES = [
     "and only raise it with more bits or a better proxy (HistGradientBoosting's `monotonic_cst`) rank at "
     "0.667 / 0.666. With Reptile "
     "selected, a search whose history has grown continues the pretrained meta-training for 15 epochs instead of "
-    "refitting: [flywheel.md](flywheel.md), 0.711 against a refit's 0.715, 4.2 s against 40 s.",
+    "refitting: [flywheel.md](flywheel.md), 0.712 against a refit's 0.712, 2.6 s against 26 s.",
     "- **The noise ceiling** (table above): the random runs' 35 query trials of each run, trained twice more with "
     "other seeds, rank the recorded outcomes at ρ 0.90 (mean over tasks; 0.91 against the mean of both "
     "replicates). A perfect predictor of the expected retention would reach about 0.95 on these trials (the mean "
