@@ -34,6 +34,7 @@ __all__ = [
     "load_synthetic_data",
     "fewshot_split",
     "to_dataset",
+    "model_input",
 ]
 
 
@@ -269,3 +270,8 @@ def fewshot_split(split: ArraySplit, n_way: int, k_shot: int, seed: int = 0) -> 
                                for c in range(n_way)])
     shots = ArraySplit(full.x_train[shot_idx], full.y_train[shot_idx], full.x_val, full.y_val)
     return classes, full, shots
+
+
+def model_input(x: torch.Tensor) -> torch.Tensor:
+    """``x`` as a model takes it: floating point as float32, integers (token ids, category codes) kept as they are."""
+    return x.to(torch.float32) if x.is_floating_point() else x

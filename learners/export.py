@@ -22,6 +22,7 @@ import copy
 import json
 import struct
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -213,7 +214,7 @@ def _read(path: Path, skeleton: nn.Module) -> tuple[dict, bytes]:
         layers.append((names[index], bits, act, kind, nnz, count))
     # names, shapes and section lengths follow from the skeleton shrunk to the recorded widths
     model = copy.deepcopy(skeleton).cpu()
-    shrink(model, None, torch.zeros(2, *input_shape), widths=widths)
+    shrink(model, None, _example_input(skeleton, input_shape), widths=widths)
     modules = dict(model.named_modules())
     tensors, acts = [], {}
     for name, bits, act, kind, nnz, count in layers:
@@ -263,11 +264,26 @@ def _decode_weight(entry: dict, sections: list[bytes]) -> tuple[torch.Tensor, to
     return as_t, None if mask is None else torch.from_numpy(mask.reshape(shape).astype(np.float32))
 
 
+def _example_input(skeleton: nn.Module, input_shape: Sequence[int]) -> torch.Tensor:
+    """Zeros of ``input_shape`` (batch 2) that ``skeleton`` accepts: float, else integer (token ids, codes); the file
+    records the shape only."""
+    model = copy.deepcopy(skeleton).cpu().eval()
+    for dtype in (torch.float32, torch.int64):
+        x = torch.zeros(2, *input_shape, dtype=dtype)
+        try:
+            with torch.no_grad():
+                model(x)
+        except (RuntimeError, TypeError, IndexError):
+            continue
+        return x
+    return torch.zeros(2, *input_shape)  # neither runs: shrink reports the model's own error
+
+
 def load_compressed(path: str | Path, skeleton: nn.Module) -> nn.Module:
     """Rebuild the exported model on a copy of ``skeleton`` (the teacher's architecture)."""
     header, payload = _read(Path(path), skeleton)
     model = copy.deepcopy(skeleton).cpu()
-    shrink(model, None, torch.zeros(2, *header["in"]), widths=header["w"])
+    shrink(model, None, _example_input(skeleton, header["in"]), widths=header["w"])
     modules = dict(model.named_modules())
     state, offset = {}, 0
     for entry in header["t"]:

@@ -77,13 +77,27 @@ def on_device(model: nn.Module, device: str | torch.device) -> Iterator[nn.Modul
         model.to(home)
 
 
+@contextmanager
+def layer_forwards() -> Iterator[None]:
+    """Run every layer's own ``forward`` while a model is scored: in eval mode without gradients,
+    ``nn.TransformerEncoderLayer`` and ``nn.MultiheadAttention`` take a fused fast path that reads their Linear
+    weights directly, skipping a compressed layer's mask and fake quantization. (A deployable copy holds plain
+    weights: its latency is timed with the fast path.)"""
+    enabled = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(enabled)
+
+
 @torch.no_grad()
 def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 1024, device: str = "cpu") -> torch.Tensor:
     """Logits of ``model`` on ``x``, computed on ``device`` in eval mode (mode and device restored afterwards)."""
     was_training = model.training
     model.eval()
     try:
-        with on_device(model, device):
+        with on_device(model, device), layer_forwards():
             out = torch.cat([model(x[i : i + batch_size].to(device)).float().cpu()
                              for i in range(0, len(x), batch_size)])
     finally:
@@ -299,13 +313,18 @@ def _best_runtime(
 
     The runtime is chosen by ``latency_ms`` (the first batch size, timed for both), the metric searches optimize;
     the other batch sizes are then timed for the chosen runtime only (timing a large batch twice was half of a
-    trial's evaluation). Adds ``int8_runtime`` (1.0 when int8 was chosen).
+    trial's evaluation). Adds ``int8_runtime`` (1.0 when int8 was chosen). A model whose int8 form fails to run
+    is timed in float.
     """
     first, rest = tuple(batch_sizes[:1]), tuple(batch_sizes[1:])
     runtimes = {0.0: deployable(model, int8=False).cpu()}
+    timed = {0.0: measure_latency(runtimes[0.0], sample, first, repeats)}
     if _has_low_bit_linear(model):
-        runtimes[1.0] = deployable(model, int8=True).cpu()
-    timed = {flag: measure_latency(m, sample, first, repeats) for flag, m in runtimes.items()}
+        try:
+            runtimes[1.0] = deployable(model, int8=True).cpu()
+            timed[1.0] = measure_latency(runtimes[1.0], sample, first, repeats)
+        except Exception:  # noqa: BLE001 - int8 kernels that do not run here are no option (e.g. nn.Transformer's
+            runtimes.pop(1.0, None)  # fast path reads Linear.weight, a method on a dynamic int8 Linear)
     key = next(iter(timed[0.0]))
     flag = 1.0 if 1.0 in timed and timed[1.0][key] < timed[0.0][key] else 0.0
     out = dict(timed[flag])

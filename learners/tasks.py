@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from metacompress.learners.data import ArraySplit, fewshot_split, load_dataset
+from metacompress.learners.data import ArraySplit, fewshot_split, load_dataset, model_input
 from metacompress.learners.models import count_parameters
 from metacompress.learners.teachers import (
     TeacherSpec,
@@ -90,8 +90,8 @@ class Task:
         n = len(self.val)
         if tensors is not None:
             x = tensors[0]
-            return x[torch.arange(batch) % n].to(torch.float32).clone()
-        return torch.stack([torch.as_tensor(self.val[i % n][0], dtype=torch.float32) for i in range(batch)])
+            return model_input(x[torch.arange(batch) % n]).clone()
+        return model_input(torch.stack([torch.as_tensor(self.val[i % n][0]) for i in range(batch)]))
 
 
 @dataclass(frozen=True)

@@ -92,7 +92,7 @@ def _output_path(cfg: SearchConfig, number: int, output: str | Path | None, int8
     return path
 
 
-def _write(model: torch.nn.Module, example: torch.Tensor, path: Path, number: int) -> Any:
+def _write(model: torch.nn.Module, example: torch.Tensor, path: Path, number: int, int8: bool) -> Any:
     """Write ``model`` to ``path`` in the format its suffix names; returns the reloaded callable."""
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == ".pt2":
@@ -106,8 +106,10 @@ def _write(model: torch.nn.Module, example: torch.Tensor, path: Path, number: in
         return torch.export.load(str(path)).module()
     frozen = _freeze(model, example)
     if not isinstance(frozen, _Frozen):
-        raise MetacompressError(f"trial {number} does not trace to TorchScript; load its packed export with "
-                                "metacompress.learners.load_compressed(path, teacher) instead")
+        way_out = ("--no-int8 writes float kernels" if int8 else "load its packed export with "
+                   "metacompress.learners.load_compressed(path, teacher) instead")
+        raise MetacompressError(f"trial {number} does not trace to TorchScript{' with int8 kernels' if int8 else ''}; "
+                                f"{way_out}")
     torch.jit.save(frozen.graph, str(path))
     return torch.jit.load(str(path))
 
@@ -140,7 +142,7 @@ def export_trial(cfg: SearchConfig, number: int, output: str | Path | None = Non
     path = _output_path(cfg, number, output, bool(int8))
     task = load_task(_task_spec(cfg))
     model = load_compressed(artifact, task.teacher).eval()
-    reloaded = _write(deployable(model, int8=bool(int8)), task.example_input(2), path, number)
+    reloaded = _write(deployable(model, int8=bool(int8)), task.example_input(2), path, number, bool(int8))
     x, y = _tensors(task.val)
     with torch.no_grad():  # a frozen graph is not an nn.Module (no train/eval mode): called as a plain function
         theirs = torch.cat([reloaded(x[i : i + 1024]) for i in range(0, len(x), 1024)]).argmax(1)

@@ -8,7 +8,7 @@ from typing import Any
 from .pareto import max_hypervolume
 
 __all__ = ["format_bytes", "history_table", "pareto_markdown", "pareto_rows", "pareto_table", "policy_text",
-           "proposals_table", "summary_problem", "warm_start_line"]
+           "proposals_table", "summary_problem", "warm_start_line", "failure_lines"]
 
 _COLUMNS = ("trial", "accuracy", "Δ acc (pp)", "size", "ratio", "latency (ms)", "speedup", "policy")
 
@@ -177,3 +177,19 @@ def history_table(parts: Sequence[tuple[str, Any]]) -> Any:
             table.add_row(source, str(task), str(int(r["rows"])), str(int(r["studies"])),
                           f"{r['median_retention']:.3f}", f"{r['best_retention']:.3f}", f"{r['measured']:.0%}")
     return table
+
+
+def failure_lines(summary: Mapping[str, Any], shown: int = 3) -> list[str]:
+    """One line per failure reason of the search's failed trials (the ``shown`` most frequent), else nothing."""
+    found = summary.get("failures")
+    if not isinstance(found, Mapping) or not found:
+        return []
+    lines = []
+    for reason, numbers in list(found.items())[:shown]:
+        numbers = list(numbers) if isinstance(numbers, (list, tuple)) else []
+        listed = ", ".join(map(str, numbers[:8])) + (", ..." if len(numbers) > 8 else "")
+        lines.append(f"{len(numbers)} trial{'s' if len(numbers) != 1 else ''} failed: {str(reason)[:300]} "
+                     f"(trial{'s' if len(numbers) != 1 else ''} {listed})")
+    if len(found) > shown:
+        lines.append(f"... and {len(found) - shown} more failure reasons (summary.json: failures)")
+    return lines

@@ -269,7 +269,17 @@ def summarize(p: Prepared, trials: list[FrozenTrial], warm: dict[str, Any]) -> d
         "hypervolume": hypervolume(points, p.reference, cfg.objectives),
         "hypervolume_history": hypervolume_history(points, p.reference, cfg.objectives),
         "pareto": pareto,
+        "failures": failures(trials),
     }
+
+
+def failures(trials: list[FrozenTrial]) -> dict[str, list[int]]:
+    """The failed trials' numbers by failure reason, the most frequent reason first."""
+    out: dict[str, list[int]] = {}
+    for t in trials:
+        if t.state == TrialState.FAIL:
+            out.setdefault(str(t.user_attrs.get("fail_reason") or "no reason recorded"), []).append(t.number)
+    return dict(sorted(out.items(), key=lambda item: -len(item[1])))
 
 
 def write_outputs(p: Prepared, summary: dict[str, Any], trials: list[FrozenTrial]) -> list[Path]:

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from metacompress.learners.data import model_input
 from metacompress.spaces import LayerInfo, invalid_value
 
 __all__ = [
@@ -60,16 +61,19 @@ def _probe_data(task: Any, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     x, y = _rows(task.val)
     if len(y) < PROBE_ROWS:
         xt, yt = _rows(task.train)
-        x, y = torch.cat([x.float(), xt.float()]), torch.cat([y.long(), yt.long()])
+        x, y = torch.cat([model_input(x), model_input(xt)]), torch.cat([y.long(), yt.long()])
     if len(y) > PROBE_ROWS:
         idx = torch.randperm(len(y), generator=torch.Generator().manual_seed(int(seed)))[:PROBE_ROWS]
         x, y = x[idx], y[idx]
-    return x.float(), y.long()
+    return model_input(x), y.long()
 
 
 @torch.no_grad()
 def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-    return float((model(x).argmax(1) == y).float().mean())
+    from metacompress.learners.measure import layer_forwards  # noqa: PLC0415
+
+    with layer_forwards():  # a compressed layer's forward, not a Transformer's fused fast path
+        return float((model(x).argmax(1) == y).float().mean())
 
 
 def _pruned(w: torch.Tensor, ratio: float) -> torch.Tensor:

@@ -26,6 +26,7 @@ from metacompress.learners import (
     kd_loss,
     load_compressed,
     magnitude_mask,
+    predict_logits,
     size_bytes,
 )
 from metacompress.learners.quant import fake_quant_weight
@@ -361,3 +362,35 @@ def test_the_proximal_term_defaults_to_the_students_starting_weights(teacher, di
         return float(sum((p.detach() - start[n]).pow(2).sum() for n, p in student.named_parameters()))
 
     assert moved(10.0) < 0.5 * moved(0.0)
+
+
+def test_a_transformer_on_token_ids_compresses_distills_measures_and_exports(tmp_path):
+    """Integer inputs stay integers everywhere (example input, probes, export), and int8 kernels that cannot run
+    (nn.TransformerEncoderLayer's fast path reads Linear.weight, a method on a dynamic int8 Linear) fall back to
+    float timing instead of failing the trial."""
+    from metacompress.learners import load_task
+    from metacompress.learners.meta import layer_sensitivity
+
+    task = load_task({"factory": "plugin_task:make_token_task"})
+    example = task.example_input(2)
+    assert example.dtype == torch.int64
+    layers = describe_layers(task.teacher, example)
+    assert [i.name for i in layers] == ["encoder.linear1", "encoder.linear2", "head"]
+    assert set(layer_sensitivity(task, layers)) == {i.name for i in layers}  # probes run on token ids
+    policy = CompressionPolicy.uniform([i.name for i in layers], 0.5, 4, epochs=1, feature_beta=0.5, prox_mu=0.01)
+    student = compress(task.teacher, policy, example)
+    history = finetune(student, task.teacher, task.train, policy, val=task.val)
+    assert len(history) == 1 and math.isfinite(history[0]["loss"])
+    metrics = evaluate(student, task.val, task.example_input(1), latency_repeats=2)
+    assert metrics["int8_runtime"] == 0.0 and metrics["latency_ms"] > 0
+    # scored through each layer's own forward: what the compressed model computes (its plain-weight copy agrees),
+    # not the Transformer fast path's reading of the uncompressed weights
+    tokens = task.val.tensors[0]
+    scored = predict_logits(student, tokens)
+    assert torch.allclose(scored, predict_logits(deployable(student, int8=False), tokens), atol=1e-5)
+    assert torch.backends.mha.get_fastpath_enabled()  # switched back on after scoring
+    with torch.no_grad():
+        assert not torch.allclose(student.eval()(tokens), scored, atol=1e-4)  # the fast path would differ
+    export_compressed(student, tmp_path / "s.mcz", task.input_shape)
+    back = load_compressed(tmp_path / "s.mcz", task.teacher)
+    assert torch.allclose(predict_logits(back, tokens), scored, atol=1e-5)

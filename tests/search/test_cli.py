@@ -315,6 +315,46 @@ def test_the_own_model_example_runs_as_a_user_would_copy_it(tmp_path):
     assert (mine / "digits_net.pt").is_file()  # ... and kept it next to itself for the next run
 
 
+_FAILING_FACTORY = """
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+from metacompress.learners import Task
+
+
+class Fragile(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(6, 3)
+
+    def forward(self, x):
+        if self.training:
+            raise RuntimeError("boom while training")
+        return self.fc(x)
+
+
+def make_task(seed: int = 0) -> Task:
+    x, y = torch.randn(40, 6), torch.arange(40) % 3
+    return Task("fragile", Fragile().eval(), TensorDataset(x[:30], y[:30]), TensorDataset(x[30:], y[30:]), 3)
+"""
+
+
+def test_failed_trials_are_named_with_their_reason_by_search_and_report(tmp_path, monkeypatch):
+    """A search whose trials all fail must not end on an empty table alone: it says why, and report repeats it."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "fragile_task.py").write_text(_FAILING_FACTORY)
+    path = _write(tmp_path, {"task": {"factory": "fragile_task:make_task"}, "n_trials": 2, "warm_start": "off",
+                             "tracking_uri": "none", "storage": f"sqlite:///{tmp_path}/s.db",
+                             "out": str(tmp_path / "out"), "train": {"latency_repeats": 1}})
+    result = runner.invoke(app, ["search", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "2 trials failed: RuntimeError: boom while training (trials 0, 1)" in result.output
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["failures"] == {"RuntimeError: boom while training": [0, 1]} and summary["n_failed"] == 2
+    again = runner.invoke(app, ["report", str(tmp_path / "out")])
+    assert again.exit_code == 0 and "2 trials failed: RuntimeError: boom while training" in again.output
+
+
 def test_a_file_tracking_store_is_refused_before_training_unless_mlflow_is_told_to_allow_it(
         search_yaml, tmp_path, monkeypatch):
     """MLflow 3 refuses file stores; without the check a search failed at its first trial (exit 1)."""
