@@ -40,8 +40,8 @@ _SKIP_BUFFERS = ("num_batches_tracked", "weight_mask")
 def _tensors(dataset: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
     if hasattr(dataset, "tensors"):
         return dataset.tensors[0], dataset.tensors[1]
-    xs, ys = zip(*(dataset[i] for i in range(len(dataset))))
-    return torch.stack(xs), torch.as_tensor(ys)
+    xs, ys = zip(*(dataset[i] for i in range(len(dataset))))  # tensors, NumPy arrays or numbers
+    return torch.stack([torch.as_tensor(x) for x in xs]), torch.as_tensor([int(y) for y in ys])
 
 
 def module_device(model: nn.Module) -> torch.device:

@@ -4,7 +4,7 @@ A task is what a search compresses: a trained teacher, the training data the stu
 data it is scored on, and the number of classes. Built-in tasks are described by a :class:`TaskSpec` in
 :data:`BUILTIN_TASKS` and materialised by :func:`load_task`, which trains the teacher once and caches it on disk
 (see :mod:`metacompress.learners.teachers`). A config may instead name a factory, ``"my_pkg.my_module:make_task"``,
-that returns a :class:`Task`.
+that returns a :class:`Task` (:mod:`metacompress.learners.plugins` imports, calls and checks it).
 
 Few-shot variants (``digits-5w5s``, ``mnist1d-5w10s`` and :func:`fewshot_task`) choose ``n_way`` classes by seed,
 train the teacher on all training data of those classes, and give the student only ``k_shot`` labelled samples per
@@ -14,10 +14,7 @@ class (it learns from those plus the teacher's soft labels); validation is the h
 from __future__ import annotations
 
 import dataclasses
-import importlib
-import inspect
 import random
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +29,6 @@ from metacompress.learners.models import count_parameters
 from metacompress.learners.teachers import (
     TeacherSpec,
     cached_accuracy,
-    evaluate_accuracy,
     get_teacher,
     resolve_cache_dir,
     teacher_cache_key,
@@ -41,7 +37,6 @@ from metacompress.spaces.errors import invalid_value, unknown_key
 
 __all__ = ["Task", "TaskSpec", "BUILTIN_TASKS", "SYNTHETIC_TASKS", "list_tasks", "load_task", "fewshot_task"]
 
-_FACTORY_RE = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 
 
 @dataclass
@@ -298,60 +293,6 @@ def _seed(seed: Any, field_name: str = "task.seed") -> int:
     return seed
 
 
-def _resolve_factory(path: Any) -> Any:
-    """Import ``"pkg.module:function"`` and return the callable (ConfigError on ``task.factory`` otherwise)."""
-    allowed = "an import path like 'my_pkg.my_module:make_task'"
-    if not isinstance(path, str) or not _FACTORY_RE.match(path):
-        raise invalid_value("task.factory", allowed, path)
-    module_name, attr = path.split(":")
-    try:
-        obj: Any = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise invalid_value("task.factory", f"{allowed} whose module imports ({exc})", path) from None
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise invalid_value("task.factory", f"{allowed} naming an attribute of {module_name!r}", path)
-        obj = getattr(obj, part)
-    if not callable(obj):
-        raise invalid_value("task.factory", f"{allowed} naming a callable", path)
-    return obj
-
-
-def _accepts_seed(factory: Any) -> bool:
-    try:
-        return "seed" in inspect.signature(factory).parameters
-    except (TypeError, ValueError):
-        return False
-
-
-def _from_factory(path: str, kwargs: Any, seed: int) -> Task:
-    """Call the factory; ``seed`` is passed on when the factory has a ``seed`` parameter not set in ``kwargs``."""
-    if kwargs is None:
-        kwargs = {}
-    if not isinstance(kwargs, Mapping):
-        raise invalid_value("task.kwargs", "a mapping of keyword arguments", kwargs)
-    factory = _resolve_factory(path)
-    kwargs = dict(kwargs)
-    if "seed" not in kwargs and _accepts_seed(factory):
-        kwargs["seed"] = seed
-    try:
-        task = factory(**kwargs)
-    except TypeError as exc:
-        raise invalid_value("task.kwargs", f"arguments accepted by {path!r} ({exc})", kwargs) from None
-    if not isinstance(task, Task):
-        raise invalid_value("task.factory", "a function returning metacompress.learners.Task",
-                            f"{path} returned {type(task).__name__}")
-    task.teacher.eval()
-    task.info.setdefault("factory", path)
-    task.info.setdefault("input_shape", list(task.input_shape))
-    task.info.setdefault("n_train", len(task.train))
-    task.info.setdefault("n_val", len(task.val))
-    task.info.setdefault("n_params", count_parameters(task.teacher))
-    if "teacher_accuracy" not in task.info:
-        task.info["teacher_accuracy"] = evaluate_accuracy(task.teacher, task.val)
-    return task
-
-
 def load_task(spec: str | Mapping[str, Any], *, cache_dir: str | Path | None = None, seed: int = 0,
               progress: bool = False) -> Task:
     """Build a task from a built-in name or a config mapping.
@@ -386,7 +327,9 @@ def load_task(spec: str | Mapping[str, Any], *, cache_dir: str | Path | None = N
     if "factory" in values:
         if "name" in values:
             raise invalid_value("task", "either a 'name' or a 'factory', not both", dict(spec))
-        return _from_factory(values["factory"], values.get("kwargs"), seed)
+        from .plugins import from_factory  # noqa: PLC0415 (plugins imports Task from here)
+
+        return from_factory(values["factory"], values.get("kwargs"), seed)
     if "name" not in values:
         raise invalid_value("task", "a mapping with a 'name' or a 'factory'", dict(spec))
     if values.get("kwargs"):

@@ -48,3 +48,43 @@ def make_token_task(seed: int = 0) -> Task:
     torch.manual_seed(seed)
     return Task("tokens", TokenClassifier().eval(), TensorDataset(tokens[:60], labels[:60]),
                 TensorDataset(tokens[60:], labels[60:]), 4)
+
+
+class _PairOfOutputs(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return self.fc(x), None
+
+
+def tuple_teacher() -> Task:
+    """A teacher that returns a tuple, not logits."""
+    task = make_task()
+    return Task("tuple", _PairOfOutputs(), task.train, task.val, 3)
+
+
+def wrong_width_teacher() -> Task:
+    """A teacher with 3 logits for a task that declares 5 classes."""
+    task = make_task()
+    return Task("width", task.teacher, task.train, task.val, 5)
+
+
+class NumpyPairs(torch.utils.data.Dataset):
+    """(NumPy array, int) pairs, as many user datasets yield."""
+
+    def __init__(self, data: TensorDataset) -> None:
+        self.x, self.y = data.tensors[0].numpy(), data.tensors[1].numpy()
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int):
+        return self.x[i], int(self.y[i])
+
+
+def numpy_task() -> Task:
+    """The tiny task with datasets of NumPy pairs instead of TensorDatasets."""
+    task = make_task()
+    return Task("numpy", task.teacher, NumpyPairs(task.train), NumpyPairs(task.val), 3)

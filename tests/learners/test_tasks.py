@@ -273,6 +273,8 @@ def test_factory_import_string_builds_a_task(monkeypatch: pytest.MonkeyPatch) ->
     (42, None, "task.factory"),
     ("plugin_task:make_task", {"colour": "red"}, "task.kwargs"),
     ("plugin_task:make_task", [1, 2], "task.kwargs"),
+    ("plugin_task:tuple_teacher", None, "task.teacher"),  # a tuple, not logits
+    ("plugin_task:wrong_width_teacher", None, "task.teacher"),  # 3 logits, 5 classes declared
 ])
 def test_bad_factories_name_the_field(factory: object, kwargs: object, field: str,
                                       monkeypatch: pytest.MonkeyPatch) -> None:
@@ -281,6 +283,20 @@ def test_bad_factories_name_the_field(factory: object, kwargs: object, field: st
         load_task({"factory": factory, "kwargs": kwargs})
     assert info.value.field == field
     assert f"'{field}'" in str(info.value)
+
+
+def test_a_factory_task_with_numpy_pairs_trains_and_scores(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Datasets that yield (NumPy array, int) pairs work wherever a TensorDataset does."""
+    from metacompress.learners import compress, describe_layers, evaluate, finetune
+    from metacompress.spaces import CompressionPolicy
+
+    monkeypatch.syspath_prepend(str(HERE))
+    task = load_task({"factory": "plugin_task:numpy_task"})
+    layers = [i.name for i in describe_layers(task.teacher, task.example_input(2))]
+    policy = CompressionPolicy.uniform(layers, 0.5, 4, epochs=1)
+    student = compress(task.teacher, policy, task.example_input(2))
+    assert len(finetune(student, task.teacher, task.train, policy, val=task.val)) == 1
+    assert 0.0 <= evaluate(student, task.val, task.example_input(1), latency_repeats=1)["accuracy"] <= 1.0
 
 
 @pytest.mark.parametrize(("spec", "field", "hint"), [

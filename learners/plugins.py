@@ -1,0 +1,95 @@
+"""Task plugins: a config's ``task: {factory: "pkg.module:function", kwargs: {...}}`` imported, called and checked.
+
+The factory returns a :class:`~metacompress.learners.Task` (the user's trained teacher and data); it is checked
+here, before any search starts, so that a model that does not map a batch to ``(batch, n_classes)`` logits is one
+``ConfigError`` naming ``task.teacher`` (CLI exit 2), not a failure inside every trial.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from metacompress.learners.models import count_parameters
+from metacompress.learners.teachers import evaluate_accuracy
+from metacompress.spaces.errors import invalid_value
+
+from .tasks import Task
+
+__all__ = ["from_factory"]
+
+_FACTORY_RE = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
+
+
+def _resolve_factory(path: Any) -> Any:
+    """Import ``"pkg.module:function"`` and return the callable (ConfigError on ``task.factory`` otherwise)."""
+    allowed = "an import path like 'my_pkg.my_module:make_task'"
+    if not isinstance(path, str) or not _FACTORY_RE.match(path):
+        raise invalid_value("task.factory", allowed, path)
+    module_name, attr = path.split(":")
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise invalid_value("task.factory", f"{allowed} whose module imports ({exc})", path) from None
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise invalid_value("task.factory", f"{allowed} naming an attribute of {module_name!r}", path)
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise invalid_value("task.factory", f"{allowed} naming a callable", path)
+    return obj
+
+
+def _accepts_seed(factory: Any) -> bool:
+    try:
+        return "seed" in inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def from_factory(path: str, kwargs: Any, seed: int) -> Task:
+    """Call the factory; ``seed`` is passed on when the factory has a ``seed`` parameter not set in ``kwargs``."""
+    if kwargs is None:
+        kwargs = {}
+    if not isinstance(kwargs, Mapping):
+        raise invalid_value("task.kwargs", "a mapping of keyword arguments", kwargs)
+    factory = _resolve_factory(path)
+    kwargs = dict(kwargs)
+    if "seed" not in kwargs and _accepts_seed(factory):
+        kwargs["seed"] = seed
+    try:
+        task = factory(**kwargs)
+    except TypeError as exc:
+        raise invalid_value("task.kwargs", f"arguments accepted by {path!r} ({exc})", kwargs) from None
+    if not isinstance(task, Task):
+        raise invalid_value("task.factory", "a function returning metacompress.learners.Task",
+                            f"{path} returned {type(task).__name__}")
+    task.teacher.eval()
+    _check_logits(task, path)
+    task.info.setdefault("factory", path)
+    task.info.setdefault("input_shape", list(task.input_shape))
+    task.info.setdefault("n_train", len(task.train))
+    task.info.setdefault("n_val", len(task.val))
+    task.info.setdefault("n_params", count_parameters(task.teacher))
+    if "teacher_accuracy" not in task.info:
+        task.info["teacher_accuracy"] = evaluate_accuracy(task.teacher, task.val)
+    return task
+
+
+def _check_logits(task: Task, path: str) -> None:
+    """A factory's teacher must map a batch of its validation inputs to ``(batch, n_classes)`` logits."""
+    try:
+        with torch.no_grad():
+            out = task.teacher(task.example_input(2))
+    except Exception as exc:  # noqa: BLE001 - the user's model: any failure is bad input, named in one line
+        raise invalid_value("task.teacher", f"a model that runs on the task's validation inputs ({type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0][:200] if str(exc) else ''})", path) from None
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, task.n_classes):
+        got = f"a tensor of shape {tuple(out.shape)}" if isinstance(out, torch.Tensor) else type(out).__name__
+        raise invalid_value("task.teacher", f"a model returning class logits of shape (batch, {task.n_classes})",
+                            f"{path} returned {got} for a batch of 2")
