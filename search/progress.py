@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from optuna.trial import FrozenTrial
@@ -11,7 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from .pareto import hypervolume
 from .study import counted_trials
 
-__all__ = ["SearchProgress"]
+__all__ = ["SearchProgress", "best_text"]
 
 
 class SearchProgress:
@@ -38,15 +39,20 @@ class SearchProgress:
 
     def _best(self) -> str:
         points = [t.user_attrs.get("metrics") for t in counted_trials(self.p.study) if t.user_attrs.get("metrics")]
-        if not points:
-            return "best: -"
-        ref = self.p.reference
-        within = [m for m in points if m["accuracy"] >= ref["accuracy"] - 0.01]
-        ratio = max((m.get("compression_ratio", 0.0) for m in within), default=0.0)
-        hv = hypervolume(points, ref, self.p.cfg.objectives)
-        return f"HV {hv:.3f} · best {ratio:.1f}× within 1 pp"
+        return best_text(points, self.p.reference, self.p.cfg.objectives)
 
     def update(self, trial: FrozenTrial, _prepared: Any = None) -> None:
         """Called after each trial; re-reads the study so trials of other workers count too."""
         done = len(counted_trials(self.p.study))
         self.progress.update(self.task_id, completed=done, best=self._best())
+
+
+def best_text(points: list[dict[str, float]], reference: Mapping[str, float], objectives: Mapping[str, str]) -> str:
+    """The bar's best-so-far: the hypervolume and the largest compression within 1 pp of the teacher's accuracy."""
+    if not points:
+        return "best: -"
+    within = [m for m in points if m["accuracy"] >= reference["accuracy"] - 0.01]
+    hv = hypervolume(points, reference, objectives)
+    if not within:
+        return f"HV {hv:.3f} · none within 1 pp yet"
+    return f"HV {hv:.3f} · best {max(m.get('compression_ratio', 0.0) for m in within):.1f}× within 1 pp"

@@ -156,3 +156,14 @@ def test_the_plot_joins_only_the_points_non_dominated_on_its_two_axes() -> None:
     front = pareto_front(points, objectives)
     assert sorted(front) == [0, 1, 2]
     assert _front_2d(points, sorted(front), "size_bytes", "accuracy") == [0, 2]
+
+
+def test_the_progress_bar_says_when_no_trial_is_within_1_pp_yet() -> None:
+    from metacompress.search.progress import best_text
+
+    teacher = {"accuracy": 0.96, "size_bytes": 64_000.0}
+    assert best_text([], teacher, AS) == "best: -"
+    lossy = [{"accuracy": 0.80, "size_bytes": 1000.0, "compression_ratio": 64.0}]
+    assert best_text(lossy, teacher, AS).endswith("none within 1 pp yet")  # was "best 0.0× within 1 pp"
+    close = lossy + [{"accuracy": 0.955, "size_bytes": 8000.0, "compression_ratio": 8.0}]
+    assert best_text(close, teacher, AS).endswith("best 8.0× within 1 pp")
