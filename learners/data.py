@@ -35,6 +35,7 @@ __all__ = [
     "fewshot_split",
     "to_dataset",
     "model_input",
+    "dataset_tensors",
 ]
 
 
@@ -275,3 +276,13 @@ def fewshot_split(split: ArraySplit, n_way: int, k_shot: int, seed: int = 0) -> 
 def model_input(x: torch.Tensor) -> torch.Tensor:
     """``x`` as a model takes it: floating point as float32, integers (token ids, category codes) kept as they are."""
     return x.to(torch.float32) if x.is_floating_point() else x
+
+
+def dataset_tensors(dataset: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """All of a map-style dataset as ``(inputs, labels)``: inputs as a model takes them (:func:`model_input`),
+    labels as int64. Items may be tensors, NumPy arrays or numbers; a ``TensorDataset`` is used as it is."""
+    tensors = getattr(dataset, "tensors", None)
+    if tensors is not None and len(tensors) == 2:
+        return model_input(tensors[0]), tensors[1].long()
+    xs, ys = zip(*(dataset[i] for i in range(len(dataset))))
+    return model_input(torch.stack([torch.as_tensor(x) for x in xs])), torch.as_tensor([int(y) for y in ys])

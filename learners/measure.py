@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from .data import dataset_tensors as _tensors
 from .quant import QUANTIZABLE, effective_weight, is_compressed
 
 __all__ = [
@@ -35,13 +36,6 @@ __all__ = [
 ]
 
 _SKIP_BUFFERS = ("num_batches_tracked", "weight_mask")
-
-
-def _tensors(dataset: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
-    if hasattr(dataset, "tensors"):
-        return dataset.tensors[0], dataset.tensors[1]
-    xs, ys = zip(*(dataset[i] for i in range(len(dataset))))  # tensors, NumPy arrays or numbers
-    return torch.stack([torch.as_tensor(x) for x in xs]), torch.as_tensor([int(y) for y in ys])
 
 
 def module_device(model: nn.Module) -> torch.device:

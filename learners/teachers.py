@@ -26,6 +26,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from metacompress.learners.data import dataset_tensors
 from metacompress.learners.models import count_parameters, make_model
 from metacompress.spaces.errors import invalid_value
 
@@ -98,18 +99,10 @@ def teacher_cache_key(spec: TeacherSpec) -> str:
     return hashlib.sha1(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _tensors(dataset: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
-    tensors = getattr(dataset, "tensors", None)
-    if tensors is not None and len(tensors) == 2:
-        return tensors[0], tensors[1]
-    xs, ys = zip(*(dataset[i] for i in range(len(dataset))))  # type: ignore[arg-type]
-    return torch.stack([torch.as_tensor(x) for x in xs]), torch.as_tensor(ys, dtype=torch.int64)
-
-
 @torch.no_grad()
 def evaluate_accuracy(model: nn.Module, dataset: Dataset, batch_size: int = 1024) -> float:
     """Top-1 accuracy of ``model`` on ``dataset``, computed in eval mode on the model's device."""
-    x, y = _tensors(dataset)
+    x, y = dataset_tensors(dataset)
     device = next(iter(model.parameters()), torch.empty(0)).device
     was_training = model.training
     model.eval()
@@ -185,7 +178,7 @@ def _threads(num_threads: int | None) -> Iterator[None]:
 
 def _fit(model: nn.Module, train: Dataset, device: torch.device, *, epochs: int, lr: float, batch_size: int,
          seed: int, weight_decay: float, label_smoothing: float, progress: bool) -> None:
-    x, y = _tensors(train)
+    x, y = dataset_tensors(train)
     x, y = x.to(device), y.to(device)
     model.to(device).train()
     steps = max((len(y) + batch_size - 1) // batch_size, 1)

@@ -28,7 +28,8 @@ import torch
 from optuna.trial import TrialState
 
 from metacompress.learners import deployable, load_compressed, load_task, predict_logits
-from metacompress.learners.measure import _freeze, _Frozen, _tensors
+from metacompress.learners.data import dataset_tensors
+from metacompress.learners.measure import _freeze, _Frozen
 from metacompress.spaces import ConfigError, MetacompressError, invalid_value
 
 from .config import SearchConfig
@@ -143,7 +144,7 @@ def export_trial(cfg: SearchConfig, number: int, output: str | Path | None = Non
     task = load_task(_task_spec(cfg))
     model = load_compressed(artifact, task.teacher).eval()
     reloaded = _write(deployable(model, int8=bool(int8)), task.example_input(2), path, number, bool(int8))
-    x, y = _tensors(task.val)
+    x, y = dataset_tensors(task.val)
     with torch.no_grad():  # a frozen graph is not an nn.Module (no train/eval mode): called as a plain function
         theirs = torch.cat([reloaded(x[i : i + 1024]) for i in range(0, len(x), 1024)]).argmax(1)
     agreement = float((predict_logits(model, x).argmax(1) == theirs).float().mean())

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from metacompress.learners.data import model_input
+from metacompress.learners.data import dataset_tensors, model_input
 from metacompress.spaces import LayerInfo, invalid_value
 
 __all__ = [
@@ -49,18 +49,11 @@ FEATURE_NAMES: tuple[str, ...] = (
 )
 
 
-def _rows(data: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    if hasattr(data, "tensors"):
-        return data.tensors[0], data.tensors[1]
-    xs, ys = zip(*(data[i] for i in range(len(data))))
-    return torch.stack([torch.as_tensor(v) for v in xs]), torch.as_tensor(ys)
-
-
 def _probe_data(task: Any, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Up to :data:`PROBE_ROWS` seeded rows: validation rows, topped up with training rows when there are few."""
-    x, y = _rows(task.val)
+    x, y = dataset_tensors(task.val)
     if len(y) < PROBE_ROWS:
-        xt, yt = _rows(task.train)
+        xt, yt = dataset_tensors(task.train)
         x, y = torch.cat([model_input(x), model_input(xt)]), torch.cat([y.long(), yt.long()])
     if len(y) > PROBE_ROWS:
         idx = torch.randperm(len(y), generator=torch.Generator().manual_seed(int(seed)))[:PROBE_ROWS]

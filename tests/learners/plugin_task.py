@@ -72,10 +72,10 @@ def wrong_width_teacher() -> Task:
 
 
 class NumpyPairs(torch.utils.data.Dataset):
-    """(NumPy array, int) pairs, as many user datasets yield."""
+    """(float64 NumPy array, int) pairs, as many user datasets yield."""
 
     def __init__(self, data: TensorDataset) -> None:
-        self.x, self.y = data.tensors[0].numpy(), data.tensors[1].numpy()
+        self.x, self.y = data.tensors[0].double().numpy(), data.tensors[1].numpy()  # float64, as NumPy makes
 
     def __len__(self) -> int:
         return len(self.y)
