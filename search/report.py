@@ -49,8 +49,8 @@ def summary_problem(summary: Any) -> str | None:
 
 
 def policy_text(params: Mapping[str, Any]) -> str:
-    """A compact one-line policy: ``bits 2-8 · prune 35% unstr · λ 0.46 · T 2.6`` (`` · β 0.5 · μ 0.01`` when the
-    feature-map or proximal term is on)."""
+    """A compact one-line policy: ``bits 2-8 · prune 35% unstr · λ 0.46 · T 2.6`` (and ``β 0.5 · μ 0.01`` when
+    the feature-map or proximal term is on)."""
     if not isinstance(params, Mapping):
         return ""
     num = {k: v for k, v in params.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}

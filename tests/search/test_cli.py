@@ -290,8 +290,8 @@ def test_a_task_factory_next_to_its_config_imports_from_the_console_script_in_an
     script = Path(sys.executable).with_name("metacompress")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     for cwd, study in ((elsewhere, "from-elsewhere"), (project, "from-the-project")):
-        done = subprocess.run([str(script), "search", str(config), "--study-name", study, "--out", str(tmp_path / study)],
-                              cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+        args = [str(script), "search", str(config), "--study-name", study, "--out", str(tmp_path / study)]
+        done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr[-1500:]
         assert json.loads((tmp_path / study / "summary.json").read_text())["n_complete"] == 2
 
