@@ -297,10 +297,10 @@ def test_a_task_factory_next_to_its_config_imports_from_the_console_script_in_an
 
 
 def test_the_own_model_example_runs_as_a_user_would_copy_it(tmp_path):
-    """experiments/plugin_example is what the README tells a user to copy: copied, it must run as written."""
+    """examples/own_model is what the README tells a user to copy: copied, it must run as written."""
     import shutil
 
-    example = Path(__file__).parents[2] / "experiments" / "plugin_example"
+    example = Path(__file__).parents[2] / "examples" / "own_model"
     mine, elsewhere = tmp_path / "mine", tmp_path / "elsewhere"
     shutil.copytree(example, mine, ignore=shutil.ignore_patterns("*.pt", "__pycache__"))
     elsewhere.mkdir()
