@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from metacompress.learners.measure import module_device
 from metacompress.learners.models import count_parameters
 from metacompress.learners.teachers import evaluate_accuracy
 from metacompress.spaces.errors import invalid_value
@@ -85,10 +86,11 @@ def _check_logits(task: Task, path: str) -> None:
     """A factory's teacher must map a batch of its validation inputs to ``(batch, n_classes)`` logits."""
     try:
         with torch.no_grad():
-            out = task.teacher(task.example_input(2))
+            out = task.teacher(task.example_input(2).to(module_device(task.teacher)))
     except Exception as exc:  # noqa: BLE001 - the user's model: any failure is bad input, named in one line
-        raise invalid_value("task.teacher", f"a model that runs on the task's validation inputs ({type(exc).__name__}: "
-                            f"{str(exc).splitlines()[0][:200] if str(exc) else ''})", path) from None
+        first = str(exc).splitlines()[0][:200] if str(exc) else ""
+        raise invalid_value("task.teacher", f"a model that runs on the task's validation inputs "
+                            f"({type(exc).__name__}: {first})", path) from None
     if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, task.n_classes):
         got = f"a tensor of shape {tuple(out.shape)}" if isinstance(out, torch.Tensor) else type(out).__name__
         raise invalid_value("task.teacher", f"a model returning class logits of shape (batch, {task.n_classes})",
