@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -38,6 +39,8 @@ from metacompress.search.checks import (
 from metacompress.search.pareto import check_objectives
 from metacompress.spaces.errors import ConfigError, invalid_value, unknown_key
 from metacompress.spaces.policy import ALLOWED_BITS, PRUNE_METHODS
+
+_LOG = logging.getLogger(__name__)
 
 __all__ = [
     "BUILTIN_TASKS", "FloatRange", "IntRange", "TaskConfig", "WarmStartConfig", "SpaceConfig", "TrainConfig",
@@ -138,10 +141,25 @@ class SpaceConfig:
 
         return CompressionSpace(
             layers, grouping=self.grouping, prune=real(self.prune), bits=Ordinal(tuple(self.bits)),
-            prune_method=Categorical(tuple(self.prune_method)), kd_lambda=real(self.kd_lambda),
+            prune_method=Categorical(self._prune_methods(layers)), kd_lambda=real(self.kd_lambda),
             act_bits=Ordinal(tuple(self.act_bits)) if self.act_bits else None, temperature=real(self.temperature),
             epochs=Int(self.epochs.low, self.epochs.high), lr=real(self.lr), feature_beta=real(self.feature_beta),
             prox_mu=real(self.prox_mu))
+
+
+    def _prune_methods(self, layers: Any) -> tuple[str, ...]:
+        """``prune_method`` without ``structured`` when no layer can lose whole output channels: such trials would
+        prune nothing (with ``structured`` alone that is bad input)."""
+        methods = tuple(self.prune_method)
+        if "structured" not in methods or any(info.structured for info in layers):
+            return methods
+        if methods == ("structured",):
+            raise ConfigError("The 'space.prune_method' value must include 'unstructured' for this model: none of "
+                              "its layers can lose whole output channels, so structured pruning would prune nothing. "
+                              "Got ['structured'].", "space.prune_method")
+        _LOG.warning("space.prune_method: no layer of this model can lose whole output channels; 'structured' is "
+                     "left out (it would prune nothing)")
+        return tuple(m for m in methods if m != "structured")
 
 
 @dataclass

@@ -198,3 +198,21 @@ def test_space_build_makes_a_compression_space() -> None:
               spaces.LayerInfo("fc", "linear", 640, (10, 64), structured=False)]
     space = cfg.space.build(layers)
     assert isinstance(space, spaces.CompressionSpace)
+
+
+def test_structured_pruning_is_left_out_when_no_layer_can_lose_channels(caplog: pytest.LogCaptureFixture) -> None:
+    """A model whose layers cannot lose whole output channels (a head only, a Transformer's feed-forward) would
+    waste every structured trial on pruning nothing."""
+    from metacompress import spaces
+
+    heads = [spaces.LayerInfo("fc", "linear", 640, (10, 64), structured=False)]
+    both = config_from_dict({"task": "digits-cnn", "space": {"prune_method": ["unstructured", "structured"]}})
+    with caplog.at_level("WARNING"):
+        space = both.space.build(heads)
+    assert space.domains["prune_method"].choices == ("unstructured",) and "'structured' is left out" in caplog.text
+    only = config_from_dict({"task": "digits-cnn", "space": {"prune_method": ["structured"]}})
+    with pytest.raises(ConfigError) as info:
+        only.space.build(heads)
+    assert info.value.field == "space.prune_method"
+    prunable = [spaces.LayerInfo("conv1", "conv2d", 144, (16, 1, 3, 3)), *heads]
+    assert both.space.build(prunable).domains["prune_method"].choices == ("unstructured", "structured")
