@@ -87,7 +87,7 @@ def search(
     """Search compression policies for a model; resume when the study exists."""
     from .config import load_config
     from .progress import SearchProgress
-    from .report import failure_lines, pareto_table, warm_start_line
+    from .report import pareto_table, print_outcome
     from .runner import prepare, run_search
     from .sync import make_tracker
     from .warmstart import resolve_warm_start, resumed_warm_start
@@ -111,10 +111,7 @@ def search(
         summary = run_search(cfg, warm_points=points, warm_info=info, on_trial_end=bar.update, prepared=p,
                              tracker=tracker)
     console.print(pareto_table(summary))
-    for line in failure_lines(summary):
-        console.print(line, style="yellow", highlight=False)
-    if line := warm_start_line(summary):
-        console.print(line, highlight=False)
+    print_outcome(console, summary)
     console.print(f"Wrote [bold]{Path(cfg.out) / 'summary.json'}[/] (+ pareto.md, pareto.png, hypervolume.png).")
     if (cfg.tracking_uri != "none"):
         ui = cfg.tracking_uri if cfg.tracking_uri.startswith("http") else None
@@ -245,7 +242,7 @@ def report(
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
 ) -> None:
     """Print the Pareto table of a finished search."""
-    from .report import failure_lines, pareto_table, summary_problem, warm_start_line
+    from .report import pareto_table, print_outcome, summary_problem
 
     file = path / "summary.json" if path.is_dir() else path
     try:
@@ -258,10 +255,7 @@ def report(
         raise ConfigError(f"The 'path' value must be a summary.json written by `metacompress search` ({problem}). "
                           f"Got '{file}'.", "path")
     console.print(pareto_table(summary))
-    for line in failure_lines(summary):
-        console.print(line, style="yellow", highlight=False)
-    if line := warm_start_line(summary):
-        console.print(line, highlight=False)
+    print_outcome(console, summary)
 
 
 @app.command()

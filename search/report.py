@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .pareto import max_hypervolume
 
 __all__ = ["format_bytes", "history_table", "pareto_markdown", "pareto_rows", "pareto_table", "policy_text",
-           "proposals_table", "summary_problem", "warm_start_line", "failure_lines"]
+           "print_outcome", "proposals_table", "summary_problem", "warm_start_line", "failure_lines"]
 
 _COLUMNS = ("trial", "accuracy", "Δ acc (pp)", "size", "ratio", "latency (ms)", "speedup", "policy")
 
@@ -140,9 +141,8 @@ def warm_start_line(summary: Mapping[str, Any]) -> str | None:
     gaps = sorted(p["predicted_accuracy"] - p["accuracy"] for p in ok
                   if isinstance(p.get("predicted_accuracy"), (int, float)))
     if gaps:
-        median = (gaps[(len(gaps) - 1) // 2] + gaps[len(gaps) // 2]) / 2
-        line += f"; predicted minus real accuracy: median {100 * median:+.1f} pp (from {100 * gaps[0]:+.1f} to " \
-                f"{100 * gaps[-1]:+.1f})"
+        line += f"; predicted minus real accuracy: median {100 * statistics.median(gaps):+.1f} pp (from " \
+                f"{100 * gaps[0]:+.1f} to {100 * gaps[-1]:+.1f})"
     return line
 
 
@@ -179,6 +179,14 @@ def history_table(parts: Sequence[tuple[str, Any]]) -> Any:
     return table
 
 
+def print_outcome(console: Any, summary: Mapping[str, Any]) -> None:
+    """After the Pareto table: why trials failed (if any did), and how the warm start did."""
+    for line in failure_lines(summary):
+        console.print(line, style="yellow", highlight=False)
+    if line := warm_start_line(summary):
+        console.print(line, highlight=False)
+
+
 def failure_lines(summary: Mapping[str, Any], shown: int = 3) -> list[str]:
     """One line per failure reason of the search's failed trials (the ``shown`` most frequent), else nothing."""
     found = summary.get("failures")
@@ -188,8 +196,8 @@ def failure_lines(summary: Mapping[str, Any], shown: int = 3) -> list[str]:
     for reason, numbers in list(found.items())[:shown]:
         numbers = list(numbers) if isinstance(numbers, (list, tuple)) else []
         listed = ", ".join(map(str, numbers[:8])) + (", ..." if len(numbers) > 8 else "")
-        lines.append(f"{len(numbers)} trial{'s' if len(numbers) != 1 else ''} failed: {str(reason)[:300]} "
-                     f"(trial{'s' if len(numbers) != 1 else ''} {listed})")
+        trials = "trial" if len(numbers) == 1 else "trials"
+        lines.append(f"{len(numbers)} {trials} failed: {str(reason)[:300]} ({trials} {listed})")
     if len(found) > shown:
         lines.append(f"... and {len(found) - shown} more failure reasons (summary.json: failures)")
     return lines

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from metacompress.learners.data import dataset_tensors, model_input
+from metacompress.learners.data import dataset_tensors
 from metacompress.spaces import LayerInfo, invalid_value
 
 __all__ = [
@@ -51,14 +51,14 @@ FEATURE_NAMES: tuple[str, ...] = (
 
 def _probe_data(task: Any, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Up to :data:`PROBE_ROWS` seeded rows: validation rows, topped up with training rows when there are few."""
-    x, y = dataset_tensors(task.val)
+    x, y = dataset_tensors(task.val)  # inputs as the model takes them, int64 labels
     if len(y) < PROBE_ROWS:
         xt, yt = dataset_tensors(task.train)
-        x, y = torch.cat([model_input(x), model_input(xt)]), torch.cat([y.long(), yt.long()])
+        x, y = torch.cat([x, xt]), torch.cat([y, yt])
     if len(y) > PROBE_ROWS:
         idx = torch.randperm(len(y), generator=torch.Generator().manual_seed(int(seed)))[:PROBE_ROWS]
         x, y = x[idx], y[idx]
-    return model_input(x), y.long()
+    return x, y
 
 
 @torch.no_grad()
