@@ -4,6 +4,7 @@ The verbs follow one shape: ``compress(teacher, policy) -> student``, ``finetune
 ``evaluate(student, val, example_input) -> metrics``, ``export_compressed(student, path)``.
 """
 
+from .attention import SplitAttention, split_attention
 from .compress import compress, compressible_layers, describe_layers
 from .distill import FinetuneConfig, NonFiniteLossError, attention_map, feature_map, finetune, kd_loss
 from .export import export_compressed, load_compressed
@@ -17,6 +18,7 @@ __all__ = [
     "ActQuant",
     "FinetuneConfig",
     "NonFiniteLossError",
+    "SplitAttention",
     "Task",
     "accuracy",
     "attention_map",
@@ -40,5 +42,6 @@ __all__ = [
     "predict_logits",
     "shrink",
     "size_bytes",
+    "split_attention",
     "to_quantized",
 ]

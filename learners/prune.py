@@ -5,12 +5,15 @@ Linear/Conv layer flow through shape-preserving ops (BatchNorm, activations, poo
 the next layers; a residual ``a + b`` couples the channels of both branches, so they are pruned together. A
 ``flatten`` between a conv and a linear layer maps each channel to its block of ``H * W`` input features. Channels
 that reach anything else (concatenation, reshapes, the model output) are left alone; those producers are reported
-as not structurally prunable.
+as not structurally prunable. A model that ``torch.fx`` cannot trace (Python control flow on its inputs, ``len(x)``,
+...) has no prunable group: its layers are pruned unstructured only.
 """
 
 from __future__ import annotations
 
+import logging
 import operator
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -34,6 +37,9 @@ _PASS_FUNCS = {
     torch.nn.functional.avg_pool1d, torch.nn.functional.avg_pool2d, torch.nn.functional.adaptive_avg_pool1d,
     torch.nn.functional.adaptive_avg_pool2d, torch.nn.functional.silu, torch.nn.functional.leaky_relu,
 }
+_LOG = logging.getLogger(__name__)
+_UNTRACEABLE_SEEN: weakref.WeakSet[nn.Module] = weakref.WeakSet()  # models already reported as untraceable
+
 _MERGE_FUNCS = {operator.add, operator.sub, torch.add, torch.sub, operator.mul, torch.mul}
 
 
@@ -114,8 +120,17 @@ def _is_flatten(node: fx.Node, modules: Mapping[str, nn.Module]) -> bool:
 
 
 def channel_groups(model: nn.Module, example_input: torch.Tensor) -> list[ChannelGroup]:
-    """Trace ``model`` and return its groups of coupled output channels (one per distinct channel space)."""
-    gm = _trace(model, example_input)
+    """Trace ``model`` and return its groups of coupled output channels (one per distinct channel space); none
+    when ``torch.fx`` cannot trace it (logged once per model)."""
+    try:
+        gm = _trace(model, example_input)
+    except Exception as exc:  # noqa: BLE001 - fx raises many kinds on user code; none is fatal here
+        if model not in _UNTRACEABLE_SEEN:
+            _UNTRACEABLE_SEEN.add(model)
+            first = str(exc).splitlines()[0][:160] if str(exc) else ""
+            _LOG.warning("torch.fx cannot trace %s (%s: %s): no layer can lose whole output channels",
+                         type(model).__qualname__, type(exc).__name__, first)
+        return []
     modules = dict(gm.named_modules())
     uf = _UnionFind()
     space: dict[fx.Node, tuple[str, int]] = {}  # node -> (channel space id, features per channel)

@@ -50,6 +50,31 @@ def make_token_task(seed: int = 0) -> Task:
                 TensorDataset(tokens[60:], labels[60:]), 4)
 
 
+class AttentionClassifier(nn.Module):
+    """16 input features read as 2 tokens of 8, one attention layer, a linear head. With ``raw=True`` its forward
+    reads the attention's packed ``in_proj_weight`` itself, which the one-Linear-per-projection rewrite removes."""
+
+    def __init__(self, raw: bool = False, **attention: object) -> None:
+        super().__init__()
+        self.raw = raw
+        self.attn = nn.MultiheadAttention(8, 2, batch_first=True, **attention)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        seq = x.view(len(x), 2, 8)
+        if self.raw:
+            seq = torch.nn.functional.linear(seq, self.attn.in_proj_weight[:8])
+        return self.head(self.attn(seq, seq, seq)[0].mean(1))
+
+
+def attention_task(raw: bool = False, add_bias_kv: bool = False) -> Task:
+    """The tiny task on 16 features with an (untrained) :class:`AttentionClassifier` teacher."""
+    task = make_task(n_features=16)
+    torch.manual_seed(0)
+    teacher = AttentionClassifier(raw, add_bias_kv=add_bias_kv).eval()
+    return Task("attention", teacher, task.train, task.val, 3)
+
+
 class _PairOfOutputs(nn.Module):
     def __init__(self) -> None:
         super().__init__()

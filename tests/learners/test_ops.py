@@ -364,10 +364,10 @@ def test_the_proximal_term_defaults_to_the_students_starting_weights(teacher, di
     assert moved(10.0) < 0.5 * moved(0.0)
 
 
-def test_a_transformer_on_token_ids_compresses_distills_measures_and_exports(tmp_path):
-    """Integer inputs stay integers everywhere (example input, probes, export), and int8 kernels that cannot run
-    (nn.TransformerEncoderLayer's fast path reads Linear.weight, a method on a dynamic int8 Linear) fall back to
-    float timing instead of failing the trial."""
+def test_a_transformer_on_token_ids_compresses_its_attention_distills_measures_and_exports(tmp_path):
+    """Integer inputs stay integers everywhere (example input, probes, export); the factory's attention is
+    rewritten with one Linear per projection, so the search compresses attention like any layer, and int8 kernels
+    run on all of them."""
     from metacompress.learners import load_task
     from metacompress.learners.meta import layer_sensitivity
 
@@ -375,22 +375,46 @@ def test_a_transformer_on_token_ids_compresses_distills_measures_and_exports(tmp
     example = task.example_input(2)
     assert example.dtype == torch.int64
     layers = describe_layers(task.teacher, example)
-    assert [i.name for i in layers] == ["encoder.linear1", "encoder.linear2", "head"]
+    attention = [f"encoder.self_attn.{p}_proj" for p in ("q", "k", "v", "out")]
+    assert [i.name for i in layers] == [*attention, "encoder.linear1", "encoder.linear2", "head"]
     assert set(layer_sensitivity(task, layers)) == {i.name for i in layers}  # probes run on token ids
     policy = CompressionPolicy.uniform([i.name for i in layers], 0.5, 4, epochs=1, feature_beta=0.5, prox_mu=0.01)
     student = compress(task.teacher, policy, example)
+    ff_only = compress(task.teacher, CompressionPolicy.uniform([i.name for i in layers[4:]], 0.5, 4), example)
+    saved = size_bytes(ff_only) - size_bytes(student)  # the attention's 4 × 32 × 32 fp32 weights, at 4 bits, half
+    assert 0.75 * 4 * 32 * 32 * 4 < saved < 4 * 32 * 32 * 4
     history = finetune(student, task.teacher, task.train, policy, val=task.val)
     assert len(history) == 1 and math.isfinite(history[0]["loss"])
     metrics = evaluate(student, task.val, task.example_input(1), latency_repeats=2)
-    assert metrics["int8_runtime"] == 0.0 and metrics["latency_ms"] > 0
-    # scored through each layer's own forward: what the compressed model computes (its plain-weight copy agrees),
-    # not the Transformer fast path's reading of the uncompressed weights
+    assert metrics["latency_ms"] > 0
+    tokens = task.val.tensors[0]
+    scored = predict_logits(student, tokens)
+    assert torch.allclose(scored, predict_logits(deployable(student, int8=False), tokens), atol=1e-5)
+    int8 = deployable(student, int8=True)
+    assert sum(type(m).__name__ == "Linear" and "quantized" in type(m).__module__ for m in int8.modules()) == 7
+    assert torch.isfinite(predict_logits(int8, tokens)).all()
+    export_compressed(student, tmp_path / "s.mcz", task.input_shape)
+    back = load_compressed(tmp_path / "s.mcz", task.teacher)
+    assert torch.allclose(predict_logits(back, tokens), scored, atol=1e-5)
+
+
+def test_an_unsplit_transformer_layer_is_scored_through_its_layers_and_int8_falls_back():
+    """A model compressed as given (the Python API, no factory rewrite) keeps nn.TransformerEncoderLayer's fused
+    fast path, which reads the Linear weights directly: scoring runs each layer's own forward, and int8 kernels
+    that cannot run there (the path reads Linear.weight, a method on a dynamic int8 Linear) fall back to float
+    timing instead of failing the trial."""
+    from plugin_task import make_token_task
+
+    task = make_token_task()
+    example = task.example_input(2)
+    layers = describe_layers(task.teacher, example)
+    assert [i.name for i in layers] == ["encoder.linear1", "encoder.linear2", "head"]
+    student = compress(task.teacher, CompressionPolicy.uniform([i.name for i in layers], 0.5, 4), example)
     tokens = task.val.tensors[0]
     scored = predict_logits(student, tokens)
     assert torch.allclose(scored, predict_logits(deployable(student, int8=False), tokens), atol=1e-5)
     assert torch.backends.mha.get_fastpath_enabled()  # switched back on after scoring
     with torch.no_grad():
         assert not torch.allclose(student.eval()(tokens), scored, atol=1e-4)  # the fast path would differ
-    export_compressed(student, tmp_path / "s.mcz", task.input_shape)
-    back = load_compressed(tmp_path / "s.mcz", task.teacher)
-    assert torch.allclose(predict_logits(back, tokens), scored, atol=1e-5)
+    metrics = evaluate(student, task.val, task.example_input(1), latency_repeats=2)
+    assert metrics["int8_runtime"] == 0.0 and metrics["latency_ms"] > 0

@@ -296,23 +296,31 @@ def test_a_task_factory_next_to_its_config_imports_from_the_console_script_in_an
         assert json.loads((tmp_path / study / "summary.json").read_text())["n_complete"] == 2
 
 
-def test_the_own_model_example_runs_as_a_user_would_copy_it(tmp_path):
-    """examples/own_model is what the README tells a user to copy: copied, it must run as written."""
+@pytest.mark.parametrize("folder,config,task,weights", [
+    ("own_model", "my_model.yaml", "my-digits-net", "digits_net.pt"),
+    ("transformer", "digits_transformer.yaml", "digits-transformer", "digits_transformer.pt"),
+])
+def test_the_examples_run_as_a_user_would_copy_them(tmp_path, folder, config, task, weights):
+    """examples/own_model is what the README tells a user to copy, examples/transformer how attention is searched:
+    copied, each must run as written."""
     import shutil
 
-    example = Path(__file__).parents[2] / "examples" / "own_model"
+    example = Path(__file__).parents[2] / "examples" / folder
     mine, elsewhere = tmp_path / "mine", tmp_path / "elsewhere"
     shutil.copytree(example, mine, ignore=shutil.ignore_patterns("*.pt", "__pycache__"))
     elsewhere.mkdir()
     script = Path(sys.executable).with_name("metacompress")
-    done = subprocess.run([str(script), "search", str(mine / "my_model.yaml"), "--trials", "1", "--warm-start", "off",
+    done = subprocess.run([str(script), "search", str(mine / config), "--trials", "1", "--warm-start", "off",
                            "--storage", f"sqlite:///{tmp_path}/s.db", "--tracking-uri", "none",
                            "--out", str(tmp_path / "out")], cwd=elsewhere, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-1500:]
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
-    assert summary["task"] == "my-digits-net" and summary["n_complete"] == 1
+    assert summary["task"] == task and summary["n_complete"] == 1
     assert summary["teacher"]["accuracy"] > 0.9  # the factory trained its teacher ...
-    assert (mine / "digits_net.pt").is_file()  # ... and kept it next to itself for the next run
+    assert (mine / weights).is_file()  # ... and kept it next to itself for the next run
+    if folder == "transformer":  # every projection of both attention layers is searched
+        params = summary["pareto"][0]["params"]
+        assert {f"layers.encoder.layers.{i}.self_attn.{p}_proj.bits" for i in (0, 1) for p in "qkv"} <= set(params)
 
 
 _FAILING_FACTORY = """
