@@ -9,16 +9,17 @@ from torch import nn
 from metacompress.spaces import CompressionPolicy, LayerInfo, invalid_value
 
 from .prune import channel_groups, magnitude_mask, shrink
-from .quant import QUANTIZABLE, to_quantized
+from .quant import compressible, to_quantized
 
 __all__ = ["compress", "compressible_layers", "describe_layers"]
 
-_KINDS = {nn.Linear: "linear", nn.Conv1d: "conv1d", nn.Conv2d: "conv2d"}
+_KINDS = {nn.Linear: "linear", nn.Conv1d: "conv1d", nn.Conv2d: "conv2d", nn.Embedding: "embedding"}
 
 
 def compressible_layers(model: nn.Module) -> dict[str, nn.Module]:
-    """The Linear / Conv1d / Conv2d layers of ``model`` by module name (attention projections are Linear)."""
-    return {n: m for n, m in model.named_modules() if n and type(m) in QUANTIZABLE}
+    """The Linear / Conv1d / Conv2d / Embedding layers of ``model`` by module name (attention projections are Linear
+    once :func:`~.attention.split_attention` has run; an Embedding with ``max_norm`` is left out)."""
+    return {n: m for n, m in model.named_modules() if n and compressible(m)}
 
 
 def describe_layers(model: nn.Module, example_input: torch.Tensor) -> list[LayerInfo]:

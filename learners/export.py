@@ -1,7 +1,8 @@
 """A really smaller artefact: bit-packed low-bit weights, sparsity bitmaps, and the shrunk architecture.
 
 File layout: ``MCZ2`` | binary header | payload. The header is a few dozen bytes of LEB128 varints: the input
-shape, the width of every Linear/Conv layer (in module order), and per compressed layer its index in that order,
+shape, the width of every Linear/Conv layer (in module order), and per compressed layer its index in that order
+(continued by the model's Embedding layers, in module order),
 weight bits, activation bits, sparse-index kind (none, bitmap or gap-code width), kept-weight count and gap-code
 count; names, shapes and section lengths follow from the skeleton. (``MCZ1`` files — a zlib-compressed JSON
 header of a few hundred bytes, which outweighed the payload of the smallest students — still load.)
@@ -96,6 +97,12 @@ def _decode_index(buf: bytes, n: int, width: int, count: int) -> np.ndarray:
     return mask
 
 
+def _layer_order(model: nn.Module) -> list[str]:
+    """The header's layer order: Linear/Conv layers (:func:`structure_of`), then Embedding layers, in module order
+    (files written before embeddings were compressed index the first part only)."""
+    return [*structure_of(model), *(n for n, m in model.named_modules() if isinstance(m, nn.Embedding))]
+
+
 def _weight_sections(mod: nn.Module) -> tuple[dict, list[bytes]]:
     w = mod.weight.detach().float().cpu()
     mask = None if mod.weight_mask is None else mod.weight_mask.detach().cpu().bool()
@@ -139,7 +146,7 @@ def export_compressed(model: nn.Module, path: str | Path, input_shape: tuple[int
         payload.append(t.detach().float().cpu().numpy().tobytes())
     acts = {n: m.act_quant.bits for n, m in model.named_modules() if is_compressed(m) and m.act_quant is not None}
     widths = structure_of(model)
-    order = {name: i for i, name in enumerate(widths)}
+    order = {name: i for i, name in enumerate(_layer_order(model))}
     head = bytearray(_varint(len(input_shape)) + b"".join(_varint(int(d)) for d in input_shape))
     head += _varint(len(widths)) + b"".join(_varint(w) for w in widths.values())
     quantized = [t for t in tensors if t["k"] == "q"]
@@ -198,12 +205,13 @@ def _read(path: Path, skeleton: nn.Module) -> tuple[dict, bytes]:
         raise ConfigError(f"The 'path' value must be a metacompress export (MCZ2). Got {str(path)!r}.", "path")
     cur = _Cursor(raw, 4)
     input_shape = [cur.varint() for _ in range(cur.varint())]
-    names = list(structure_of(skeleton))
+    names = _layer_order(skeleton)
     n_widths = cur.varint()
-    if n_widths != len(names):
+    n_producers = len(structure_of(skeleton))
+    if n_widths != n_producers:
         raise ConfigError(f"The 'skeleton' value must have the exported model's {n_widths} Linear/Conv layers. "
-                          f"Got {len(names)}.", "skeleton")
-    widths = {name: cur.varint() for name in names}
+                          f"Got {n_producers}.", "skeleton")
+    widths = {name: cur.varint() for name in names[:n_producers]}
     layers = []
     for _ in range(cur.varint()):
         index = cur.varint()

@@ -168,7 +168,7 @@ def _macs(model: nn.Module, example_input: torch.Tensor) -> dict[str, int]:
     macs: dict[str, int] = {}
     hooks = []
     for name, mod in model.named_modules():
-        if isinstance(mod, tuple(QUANTIZABLE)):
+        if isinstance(mod, tuple(QUANTIZABLE)) and not isinstance(mod, nn.Embedding):  # a lookup: no MACs
             def hook(m, inp, out, name=name):
                 per_out = m.weight[0].numel()  # in_features, or in_channels/groups * kernel
                 macs[name] = macs.get(name, 0) + per_out * out[0].numel()

@@ -1,7 +1,7 @@
 """Quantization-aware layers: per-channel symmetric weight fake-quant and optional activation fake-quant.
 
-A compressed layer is the original ``nn.Linear`` / ``nn.Conv1d`` / ``nn.Conv2d`` with its class swapped for the
-matching ``Q*`` subclass (:func:`to_quantized`). Its forward computes the *effective* weight
+A compressed layer is the original ``nn.Linear`` / ``nn.Conv1d`` / ``nn.Conv2d`` / ``nn.Embedding`` with its class
+swapped for the matching ``Q*`` subclass (:func:`to_quantized`). Its forward computes the *effective* weight
 ``fake_quant(weight * weight_mask, w_bits)`` and feeds the usual functional op, so gradients flow through the
 straight-through estimator of :func:`torch.fake_quantize_per_channel_affine` and pruned weights stay at zero.
 """
@@ -16,9 +16,11 @@ __all__ = [
     "ActQuant",
     "QConv1d",
     "QConv2d",
+    "QEmbedding",
     "QLinear",
     "QUANTIZABLE",
     "channel_scale",
+    "compressible",
     "effective_weight",
     "fake_quant_weight",
     "is_compressed",
@@ -141,11 +143,27 @@ class QConv2d(_Compressed, nn.Conv2d):
         return self._conv_forward(self._quant_input(x), self.effective_weight(), self.bias)
 
 
+class QEmbedding(_Compressed, nn.Embedding):
+    """``nn.Embedding`` with a pruning mask and per-row weight fake-quant. Its inputs are indices: no activation
+    fake-quant."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.embedding(x, self.effective_weight(), self.padding_idx, None, 2.0, self.scale_grad_by_freq,
+                           self.sparse)
+
+
 QUANTIZABLE: dict[type[nn.Module], type[nn.Module]] = {
     nn.Linear: QLinear,
     nn.Conv1d: QConv1d,
     nn.Conv2d: QConv2d,
+    nn.Embedding: QEmbedding,
 }
+
+
+def compressible(module: nn.Module) -> bool:
+    """Whether ``module`` is a layer :func:`to_quantized` can compress: a Linear, Conv1d or Conv2d, or an Embedding
+    that does not renormalize its rows (``max_norm`` rewrites the stored weight on every lookup)."""
+    return type(module) in QUANTIZABLE and not (isinstance(module, nn.Embedding) and module.max_norm is not None)
 
 
 def is_compressed(module: nn.Module) -> bool:
@@ -159,7 +177,7 @@ def to_quantized(module: nn.Module, w_bits: int, act_bits: int | None = None) ->
         module.w_bits = int(w_bits)
         return module
     module.__class__ = QUANTIZABLE[type(module)]
-    module._init_compression(w_bits, act_bits)
+    module._init_compression(w_bits, None if isinstance(module, nn.Embedding) else act_bits)
     return module
 
 

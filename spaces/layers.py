@@ -12,7 +12,7 @@ from .errors import ConfigError, invalid_value, missing_key, prefixed, unknown_k
 __all__ = ["LayerInfo", "LAYER_KINDS"]
 
 #: Layer kinds the compression ops know how to prune and quantize.
-LAYER_KINDS: tuple[str, ...] = ("linear", "conv1d", "conv2d")
+LAYER_KINDS: tuple[str, ...] = ("linear", "conv1d", "conv2d", "embedding")
 
 
 @dataclass(frozen=True)

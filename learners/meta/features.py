@@ -191,7 +191,7 @@ def _model_features(model: nn.Module, layers: Sequence[LayerInfo]) -> dict[str, 
     n_params = sum(p.numel() for p in model.parameters())
     counts = np.array([info.n_params for info in layers], dtype=np.float64)
     total = max(counts.sum(), 1.0)
-    conv = sum(info.n_params for info in layers if info.kind != "linear")
+    conv = sum(info.n_params for info in layers if info.kind in ("conv1d", "conv2d"))
     has_norm = any(isinstance(m, nn.modules.batchnorm._NormBase) or isinstance(m, nn.LayerNorm)
                    for m in model.modules())
     return {

@@ -365,9 +365,9 @@ def test_the_proximal_term_defaults_to_the_students_starting_weights(teacher, di
 
 
 def test_a_transformer_on_token_ids_compresses_its_attention_distills_measures_and_exports(tmp_path):
-    """Integer inputs stay integers everywhere (example input, probes, export); the factory's attention is
-    rewritten with one Linear per projection, so the search compresses attention like any layer, and int8 kernels
-    run on all of them."""
+    """Integer inputs stay integers everywhere (example input, probes, export); the token embedding is compressed
+    like a layer; the factory's attention is rewritten with one Linear per projection, so the search compresses
+    attention like any layer, and int8 kernels run on all of them."""
     from metacompress.learners import load_task
     from metacompress.learners.meta import layer_sensitivity
 
@@ -376,13 +376,14 @@ def test_a_transformer_on_token_ids_compresses_its_attention_distills_measures_a
     assert example.dtype == torch.int64
     layers = describe_layers(task.teacher, example)
     attention = [f"encoder.self_attn.{p}_proj" for p in ("q", "k", "v", "out")]
-    assert [i.name for i in layers] == [*attention, "encoder.linear1", "encoder.linear2", "head"]
+    assert [i.name for i in layers] == ["embed", *attention, "encoder.linear1", "encoder.linear2", "head"]
+    assert layers[0].kind == "embedding" and not layers[0].structured
     assert set(layer_sensitivity(task, layers)) == {i.name for i in layers}  # probes run on token ids
     policy = CompressionPolicy.uniform([i.name for i in layers], 0.5, 4, epochs=1, feature_beta=0.5, prox_mu=0.01)
     student = compress(task.teacher, policy, example)
-    ff_only = compress(task.teacher, CompressionPolicy.uniform([i.name for i in layers[4:]], 0.5, 4), example)
-    saved = size_bytes(ff_only) - size_bytes(student)  # the attention's 4 × 32 × 32 fp32 weights, at 4 bits, half
-    assert 0.75 * 4 * 32 * 32 * 4 < saved < 4 * 32 * 32 * 4
+    ff_only = compress(task.teacher, CompressionPolicy.uniform([i.name for i in layers[5:]], 0.5, 4), example)
+    saved = size_bytes(ff_only) - size_bytes(student)  # the fp32 attention (4 × 32 × 32) and embedding (50 × 32)
+    assert 0.75 * (4 * 32 + 50) * 32 * 4 < saved < (4 * 32 + 50) * 32 * 4  # at 4 bits, half of them pruned
     history = finetune(student, task.teacher, task.train, policy, val=task.val)
     assert len(history) == 1 and math.isfinite(history[0]["loss"])
     metrics = evaluate(student, task.val, task.example_input(1), latency_repeats=2)
@@ -408,7 +409,7 @@ def test_an_unsplit_transformer_layer_is_scored_through_its_layers_and_int8_fall
     task = make_token_task()
     example = task.example_input(2)
     layers = describe_layers(task.teacher, example)
-    assert [i.name for i in layers] == ["encoder.linear1", "encoder.linear2", "head"]
+    assert [i.name for i in layers] == ["embed", "encoder.linear1", "encoder.linear2", "head"]
     student = compress(task.teacher, CompressionPolicy.uniform([i.name for i in layers], 0.5, 4), example)
     tokens = task.val.tensors[0]
     scored = predict_logits(student, tokens)
@@ -418,3 +419,32 @@ def test_an_unsplit_transformer_layer_is_scored_through_its_layers_and_int8_fall
         assert not torch.allclose(student.eval()(tokens), scored, atol=1e-4)  # the fast path would differ
     metrics = evaluate(student, task.val, task.example_input(1), latency_repeats=2)
     assert metrics["int8_runtime"] == 0.0 and metrics["latency_ms"] > 0
+
+
+def test_an_embedding_is_compressed_per_row_and_its_index_inputs_are_never_fake_quantized(tmp_path):
+    """A token embedding is a layer like any other (mask, per-row scales, packed export), except that its inputs
+    are indices: a policy's act_bits leaves them alone, and a lookup counts no MACs."""
+    from plugin_task import make_token_task
+
+    task = make_token_task()
+    tokens, example = task.val.tensors[0], task.example_input(2)
+    policy = CompressionPolicy.uniform(["embed", "head"], 0.5, 3, act_bits=8)
+    student = compress(task.teacher, policy, example)
+    embed = student.embed
+    assert embed.act_quant is None and student.head.act_quant is not None
+    w = embed.effective_weight()
+    assert float((w == 0).float().mean()) >= 0.5 and len(torch.unique(w[3])) <= 2 ** 3  # pruned, 3-bit rows
+    student.train()
+    logits = student(tokens)  # token ids straight into the lookup
+    logits.sum().backward()
+    assert embed.weight.grad is not None and embed.weight.grad.abs().sum() > 0  # straight-through gradients
+    student.eval()
+    from metacompress.learners.measure import _macs
+
+    assert "embed" not in _macs(student, example) and "head" in _macs(student, example)
+    written = export_compressed(student, tmp_path / "e.mcz", task.input_shape)
+    assert 0 <= written - size_bytes(student) <= 64
+    back = load_compressed(tmp_path / "e.mcz", task.teacher)
+    assert torch.allclose(predict_logits(back, tokens), predict_logits(student, tokens), atol=1e-5)
+    renormed = nn.Sequential(nn.Embedding(10, 4, max_norm=1.0), nn.Flatten(), nn.Linear(8, 2))
+    assert [i.name for i in describe_layers(renormed, torch.zeros(2, 2, dtype=torch.int64))] == ["2"]
