@@ -37,10 +37,9 @@ _PASS_FUNCS = {
     torch.nn.functional.avg_pool1d, torch.nn.functional.avg_pool2d, torch.nn.functional.adaptive_avg_pool1d,
     torch.nn.functional.adaptive_avg_pool2d, torch.nn.functional.silu, torch.nn.functional.leaky_relu,
 }
+_MERGE_FUNCS = {operator.add, operator.sub, torch.add, torch.sub, operator.mul, torch.mul}
 _LOG = logging.getLogger(__name__)
 _UNTRACEABLE_SEEN: weakref.WeakSet[nn.Module] = weakref.WeakSet()  # models already reported as untraceable
-
-_MERGE_FUNCS = {operator.add, operator.sub, torch.add, torch.sub, operator.mul, torch.mul}
 
 
 def magnitude_mask(weight: torch.Tensor, ratio: float) -> torch.Tensor | None:

@@ -145,11 +145,10 @@ class QConv2d(_Compressed, nn.Conv2d):
 
 class QEmbedding(_Compressed, nn.Embedding):
     """``nn.Embedding`` with a pruning mask and per-row weight fake-quant. Its inputs are indices: no activation
-    fake-quant."""
+    fake-quant. Gradients are dense (they flow through the fake quantization of the whole table)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.embedding(x, self.effective_weight(), self.padding_idx, None, 2.0, self.scale_grad_by_freq,
-                           self.sparse)
+        return F.embedding(x, self.effective_weight(), self.padding_idx, None, 2.0, self.scale_grad_by_freq, False)
 
 
 QUANTIZABLE: dict[type[nn.Module], type[nn.Module]] = {
