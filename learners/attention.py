@@ -126,7 +126,9 @@ class SplitAttention(nn.Module):
             if mask is not None:
                 scores = scores + mask
             weights = torch.softmax(scores, dim=-1)
-            out = F.dropout(weights, p=dropout) @ v if dropout > 0 else weights @ v
+            if dropout > 0:  # as nn.MultiheadAttention: the weights returned are the ones applied
+                weights = F.dropout(weights, p=dropout)
+            out = weights @ v
             weights = weights.mean(1) if average_attn_weights else weights
         else:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)

@@ -71,11 +71,17 @@ def test_split_attention_matches_unbatched_and_in_training_with_the_same_gradien
     assert torch.allclose(split.q_proj.weight.grad, w_q, atol=1e-5)
 
 
-def test_split_attention_drops_attention_weights_only_while_training():
+def test_split_attention_drops_attention_weights_only_while_training_and_as_the_original_does():
     torch.manual_seed(0)
-    split = SplitAttention(E, H, dropout=0.5, batch_first=True)
+    mha = nn.MultiheadAttention(E, H, dropout=0.5, batch_first=True)
+    split = SplitAttention.from_mha(mha)
     x = torch.randn(B, L, E)
     assert not torch.allclose(split(x, x, x)[0], split(x, x, x)[0])
+    outputs = []
+    for module in (mha, split):  # the same draws: the same dropped weights, returned and applied
+        torch.manual_seed(1)
+        outputs.append(module(x, x, x))
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(*outputs))
     split.eval()
     assert torch.equal(split(x, x, x)[0], split(x, x, x)[0])
     with pytest.raises(RuntimeError, match="attn_mask"):
