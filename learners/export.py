@@ -97,10 +97,10 @@ def _decode_index(buf: bytes, n: int, width: int, count: int) -> np.ndarray:
     return mask
 
 
-def _layer_order(model: nn.Module) -> list[str]:
-    """The header's layer order: Linear/Conv layers (:func:`structure_of`), then Embedding layers, in module order
-    (files written before embeddings were compressed index the first part only)."""
-    return [*structure_of(model), *(n for n, m in model.named_modules() if isinstance(m, nn.Embedding))]
+def _layer_order(model: nn.Module, producers: Sequence[str]) -> list[str]:
+    """The header's layer order: the Linear/Conv ``producers`` (:func:`structure_of`), then Embedding layers, in
+    module order (files written before embeddings were compressed index the first part only)."""
+    return [*producers, *(n for n, m in model.named_modules() if isinstance(m, nn.Embedding))]
 
 
 def _weight_sections(mod: nn.Module) -> tuple[dict, list[bytes]]:
@@ -146,7 +146,7 @@ def export_compressed(model: nn.Module, path: str | Path, input_shape: tuple[int
         payload.append(t.detach().float().cpu().numpy().tobytes())
     acts = {n: m.act_quant.bits for n, m in model.named_modules() if is_compressed(m) and m.act_quant is not None}
     widths = structure_of(model)
-    order = {name: i for i, name in enumerate(_layer_order(model))}
+    order = {name: i for i, name in enumerate(_layer_order(model, list(widths)))}
     head = bytearray(_varint(len(input_shape)) + b"".join(_varint(int(d)) for d in input_shape))
     head += _varint(len(widths)) + b"".join(_varint(w) for w in widths.values())
     quantized = [t for t in tensors if t["k"] == "q"]
@@ -205,13 +205,13 @@ def _read(path: Path, skeleton: nn.Module) -> tuple[dict, bytes]:
         raise ConfigError(f"The 'path' value must be a metacompress export (MCZ2). Got {str(path)!r}.", "path")
     cur = _Cursor(raw, 4)
     input_shape = [cur.varint() for _ in range(cur.varint())]
-    names = _layer_order(skeleton)
+    producers = list(structure_of(skeleton))
+    names = _layer_order(skeleton, producers)
     n_widths = cur.varint()
-    n_producers = len(structure_of(skeleton))
-    if n_widths != n_producers:
+    if n_widths != len(producers):
         raise ConfigError(f"The 'skeleton' value must have the exported model's {n_widths} Linear/Conv layers. "
-                          f"Got {n_producers}.", "skeleton")
-    widths = {name: cur.varint() for name in names[:n_producers]}
+                          f"Got {len(producers)}.", "skeleton")
+    widths = {name: cur.varint() for name in producers}
     layers = []
     for _ in range(cur.varint()):
         index = cur.varint()

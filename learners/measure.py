@@ -164,11 +164,15 @@ def size_bytes(model: nn.Module) -> int:
     return total
 
 
+#: Layers that multiply-accumulate (a compressed Embedding is a lookup: it counts none).
+_MAC_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d)
+
+
 def _macs(model: nn.Module, example_input: torch.Tensor) -> dict[str, int]:
     macs: dict[str, int] = {}
     hooks = []
     for name, mod in model.named_modules():
-        if isinstance(mod, tuple(QUANTIZABLE)) and not isinstance(mod, nn.Embedding):  # a lookup: no MACs
+        if isinstance(mod, _MAC_LAYERS):
             def hook(m, inp, out, name=name):
                 per_out = m.weight[0].numel()  # in_features, or in_channels/groups * kernel
                 macs[name] = macs.get(name, 0) + per_out * out[0].numel()
