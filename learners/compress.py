@@ -9,7 +9,7 @@ from torch import nn
 from metacompress.spaces import CompressionPolicy, LayerInfo, invalid_value
 
 from .prune import channel_groups, magnitude_mask, shrink
-from .quant import compressible, to_quantized
+from .quant import compressible, tied_layers, to_quantized
 
 __all__ = ["compress", "compressible_layers", "describe_layers"]
 
@@ -18,8 +18,15 @@ _KINDS = {nn.Linear: "linear", nn.Conv1d: "conv1d", nn.Conv2d: "conv2d", nn.Embe
 
 def compressible_layers(model: nn.Module) -> dict[str, nn.Module]:
     """The Linear / Conv1d / Conv2d / Embedding layers of ``model`` by module name (attention projections are Linear
-    once :func:`~.attention.split_attention` has run; an Embedding with ``max_norm`` is left out)."""
-    return {n: m for n, m in model.named_modules() if n and compressible(m)}
+    once :func:`~.attention.split_attention` has run; an Embedding with ``max_norm`` is left out).
+
+    Tied weights (:func:`~.quant.tied_layers`): of layers sharing one weight only the first is listed (the others
+    follow its setting in :func:`compress`); a layer whose weight is also held by something that is not compressed
+    is left out.
+    """
+    followers, excluded = tied_layers(model)
+    return {n: m for n, m in model.named_modules()
+            if n and compressible(m) and n not in followers and n not in excluded}
 
 
 def describe_layers(model: nn.Module, example_input: torch.Tensor) -> list[LayerInfo]:
@@ -64,4 +71,9 @@ def compress(
         mod = to_quantized(modules[name], lp.bits, policy.act_bits)
         if policy.prune_method == "unstructured":
             mod.set_mask(magnitude_mask(mod.weight, lp.prune))
+    followers, _ = tied_layers(student)
+    for name, leader in followers.items():  # the shared weight: the leader's bits and the very same mask
+        if leader in policy.layers:
+            mod = to_quantized(modules[name], modules[leader].w_bits, policy.act_bits)
+            mod.weight_mask = modules[leader].weight_mask
     return student

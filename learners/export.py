@@ -3,8 +3,9 @@
 File layout: ``MCZ2`` | binary header | payload. The header is a few dozen bytes of LEB128 varints: the input
 shape, the width of every Linear/Conv layer (in module order), and per compressed layer its index in that order
 (continued by the model's Embedding layers, in module order),
-weight bits, activation bits, sparse-index kind (none, bitmap or gap-code width), kept-weight count and gap-code
-count; names, shapes and section lengths follow from the skeleton. (``MCZ1`` files — a zlib-compressed JSON
+weight bits, activation bits, sparse-index kind (none, bitmap or gap-code width; 255 for a layer whose weight is
+tied to an earlier layer's, stored there), kept-weight count and gap-code count; names, shapes and section lengths
+follow from the skeleton. (``MCZ1`` files — a zlib-compressed JSON
 header of a few hundred bytes, which outweighed the payload of the smallest students — still load.)
 
 The payload holds, per tensor, byte-aligned sections in this order: index of the kept positions (sparse layers: a
@@ -32,14 +33,15 @@ from torch import nn
 
 from metacompress.spaces import ConfigError
 
-from .measure import _SKIP_BUFFERS, index_gaps, sparse_index
+from .measure import _SKIP_BUFFERS, index_gaps, sparse_index, unique_state
 from .prune import shrink, structure_of
-from .quant import is_compressed, qmax, quantize_codes, to_quantized
+from .quant import is_compressed, qmax, quantize_codes, tied_layers, to_quantized
 
 __all__ = ["export_compressed", "load_compressed"]
 
 MAGIC = b"MCZ2"
 MAGIC_V1 = b"MCZ1"
+_TIED = 255  # sparse-index kind of a layer whose weight is an earlier layer's (no payload of its own)
 
 
 def _varint(n: int) -> bytes:
@@ -133,17 +135,21 @@ def _weight_sections(mod: nn.Module) -> tuple[dict, list[bytes]]:
 def export_compressed(model: nn.Module, path: str | Path, input_shape: tuple[int, ...]) -> int:
     """Write ``model`` to ``path`` in the packed format and return the file size in bytes."""
     tensors, payload = [], []
-    weight_keys = set()
+    weight_keys, stored = set(), set()
     for name, mod in model.named_modules():
         if is_compressed(mod):
+            weight_keys.add(f"{name}.weight")
+            if id(mod.weight) in stored:  # tied: the weight and its mask are the earlier layer's
+                tensors.append({"n": f"{name}.weight", "k": "q", "b": mod.w_bits, "m": _TIED})
+                continue
+            stored.add(id(mod.weight))
             entry, parts = _weight_sections(mod)
             tensors.append({"n": f"{name}.weight", "k": "q", **entry})
             payload += parts
-            weight_keys.add(f"{name}.weight")
-    for key, t in model.state_dict().items():
+    for key, t in unique_state(model).items():
         if key in weight_keys or key.rsplit(".", 1)[-1] in _SKIP_BUFFERS:
             continue
-        payload.append(t.detach().float().cpu().numpy().tobytes())
+        payload.append(t.float().cpu().numpy().tobytes())
     acts = {n: m.act_quant.bits for n, m in model.named_modules() if is_compressed(m) and m.act_quant is not None}
     widths = structure_of(model)
     order = {name: i for i, name in enumerate(_layer_order(model, list(widths)))}
@@ -153,8 +159,10 @@ def export_compressed(model: nn.Module, path: str | Path, input_shape: tuple[int
     head += _varint(len(quantized))
     for t in quantized:
         layer = t["n"].rsplit(".", 1)[0]
-        kind = {0: 0, 1: 1, 2: t.get("iw", 0)}[t.get("m", 0)]
+        kind = {0: 0, 1: 1, 2: t.get("iw", 0), _TIED: _TIED}[t.get("m", 0)]
         head += _varint(order[layer]) + bytes([t["b"], acts.get(layer, 0), kind])
+        if kind == _TIED:
+            continue
         if kind:
             head += _varint(t["nnz"])
         if kind >= 2:
@@ -217,8 +225,8 @@ def _read(path: Path, skeleton: nn.Module) -> tuple[dict, bytes]:
         index = cur.varint()
         bits, act, kind = raw[cur.pos : cur.pos + 3]
         cur.pos += 3
-        nnz = cur.varint() if kind else None
-        count = cur.varint() if kind >= 2 else None
+        nnz = cur.varint() if kind and kind != _TIED else None
+        count = cur.varint() if 2 <= kind < _TIED else None
         layers.append((names[index], bits, act, kind, nnz, count))
     # names, shapes and section lengths follow from the skeleton shrunk to the recorded widths
     model = copy.deepcopy(skeleton).cpu()
@@ -227,6 +235,11 @@ def _read(path: Path, skeleton: nn.Module) -> tuple[dict, bytes]:
     tensors, acts = [], {}
     for name, bits, act, kind, nnz, count in layers:
         layer = to_quantized(modules[name], bits, act or None)
+        if act:
+            acts[name] = act
+        if kind == _TIED:
+            tensors.append({"n": f"{name}.weight", "k": "t", "b": bits, "l": []})
+            continue
         shape = list(layer.weight.shape)
         n = layer.weight.numel()
         kept = n if nnz is None else nnz
@@ -243,7 +256,7 @@ def _read(path: Path, skeleton: nn.Module) -> tuple[dict, bytes]:
         if act:
             acts[name] = act
     weight_keys = {t["n"] for t in tensors}
-    for key, t in model.state_dict().items():
+    for key, t in unique_state(model).items():
         if key in weight_keys or key.rsplit(".", 1)[-1] in _SKIP_BUFFERS:
             continue
         tensors.append({"n": key, "k": "f", "s": list(t.shape), "l": [4 * t.numel()]})
@@ -293,7 +306,7 @@ def load_compressed(path: str | Path, skeleton: nn.Module) -> nn.Module:
     model = copy.deepcopy(skeleton).cpu()
     shrink(model, None, _example_input(skeleton, header["in"]), widths=header["w"])
     modules = dict(model.named_modules())
-    state, offset = {}, 0
+    state, offset, tied = {}, 0, []
     for entry in header["t"]:
         sections = []
         for length in entry["l"]:
@@ -304,12 +317,19 @@ def load_compressed(path: str | Path, skeleton: nn.Module) -> nn.Module:
             state[name] = torch.from_numpy(np.frombuffer(sections[0], dtype=np.float32).copy()).view(entry["s"])
             continue
         layer = modules[name.rsplit(".", 1)[0]] if "." in name else model
+        if entry["k"] == "t":
+            tied.append(name.rsplit(".", 1)[0])
+            to_quantized(layer, entry["b"], header["a"].get(name.rsplit(".", 1)[0]))
+            continue
         weight, mask = _decode_weight(entry, sections)
         to_quantized(layer, entry["b"], header["a"].get(name.rsplit(".", 1)[0]))
         layer.set_mask(mask)
         state[name] = weight
-    missing = [k for k in model.state_dict() if k not in state and k.rsplit(".", 1)[-1] not in _SKIP_BUFFERS]
+    missing = [k for k in unique_state(model) if k not in state and k.rsplit(".", 1)[-1] not in _SKIP_BUFFERS]
     model.load_state_dict(state, strict=False)
+    leaders = tied_layers(model)[0]
+    for name in tied:  # the shared weight was filled through its first layer; share that layer's mask too
+        modules[name].weight_mask = modules[leaders[name]].weight_mask
     if missing:
         raise ConfigError(f"The 'path' value must hold every tensor of the model. Got {len(missing)} missing.")
     return model.eval()

@@ -33,9 +33,23 @@ __all__ = [
     "size_bytes",
     "sparse_index",
     "tensor_bits",
+    "unique_state",
 ]
 
 _SKIP_BUFFERS = ("num_batches_tracked", "weight_mask")
+
+
+def unique_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """``model.state_dict()`` with every tensor once: a tensor held under several names (tied weights, a module
+    registered twice) keeps its first name. What is stored, and what :func:`size_bytes` counts."""
+    seen: set[int] = set()
+    out = {}
+    for key, t in model.state_dict(keep_vars=True).items():
+        if t is None or id(t) in seen:
+            continue
+        seen.add(id(t))
+        out[key] = t.detach()
+    return out
 
 
 def module_device(model: nn.Module) -> torch.device:
@@ -152,12 +166,14 @@ def tensor_bits(module: nn.Module) -> list[tuple[str, int]]:
 def size_bytes(model: nn.Module) -> int:
     """Storage bytes of ``model`` in the export format (header excluded)."""
     total = 0
-    weights = set()
+    weights, counted = set(), set()
     for name, mod in model.named_modules():
         if isinstance(mod, tuple(QUANTIZABLE)):
             weights.add(f"{name}.weight" if name else "weight")
-            total += sum((b + 7) // 8 for _, b in tensor_bits(mod))
-    for key, t in model.state_dict().items():
+            if id(mod.weight) not in counted:  # a tied weight is stored once, with its first layer
+                counted.add(id(mod.weight))
+                total += sum((b + 7) // 8 for _, b in tensor_bits(mod))
+    for key, t in unique_state(model).items():
         if key in weights or key.rsplit(".", 1)[-1] in _SKIP_BUFFERS:
             continue
         total += 4 * t.numel()
@@ -213,14 +229,18 @@ def deployable(model: nn.Module, int8: bool = True, example_input: torch.Tensor 
     """
     out = copy.deepcopy(model).eval()
     low_bit_linear = set()
+    effective: dict[int, nn.Parameter] = {}  # tied layers keep sharing one (effective) weight
     for name, mod in list(out.named_modules()):
         if is_compressed(mod):
-            with torch.no_grad():
-                w = effective_weight(mod).detach().clone()
+            if id(mod.weight) not in effective:
+                with torch.no_grad():
+                    effective[id(mod.weight)] = nn.Parameter(effective_weight(mod).detach().clone(),
+                                                             requires_grad=False)
+            w = effective[id(mod.weight)]
             if isinstance(mod, nn.Linear) and mod.w_bits <= 8:
                 low_bit_linear.add(name)
             mod.__class__ = next(base for base in QUANTIZABLE if isinstance(mod, base))
-            mod.weight = nn.Parameter(w, requires_grad=False)
+            mod.weight = w
             for attr in ("weight_mask", "w_bits", "act_quant"):
                 if attr in mod._buffers:
                     del mod._buffers[attr]

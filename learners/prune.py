@@ -6,7 +6,8 @@ the next layers; a residual ``a + b`` couples the channels of both branches, so 
 ``flatten`` between a conv and a linear layer maps each channel to its block of ``H * W`` input features. Channels
 that reach anything else (concatenation, reshapes, the model output) are left alone; those producers are reported
 as not structurally prunable. A model that ``torch.fx`` cannot trace (Python control flow on its inputs, ``len(x)``,
-...) has no prunable group: its layers are pruned unstructured only.
+...) has no prunable group: its layers are pruned unstructured only. Neither has a group touching a weight that several
+modules share (:func:`~.quant.tied_layers`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import torch
 import torch.fx as fx
 from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
+
+from .quant import tied_layers
 
 __all__ = ["ChannelGroup", "channel_groups", "magnitude_mask", "shrink", "structure_of"]
 
@@ -177,7 +180,13 @@ def channel_groups(model: nn.Module, example_input: torch.Tensor) -> list[Channe
         else:
             for a in ins:
                 block(a)
-    return _collect(modules, uf, consumers, norms, blocked)
+    groups = _collect(modules, uf, consumers, norms, blocked)
+    followers, excluded = tied_layers(model)
+    shared = {*followers, *followers.values(), *excluded}
+    for g in groups:  # slicing one holder of a shared weight would cut it out from under the others
+        if shared.intersection(g.producers) or shared.intersection(c for c, _ in g.consumers):
+            g.prunable = False
+    return groups
 
 
 def _collect(modules, uf, consumers, norms, blocked) -> list[ChannelGroup]:

@@ -26,6 +26,7 @@ __all__ = [
     "is_compressed",
     "qmax",
     "quantize_codes",
+    "tied_layers",
     "to_quantized",
 ]
 
@@ -163,6 +164,45 @@ def compressible(module: nn.Module) -> bool:
     """Whether ``module`` is a layer :func:`to_quantized` can compress: a Linear, Conv1d or Conv2d, or an Embedding
     that does not renormalize its rows (``max_norm`` rewrites the stored weight on every lookup)."""
     return type(module) in QUANTIZABLE and not (isinstance(module, nn.Embedding) and module.max_norm is not None)
+
+
+def _layer(module: nn.Module) -> bool:
+    return compressible(module) or is_compressed(module)
+
+
+def tied_layers(model: nn.Module) -> tuple[dict[str, str], set[str]]:
+    """Compressible layers whose weight is one ``Parameter`` held by several modules (an embedding tied to the
+    output head, a layer reused under two names of different modules).
+
+    Returns:
+        ``(followers, excluded)``: ``followers`` maps each layer that shares its weight with an earlier compressible
+        layer (module order) to that layer, its *leader*: a policy names the leader only and the followers take its
+        setting, so the shared tensor is masked and quantized once and stored once. ``excluded`` names the layers
+        whose weight something other than a compressible layer's ``weight`` also holds (a layer left out of the
+        search, another attribute): those are not compressed at all, since compressing one holder would change the
+        other's tensor behind its back. Compressed layers count as the layers they were, so a student answers as
+        its teacher does.
+    """
+    holders: dict[int, list[tuple[nn.Module, str]]] = {}
+    for mod in model.modules():  # each module once, however many names it has
+        for attr, p in mod._parameters.items():
+            if p is not None:
+                holders.setdefault(id(p), []).append((mod, attr))
+    names = {id(m): n for n, m in model.named_modules() if n}
+    followers: dict[str, str] = {}
+    excluded: set[str] = set()
+    for mod in model.modules():
+        name = names.get(id(mod))
+        if name is None or not _layer(mod):
+            continue
+        group = holders.get(id(mod.weight), [])
+        if len(group) < 2:
+            continue
+        if any(attr != "weight" or not _layer(m) or id(m) not in names for m, attr in group):
+            excluded.add(name)
+        elif group[0][0] is not mod:
+            followers[name] = names[id(group[0][0])]
+    return followers, excluded
 
 
 def is_compressed(module: nn.Module) -> bool:

@@ -10,7 +10,8 @@ compressed student with numpy arithmetic, for thousands of candidate policies at
   positions (:func:`~metacompress.learners.measure.sparse_index`); the mask keeps the largest magnitudes, so
   :func:`index_bits_by_nnz` precomputes the exact index cost for every count of kept weights once;
 * scales: ``32 × out_channels`` bits when ``bits < 16``;
-* everything else in the state dict in fp32, plus the 4-byte ``amax`` buffer of every activation quantizer.
+* everything else in the state dict in fp32 (a tensor held under several names once), plus the 4-byte ``amax``
+  buffer of every activation quantizer (none on an embedding; a layer tied to a listed one has its own).
 
 Structured policies are exact too: the channel couplings of :func:`~metacompress.learners.channel_groups` are read
 once, a group keeps ``max(1, round(width·(1 − max ratio of its producers)))`` channels as
@@ -99,9 +100,18 @@ class SizeModel:
 
     def __init__(self, model: nn.Module, example_input: torch.Tensor | None = None) -> None:
         from metacompress.learners import compressible_layers  # noqa: PLC0415 (avoid an import cycle)
+        from metacompress.learners.measure import unique_state  # noqa: PLC0415
+        from metacompress.learners.quant import tied_layers  # noqa: PLC0415
 
         layers = compressible_layers(model)
         self.layer_names: tuple[str, ...] = tuple(layers)
+        # activation quantizers a layer's setting brings: its own (not an embedding's: its inputs are indices) and
+        # those of the layers tied to it
+        modules = dict(model.named_modules())
+        quantizers = {name: int(not isinstance(m, nn.Embedding)) for name, m in layers.items()}
+        for follower, leader in tied_layers(model)[0].items():
+            quantizers[leader] += int(not isinstance(modules[follower], nn.Embedding))
+        self._act_quantizers = np.array([quantizers[name] for name in self.layer_names], dtype=np.int64)
         shapes = [tuple(m.weight.shape) for m in layers.values()]
         self._out = np.array([s[0] for s in shapes], dtype=np.int64)
         self._in = np.array([s[1] if len(s) > 1 else 1 for s in shapes], dtype=np.int64)
@@ -109,7 +119,7 @@ class SizeModel:
         self._numel = self._out * self._in * self._kernel
         self._index = [index_bits_by_nnz(m.weight) for m in layers.values()]
         weight_keys = {f"{name}.weight" for name in layers}
-        self._fixed = int(sum(4 * t.numel() for k, t in model.state_dict().items()
+        self._fixed = int(sum(4 * t.numel() for k, t in unique_state(model).items()
                               if k not in weight_keys and k.rsplit(".", 1)[-1] not in _SKIP))
         self._groups: list[_Group] | None = None
         if example_input is not None:
@@ -166,7 +176,7 @@ class SizeModel:
         act_quant = np.zeros(n, bool) if act_quant is None else np.asarray(act_quant, bool)
         listed = np.ones((n, self.n_layers), bool) if listed is None else np.asarray(listed, bool)
         bits = np.where(listed, bits, 32)
-        total = np.full(n, self._fixed, dtype=np.int64) + 4 * (act_quant[:, None] & listed).sum(1)
+        total = np.full(n, self._fixed, dtype=np.int64) + 4 * ((act_quant[:, None] & listed) @ self._act_quantizers)
         unstr = ~structured
         if unstr.any():
             total[unstr] += self._unstructured(prune[unstr] * listed[unstr], bits[unstr], listed[unstr])

@@ -50,6 +50,29 @@ def make_token_task(seed: int = 0) -> Task:
                 TensorDataset(tokens[60:], labels[60:]), 4)
 
 
+class TiedTokenModel(nn.Module):
+    """Token ids in, a score per vocabulary entry out, the output head tied to the embedding (one Parameter)."""
+
+    def __init__(self, vocab: int = 12, width: int = 8) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, width)
+        self.mix = nn.Linear(width, width)
+        self.head = nn.Linear(width, vocab, bias=False)
+        self.head.weight = self.embed.weight
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.mix(self.embed(tokens).mean(1))))
+
+
+def make_tied_task(seed: int = 0) -> Task:
+    """Which token comes first, over a vocabulary of 12; the (untrained) teacher ties its head to its embedding."""
+    gen = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(0, 12, (80, 5), generator=gen)
+    torch.manual_seed(seed)
+    return Task("tied", TiedTokenModel().eval(), TensorDataset(tokens[:60], tokens[:60, 0]),
+                TensorDataset(tokens[60:], tokens[60:, 0]), 12)
+
+
 class AttentionClassifier(nn.Module):
     """16 input features read as 2 tokens of 8, one attention layer, a linear head. With ``raw=True`` its forward
     reads the attention's packed ``in_proj_weight`` itself, which the one-Linear-per-projection rewrite removes."""
