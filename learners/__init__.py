@@ -11,6 +11,7 @@ from .export import export_compressed, load_compressed
 from .measure import accuracy, bitops, deployable, evaluate, measure_latency, predict_logits, size_bytes
 from .prune import channel_groups, magnitude_mask, shrink
 from .quant import ActQuant, fake_quant_weight, to_quantized
+from .recurrent import SplitRNN, split_recurrent
 from .tasks import BUILTIN_TASKS, Task, list_tasks, load_task
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "FinetuneConfig",
     "NonFiniteLossError",
     "SplitAttention",
+    "SplitRNN",
     "Task",
     "accuracy",
     "attention_map",
@@ -43,5 +45,6 @@ __all__ = [
     "shrink",
     "size_bytes",
     "split_attention",
+    "split_recurrent",
     "to_quantized",
 ]

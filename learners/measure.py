@@ -20,6 +20,7 @@ from torch.utils.data import Dataset
 
 from .data import dataset_tensors as _tensors
 from .quant import QUANTIZABLE, effective_weight, is_compressed
+from .recurrent import fuse_recurrent
 
 __all__ = [
     "accuracy",
@@ -220,8 +221,10 @@ def bitops(model: nn.Module, example_input: torch.Tensor) -> int:
 def deployable(model: nn.Module, int8: bool = True, example_input: torch.Tensor | None = None) -> nn.Module:
     """An inference copy: compressed layers become plain layers holding their effective weights.
 
-    BatchNorm layers are folded into the convolutions before them (``torch.fx`` fusion) when the model traces.
-    With ``int8=True``, Linear layers of 8 bits or fewer run as dynamic int8 (``torch.ao`` quantized kernels).
+    BatchNorm layers are folded into the convolutions before them (``torch.fx`` fusion) when the model traces, and
+    split recurrent layers (:class:`~.recurrent.SplitRNN`) become the fused ``nn.LSTM`` / ``nn.GRU`` / ``nn.RNN``
+    again. With ``int8=True``, when a Linear layer has 8 bits or fewer, Linear, LSTM and GRU layers run as dynamic
+    int8 (``torch.ao`` quantized kernels).
     With ``example_input`` (a batch of inputs, CPU), the copy is also traced and frozen with TorchScript
     (``torch.jit.trace`` + ``torch.jit.freeze``: constants folded, no Python per layer), which is much faster for
     small models at small batches; it falls back to the eager copy when tracing fails or the traced copy does not
@@ -248,6 +251,7 @@ def deployable(model: nn.Module, int8: bool = True, example_input: torch.Tensor 
                     del mod._modules[attr]
                 elif attr in mod.__dict__:
                     del mod.__dict__[attr]
+    fuse_recurrent(out)  # split LSTM/GRU/RNN weights (now plain) back into the fused kernel
     out = _fuse_bn(out)
     if int8 and low_bit_linear:
         from torch.ao.quantization import quantize_dynamic  # noqa: PLC0415 (heavy, optional)
@@ -256,7 +260,7 @@ def deployable(model: nn.Module, int8: bool = True, example_input: torch.Tensor 
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            out = quantize_dynamic(out, {nn.Linear}, dtype=torch.qint8)
+            out = quantize_dynamic(out, {nn.Linear, nn.LSTM, nn.GRU}, dtype=torch.qint8)
     if example_input is not None:
         out = _freeze(out, example_input)
     return out

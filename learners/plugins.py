@@ -4,8 +4,9 @@ The factory returns a :class:`~metacompress.learners.Task` (the user's trained t
 here, before any search starts, so that a model that does not map a batch to ``(batch, n_classes)`` logits is one
 ``ConfigError`` naming ``task.teacher`` (CLI exit 2), not a failure inside every trial. Its
 ``nn.MultiheadAttention`` modules are rewritten with one ``nn.Linear`` per projection
-(:func:`~metacompress.learners.attention.split_attention`), so that the search compresses attention too; the
-rewrite is checked to compute what the teacher did.
+(:func:`~metacompress.learners.attention.split_attention`) and its ``nn.LSTM`` / ``nn.GRU`` / ``nn.RNN`` modules
+with one per weight matrix (:func:`~metacompress.learners.recurrent.split_recurrent`), so that the search compresses
+them too; each rewrite is checked to compute what the teacher did.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import torch
 
 from metacompress.learners.attention import split_attention
 from metacompress.learners.measure import layer_forwards, module_device
+from metacompress.learners.recurrent import split_recurrent
 from metacompress.learners.models import count_parameters
 from metacompress.learners.teachers import evaluate_accuracy
 from metacompress.spaces.errors import invalid_value
@@ -30,7 +32,7 @@ from .tasks import Task
 __all__ = ["from_factory"]
 
 _LOG = logging.getLogger(__name__)
-#: Tolerance, relative to the logits' scale, within which the rewritten attention must reproduce the teacher.
+#: Tolerance, relative to the logits' scale, within which a rewritten teacher must reproduce the teacher.
 SPLIT_TOLERANCE = 1e-4
 
 _FACTORY_RE = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
@@ -81,7 +83,7 @@ def from_factory(path: str, kwargs: Any, seed: int) -> Task:
                             f"{path} returned {type(task).__name__}")
     task.teacher.eval()
     _check_logits(task, path)
-    task.teacher = _split_attention(task)
+    task.teacher = _split_layers(task)
     task.info.setdefault("factory", path)
     task.info.setdefault("input_shape", list(task.input_shape))
     task.info.setdefault("n_train", len(task.train))
@@ -107,27 +109,35 @@ def _check_logits(task: Task, path: str) -> None:
                             f"{path} returned {got} for a batch of 2")
 
 
-def _split_attention(task: Task) -> torch.nn.Module:
-    """The teacher with its attention projections as Linear layers, if the rewrite reproduces its logits."""
+def _split_layers(task: Task) -> torch.nn.Module:
+    """The teacher with its attention projections and recurrent weight matrices as Linear layers, each rewrite
+    kept only if it reproduces the teacher's logits."""
     model, split, kept = split_attention(task.teacher)
     if kept:
         _LOG.warning("task.teacher: %d attention module(s) use add_bias_kv or add_zero_attn; their projections are "
                      "not searched", kept)
-    if not split:
-        return task.teacher
-    x = task.example_input(8).to(module_device(task.teacher))
-    why = "its projections are not searched"
+    if split:
+        model = _checked(task, task.teacher, model, "its attention rewritten as one Linear layer per projection",
+                         "its projections are not searched")
+    rewritten, split = split_recurrent(model)
+    if split:
+        model = _checked(task, model, rewritten, "its LSTM/GRU/RNN layers rewritten as one Linear layer per weight "
+                         "matrix", "their weights are not searched")
+    return model
+
+
+def _checked(task: Task, before: torch.nn.Module, after: torch.nn.Module, what: str, why: str) -> torch.nn.Module:
+    """``after`` if it computes ``before``'s logits on 8 validation inputs (else ``before``, with one warning)."""
+    x = task.example_input(8).to(module_device(before))
     try:
         with torch.no_grad(), layer_forwards():
-            before, after = task.teacher(x), model(x)
+            ref, out = before(x), after(x)
     except Exception as exc:  # noqa: BLE001 - e.g. a forward that reads the packed in_proj_weight itself
-        _LOG.warning("task.teacher: with its attention rewritten as one Linear layer per projection, the model "
-                     "fails (%s: %s); %s", type(exc).__name__, str(exc).splitlines()[0][:120] if str(exc) else "",
-                     why)
-        return task.teacher
-    gap = float((before - after).abs().max()) / max(float(before.abs().max()), 1.0)
+        _LOG.warning("task.teacher: with %s, the model fails (%s: %s); %s", what, type(exc).__name__,
+                     str(exc).splitlines()[0][:120] if str(exc) else "", why)
+        return before
+    gap = float((ref - out).abs().max()) / max(float(ref.abs().max()), 1.0)
     if not gap <= SPLIT_TOLERANCE:
-        _LOG.warning("task.teacher: its attention rewritten as one Linear layer per projection changes the logits "
-                     "(by %.2g of their scale); %s", gap, why)
-        return task.teacher
-    return model
+        _LOG.warning("task.teacher: %s changes the logits (by %.2g of their scale); %s", what, gap, why)
+        return before
+    return after

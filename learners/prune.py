@@ -23,6 +23,9 @@ import torch.fx as fx
 from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
+from .attention import SplitAttention
+from .recurrent import SplitRNN
+
 from .quant import tied_layers
 
 __all__ = ["ChannelGroup", "channel_groups", "magnitude_mask", "shrink", "structure_of"]
@@ -98,8 +101,16 @@ class _UnionFind:
         self.parent[self.find(a)] = self.find(b)
 
 
+class _Tracer(fx.Tracer):
+    """``torch.fx``'s tracer with the rewritten attention and recurrent modules kept whole, as the ``torch.nn``
+    modules they replace are (their forwards branch on input shapes, which a symbolic trace cannot follow)."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return isinstance(m, (SplitAttention, SplitRNN)) or super().is_leaf_module(m, qualname)
+
+
 def _trace(model: nn.Module, example_input: torch.Tensor) -> fx.GraphModule:
-    gm = fx.symbolic_trace(model)
+    gm = fx.GraphModule(model, _Tracer().trace(model), type(model).__name__)
     was_training = gm.training
     gm.eval()
     with torch.no_grad():
@@ -279,6 +290,8 @@ def shrink(
     """
     mods = dict(model.named_modules())
     kept: dict[str, int] = {}
+    if widths is not None and all(widths.get(n, w) == w for n, w in structure_of(model).items()):
+        return kept  # nothing to remove: no need to trace
     for group in channel_groups(model, example_input):
         if not group.prunable:
             continue

@@ -73,6 +73,41 @@ def make_tied_task(seed: int = 0) -> Task:
                 TensorDataset(tokens[60:], tokens[60:, 0]), 12)
 
 
+class RecurrentClassifier(nn.Module):
+    """A sequence of 4 steps of 4 features (16 inputs), a two-layer bidirectional LSTM (or GRU, or RNN), a linear
+    head on the last step. ``packed=True`` runs it on a PackedSequence of per-row lengths 1 to 4; ``raw=True`` makes
+    its forward read the recurrent layer's own ``weight_ih_l0``, which the one-Linear-per-matrix rewrite removes."""
+
+    def __init__(self, kind: str = "lstm", packed: bool = False, raw: bool = False) -> None:
+        super().__init__()
+        cls = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}[kind]
+        self.packed, self.raw = packed, raw
+        self.rnn = cls(4, 6, num_layers=2, batch_first=True, bidirectional=True)
+        self.head = nn.Linear(12, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        seq = x.view(-1, 4, 4)
+        if self.packed:
+            lengths = torch.arange(len(x)) % 4 + 1
+            packed = nn.utils.rnn.pack_padded_sequence(seq, lengths, batch_first=True, enforce_sorted=False)
+            out, _ = nn.utils.rnn.pad_packed_sequence(self.rnn(packed)[0], batch_first=True, total_length=4)
+        else:
+            out, _ = self.rnn(seq)
+        if self.raw:
+            out = out + 0 * self.rnn.weight_ih_l0.sum()
+        return self.head(out[:, -1])
+
+
+def recurrent_task(kind: str = "lstm", packed: bool = False, raw: bool = False) -> Task:
+    """16 features, 3 classes; the (untrained) teacher reads them as a sequence of 4 steps."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(60, 16, generator=gen)
+    y = torch.arange(60) % 3
+    torch.manual_seed(0)
+    return Task(f"recurrent-{kind}", RecurrentClassifier(kind, packed, raw).eval(), TensorDataset(x[:40], y[:40]),
+                TensorDataset(x[40:], y[40:]), 3)
+
+
 class AttentionClassifier(nn.Module):
     """16 input features read as 2 tokens of 8, one attention layer, a linear head. With ``raw=True`` its forward
     reads the attention's packed ``in_proj_weight`` itself, which the one-Linear-per-projection rewrite removes."""

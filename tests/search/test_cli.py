@@ -299,10 +299,11 @@ def test_a_task_factory_next_to_its_config_imports_from_the_console_script_in_an
 @pytest.mark.parametrize("folder,config,task,weights", [
     ("own_model", "my_model.yaml", "my-digits-net", "digits_net.pt"),
     ("transformer", "digits_transformer.yaml", "digits-transformer", "digits_transformer.pt"),
+    ("recurrent", "digits_lstm.yaml", "digits-lstm", "digits_lstm.pt"),
 ])
 def test_the_examples_run_as_a_user_would_copy_them(tmp_path, folder, config, task, weights):
-    """examples/own_model is what the README tells a user to copy, examples/transformer how attention is searched:
-    copied, each must run as written."""
+    """examples/own_model is what the README tells a user to copy, examples/transformer and examples/recurrent how
+    attention and LSTM layers are searched: copied, each must run as written."""
     import shutil
 
     example = Path(__file__).parents[2] / "examples" / folder
@@ -321,6 +322,9 @@ def test_the_examples_run_as_a_user_would_copy_them(tmp_path, folder, config, ta
     if folder == "transformer":  # every projection of both attention layers is searched
         params = summary["pareto"][0]["params"]
         assert {f"layers.encoder.layers.{i}.self_attn.{p}_proj.bits" for i in (0, 1) for p in "qkv"} <= set(params)
+    if folder == "recurrent":  # every weight matrix of both LSTM layers is searched
+        params = summary["pareto"][0]["params"]
+        assert {f"layers.rnn.l{i}.{w}.bits" for i in (0, 1) for w in ("ih", "hh")} <= set(params)
 
 
 _FAILING_FACTORY = """
