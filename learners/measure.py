@@ -331,7 +331,8 @@ def measure_latency(
 def _best_runtime(
     model: nn.Module, sample: torch.Tensor, batch_sizes: Sequence[int], repeats: int
 ) -> dict[str, float]:
-    """Latency of the faster deployment: float kernels, or dynamic int8 Linear kernels for <= 8-bit layers.
+    """Latency of the faster deployment: float kernels, or dynamic int8 Linear (LSTM, GRU) kernels for <= 8-bit
+    layers.
 
     The runtime is chosen by ``latency_ms`` (the first batch size, timed for both), the metric searches optimize;
     the other batch sizes are then timed for the chosen runtime only (timing a large batch twice was half of a

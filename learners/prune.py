@@ -5,9 +5,10 @@ Linear/Conv layer flow through shape-preserving ops (BatchNorm, activations, poo
 the next layers; a residual ``a + b`` couples the channels of both branches, so they are pruned together. A
 ``flatten`` between a conv and a linear layer maps each channel to its block of ``H * W`` input features. Channels
 that reach anything else (concatenation, reshapes, the model output) are left alone; those producers are reported
-as not structurally prunable. A model that ``torch.fx`` cannot trace (Python control flow on its inputs, ``len(x)``,
-...) has no prunable group: its layers are pruned unstructured only. Neither has a group touching a weight that several
-modules share (:func:`~.quant.tied_layers`).
+as not structurally prunable. The heads of a :class:`~.attention.SplitAttention` are a group of their own, removed
+whole (:func:`head_groups`, found without tracing). A model that ``torch.fx`` cannot trace (Python control flow on
+its inputs, ``len(x)``, ...) has no other prunable group: its other layers are pruned unstructured only. No group
+touching a weight that several modules share (:func:`~.quant.tied_layers`) is prunable.
 """
 
 from __future__ import annotations
@@ -24,11 +25,10 @@ from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from .attention import SplitAttention
+from .quant import tied_layers
 from .recurrent import SplitRNN
 
-from .quant import tied_layers
-
-__all__ = ["ChannelGroup", "channel_groups", "magnitude_mask", "shrink", "structure_of"]
+__all__ = ["ChannelGroup", "channel_groups", "head_groups", "magnitude_mask", "shrink", "structure_of"]
 
 _PRODUCERS = (nn.Linear, nn.Conv1d, nn.Conv2d)
 _PASS_MODULES = (
@@ -77,6 +77,8 @@ class ChannelGroup:
         norms: BatchNorm layers normalizing the channels.
         prunable: False when the channels reach an op that cannot follow a channel removal.
         width: Number of channels in the group.
+        unit: Channels are removed in blocks of ``unit`` (an attention head's ``head_dim``; 1 otherwise), at least
+            one block kept.
     """
 
     producers: list[str] = field(default_factory=list)
@@ -84,6 +86,12 @@ class ChannelGroup:
     norms: list[str] = field(default_factory=list)
     prunable: bool = True
     width: int = 0
+    unit: int = 1
+
+    def kept(self, ratio: float) -> int:
+        """Channels kept when a fraction ``ratio`` of them is removed (whole blocks, at least one)."""
+        blocks = self.width // self.unit
+        return max(1, int(round(blocks * (1.0 - ratio)))) * self.unit
 
 
 class _UnionFind:
@@ -133,17 +141,19 @@ def _is_flatten(node: fx.Node, modules: Mapping[str, nn.Module]) -> bool:
 
 
 def channel_groups(model: nn.Module, example_input: torch.Tensor) -> list[ChannelGroup]:
-    """Trace ``model`` and return its groups of coupled output channels (one per distinct channel space); none
-    when ``torch.fx`` cannot trace it (logged once per model)."""
+    """Trace ``model`` and return its groups of coupled output channels (one per distinct channel space); only the
+    attention heads (:func:`head_groups`) when ``torch.fx`` cannot trace it (logged once per model)."""
+    heads = head_groups(model)
     try:
         gm = _trace(model, example_input)
     except Exception as exc:  # noqa: BLE001 - fx raises many kinds on user code; none is fatal here
         if model not in _UNTRACEABLE_SEEN:
             _UNTRACEABLE_SEEN.add(model)
             first = str(exc).splitlines()[0][:160] if str(exc) else ""
-            _LOG.warning("torch.fx cannot trace %s (%s: %s): no layer can lose whole output channels",
-                         type(model).__qualname__, type(exc).__name__, first)
-        return []
+            _LOG.warning("torch.fx cannot trace %s (%s: %s): %s", type(model).__qualname__, type(exc).__name__,
+                         first, "only attention heads can be removed whole" if heads
+                         else "no layer can lose whole output channels")
+        return _unshared(model, heads)
     modules = dict(gm.named_modules())
     uf = _UnionFind()
     space: dict[fx.Node, tuple[str, int]] = {}  # node -> (channel space id, features per channel)
@@ -191,12 +201,34 @@ def channel_groups(model: nn.Module, example_input: torch.Tensor) -> list[Channe
         else:
             for a in ins:
                 block(a)
-    groups = _collect(modules, uf, consumers, norms, blocked)
+    in_heads = {p for g in heads for p in g.producers}  # their own groups, not one per projection
+    groups = [g for g in _collect(modules, uf, consumers, norms, blocked) if not in_heads.intersection(g.producers)]
+    return _unshared(model, groups + heads)
+
+
+def _unshared(model: nn.Module, groups: list[ChannelGroup]) -> list[ChannelGroup]:
+    """``groups``, those touching a weight that several modules share made not prunable (slicing one holder would
+    cut the weight out from under the others)."""
     followers, excluded = tied_layers(model)
     shared = {*followers, *followers.values(), *excluded}
-    for g in groups:  # slicing one holder of a shared weight would cut it out from under the others
+    for g in groups:
         if shared.intersection(g.producers) or shared.intersection(c for c, _ in g.consumers):
             g.prunable = False
+    return groups
+
+
+def head_groups(model: nn.Module) -> list[ChannelGroup]:
+    """One group per :class:`~.attention.SplitAttention` of ``model``: its heads. Removing a head removes its
+    ``head_dim`` output channels from ``q_proj``, ``k_proj`` and ``v_proj`` and the matching input columns of
+    ``out_proj``; nothing outside the module sees them, so no trace is needed. An attention with one head has
+    nothing to remove."""
+    groups = []
+    for name, mod in model.named_modules():
+        if isinstance(mod, SplitAttention):
+            prefix = f"{name}." if name else ""
+            groups.append(ChannelGroup(
+                producers=[f"{prefix}{p}_proj" for p in "qkv"], consumers=[(f"{prefix}out_proj", 1)],
+                prunable=mod.num_heads > 1, width=mod.num_heads * mod.head_dim, unit=mod.head_dim))
     return groups
 
 
@@ -290,23 +322,32 @@ def shrink(
     """
     mods = dict(model.named_modules())
     kept: dict[str, int] = {}
-    if widths is not None and all(widths.get(n, w) == w for n, w in structure_of(model).items()):
-        return kept  # nothing to remove: no need to trace
-    for group in channel_groups(model, example_input):
+    if widths is not None:  # only the layers that lost channels need their couplings, heads none traced
+        narrower = {n for n, w in structure_of(model).items() if widths.get(n, w) != w}
+        heads = _unshared(model, head_groups(model))
+        in_heads = {p for g in heads for p in g.producers}
+        groups = heads if narrower <= in_heads else channel_groups(model, example_input)
+    else:
+        groups = channel_groups(model, example_input)
+    for group in groups:
         if not group.prunable:
             continue
         if widths is not None:
             n_keep = next((widths[p] for p in group.producers if p in widths), group.width)
             keep = torch.arange(n_keep)
         else:
-            ratio = max((ratios or {}).get(p, 0.0) for p in group.producers)
-            n_keep = max(1, int(round(group.width * (1.0 - ratio))))
+            n_keep = group.kept(max((ratios or {}).get(p, 0.0) for p in group.producers))
             if n_keep >= group.width:
                 continue
-            keep = torch.topk(_importance(mods, group), n_keep).indices.sort().values
+            blocks = _importance(mods, group).view(-1, group.unit).sum(1)  # whole heads when unit > 1
+            chosen = torch.topk(blocks, n_keep // group.unit).indices.sort().values
+            keep = (chosen[:, None] * group.unit + torch.arange(group.unit)).flatten()
         if n_keep < group.width:
             _shrink_group(mods, group, keep)
             kept.update({p: n_keep for p in group.producers})
+    for mod in model.modules():  # an attention that lost heads computes with fewer
+        if isinstance(mod, SplitAttention):
+            mod.num_heads = mod.q_proj.out_features // mod.head_dim
     return kept
 
 

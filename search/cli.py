@@ -268,9 +268,9 @@ def export(
                                           "the only one with int8 kernels); default OUT/trial-N.pt2, .pt for int8."),
     study_name: Optional[str] = typer.Option(None, "--study-name", help="The study (default: the config's)."),
     storage: Optional[str] = typer.Option(None, help="Optuna storage URL."),
-    int8: Optional[bool] = typer.Option(None, "--int8/--no-int8", help="Int8 or float Linear kernels (default: "
-                                        "the runtime the trial's latency was measured on, the faster one; float "
-                                        "for a .pt2 output)."),
+    int8: Optional[bool] = typer.Option(None, "--int8/--no-int8", help="Int8 or float Linear/LSTM/GRU kernels "
+                                        "(default: the runtime the trial's latency was measured on, the faster "
+                                        "one; float for a .pt2 output)."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
 ) -> None:
     """Write a finished trial as a file that loads with PyTorch alone (torch.export or TorchScript; checked on
@@ -282,7 +282,7 @@ def export(
     cfg = load_config(config, _overrides(study_name=study_name, storage=storage))
     with console.status(f"Exporting trial {trial} of {cfg.study_name}..."):
         result = export_trial(cfg, trial, output, int8=int8)
-    kernels = "int8 Linear kernels" if result.int8 else "float kernels"
+    kernels = "int8 kernels" if result.int8 else "float kernels"
     console.print(f"Wrote {result.path} ({result.format}, {kernels}, {format_bytes(result.size_bytes)}): accuracy "
                   f"{result.accuracy:.4f} on the validation data (the trial recorded {result.trial_accuracy:.4f}; "
                   f"{result.agreement:.1%} of predictions as the packed model). Load it with "

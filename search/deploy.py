@@ -2,8 +2,9 @@
 
 The trial's packed export (``.mcz``, written by the search) is loaded back onto the teacher's architecture
 (:func:`~metacompress.learners.load_compressed`) and made deployable (:func:`~metacompress.learners.deployable`:
-compressed layers become plain layers, BatchNorm folded, and, when the trial's latency was timed on them, int8
-dynamic Linear kernels for weights of 8 bits or fewer). The output's suffix picks the format:
+compressed layers become plain layers, BatchNorm folded, split LSTM/GRU/RNN fused again, and, when the trial's
+latency was timed on them, int8 dynamic Linear (and LSTM/GRU) kernels for weights of 8 bits or fewer). The output's
+suffix picks the format:
 
 * ``.pt2``: a ``torch.export`` program (the batch dimension dynamic), loaded with
   ``torch.export.load(path).module()``; float kernels only (``torch.export`` cannot hold ``torch.ao``'s dynamic
@@ -18,6 +19,8 @@ larger than the trial's ``size_bytes`` (the packed storage form).
 """
 
 from __future__ import annotations
+
+import warnings
 
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,7 +101,9 @@ def _write(model: torch.nn.Module, example: torch.Tensor, path: Path, number: in
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == ".pt2":
         try:
-            program = torch.export.export(model, (example,), dynamic_shapes=({0: torch.export.Dim("batch")},))
+            with warnings.catch_warnings():  # nn.LSTM/GRU re-assign their weight list while traced: harmless
+                warnings.filterwarnings("ignore", message="The tensor attributes .*_flat_weights")
+                program = torch.export.export(model, (example,), dynamic_shapes=({0: torch.export.Dim("batch")},))
         except Exception as exc:  # noqa: BLE001 - torch.export raises many kinds; the message says what failed
             raise MetacompressError(f"trial {number} does not export with torch.export ({type(exc).__name__}: "
                                     f"{str(exc).splitlines()[0][:200]}); --output FILE.pt writes TorchScript") \

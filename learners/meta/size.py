@@ -14,9 +14,10 @@ compressed student with numpy arithmetic, for thousands of candidate policies at
   buffer of every activation quantizer (none on an embedding; a layer tied to a listed one has its own).
 
 Structured policies are exact too: the channel couplings of :func:`~metacompress.learners.channel_groups` are read
-once, a group keeps ``max(1, round(width·(1 − max ratio of its producers)))`` channels as
-:func:`~metacompress.learners.shrink` does, and that shrinks the producers' weights and biases, the coupled
-BatchNorm tensors and the inputs of the consumers (``factor`` features per channel after a flatten).
+once, a group keeps ``max(1, round(blocks·(1 − max ratio of its producers)))`` blocks of ``unit`` channels (one
+channel, or an attention head's ``head_dim``) as :func:`~metacompress.learners.shrink` does, and that shrinks the
+producers' weights and biases, the coupled BatchNorm tensors and the inputs of the consumers (``factor`` features
+per channel after a flatten).
 """
 
 from __future__ import annotations
@@ -84,6 +85,7 @@ class _Group:
     factors: np.ndarray  # input features per channel, per consumer
     width: int
     per_channel_bytes: int  # producer biases + BatchNorm tensors, bytes per kept channel
+    unit: int = 1  # channels go in blocks of this many (attention heads)
 
 
 class SizeModel:
@@ -143,7 +145,8 @@ class SizeModel:
                                        if k not in _SKIP and t.dim() == 1 and t.numel() == g.width)
             out.append(_Group(np.array([index[p] for p in g.producers], dtype=np.int64),
                               np.array([index[c] for c, _ in g.consumers], dtype=np.int64),
-                              np.array([f for _, f in g.consumers], dtype=np.int64), int(g.width), per_channel))
+                              np.array([f for _, f in g.consumers], dtype=np.int64), int(g.width), per_channel,
+                              int(g.unit)))
         return out
 
     @property
@@ -209,7 +212,7 @@ class SizeModel:
         extra = np.zeros(n, dtype=np.int64)
         for g in self._groups:
             ratio = prune[:, g.producers].max(1)
-            keep = np.maximum(1, np.rint(g.width * (1.0 - ratio))).astype(np.int64)
+            keep = np.maximum(1, np.rint(g.width // g.unit * (1.0 - ratio))).astype(np.int64) * g.unit
             removed = np.clip(g.width - keep, 0, None)
             out[:, g.producers] -= removed[:, None]
             for c, f in zip(g.consumers, g.factors):

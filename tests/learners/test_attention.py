@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
 import logging
 
@@ -157,14 +158,56 @@ def test_a_factory_teacher_gets_searchable_attention_unless_the_rewrite_would_ch
     assert [i.name for i in describe_layers(kv.teacher, kv.example_input(2))] == ["head"]
 
 
-def test_a_model_torch_fx_cannot_trace_has_no_structured_layers_instead_of_failing(caplog):
-    """The attention teacher's forward calls len(x), which symbolic tracing refuses."""
+def test_a_model_torch_fx_cannot_trace_keeps_only_its_attention_heads_structured_instead_of_failing(caplog):
+    """The attention teacher's forward calls len(x), which symbolic tracing refuses; its heads need no trace."""
     from metacompress.learners import channel_groups, shrink
 
     task = load_task({"factory": "plugin_task:attention_task"})
     x = task.example_input(2)
     with caplog.at_level(logging.WARNING, logger="metacompress.learners.prune"):
-        assert channel_groups(task.teacher, x) == []
-    assert "torch.fx cannot trace AttentionClassifier" in caplog.text
-    assert not any(i.structured for i in describe_layers(task.teacher, x))
-    assert shrink(task.teacher, {"head": 0.5}, x) == {}  # nothing to shrink, as documented
+        groups = channel_groups(task.teacher, x)
+    assert [(g.producers, g.unit, g.prunable) for g in groups] == [(["attn.q_proj", "attn.k_proj", "attn.v_proj"],
+                                                                    4, True)]
+    assert "torch.fx cannot trace AttentionClassifier" in caplog.text and "only attention heads" in caplog.text
+    assert [i.name for i in describe_layers(task.teacher, x) if i.structured] == ["attn.q_proj", "attn.k_proj",
+                                                                                  "attn.v_proj"]
+    assert shrink(task.teacher, {"head": 0.5}, x) == {}  # the head is in no group: nothing to shrink
+
+
+def test_structured_pruning_removes_whole_heads_as_if_their_output_were_zero(tmp_path):
+    """Half the heads of the token task's encoder go: q/k/v lose 16 of 32 rows, out_proj the matching columns, the
+    attention computes with 2 heads, and the logits are the teacher's with those heads' outputs zeroed."""
+    from metacompress.learners import export_compressed, load_compressed, size_bytes
+    from metacompress.learners.meta import SizeModel
+    from metacompress.learners.prune import head_groups
+    from metacompress.spaces import LayerPolicy
+
+    task = load_task({"factory": "plugin_task:make_token_task"})
+    example, tokens = task.example_input(2), task.val.tensors[0]
+    layers = describe_layers(task.teacher, example)
+    attention = [f"encoder.self_attn.{p}_proj" for p in "qkv"]
+    assert [i.name for i in layers if i.structured] == attention
+    policy = CompressionPolicy(layers={"encoder.self_attn.k_proj": LayerPolicy(0.5, 32)}, prune_method="structured")
+    student = compress(task.teacher, policy, example)
+    attn = student.encoder.self_attn
+    assert attn.num_heads == 2 and attn.q_proj.weight.shape == (16, 32) and attn.out_proj.weight.shape == (32, 16)
+    teacher_q = task.teacher.encoder.self_attn.q_proj.weight
+    kept = [h for h in range(4)
+            if any(torch.equal(attn.q_proj.weight[8 * j : 8 * j + 8], teacher_q[8 * h : 8 * h + 8]) for j in range(2))]
+    assert len(kept) == 2
+    zeroed = copy.deepcopy(task.teacher)
+    with torch.no_grad():
+        for h in set(range(4)) - set(kept):
+            zeroed.encoder.self_attn.out_proj.weight[:, 8 * h : 8 * h + 8] = 0
+    assert torch.allclose(predict_logits(student, tokens), predict_logits(zeroed, tokens), atol=1e-5)
+    space_sizes = SizeModel(task.teacher, example)
+    for prune in (0.2, 0.4, 0.6, 0.9):  # whole heads: 3, 2, 2 and 1 of 4 kept
+        policy = CompressionPolicy.uniform([i.name for i in layers], prune, 4, prune_method="structured")
+        smaller = compress(task.teacher, policy, example)
+        assert smaller.encoder.self_attn.num_heads == {0.2: 3, 0.4: 2, 0.6: 2, 0.9: 1}[prune]
+        assert size_bytes(smaller) == space_sizes.policy_bytes(policy)
+    export_compressed(smaller, tmp_path / "h.mcz", task.input_shape)
+    back = load_compressed(tmp_path / "h.mcz", task.teacher)
+    assert back.encoder.self_attn.num_heads == 1
+    assert torch.allclose(predict_logits(back, tokens), predict_logits(smaller, tokens), atol=1e-5)
+    assert [g.prunable for g in head_groups(nn.Sequential(SplitAttention(8, 1)))] == [False]  # one head: keep it

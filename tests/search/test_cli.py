@@ -235,7 +235,7 @@ def test_export_writes_a_trial_that_loads_with_torch_alone(search_yaml, tmp_path
     trial = counted_trials(optuna.load_study(study_name="search", storage=f"sqlite:///{tmp_path}/study.db"))[
         best["number"]]  # the default runtime is the one the trial's latency was measured on
     int8 = bool(trial.user_attrs["metrics"]["int8_runtime"])
-    assert ("int8 Linear kernels" in result.output) == int8
+    assert ("int8 kernels" in result.output) == int8
     file = tmp_path / "out" / f"trial-{best['number']}.{'pt' if int8 else 'pt2'}"  # torch.export unless int8
     assert ("TorchScript" if int8 else "torch.export") in result.output and str(file) in result.output
     assert _load_in_a_fresh_interpreter(file) == "(3, 10)"
@@ -248,7 +248,7 @@ def test_export_writes_a_trial_that_loads_with_torch_alone(search_yaml, tmp_path
         assert _load_in_a_fresh_interpreter(tmp_path / name) == "(3, 10)"
     ints = runner.invoke(app, ["export", str(path), "--trial", str(best["number"]), "--int8",
                                "--output", str(tmp_path / "i8.pt")])
-    assert ints.exit_code == 0 and "int8 Linear kernels" in ints.output
+    assert ints.exit_code == 0 and "int8 kernels" in ints.output
     assert _load_in_a_fresh_interpreter(tmp_path / "i8.pt") == "(3, 10)"
     for flags, field in ((["--trial", "99"], "'trial'"), (["--trial", "0", "--study-name", "nope"], "'study_name'"),
                          (["--trial", "0", "--output", str(tmp_path / "model.onnx")], "'output'"),
