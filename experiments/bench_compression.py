@@ -27,7 +27,9 @@ Seeds: the teachers are the task zoo's cached seed-0 teachers; fine-tuning batch
 use ``--seed``. Training and latency run with ``torch.set_num_threads(1)``.
 
 Run ``python experiments/bench_compression.py`` (about 25 min on 2 busy cores); ``--quick`` is a 1-minute smoke
-run. Writes ``compression.json``, ``compression.md`` and ``compression.png`` into ``--out``.
+run. Writes ``compression.json``, ``compression.md`` and ``compression.png`` into ``--out``. ``--tasks`` takes
+built-in names and example factories as ``path/to/module.py:function``: ``results/sequence/`` holds the run on
+``examples/transformer`` and ``examples/recurrent`` (attention heads and LSTM weights compressed).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -108,9 +111,20 @@ def paired_latency(a: torch.nn.Module, b: torch.nn.Module, x: torch.Tensor, repe
     return {k: statistics.median(v) for k, v in out.items()}
 
 
+def task_spec(name: str) -> str | dict[str, str]:
+    """A built-in task name, or ``path/to/module.py:factory`` (an example's factory, imported from its folder)."""
+    if ":" not in name:
+        return name
+    path, function = name.rsplit(":", 1)
+    module = Path(path)
+    if str(module.resolve().parent) not in sys.path:
+        sys.path.insert(0, str(module.resolve().parent))
+    return {"factory": f"{module.stem}:{function}"}
+
+
 def run_task(name: str, args: argparse.Namespace, progress, tmp: Path) -> dict[str, Any]:
     torch.set_num_threads(1)
-    task = load_task(name, seed=0)
+    task = load_task(task_spec(name), seed=0)
     teacher = task.teacher.eval()
     ex = task.example_input(2)
     layers = describe_layers(teacher, ex)
@@ -364,7 +378,8 @@ def main() -> None:
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()
     ) as progress:
         for name in [t for t in args.tasks.split(",") if t]:
-            results[name] = run_task(name, args, progress, Path(tmp))
+            key = name if ":" not in name else Path(name.rsplit(":", 1)[0]).stem.replace("_", "-")
+            results[key] = run_task(name, args, progress, Path(tmp))
     descriptions = {"int8": "int8 within 0.3 pp of the teacher", "ratio": "≥ 16× smaller at ≤ 1 pp drop",
                     "export": "export within 10 % of size_bytes",
                     "speedup": f"structured + int8 ≥ 2× faster (batch {args.batch}) at ≤ 1 pp"}

@@ -22,8 +22,8 @@ import torch
 
 from metacompress.learners.attention import split_attention
 from metacompress.learners.measure import layer_forwards, module_device
-from metacompress.learners.recurrent import split_recurrent
 from metacompress.learners.models import count_parameters
+from metacompress.learners.recurrent import split_recurrent
 from metacompress.learners.teachers import evaluate_accuracy
 from metacompress.spaces.errors import invalid_value
 
