@@ -254,13 +254,16 @@ def deployable(model: nn.Module, int8: bool = True, example_input: torch.Tensor 
     fuse_recurrent(out)  # split LSTM/GRU/RNN weights (now plain) back into the fused kernel
     out = _fuse_bn(out)
     if int8 and low_bit_linear:
-        from torch.ao.quantization import quantize_dynamic  # noqa: PLC0415 (heavy, optional)
+        from torch.ao.quantization import default_dynamic_qconfig, quantize_dynamic  # noqa: PLC0415 (heavy)
 
         import warnings
 
+        # torch.ao has no dynamic int8 LSTM with a projection (proj_size): that one keeps float kernels
+        spec = {name: default_dynamic_qconfig for name, m in out.named_modules()
+                if type(m) in (nn.Linear, nn.GRU) or (type(m) is nn.LSTM and not m.proj_size)}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            out = quantize_dynamic(out, {nn.Linear, nn.LSTM, nn.GRU}, dtype=torch.qint8)
+            out = quantize_dynamic(out, spec, dtype=torch.qint8)
     if example_input is not None:
         out = _freeze(out, example_input)
     return out

@@ -151,3 +151,19 @@ def test_a_packed_sequence_model_is_rewritten_too_and_a_forward_reading_raw_weig
     assert type(raw.teacher.rnn) is nn.RNN
     assert "LSTM/GRU/RNN layers rewritten" in caplog.text and "not searched" in caplog.text
     assert [i.name for i in describe_layers(raw.teacher, raw.example_input(2))] == ["head"]
+
+
+def test_an_lstm_with_a_projection_keeps_float_kernels_in_an_int8_deployment():
+    """torch.ao has no dynamic int8 LSTM with proj_size (it fails at its first call): that LSTM keeps the fused float
+    kernel on its compressed weights instead of failing the deployment."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.LSTM(4, 8, proj_size=3, batch_first=True))
+    split, _ = split_recurrent(model)
+    x = torch.randn(2, 5, 4)
+    names = [i.name for i in describe_layers(split, x)]
+    assert names == ["0.l0.ih", "0.l0.hh", "0.l0.hr"]
+    student = compress(split, CompressionPolicy.uniform(names, 0.5, 4)).eval()
+    int8 = deployable(student, int8=True)
+    assert type(int8.get_submodule("0")) is nn.LSTM
+    with torch.no_grad():
+        assert torch.allclose(int8(x)[0], student(x)[0], atol=1e-5)
