@@ -5,9 +5,10 @@ Linear/Conv layer flow through shape-preserving ops (BatchNorm, activations, poo
 the next layers; a residual ``a + b`` couples the channels of both branches, so they are pruned together. A
 ``flatten`` between a conv and a linear layer maps each channel to its block of ``H * W`` input features. Channels
 that reach anything else (concatenation, reshapes, the model output) are left alone; those producers are reported
-as not structurally prunable. The heads of a :class:`~.attention.SplitAttention` are a group of their own, removed
-whole (:func:`head_groups`, found without tracing). A model that ``torch.fx`` cannot trace (Python control flow on
-its inputs, ``len(x)``, ...) has no other prunable group: its other layers are pruned unstructured only. No group
+as not structurally prunable. Modules whose forward is known hold groups of their own, found without tracing
+(:func:`block_groups`): the heads of a :class:`~.attention.SplitAttention`, removed whole, and the hidden units of
+a Transformer layer's feed-forward block. A model that ``torch.fx`` cannot trace (Python control flow on its
+inputs, ``len(x)``, ...) has no other prunable group: its other layers are pruned unstructured only. No group
 touching a weight that several modules share (:func:`~.quant.tied_layers`) is prunable.
 """
 
@@ -28,7 +29,10 @@ from .attention import SplitAttention
 from .quant import tied_layers
 from .recurrent import SplitRNN
 
-__all__ = ["ChannelGroup", "channel_groups", "head_groups", "magnitude_mask", "shrink", "structure_of"]
+__all__ = [
+    "ChannelGroup", "block_groups", "channel_groups", "feedforward_groups", "head_groups", "magnitude_mask", "shrink",
+    "structure_of",
+]
 
 _PRODUCERS = (nn.Linear, nn.Conv1d, nn.Conv2d)
 _PASS_MODULES = (
@@ -142,8 +146,9 @@ def _is_flatten(node: fx.Node, modules: Mapping[str, nn.Module]) -> bool:
 
 def channel_groups(model: nn.Module, example_input: torch.Tensor) -> list[ChannelGroup]:
     """Trace ``model`` and return its groups of coupled output channels (one per distinct channel space); only the
-    attention heads (:func:`head_groups`) when ``torch.fx`` cannot trace it (logged once per model)."""
-    heads = head_groups(model)
+    groups inside known blocks (:func:`block_groups`: attention heads, Transformer feed-forward units) when
+    ``torch.fx`` cannot trace it (logged once per model)."""
+    heads = block_groups(model)
     try:
         gm = _trace(model, example_input)
     except Exception as exc:  # noqa: BLE001 - fx raises many kinds on user code; none is fatal here
@@ -151,7 +156,7 @@ def channel_groups(model: nn.Module, example_input: torch.Tensor) -> list[Channe
             _UNTRACEABLE_SEEN.add(model)
             first = str(exc).splitlines()[0][:160] if str(exc) else ""
             _LOG.warning("torch.fx cannot trace %s (%s: %s): %s", type(model).__qualname__, type(exc).__name__,
-                         first, "only attention heads can be removed whole" if heads
+                         first, "only attention heads and feed-forward units can be removed whole" if heads
                          else "no layer can lose whole output channels")
         return _unshared(model, heads)
     modules = dict(gm.named_modules())
@@ -201,7 +206,7 @@ def channel_groups(model: nn.Module, example_input: torch.Tensor) -> list[Channe
         else:
             for a in ins:
                 block(a)
-    in_heads = {p for g in heads for p in g.producers}  # their own groups, not one per projection
+    in_heads = {p for g in heads for p in g.producers}  # their own groups, not one per layer
     groups = [g for g in _collect(modules, uf, consumers, norms, blocked) if not in_heads.intersection(g.producers)]
     return _unshared(model, groups + heads)
 
@@ -214,6 +219,30 @@ def _unshared(model: nn.Module, groups: list[ChannelGroup]) -> list[ChannelGroup
     for g in groups:
         if shared.intersection(g.producers) or shared.intersection(c for c, _ in g.consumers):
             g.prunable = False
+    return groups
+
+
+def block_groups(model: nn.Module) -> list[ChannelGroup]:
+    """The channel groups inside modules whose forward is known, found without a trace: the heads of every
+    :class:`~.attention.SplitAttention` (:func:`head_groups`) and the hidden units of every Transformer layer's
+    feed-forward block (:func:`feedforward_groups`)."""
+    return head_groups(model) + feedforward_groups(model)
+
+
+def feedforward_groups(model: nn.Module) -> list[ChannelGroup]:
+    """One group per ``nn.TransformerEncoderLayer`` / ``nn.TransformerDecoderLayer``: the hidden units of its
+    feed-forward block ``linear2(dropout(activation(linear1(x))))``. Removing a unit removes a row (and bias) of
+    ``linear1`` and a column of ``linear2``; prunable when the activation acts elementwise (the built-in ReLU/GELU,
+    or one this module knows)."""
+    groups = []
+    for name, mod in model.named_modules():
+        if type(mod) in (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer):
+            act = mod.activation
+            elementwise = getattr(mod, "activation_relu_or_gelu", 0) in (1, 2) or isinstance(act, _PASS_MODULES) \
+                or act in _PASS_FUNCS
+            prefix = f"{name}." if name else ""
+            groups.append(ChannelGroup(producers=[f"{prefix}linear1"], consumers=[(f"{prefix}linear2", 1)],
+                                       prunable=elementwise, width=mod.linear1.out_features))
     return groups
 
 
@@ -324,7 +353,7 @@ def shrink(
     kept: dict[str, int] = {}
     if widths is not None:  # only the layers that lost channels need their couplings, heads none traced
         narrower = {n for n, w in structure_of(model).items() if widths.get(n, w) != w}
-        heads = _unshared(model, head_groups(model))
+        heads = _unshared(model, block_groups(model))
         in_heads = {p for g in heads for p in g.producers}
         groups = heads if narrower <= in_heads else channel_groups(model, example_input)
     else:

@@ -186,7 +186,7 @@ def test_structured_pruning_removes_whole_heads_as_if_their_output_were_zero(tmp
     example, tokens = task.example_input(2), task.val.tensors[0]
     layers = describe_layers(task.teacher, example)
     attention = [f"encoder.self_attn.{p}_proj" for p in "qkv"]
-    assert [i.name for i in layers if i.structured] == attention
+    assert [i.name for i in layers if i.structured] == [*attention, "encoder.linear1"]
     policy = CompressionPolicy(layers={"encoder.self_attn.k_proj": LayerPolicy(0.5, 32)}, prune_method="structured")
     student = compress(task.teacher, policy, example)
     attn = student.encoder.self_attn
@@ -211,3 +211,30 @@ def test_structured_pruning_removes_whole_heads_as_if_their_output_were_zero(tmp
     assert back.encoder.self_attn.num_heads == 1
     assert torch.allclose(predict_logits(back, tokens), predict_logits(smaller, tokens), atol=1e-5)
     assert [g.prunable for g in head_groups(nn.Sequential(SplitAttention(8, 1)))] == [False]  # one head: keep it
+
+
+def test_structured_pruning_removes_feed_forward_units_of_transformer_layers():
+    """linear1's rows and linear2's matching columns go together (no trace: the layer's forward is known); the
+    logits are the teacher's with those units' outputs zeroed. A non-elementwise activation is not pruned."""
+    from metacompress.learners import size_bytes
+    from metacompress.learners.meta import SizeModel
+    from metacompress.learners.prune import feedforward_groups
+    from metacompress.spaces import LayerPolicy
+
+    task = load_task({"factory": "plugin_task:make_token_task"})
+    example, tokens = task.example_input(2), task.val.tensors[0]
+    policy = CompressionPolicy(layers={"encoder.linear1": LayerPolicy(0.25, 32)}, prune_method="structured")
+    student = compress(task.teacher, policy, example)
+    assert student.encoder.linear1.weight.shape == (48, 32) and student.encoder.linear2.weight.shape == (32, 48)
+    assert size_bytes(student) == SizeModel(task.teacher, example).policy_bytes(policy)
+    rows = task.teacher.encoder.linear1.weight
+    kept = [u for u in range(64) if any(torch.equal(rows[u], r) for r in student.encoder.linear1.weight)]
+    assert len(kept) == 48
+    zeroed = copy.deepcopy(task.teacher)
+    with torch.no_grad():
+        zeroed.encoder.linear2.weight[:, sorted(set(range(64)) - set(kept))] = 0
+    assert torch.allclose(predict_logits(student, tokens), predict_logits(zeroed, tokens), atol=1e-5)
+    softmaxed = nn.TransformerEncoderLayer(8, 2, 16, activation=lambda x: torch.softmax(x, -1))
+    assert [g.prunable for g in feedforward_groups(nn.Sequential(softmaxed))] == [False]
+    gelu = nn.TransformerEncoderLayer(8, 2, 16, activation="gelu")
+    assert [g.prunable for g in feedforward_groups(nn.Sequential(gelu))] == [True]
