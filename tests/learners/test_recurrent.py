@@ -63,6 +63,7 @@ def test_split_rnn_computes_what_the_fused_module_does_on_every_call_form(
     calls = [
         (seq,), (seq, hx), (x[0],),  # no state, a given state, one unbatched sequence
         (pack_padded_sequence(seq, lengths, batch_first=batch_first, enforce_sorted=False),),
+        (pack_padded_sequence(seq, lengths, batch_first=batch_first, enforce_sorted=False), hx),  # caller's order
         (pack_padded_sequence(seq, lengths.sort(descending=True).values, batch_first=batch_first), hx),
     ]
     with torch.no_grad():
