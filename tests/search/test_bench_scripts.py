@@ -35,7 +35,12 @@ SCRIPTS = {
 }
 
 
-@pytest.mark.parametrize("script", list(SCRIPTS))
+#: The longest smoke runs (25-40 s each) go to ``make test-slow``, keeping the default run under ten minutes.
+_SLOW_SMOKE = {"bench_backends.py", "bench_predictors.py"}
+
+
+@pytest.mark.parametrize("script", [pytest.param(s, marks=pytest.mark.slow) if s in _SLOW_SMOKE else s
+                                    for s in SCRIPTS])
 def test_benchmark_script_runs_at_its_smallest_settings(script, tmp_path):
     args, keys = SCRIPTS[script]
     committed = {p: p.stat().st_mtime_ns for p in (EXPERIMENTS / "results").iterdir()}
