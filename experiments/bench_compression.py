@@ -125,6 +125,7 @@ def task_spec(name: str) -> str | dict[str, str]:
 def run_task(name: str, args: argparse.Namespace, progress, tmp: Path) -> dict[str, Any]:
     torch.set_num_threads(1)
     task = load_task(task_spec(name), seed=0)
+    stem = task.name  # file names in tmp (``name`` may be a path)
     teacher = task.teacher.eval()
     ex = task.example_input(2)
     layers = describe_layers(teacher, ex)
@@ -157,7 +158,7 @@ def run_task(name: str, args: argparse.Namespace, progress, tmp: Path) -> dict[s
         train_s = time.perf_counter() - t0
         acc = accuracy(student, task.val)
         size = size_bytes(student)
-        path = tmp / f"{name}-{i}.mcz"
+        path = tmp / f"{stem}-{i}.mcz"
         file_bytes = export_compressed(student, path, tuple(task.input_shape))
         loaded = load_compressed(path, teacher)
         loaded_acc = accuracy(loaded, task.val)
@@ -189,7 +190,7 @@ def run_task(name: str, args: argparse.Namespace, progress, tmp: Path) -> dict[s
         speed = {"policy": rows[i]["label"], "index": i}
         # "frozen": deployable(..., example_input=) traces and freezes teacher and student alike (TorchScript);
         # "eager": the plain deployable modules. The frozen numbers are the headline ones.
-        student_frozen = deployable(load_compressed(tmp / f"{name}-{i}.mcz", teacher), int8=True,
+        student_frozen = deployable(load_compressed(tmp / f"{stem}-{i}.mcz", teacher), int8=True,
                                     example_input=sample[:8])
         teacher_frozen = deployable(teacher, int8=False, example_input=sample[:8])
         speed["frozen_is_torchscript"] = hasattr(student_frozen, "graph") and hasattr(teacher_frozen, "graph")
