@@ -148,7 +148,7 @@ def channel_groups(model: nn.Module, example_input: torch.Tensor) -> list[Channe
     """Trace ``model`` and return its groups of coupled output channels (one per distinct channel space); only the
     groups inside known blocks (:func:`block_groups`: attention heads, Transformer feed-forward units) when
     ``torch.fx`` cannot trace it (logged once per model)."""
-    heads = block_groups(model)
+    blocks = block_groups(model)
     try:
         gm = _trace(model, example_input)
     except Exception as exc:  # noqa: BLE001 - fx raises many kinds on user code; none is fatal here
@@ -156,9 +156,9 @@ def channel_groups(model: nn.Module, example_input: torch.Tensor) -> list[Channe
             _UNTRACEABLE_SEEN.add(model)
             first = str(exc).splitlines()[0][:160] if str(exc) else ""
             _LOG.warning("torch.fx cannot trace %s (%s: %s): %s", type(model).__qualname__, type(exc).__name__,
-                         first, "only attention heads and feed-forward units can be removed whole" if heads
+                         first, "only attention heads and feed-forward units can be removed whole" if blocks
                          else "no layer can lose whole output channels")
-        return _unshared(model, heads)
+        return _unshared(model, blocks)
     modules = dict(gm.named_modules())
     uf = _UnionFind()
     space: dict[fx.Node, tuple[str, int]] = {}  # node -> (channel space id, features per channel)
@@ -206,9 +206,9 @@ def channel_groups(model: nn.Module, example_input: torch.Tensor) -> list[Channe
         else:
             for a in ins:
                 block(a)
-    in_heads = {p for g in heads for p in g.producers}  # their own groups, not one per layer
-    groups = [g for g in _collect(modules, uf, consumers, norms, blocked) if not in_heads.intersection(g.producers)]
-    return _unshared(model, groups + heads)
+    in_blocks = {p for g in blocks for p in g.producers}  # their own groups, not one per layer
+    groups = [g for g in _collect(modules, uf, consumers, norms, blocked) if not in_blocks.intersection(g.producers)]
+    return _unshared(model, groups + blocks)
 
 
 def _unshared(model: nn.Module, groups: list[ChannelGroup]) -> list[ChannelGroup]:
@@ -351,11 +351,11 @@ def shrink(
     """
     mods = dict(model.named_modules())
     kept: dict[str, int] = {}
-    if widths is not None:  # only the layers that lost channels need their couplings, heads none traced
+    if widths is not None:  # only the layers that lost channels need their couplings: known blocks need no trace
         narrower = {n for n, w in structure_of(model).items() if widths.get(n, w) != w}
-        heads = _unshared(model, block_groups(model))
-        in_heads = {p for g in heads for p in g.producers}
-        groups = heads if narrower <= in_heads else channel_groups(model, example_input)
+        blocks = _unshared(model, block_groups(model))
+        untraced = narrower <= {p for g in blocks for p in g.producers}
+        groups = blocks if untraced else channel_groups(model, example_input)
     else:
         groups = channel_groups(model, example_input)
     for group in groups:
