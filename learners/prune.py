@@ -7,7 +7,12 @@ the next layers; a residual ``a + b`` couples the channels of both branches, so 
 that reach anything else (concatenation, reshapes, the model output) are left alone; those producers are reported
 as not structurally prunable. Modules whose forward is known hold groups of their own, found without tracing
 (:func:`block_groups`): the heads of a :class:`~.attention.SplitAttention`, removed whole, and the hidden units of
-a Transformer layer's feed-forward block. A model that ``torch.fx`` cannot trace (Python control flow on its
+a Transformer layer's feed-forward block. The hidden units of a :class:`~.recurrent.SplitRNN` (a factory's LSTM, GRU
+or RNN) are one group per module, found in the trace: the hidden state leaves the module, so the layers reading it
+must be known. Every layer and direction keeps the same number of units (the fused kernel has one ``hidden_size``)
+and the same units (a bidirectional output stacks both directions' states); the group is prunable when what leaves
+the module reaches Linear layers only, through elementwise activations, indexing and reductions over other
+dimensions than the features, and no initial state is passed in. A model that ``torch.fx`` cannot trace (Python control flow on its
 inputs, ``len(x)``, ...) has no other prunable group: its other layers are pruned unstructured only. No group
 touching a weight that several modules share (:func:`~.quant.tied_layers`) is prunable.
 """
@@ -30,8 +35,8 @@ from .quant import tied_layers
 from .recurrent import SplitRNN
 
 __all__ = [
-    "ChannelGroup", "block_groups", "channel_groups", "feedforward_groups", "head_groups", "magnitude_mask", "shrink",
-    "structure_of",
+    "ChannelGroup", "block_groups", "channel_groups", "feedforward_groups", "head_groups", "magnitude_mask",
+    "recurrent_groups", "shrink", "structure_of",
 ]
 
 _PRODUCERS = (nn.Linear, nn.Conv1d, nn.Conv2d)
@@ -48,6 +53,15 @@ _PASS_FUNCS = {
     torch.nn.functional.adaptive_avg_pool2d, torch.nn.functional.silu, torch.nn.functional.leaky_relu,
 }
 _MERGE_FUNCS = {operator.add, operator.sub, torch.add, torch.sub, operator.mul, torch.mul}
+# what a recurrent module's hidden state may pass through on its way to Linear layers (features on the last dim)
+_ELEMENTWISE_MODULES = (
+    nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.LeakyReLU, nn.ELU, nn.Hardswish, nn.Identity, nn.Dropout,
+)
+_ELEMENTWISE_FUNCS = {
+    torch.relu, torch.nn.functional.relu, torch.nn.functional.gelu, torch.sigmoid, torch.tanh,
+    torch.nn.functional.dropout, torch.nn.functional.silu, torch.nn.functional.leaky_relu,
+}
+_REDUCTIONS = {"mean", "sum", "amax"}
 _LOG = logging.getLogger(__name__)
 _UNTRACEABLE_SEEN: weakref.WeakSet[nn.Module] = weakref.WeakSet()  # models already reported as untraceable
 
@@ -83,6 +97,11 @@ class ChannelGroup:
         width: Number of channels in the group.
         unit: Channels are removed in blocks of ``unit`` (an attention head's ``head_dim``; 1 otherwise), at least
             one block kept.
+        gates: Each producer has ``gates`` output rows per channel, laid out as ``gates`` blocks of ``width`` rows
+            (a recurrent layer's gates; 1 otherwise).
+        stacked: A consumer's ``factor`` input features per channel are ``factor`` blocks of ``width`` features
+            (the two directions of a bidirectional recurrent output) instead of ``factor`` consecutive ones.
+        min_blocks: Blocks always kept (an LSTM with a projection keeps more units than it projects onto).
     """
 
     producers: list[str] = field(default_factory=list)
@@ -91,11 +110,14 @@ class ChannelGroup:
     prunable: bool = True
     width: int = 0
     unit: int = 1
+    gates: int = 1
+    stacked: bool = False
+    min_blocks: int = 1
 
     def kept(self, ratio: float) -> int:
         """Channels kept when a fraction ``ratio`` of them is removed (whole blocks, at least one)."""
         blocks = self.width // self.unit
-        return max(1, int(round(blocks * (1.0 - ratio)))) * self.unit
+        return max(self.min_blocks, int(round(blocks * (1.0 - ratio)))) * self.unit
 
 
 class _UnionFind:
@@ -160,6 +182,8 @@ def channel_groups(model: nn.Module, example_input: torch.Tensor) -> list[Channe
                          else "no layer can lose whole output channels")
         return _unshared(model, blocks)
     modules = dict(gm.named_modules())
+    rnn_groups = recurrent_groups(model)
+    rnn = _RecurrentFlow(rnn_groups, modules)
     uf = _UnionFind()
     space: dict[fx.Node, tuple[str, int]] = {}  # node -> (channel space id, features per channel)
     consumers: dict[str, list[tuple[str, int]]] = {}
@@ -173,6 +197,10 @@ def channel_groups(model: nn.Module, example_input: torch.Tensor) -> list[Channe
     for node in gm.graph.nodes:
         ins = [a for a in node.all_input_nodes if a in space]
         mod = modules.get(node.target) if node.op == "call_module" else None
+        if isinstance(mod, SplitRNN) or rnn.reads(node):
+            for a in rnn.step(node, mod, ins, space, consumers):  # upstream channels it cannot follow
+                block(a)
+            continue
         if isinstance(mod, _PRODUCERS):
             for a in ins:
                 consumers.setdefault(space[a][0], []).append((node.target, space[a][1]))
@@ -206,9 +234,105 @@ def channel_groups(model: nn.Module, example_input: torch.Tensor) -> list[Channe
         else:
             for a in ins:
                 block(a)
-    in_blocks = {p for g in blocks for p in g.producers}  # their own groups, not one per layer
-    groups = [g for g in _collect(modules, uf, consumers, norms, blocked) if not in_blocks.intersection(g.producers)]
-    return _unshared(model, groups + blocks)
+    inside = {f"{name}.{sub}" for name in rnn_groups for sub, _ in modules[name].named_modules() if sub}
+    own = inside | {p for g in blocks for p in g.producers}  # these have groups of their own, not one per layer
+    groups = [g for g in _collect(modules, uf, consumers, norms, blocked) if not own.intersection(g.producers)]
+    return _unshared(model, groups + blocks + list(rnn_groups.values()))
+
+
+class _RecurrentFlow:
+    """Follows the hidden state of every :class:`~.recurrent.SplitRNN` through a traced graph (:func:`channel_groups`):
+    which layers read it (the group's outside consumers) and whether anything else does (not prunable then).
+
+    A value is ``(module, kind, factor)``: the module's result tuple (``"result"``), an LSTM's ``(h_n, c_n)``
+    (``"state"``), or a tensor whose last dimension is ``factor`` stacked copies of the hidden units (``"tensor"``).
+    """
+
+    def __init__(self, groups: Mapping[str, ChannelGroup], modules: Mapping[str, nn.Module]) -> None:
+        self.groups, self.modules = groups, modules
+        self.values: dict[fx.Node, tuple[str, str, int]] = {}
+
+    def reads(self, node: fx.Node) -> bool:
+        return any(a in self.values for a in node.all_input_nodes)
+
+    def step(self, node: fx.Node, mod: nn.Module | None, ins: list[fx.Node], space: dict, consumers: dict) -> list:
+        """Handle ``node`` (a SplitRNN call, or a node reading one's hidden state); returns the upstream inputs whose
+        channels it cannot follow."""
+        if isinstance(mod, SplitRNN):
+            if len(node.all_input_nodes) != 1:  # an initial state would change width too
+                self.groups[node.target].prunable = False
+            self.values[node] = (node.target, "result", 0)
+            first = [(f"{node.target}.l0{s}.ih", 1) for s in ("", "_reverse")[: mod.directions]]
+            upstream = node.all_input_nodes[0] if len(node.all_input_nodes) == 1 else None
+            if upstream in self.values:  # one recurrent module reading another's output
+                name, kind, factor = self.values[upstream]
+                if kind == "tensor":
+                    self.groups[name].consumers.extend((c, factor) for c, _ in first)
+                else:
+                    self.groups[name].prunable = False
+                return ins
+            if upstream in ins and self._last_dim_channels(upstream, space):
+                consumers.setdefault(space[upstream][0], []).extend(first)
+                return []
+            for a in node.all_input_nodes:
+                if a in self.values:
+                    self.groups[self.values[a][0]].prunable = False
+            return ins
+        source = next(a for a in node.all_input_nodes if a in self.values)
+        name, kind, factor = self.values[source]
+        group, rnn = self.groups[name], self.modules[name]
+        if len(node.all_input_nodes) != 1:
+            group.prunable = False
+            return ins
+        if kind in ("result", "state"):
+            index = node.args[1] if node.op == "call_function" and node.target is operator.getitem else None
+            if index not in (0, 1):
+                group.prunable = False
+            elif kind == "result" and index == 1 and rnn.mode == "LSTM":
+                self.values[node] = (name, "state", 0)
+            elif not (rnn.proj_size and (kind, index) in (("result", 0), ("state", 0))):  # projected: not hidden
+                self.values[node] = (name, "tensor", rnn.directions if (kind, index) == ("result", 0) else 1)
+        elif isinstance(mod, nn.Linear):
+            group.consumers.append((node.target, factor))
+            space[node] = (node.target, 1)
+        elif (isinstance(mod, _ELEMENTWISE_MODULES) or (node.op == "call_function" and node.target in _ELEMENTWISE_FUNCS)
+              or (node.op == "call_method" and node.target in ("relu", "sigmoid", "tanh", "contiguous"))
+              or _keeps_last_dim(node, source)):
+            self.values[node] = self.values[source]
+        else:
+            group.prunable = False
+        return []
+
+    def _last_dim_channels(self, node: fx.Node, space: dict) -> bool:
+        """Whether ``node``'s last dimension holds the channels of its space (a Linear's output, elementwise on)."""
+        producer = self.modules.get(space[node][0])
+        meta = node.meta.get("tensor_meta")
+        return (space[node][1] == 1 and isinstance(producer, nn.Linear) and meta is not None
+                and len(meta.shape) == 3 and meta.shape[-1] == producer.out_features)
+
+
+def _keeps_last_dim(node: fx.Node, source: fx.Node) -> bool:
+    """Whether ``node`` indexes or reduces ``source`` over other dimensions than the last one only (``out[:, -1]``,
+    ``h_n[-1]``, ``out.mean(1)``)."""
+    meta = source.meta.get("tensor_meta")
+    if meta is None or not hasattr(meta, "shape"):
+        return False
+    ndim = len(meta.shape)
+    if node.op == "call_function" and node.target is operator.getitem:
+        items = node.args[1] if isinstance(node.args[1], tuple) else (node.args[1],)
+        while items and items[-1] == slice(None):  # out[:, -1, :] keeps the last dimension whole
+            items = items[:-1]
+        plain = all(isinstance(i, int) or (isinstance(i, slice) and all(
+            v is None or isinstance(v, int) for v in (i.start, i.stop, i.step))) for i in items)
+        return plain and len(items) < ndim
+    reduction = (node.op == "call_method" and node.target in _REDUCTIONS) or (
+        node.op == "call_function" and getattr(node.target, "__name__", None) in _REDUCTIONS
+        and getattr(torch, node.target.__name__, None) is node.target)
+    if not reduction:
+        return False
+    dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+    dims = dims if isinstance(dims, (tuple, list)) else (dims,)
+    return all(isinstance(d, int) and d % ndim != ndim - 1 for d in dims)
 
 
 def _unshared(model: nn.Module, groups: list[ChannelGroup]) -> list[ChannelGroup]:
@@ -219,6 +343,25 @@ def _unshared(model: nn.Module, groups: list[ChannelGroup]) -> list[ChannelGroup
     for g in groups:
         if shared.intersection(g.producers) or shared.intersection(c for c, _ in g.consumers):
             g.prunable = False
+    return groups
+
+
+def recurrent_groups(model: nn.Module) -> dict[str, ChannelGroup]:
+    """The hidden units of every :class:`~.recurrent.SplitRNN` of ``model``, keyed by module name: removing a unit
+    removes its row in every gate block of each layer's ``ih`` and ``hh`` (and their biases), and its columns in
+    ``hh`` (``hr`` when the LSTM projects its output: it keeps more units than ``proj_size``) and in the next layer's
+    ``ih``. The layers reading the module's
+    output are not listed: :func:`channel_groups` finds them in the trace (and whether the group stays prunable)."""
+    groups = {}
+    for name, mod in model.named_modules():
+        if name and isinstance(mod, SplitRNN):
+            cells = [f"{name}.l{k}{s}" for k in range(mod.num_layers) for s in ("", "_reverse")[: mod.directions]]
+            inner = [(f"{c}.{'hr' if mod.proj_size else 'hh'}", 1) for c in cells]
+            if not mod.proj_size:  # the next layer reads both directions' hidden states, stacked
+                inner += [(c, mod.directions) for c in (f"{x}.ih" for x in cells[mod.directions:])]
+            groups[name] = ChannelGroup(producers=[f"{c}.{w}" for c in cells for w in ("ih", "hh")], consumers=inner,
+                                        prunable=mod.hidden_size > mod.proj_size + 1, width=mod.hidden_size,
+                                        gates=mod.gates, stacked=True, min_blocks=mod.proj_size + 1)
     return groups
 
 
@@ -287,7 +430,7 @@ def _importance(model_modules: Mapping[str, nn.Module], group: ChannelGroup) -> 
     score = None
     for name in group.producers:
         w = model_modules[name].weight.detach()
-        s = w.abs().flatten(1).sum(dim=1)
+        s = w.abs().flatten(1).sum(dim=1).view(group.gates, -1).sum(0)  # a unit's rows in every gate block
         s = s / s.sum().clamp_min(1e-12)
         score = s if score is None else score + s
     return score
@@ -297,16 +440,22 @@ def _slice_param(p: torch.nn.Parameter | torch.Tensor, index: torch.Tensor, dim:
     return p.detach().index_select(dim, index.to(p.device)).clone()
 
 
+def _blocks(keep: torch.Tensor, copies: int, width: int) -> torch.Tensor:
+    """The indices of ``keep`` in each of ``copies`` consecutive blocks of ``width``."""
+    return (torch.arange(copies)[:, None] * width + keep[None, :]).flatten()
+
+
 def _shrink_group(mods: Mapping[str, nn.Module], group: ChannelGroup, keep: torch.Tensor) -> None:
+    rows = _blocks(keep, group.gates, group.width)
     for name in group.producers:
         m = mods[name]
-        m.weight = nn.Parameter(_slice_param(m.weight, keep, 0))
+        m.weight = nn.Parameter(_slice_param(m.weight, rows, 0))
         if m.bias is not None:
-            m.bias = nn.Parameter(_slice_param(m.bias, keep, 0))
+            m.bias = nn.Parameter(_slice_param(m.bias, rows, 0))
         if getattr(m, "weight_mask", None) is not None:
-            m.weight_mask = _slice_param(m.weight_mask, keep, 0)
+            m.weight_mask = _slice_param(m.weight_mask, rows, 0)
         if isinstance(m, nn.Linear):
-            m.out_features = len(keep)
+            m.out_features = len(rows)
         else:
             m.out_channels = len(keep)
     for name in group.norms:
@@ -319,7 +468,10 @@ def _shrink_group(mods: Mapping[str, nn.Module], group: ChannelGroup, keep: torc
         bn.num_features = len(keep)
     for name, factor in group.consumers:
         m = mods[name]
-        idx = (keep[:, None] * factor + torch.arange(factor)[None, :]).flatten() if factor > 1 else keep
+        if group.stacked:
+            idx = _blocks(keep, factor, group.width)
+        else:
+            idx = (keep[:, None] * factor + torch.arange(factor)[None, :]).flatten() if factor > 1 else keep
         m.weight = nn.Parameter(_slice_param(m.weight, idx, 1))
         if getattr(m, "weight_mask", None) is not None:
             m.weight_mask = _slice_param(m.weight_mask, idx, 1)
@@ -362,7 +514,7 @@ def shrink(
         if not group.prunable:
             continue
         if widths is not None:
-            n_keep = next((widths[p] for p in group.producers if p in widths), group.width)
+            n_keep = next((widths[p] // group.gates for p in group.producers if p in widths), group.width)
             keep = torch.arange(n_keep)
         else:
             n_keep = group.kept(max((ratios or {}).get(p, 0.0) for p in group.producers))
@@ -373,10 +525,13 @@ def shrink(
             keep = (chosen[:, None] * group.unit + torch.arange(group.unit)).flatten()
         if n_keep < group.width:
             _shrink_group(mods, group, keep)
-            kept.update({p: n_keep for p in group.producers})
-    for mod in model.modules():  # an attention that lost heads computes with fewer
+            kept.update({p: n_keep * group.gates for p in group.producers})
+    for mod in model.modules():  # an attention that lost heads computes with fewer, a recurrent layer with fewer units
         if isinstance(mod, SplitAttention):
             mod.num_heads = mod.q_proj.out_features // mod.head_dim
+        elif isinstance(mod, SplitRNN):
+            mod.hidden_size = mod.l0.ih.out_features // mod.gates
+            mod.input_size = mod.l0.ih.in_features
     return kept
 
 

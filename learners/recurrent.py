@@ -8,6 +8,10 @@ gates, with ``bias_ih``), ``lstm.l0.hh`` (hidden state to the gates, with ``bias
 projection, ``proj_size > 0``), and ``lstm.l0_reverse.*`` for the second direction. The input projection runs over
 the whole sequence at once; the recurrence steps through time in Python, which is slower than the fused kernel on
 long sequences but runs compressed weights (and int8 kernels) where the fused one cannot.
+
+Structured pruning (:mod:`.prune`) removes whole hidden units: a unit's row in every gate block of ``ih`` and ``hh``
+and its columns wherever the hidden state is read (``hh`` itself, the next layer's ``ih``, ``hr``, and the layers
+after the module). ``hidden_size`` follows the weights, so the fused module rebuilt for inference is smaller too.
 """
 
 from __future__ import annotations
@@ -60,11 +64,12 @@ class SplitRNN(nn.Module):
         self.bias, self.batch_first, self.dropout = bias, batch_first, float(dropout)
         self.bidirectional, self.proj_size = bidirectional, proj_size
         self.directions = 2 if bidirectional else 1
+        self.gates = _GATES[mode]  # the rows of ``ih`` / ``hh`` are ``gates`` blocks of ``hidden_size``
         out = proj_size or hidden_size
         for layer in range(num_layers):
             n_in = input_size if layer == 0 else out * self.directions
             for suffix in ("", "_reverse")[: self.directions]:
-                self.add_module(f"l{layer}{suffix}", _Direction(n_in, hidden_size, _GATES[mode], bias, proj_size,
+                self.add_module(f"l{layer}{suffix}", _Direction(n_in, hidden_size, self.gates, bias, proj_size,
                                                                 device=device, dtype=dtype))
 
     @classmethod

@@ -86,6 +86,8 @@ class _Group:
     width: int
     per_channel_bytes: int  # producer biases + BatchNorm tensors, bytes per kept channel
     unit: int = 1  # channels go in blocks of this many (attention heads)
+    gates: int = 1  # producer rows per channel (a recurrent layer's gates)
+    min_blocks: int = 1  # blocks always kept
 
 
 class SizeModel:
@@ -139,14 +141,14 @@ class SizeModel:
         for g in channel_groups(model, example_input):
             if not g.prunable:
                 continue
-            per_channel = sum(4 for p in g.producers if getattr(modules[p], "bias", None) is not None)
+            per_channel = sum(4 * g.gates for p in g.producers if getattr(modules[p], "bias", None) is not None)
             for norm in g.norms:
                 per_channel += 4 * sum(1 for k, t in modules[norm].state_dict().items()
                                        if k not in _SKIP and t.dim() == 1 and t.numel() == g.width)
             out.append(_Group(np.array([index[p] for p in g.producers], dtype=np.int64),
                               np.array([index[c] for c, _ in g.consumers], dtype=np.int64),
                               np.array([f for _, f in g.consumers], dtype=np.int64), int(g.width), per_channel,
-                              int(g.unit)))
+                              int(g.unit), int(g.gates), int(g.min_blocks)))
         return out
 
     @property
@@ -212,9 +214,9 @@ class SizeModel:
         extra = np.zeros(n, dtype=np.int64)
         for g in self._groups:
             ratio = prune[:, g.producers].max(1)
-            keep = np.maximum(1, np.rint(g.width // g.unit * (1.0 - ratio))).astype(np.int64) * g.unit
+            keep = np.maximum(g.min_blocks, np.rint(g.width // g.unit * (1.0 - ratio))).astype(np.int64) * g.unit
             removed = np.clip(g.width - keep, 0, None)
-            out[:, g.producers] -= removed[:, None]
+            out[:, g.producers] -= removed[:, None] * g.gates
             for c, f in zip(g.consumers, g.factors):
                 inp[:, c] -= removed * f
             extra -= removed * g.per_channel_bytes

@@ -152,8 +152,9 @@ def test_kd_loss_matches_its_formula():
 
 def test_finetune_recovers_accuracy_and_keeps_masks(teacher, digits):
     train, val = digits
+    # lr 5e-3: at 2e-3 three epochs end 1-5 pp short of the teacher, by CPU (kernels differ in rounding)
     policy = CompressionPolicy.uniform(LAYERS, prune=0.8, bits=4, kd_lambda=0.3, temperature=4.0, epochs=3,
-                                       lr=2e-3)
+                                       lr=5e-3)
     student = compress(teacher, policy)
     before = accuracy(student, val)
     seen = []

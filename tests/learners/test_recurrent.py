@@ -118,7 +118,7 @@ def test_a_factory_teacher_gets_searchable_recurrent_layers_compressed_measured_
     names = [f"rnn.l{k}{d}.{w}" for k in (0, 1) for d in ("", "_reverse") for w in ("ih", "hh")]
     assert [i.name for i in layers] == [*names, "head"]
     groups = channel_groups(task.teacher, example)  # traced (not refused), the recurrent module kept whole
-    assert groups and not any(g.prunable for g in groups)
+    assert [(g.producers, g.prunable) for g in groups] == [(["head"], False), (names, True)]  # hidden units
     policy = CompressionPolicy.uniform([i.name for i in layers], 0.5, 4, epochs=1, act_bits=8, feature_beta=0.5)
     student = compress(task.teacher, policy, example)
     assert size_bytes(student) == SizeModel(task.teacher, example).policy_bytes(policy) < size_bytes(task.teacher) / 2
