@@ -14,7 +14,8 @@ Grid, per task: weight bits {8, 4, 3, 2} x sparsity {0, 50, 80, 90} % x method {
 * ``speedup_at_1pp``: teacher / student latency ratio at batch ``--batch`` (256), in CPU time of the process (wall
   time is reported as ``speedup_at_1pp_wall``; the 2 cores are shared), both deployed with
   ``deployable(..., example_input=)`` (BN folded, traced and frozen TorchScript; the eager ``deployable`` ratio is
-  ``speedup_at_1pp_eager``), of one STRUCTURED policy chosen before
+  ``speedup_at_1pp_eager``, the frozen one with float kernels on the compressed weights ``speedup_at_1pp_float``),
+  of one STRUCTURED policy chosen before
   timing: the most pruned (then the smallest) among those within 1 pp after fine-tuning and whose re-loaded,
   int8-deployed model (``deployable(load_compressed(file), int8=True)``: BN folded, dynamic
   int8 Linear, float convs with the quantized weights) is within 1 pp of the teacher. The teacher is timed as
@@ -189,13 +190,18 @@ def run_task(name: str, args: argparse.Namespace, progress, tmp: Path) -> dict[s
         i = max(ok, key=lambda i: (rows[i]["sparsity"], rows[i]["compression_ratio"], rows[i]["accuracy"]))
         speed = {"policy": rows[i]["label"], "index": i}
         # "frozen": deployable(..., example_input=) traces and freezes teacher and student alike (TorchScript);
-        # "eager": the plain deployable modules. The frozen numbers are the headline ones.
+        # "eager": the plain deployable modules. The frozen numbers are the headline ones. "float_": frozen with
+        # float kernels on the compressed weights (what a search deploys where int8 kernels are slower).
         student_frozen = deployable(load_compressed(tmp / f"{stem}-{i}.mcz", teacher), int8=True,
                                     example_input=sample[:8])
+        student_float = deployable(load_compressed(tmp / f"{stem}-{i}.mcz", teacher), int8=False,
+                                   example_input=sample[:8])
         teacher_frozen = deployable(teacher, int8=False, example_input=sample[:8])
         speed["frozen_is_torchscript"] = hasattr(student_frozen, "graph") and hasattr(teacher_frozen, "graph")
         speed["frozen_student_accuracy"] = accuracy(student_frozen, task.val)
-        for form, (t_m, s_m) in {"": (teacher_frozen, student_frozen), "eager_": (teacher_folded, deployed[i])}.items():
+        forms = {"": (teacher_frozen, student_frozen), "eager_": (teacher_folded, deployed[i]),
+                 "float_": (teacher_frozen, student_float)}
+        for form, (t_m, s_m) in forms.items():
             big = paired_latency(t_m, s_m, sample, 3 * args.repeats)
             one = paired_latency(t_m, s_m, sample[:1], 3 * args.repeats)
             speed.update({
@@ -231,6 +237,7 @@ def summarize(name: str, teacher: dict, rows: list[dict], speed: dict | None,
         "speedup_b1_at_1pp_wall": speed["speedup_b1_wall"] if speed else 0.0,
         "speedup_at_1pp_eager": speed[f"eager_speedup_b{b}"] if speed else 0.0,
         "speedup_b1_at_1pp_eager": speed["eager_speedup_b1"] if speed else 0.0,
+        "speedup_at_1pp_float": speed[f"float_speedup_b{b}"] if speed else 0.0,
         "speedup_batch": b,
         "speedup": speed,
         "policies": rows,
@@ -299,8 +306,8 @@ def markdown(out: dict[str, Any]) -> str:
               f"student b{b} | speedup b1 | speedup b{b} |", "|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in out["tasks"].items():
         p = r["speedup"]
-        for form, text in (("", "TorchScript frozen"), ("eager_", "eager")):
-            if p:
+        for form, text in (("", "TorchScript frozen"), ("eager_", "eager"), ("float_", "frozen, float kernels")):
+            if p and f"{form}teacher_ms_b1" in p:
                 lines.append(f"| {name} | {text} | {p[f'{form}teacher_ms_b1']:.3f} | "
                              f"{p[f'{form}teacher_ms_b{b}']:.2f} | {p['policy']} | {p[f'{form}student_ms_b1']:.3f} | "
                              f"{p[f'{form}student_ms_b{b}']:.2f} | {p[f'{form}speedup_b1']:.2f}× "
@@ -318,7 +325,9 @@ def markdown(out: dict[str, Any]) -> str:
               "(eager) and per-op overhead (frozen), not arithmetic — especially the 8×8 digits CNN — so the "
               f"batch-1 speedup says little about the compression; the batch-{b} number is the meaningful one. The deployed student is the exported "
               "file re-loaded, BN folded, Linear layers as dynamic int8 (torch.ao), convolutions in fp32 with the "
-              "quantized weights: the speedup comes from the channels removed by structured pruning.", "",
+              "quantized weights: the speedup comes from the channels removed by structured pruning; `frozen, float "
+              "kernels` is the same student with float Linear/LSTM/GRU kernels on its compressed weights (a search "
+              "deploys whichever of the two is faster).", "",
               "## Notes", ""]
     for name, r in out["tasks"].items():
         n_val = r["teacher"]["n_val"]
@@ -329,7 +338,8 @@ def markdown(out: dict[str, Any]) -> str:
         sp = r["speedup"] or {}
         lines.append(f"- **{name}**: {n_val} validation samples, so one sample is {100 / n_val:.2f} pp. Largest "
                      f"ratio within 1 pp per method: {text}. Speedup of the chosen structured policy at batch {b}: "
-                     f"{sp.get(f'speedup_b{b}', 0):.2f}× frozen, {sp.get(f'eager_speedup_b{b}', 0):.2f}× eager.")
+                     f"{sp.get(f'speedup_b{b}', 0):.2f}× frozen, {sp.get(f'eager_speedup_b{b}', 0):.2f}× eager, "
+                     f"{sp.get(f'float_speedup_b{b}', 0):.2f}× frozen with float kernels.")
     lines += ["- Unstructured sizes use the per-layer cheaper sparse index (bitmap or gap codes, "
               "`measure.sparse_index`); at 90 % sparsity the gap code costs about half the bitmap.",
               "- Export error is the file's binary header (`MCZ2`, ~40–70 bytes) over size_bytes; it is largest "

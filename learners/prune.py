@@ -237,7 +237,12 @@ def channel_groups(model: nn.Module, example_input: torch.Tensor) -> list[Channe
     inside = {f"{name}.{sub}" for name in rnn_groups for sub, _ in modules[name].named_modules() if sub}
     own = inside | {p for g in blocks for p in g.producers}  # these have groups of their own, not one per layer
     groups = [g for g in _collect(modules, uf, consumers, norms, blocked) if not own.intersection(g.producers)]
-    return _unshared(model, groups + blocks + list(rnn_groups.values()))
+    groups += blocks + list(rnn_groups.values())
+    for g in groups:  # a layer called more than once reads the channels once (twice differently: left alone)
+        g.consumers = list(dict.fromkeys(g.consumers))
+        if len({c for c, _ in g.consumers}) < len(g.consumers):
+            g.prunable = False
+    return _unshared(model, groups)
 
 
 class _RecurrentFlow:

@@ -200,3 +200,30 @@ def test_a_structured_recurrent_student_fine_tunes_and_deploys_with_int8_kernels
     x = task.val.tensors[0]
     agree = (predict_logits(int8, x).argmax(1) == predict_logits(student, x).argmax(1)).float().mean()
     assert agree >= 0.9
+
+
+class _Twice(nn.Module):
+    """One LSTM and one head applied to both halves of the input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn = nn.LSTM(4, 6, batch_first=True)
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = x.view(-1, 2, 2, 4).unbind(1)
+        return self.head(self.rnn(a)[0][:, -1]) + self.head(self.rnn(b)[0][:, -1])
+
+
+def test_a_recurrent_layer_called_twice_is_shrunk_once():
+    torch.manual_seed(0)
+    model = split_recurrent(_Twice())[0].eval()
+    x = torch.randn(5, 16)
+    group = _recurrent_group(model, x)
+    assert group.prunable and dict(group.consumers) == {"rnn.l0.hh": 1, "head": 1} and len(group.consumers) == 2
+    student = copy.deepcopy(model)
+    shrink(student, {"rnn.l0.ih": 0.5}, x)
+    assert student.head.in_features == 3
+    removed = sorted(set(range(6)) - set(_kept_units(model.rnn, student.rnn)))
+    with torch.no_grad():
+        assert torch.allclose(student(x), _silenced(model, dict(group.consumers), removed, 6)(x), atol=1e-5)
