@@ -30,7 +30,7 @@ use ``--seed``. Training and latency run with ``torch.set_num_threads(1)``.
 Run ``python experiments/bench_compression.py`` (about 25 min on 2 busy cores); ``--quick`` is a 1-minute smoke
 run. Writes ``compression.json``, ``compression.md`` and ``compression.png`` into ``--out``. ``--tasks`` takes
 built-in names and example factories as ``path/to/module.py:function``: ``results/sequence/`` holds the run on
-``examples/transformer`` and ``examples/recurrent`` (attention heads and LSTM weights compressed).
+``examples/transformer`` and ``examples/recurrent`` (attention heads and LSTM hidden units removed).
 """
 
 from __future__ import annotations

@@ -5,9 +5,14 @@
 that each of them becomes a :class:`SplitRNN` computing the same function (same call, same outputs, packed
 sequences and initial states included) through one ``nn.Linear`` per weight matrix: ``lstm.l0.ih`` (input to the
 gates, with ``bias_ih``), ``lstm.l0.hh`` (hidden state to the gates, with ``bias_hh``), ``lstm.l0.hr`` (an LSTM's
-projection, ``proj_size > 0``), and ``lstm.l0_reverse.*`` for the second direction. The input projection runs over
-the whole sequence at once; the recurrence steps through time in Python, which is slower than the fused kernel on
-long sequences but runs compressed weights (and int8 kernels) where the fused one cannot.
+projection, ``proj_size > 0``), and ``lstm.l0_reverse.*`` for the second direction.
+
+Where the layers only transform their weights (masked and fake-quantized weights: a compressed layer's
+``effective_weight``), the module runs the fused kernel on those weights, differentiably, so fine-tuning a
+compressed student costs what training the teacher did. Where a layer's *inputs* matter step by step (activation
+fake-quant) or something watches the layers (forward hooks: feature distillation, MAC counting), the recurrence
+steps through time in Python instead: the input projection runs over the whole sequence at once, then ``hh`` (and
+``hr``) once per step, each a call of the layer itself.
 
 Structured pruning (:mod:`.prune`) removes whole hidden units: a unit's row in every gate block of ``ih`` and ``hh``
 and its columns wherever the hidden state is read (``hh`` itself, the next layer's ``ih``, ``hr``, and the layers
@@ -19,9 +24,12 @@ from __future__ import annotations
 import copy
 
 import torch
+import torch.func
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
+
+from .quant import effective_weight
 
 __all__ = ["RECURRENT", "SplitRNN", "fuse_recurrent", "split_recurrent"]
 
@@ -96,14 +104,7 @@ class SplitRNN(nn.Module):
         """The ``nn.LSTM`` / ``nn.GRU`` / ``nn.RNN`` holding this module's current weights (the fused kernel, for
         inference: what :func:`~metacompress.learners.deployable` runs once compressed weights are plain again)."""
         w = self.l0.ih.weight
-        kw = {"num_layers": self.num_layers, "bias": self.bias, "batch_first": self.batch_first,
-              "dropout": self.dropout, "bidirectional": self.bidirectional, "device": w.device, "dtype": w.dtype}
-        if self.mode == "LSTM":
-            rnn = nn.LSTM(self.input_size, self.hidden_size, proj_size=self.proj_size, **kw)
-        elif self.mode == "GRU":
-            rnn = nn.GRU(self.input_size, self.hidden_size, **kw)
-        else:
-            rnn = nn.RNN(self.input_size, self.hidden_size, nonlinearity=self.mode[4:].lower(), **kw)
+        rnn = self._empty(w.device, w.dtype)
         with torch.no_grad():
             for layer in range(self.num_layers):
                 for suffix in ("", "_reverse")[: self.directions]:
@@ -117,6 +118,51 @@ class SplitRNN(nn.Module):
                         getattr(rnn, f"weight_hr_l{layer}{suffix}").copy_(d.hr.weight)
         rnn.train(self.training)
         return rnn
+
+    def _empty(self, device: torch.device, dtype: torch.dtype) -> nn.RNNBase:
+        """A fresh ``nn.LSTM`` / ``GRU`` / ``RNN`` of this module's configuration (weights not copied)."""
+        kw = {"num_layers": self.num_layers, "bias": self.bias, "batch_first": self.batch_first,
+              "dropout": self.dropout, "bidirectional": self.bidirectional, "device": device, "dtype": dtype}
+        if self.mode == "LSTM":
+            return nn.LSTM(self.input_size, self.hidden_size, proj_size=self.proj_size, **kw)
+        if self.mode == "GRU":
+            return nn.GRU(self.input_size, self.hidden_size, **kw)
+        return nn.RNN(self.input_size, self.hidden_size, nonlinearity=self.mode[4:].lower(), **kw)
+
+    def _kernel(self) -> nn.RNNBase:
+        """An ``nn.LSTM`` / ``GRU`` / ``RNN`` of this module's current shape, whose weights :meth:`forward` swaps
+        for the layers' effective ones (kept out of the module tree: no parameters or state of this module)."""
+        w = self.l0.ih.weight
+        key = (self.input_size, self.hidden_size, self.proj_size, w.device, w.dtype)
+        cache = self.__dict__.setdefault("_kernels", {})
+        if key not in cache:
+            cache.clear()
+            cache[key] = self._empty("meta", w.dtype)  # shapes only: every weight is replaced at each call
+        return cache[key]
+
+    def _fusable(self) -> bool:
+        """Whether the fused kernel computes what the step-by-step recurrence does: no layer quantizes its inputs
+        and no forward hook watches a layer (nor a global one)."""
+        from torch.nn.modules import module as _module  # noqa: PLC0415 - global hook registries
+
+        if _module._global_forward_hooks or _module._global_forward_pre_hooks:
+            return False
+        return not any(getattr(m, "act_quant", None) is not None or m._forward_hooks or m._forward_pre_hooks
+                       for m in self.modules() if isinstance(m, nn.Linear))
+
+    def _fused_weights(self) -> dict[str, torch.Tensor]:
+        weights = {}
+        for layer in range(self.num_layers):
+            for suffix in ("", "_reverse")[: self.directions]:
+                d = getattr(self, f"l{layer}{suffix}")
+                weights[f"weight_ih_l{layer}{suffix}"] = effective_weight(d.ih)
+                weights[f"weight_hh_l{layer}{suffix}"] = effective_weight(d.hh)
+                if self.bias:
+                    weights[f"bias_ih_l{layer}{suffix}"] = d.ih.bias
+                    weights[f"bias_hh_l{layer}{suffix}"] = d.hh.bias
+                if self.proj_size:
+                    weights[f"weight_hr_l{layer}{suffix}"] = effective_weight(d.hr)
+        return weights
 
     def flatten_parameters(self) -> None:
         """Nothing to do (``nn.LSTM`` packs its weights for cuDNN here; forwards often call it)."""
@@ -158,6 +204,13 @@ class SplitRNN(nn.Module):
 
     def forward(self, input: torch.Tensor | PackedSequence, hx=None):  # noqa: A002 - nn.LSTM's argument name
         """As ``nn.LSTM.forward`` (``nn.GRU`` / ``nn.RNN``): ``(output, h_n)``, an LSTM's ``(output, (h_n, c_n))``."""
+        if self._fusable():
+            kernel = self._kernel().train(self.training)
+            return torch.func.functional_call(kernel, self._fused_weights(), (input,) if hx is None else (input, hx))
+        return self._stepwise(input, hx)
+
+    def _stepwise(self, input: torch.Tensor | PackedSequence, hx=None):  # noqa: A002
+        """:meth:`forward` one step at a time, each matrix through its layer's own forward."""
         packed = input if isinstance(input, PackedSequence) else None
         lengths = None
         if packed is not None:

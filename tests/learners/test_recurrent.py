@@ -26,6 +26,7 @@ from metacompress.learners import (
     split_recurrent,
 )
 from metacompress.learners.meta import SizeModel
+from metacompress.learners.quant import ActQuant, to_quantized
 from metacompress.spaces import CompressionPolicy
 
 _CONSTRUCTIONS = [
@@ -67,16 +68,16 @@ def test_split_rnn_computes_what_the_fused_module_does_on_every_call_form(
         (pack_padded_sequence(seq, lengths.sort(descending=True).values, batch_first=batch_first), hx),
     ]
     with torch.no_grad():
-        for args in calls:
-            expected, got = ref(*args), new(*args)
+        for args, path in itertools.product(calls, (new, new._stepwise)):  # the fused kernel, step by step
+            expected, got = ref(*args), path(*args)
             assert type(got[1]) is type(expected[1])
             assert torch.allclose(_flat(got), _flat(expected), atol=1e-5), args[0].__class__.__name__
             if isinstance(expected[0], nn.utils.rnn.PackedSequence):
                 assert torch.equal(got[0].batch_sizes, expected[0].batch_sizes)
 
 
-@pytest.mark.parametrize("cls", [nn.LSTM, nn.GRU, nn.RNN])
-def test_split_rnn_trains_like_the_fused_module_with_the_same_dropout_draws(cls):
+@pytest.mark.parametrize(("cls", "stepwise"), itertools.product([nn.LSTM, nn.GRU, nn.RNN], [False, True]))
+def test_split_rnn_trains_like_the_fused_module_with_the_same_dropout_draws(cls, stepwise):
     torch.manual_seed(0)
     ref = cls(5, 6, num_layers=3, dropout=0.5, batch_first=True, bidirectional=True).train()
     new = SplitRNN.from_module(ref).train()
@@ -85,12 +86,43 @@ def test_split_rnn_trains_like_the_fused_module_with_the_same_dropout_draws(cls)
     torch.manual_seed(1)
     a = ref(x)[0]
     torch.manual_seed(1)
-    b = new(x2)[0]
+    b = (new._stepwise if stepwise else new)(x2)[0]
     assert torch.allclose(a, b, atol=1e-5)  # dropout between layers drops the same units
     a.square().sum().backward()
     b.square().sum().backward()
     assert torch.allclose(x.grad, x2.grad, atol=1e-5)
     assert torch.allclose(ref.weight_hh_l1_reverse.grad, new.l1_reverse.hh.weight.grad, atol=1e-5)
+
+
+@pytest.mark.parametrize(("cls", "extra"), [(nn.LSTM, {}), (nn.LSTM, {"proj_size": 3}), (nn.GRU, {}), (nn.RNN, {})])
+def test_compressed_weights_run_the_fused_kernel_differentiably_and_step_by_step_where_it_cannot_serve(cls, extra):
+    """Masked, fake-quantized weights go through the fused kernel with the gradients of the step-by-step recurrence;
+    activation fake-quant (the hidden state quantized at every step) and forward hooks (feature distillation, MAC
+    counts: the layer must run) take the step-by-step path."""
+    torch.manual_seed(0)
+    new = SplitRNN.from_module(cls(5, 6, num_layers=2, bidirectional=True, batch_first=True, **extra)).train()
+    layers = [m for m in new.modules() if isinstance(m, nn.Linear)]
+    for bits, m in zip(itertools.cycle((2, 4, 8)), layers):
+        to_quantized(m, bits).set_mask((torch.rand_like(m.weight) > 0.4).float())
+    x = torch.randn(3, 7, 5)
+    assert new._fusable()
+    fused, stepwise = _flat(new(x)), _flat(new._stepwise(x))
+    assert torch.allclose(fused, stepwise, atol=1e-5)
+    grads = [torch.autograd.grad(out.square().sum(), [m.weight for m in layers]) for out in (fused, stepwise)]
+    assert all(torch.allclose(a, b, atol=1e-4) for a, b in zip(*grads))
+    assert all(float(g[m.weight_mask == 0].abs().max()) == 0 for g, m in zip(grads[0], layers))  # pruned stay 0
+    assert not {k for k in new.state_dict() if "kernel" in k} and len(list(new.parameters())) == len(layers) * 2 - (
+        4 if extra else 0)  # the kernel is no part of the module
+    calls = []
+    handle = new.l0.hh.register_forward_hook(lambda *_: calls.append(1))
+    assert not new._fusable()
+    new(x)
+    assert len(calls) == 7  # once per step
+    handle.remove()
+    new.l1.hh.act_quant = ActQuant(8)  # as to_quantized(..., act_bits=8) gives
+    assert not new._fusable()
+    with torch.no_grad():
+        assert torch.equal(_flat(new.eval()(x)), _flat(new._stepwise(x)))
 
 
 def test_split_recurrent_keeps_shared_modules_shared_and_leaves_other_models_alone():
