@@ -3,18 +3,22 @@
 Structured pruning traces the model with :mod:`torch.fx` and groups *coupled* channels: the output channels of a
 Linear/Conv layer flow through shape-preserving ops (BatchNorm, activations, pooling, dropout) into the inputs of
 the next layers; a residual ``a + b`` couples the channels of both branches, so they are pruned together. A
-``flatten`` between a conv and a linear layer maps each channel to its block of ``H * W`` input features. Channels
-that reach anything else (concatenation, reshapes, the model output) are left alone; those producers are reported
-as not structurally prunable. Modules whose forward is known hold groups of their own, found without tracing
-(:func:`block_groups`): the heads of a :class:`~.attention.SplitAttention`, removed whole, and the hidden units of
-a Transformer layer's feed-forward block. The hidden units of a :class:`~.recurrent.SplitRNN` (a factory's LSTM, GRU
-or RNN) are one group per module, found in the trace: the hidden state leaves the module, so the layers reading it
-must be known. Every layer and direction keeps the same number of units (the fused kernel has one ``hidden_size``)
-and the same units (a bidirectional output stacks both directions' states); the group is prunable when what leaves
-the module reaches Linear layers only, through elementwise activations, indexing and reductions over other
-dimensions than the features, and no initial state is passed in. A model that ``torch.fx`` cannot trace (Python control flow on its
-inputs, ``len(x)``, ...) has no other prunable group: its other layers are pruned unstructured only. No group
-touching a weight that several modules share (:func:`~.quant.tied_layers`) is prunable.
+``flatten`` between a conv and a linear layer maps each channel to its block of ``H * W`` input features. Where the
+channels lie is followed too (a conv's on dimension 1, a Linear's on the last one: ``(batch, tokens, features)``):
+they pass indexing and means, sums or maxima over the other dimensions (``x.mean((2, 3))``, ``out[:, 0]``), but a
+Linear reading a conv's length, a conv reading a Linear's tokens, or pooling, BatchNorm or ``flatten`` over a
+Linear's tokens would mix them. Channels that reach anything else (concatenation, reshapes, the model output) are
+left alone; those producers are reported as not structurally prunable. Modules whose forward is known hold groups of
+their own, found without tracing (:func:`block_groups`): the heads of a :class:`~.attention.SplitAttention`, removed
+whole, and the hidden units of a Transformer layer's feed-forward block. The hidden units of a
+:class:`~.recurrent.SplitRNN` (a factory's LSTM, GRU or RNN) are one group per module, found in the trace: the
+hidden state leaves the module, so the layers reading it must be known. Every layer and direction keeps the same
+number of units (the fused kernel has one ``hidden_size``) and the same units (a bidirectional output stacks both
+directions' states); the group is prunable when what leaves the module reaches Linear layers only, through
+elementwise activations, indexing and reductions over other dimensions than the features, and no initial state is
+passed in. A model that ``torch.fx`` cannot trace (Python control flow on its inputs, ``len(x)``, ...) has no other
+prunable group: its other layers are pruned unstructured only. No group touching a weight that several modules share
+(:func:`~.quant.tied_layers`) is prunable.
 """
 
 from __future__ import annotations
@@ -46,6 +50,11 @@ _PASS_MODULES = (
     nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d,
 )
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
+# shape-preserving ops that act on the channels at dimension 1 (the others are elementwise)
+_SPATIAL_MODULES = (
+    nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
+    nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, *_NORMS,
+)
 _PASS_FUNCS = {
     torch.relu, torch.nn.functional.relu, torch.nn.functional.gelu, torch.sigmoid, torch.tanh,
     torch.nn.functional.dropout, torch.nn.functional.max_pool1d, torch.nn.functional.max_pool2d,
@@ -158,6 +167,17 @@ def _channels(node: fx.Node) -> int | None:
     return None if meta is None or len(meta.shape) < 2 else int(meta.shape[1])
 
 
+def _ndim(node: fx.Node) -> int:
+    meta = node.meta.get("tensor_meta")
+    return len(meta.shape) if meta is not None and hasattr(meta, "shape") else -1
+
+
+def _spatial(node: fx.Node, mod: nn.Module | None) -> bool:
+    """Whether ``node`` (a shape-preserving op) reads dimension 1 as the channels: pooling, BatchNorm."""
+    return isinstance(mod, _SPATIAL_MODULES) or (
+        node.op == "call_function" and "pool" in getattr(node.target, "__name__", ""))
+
+
 def _is_flatten(node: fx.Node, modules: Mapping[str, nn.Module]) -> bool:
     if node.op == "call_module" and isinstance(modules[node.target], nn.Flatten):
         return modules[node.target].start_dim == 1
@@ -186,6 +206,7 @@ def channel_groups(model: nn.Module, example_input: torch.Tensor) -> list[Channe
     rnn = _RecurrentFlow(rnn_groups, modules)
     uf = _UnionFind()
     space: dict[fx.Node, tuple[str, int]] = {}  # node -> (channel space id, features per channel)
+    axis: dict[fx.Node, int] = {}  # node -> the dimension holding its channels (1 or the last)
     consumers: dict[str, list[tuple[str, int]]] = {}
     norms: dict[str, list[str]] = {}
     blocked: set[str] = set()
@@ -200,12 +221,19 @@ def channel_groups(model: nn.Module, example_input: torch.Tensor) -> list[Channe
         if isinstance(mod, SplitRNN) or rnn.reads(node):
             for a in rnn.step(node, mod, ins, space, consumers):  # upstream channels it cannot follow
                 block(a)
+            if node in space:  # a Linear reading a hidden state
+                axis[node] = _ndim(node) - 1
             continue
         if isinstance(mod, _PRODUCERS):
-            for a in ins:
-                consumers.setdefault(space[a][0], []).append((node.target, space[a][1]))
+            conv = not isinstance(mod, nn.Linear)
+            for a in ins:  # a Linear reads the last dimension, a conv dimension 1 of a batch
+                if axis[a] == (1 if conv else _ndim(a) - 1) and (_ndim(a) >= 3 or not conv):
+                    consumers.setdefault(space[a][0], []).append((node.target, space[a][1]))
+                else:
+                    block(a)
             grouped = getattr(mod, "groups", 1) != 1
             space[node] = (node.target, 1)
+            axis[node] = 1 if conv else _ndim(node) - 1
             if grouped:
                 blocked.add(node.target)
                 for a in ins:
@@ -214,23 +242,28 @@ def channel_groups(model: nn.Module, example_input: torch.Tensor) -> list[Channe
             isinstance(mod, _PASS_MODULES + _NORMS) or (node.op == "call_function" and node.target in _PASS_FUNCS)
             or (node.op == "call_method" and node.target in ("relu", "sigmoid", "tanh", "contiguous"))
         ):
-            space[node] = space[ins[0]]
+            if _spatial(node, mod) and (axis[ins[0]] != 1 or _ndim(ins[0]) < (2 if isinstance(mod, _NORMS) else 3)):
+                block(ins[0])  # pooling or normalizing something else than the channels
+                continue
+            space[node], axis[node] = space[ins[0]], axis[ins[0]]
             if isinstance(mod, _NORMS):
                 norms.setdefault(space[ins[0]][0], []).append(node.target)
         elif len(ins) == 1 and _is_flatten(node, modules):
             sid, factor = space[ins[0]]
             c_in, c_out = _channels(ins[0]), _channels(node)
-            if c_in and c_out and c_out % c_in == 0 and factor == 1:
-                space[node] = (sid, c_out // c_in)
+            if c_in and c_out and c_out % c_in == 0 and factor == 1 and axis[ins[0]] == 1:
+                space[node], axis[node] = (sid, c_out // c_in), 1
             else:
                 blocked.add(sid)
         elif node.op == "call_function" and node.target in _MERGE_FUNCS and len(ins) == 2 and all(
             _channels(a) == _channels(node) for a in ins
         ) and ins[0].meta.get("tensor_meta").shape == ins[1].meta.get("tensor_meta").shape:
-            if space[ins[0]][1] != 1 or space[ins[1]][1] != 1:
+            if space[ins[0]][1] != 1 or space[ins[1]][1] != 1 or axis[ins[0]] != axis[ins[1]]:
                 blocked.update({space[ins[0]][0], space[ins[1]][0]})
             uf.union(space[ins[0]][0], space[ins[1]][0])
-            space[node] = space[ins[0]]
+            space[node], axis[node] = space[ins[0]], axis[ins[0]]
+        elif len(ins) == 1 and len(node.all_input_nodes) == 1 and _axis_after(node, ins[0], axis[ins[0]]) is not None:
+            space[node], axis[node] = space[ins[0]], _axis_after(node, ins[0], axis[ins[0]])  # x.mean((2, 3))
         else:
             for a in ins:
                 block(a)
@@ -316,28 +349,36 @@ class _RecurrentFlow:
                 and len(meta.shape) == 3 and meta.shape[-1] == producer.out_features)
 
 
-def _keeps_last_dim(node: fx.Node, source: fx.Node) -> bool:
-    """Whether ``node`` indexes or reduces ``source`` over other dimensions than the last one only (``out[:, -1]``,
-    ``h_n[-1]``, ``out.mean(1)``)."""
-    meta = source.meta.get("tensor_meta")
-    if meta is None or not hasattr(meta, "shape"):
-        return False
-    ndim = len(meta.shape)
+def _axis_after(node: fx.Node, source: fx.Node, axis: int) -> int | None:
+    """Where the channels of ``source`` (on its dimension ``axis``) lie in ``node``, when ``node`` only indexes or
+    reduces ``source`` over other dimensions (``out[:, -1]``, ``h_n[-1]`` with the channels last; ``x.mean((2, 3))``,
+    ``out.sum(1)``); ``None`` when it does anything else."""
+    ndim = _ndim(source)
+    if ndim < 1:
+        return None
     if node.op == "call_function" and node.target is operator.getitem:
         items = node.args[1] if isinstance(node.args[1], tuple) else (node.args[1],)
         while items and items[-1] == slice(None):  # out[:, -1, :] keeps the last dimension whole
             items = items[:-1]
         plain = all(isinstance(i, int) or (isinstance(i, slice) and all(
             v is None or isinstance(v, int) for v in (i.start, i.stop, i.step))) for i in items)
-        return plain and len(items) < ndim
+        return _ndim(node) - 1 if plain and len(items) < ndim and axis == ndim - 1 else None
     reduction = (node.op == "call_method" and node.target in _REDUCTIONS) or (
         node.op == "call_function" and getattr(node.target, "__name__", None) in _REDUCTIONS
         and getattr(torch, node.target.__name__, None) is node.target)
     if not reduction:
-        return False
+        return None
     dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
     dims = dims if isinstance(dims, (tuple, list)) else (dims,)
-    return all(isinstance(d, int) and d % ndim != ndim - 1 for d in dims)
+    if not all(isinstance(d, int) for d in dims) or axis in {d % ndim for d in dims}:
+        return None
+    keepdim = node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False)
+    return axis if keepdim else axis - sum(d % ndim < axis for d in dims)
+
+
+def _keeps_last_dim(node: fx.Node, source: fx.Node) -> bool:
+    """Whether ``node`` indexes or reduces ``source`` over other dimensions than the last one only."""
+    return _axis_after(node, source, _ndim(source) - 1) is not None
 
 
 def _unshared(model: nn.Module, groups: list[ChannelGroup]) -> list[ChannelGroup]:

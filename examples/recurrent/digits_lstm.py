@@ -3,7 +3,8 @@
 ``nn.LSTM`` (like ``nn.GRU`` and ``nn.RNN``) keeps its weights as raw parameters that a fused kernel reads;
 metacompress rewrites each recurrent module of a factory's teacher with one ``nn.Linear`` per weight matrix (checked
 to compute the same logits), so a search prunes and quantizes ``rnn.l0.ih`` (input to gates), ``rnn.l0.hh`` (hidden
-state to gates), ... as well as the head. Nothing here is specific to that: this is an ordinary factory.
+state to gates), ... as well as the head, and structured pruning removes whole hidden units (a unit's gate rows and
+every column that reads it). Nothing here is specific to that: this is an ordinary factory.
 
 The teacher, a two-layer LSTM reading scikit-learn's 8x8 digits as a sequence of 8 rows, is trained the first time
 ``make_task`` is called (about ten seconds on a CPU) and kept in ``weights``.

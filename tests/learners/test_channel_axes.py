@@ -1,0 +1,163 @@
+"""Structured pruning follows where the channels lie: a conv's on dimension 1, a Linear's on the last one.
+
+Removing a channel must change the model exactly as if the layers reading it ignored it; a layer or op that reads
+another dimension (a Linear over a conv's length, BatchNorm over a Linear's tokens...) would mix channels, so the
+group stays whole there, and reductions over the other dimensions (global average pooling written as
+``x.mean((2, 3))``, ``out[:, 0]``) let them through.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from metacompress.learners import channel_groups, shrink
+
+
+class ConvMeanHead(nn.Module):
+    """Global average pooling written as a mean, then the head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.conv2 = nn.Conv2d(8, 12, 3, padding=1)
+        self.head = nn.Linear(12, 5)
+
+    def forward(self, x):
+        return self.head(self.conv2(torch.relu(self.bn1(self.conv1(x)))).mean((2, 3)))
+
+
+class ConvKeepdimMax(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(3, 10, 3, padding=1)
+        self.head = nn.Linear(10, 4)
+
+    def forward(self, x):
+        return self.head(torch.flatten(self.conv(x).amax(-1, keepdim=True), 1))
+
+
+class Tokens(nn.Module):
+    """A Linear over each token, then the tokens' mean (``read="mean"``) or the first token (``read="first"``)."""
+
+    def __init__(self, read: str) -> None:
+        super().__init__()
+        self.read = read
+        self.embed = nn.Linear(6, 16)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x):
+        h = nn.functional.gelu(self.embed(x))
+        return self.head(h.mean(1) if self.read == "mean" else h[:, 0])
+
+
+class TokensFlattened(nn.Module):
+    """Token features flattened: feature ``c`` of token ``t`` at ``t * 12 + c``, not a block per channel."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed, self.head = nn.Linear(6, 12), nn.Linear(5 * 12, 3)
+
+    def forward(self, x):
+        return self.head(torch.flatten(torch.relu(self.embed(x)), 1))
+
+
+class LinearOverLength(nn.Module):
+    """A Linear reading a conv's length (its input features are positions, not the conv's channels)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.mix, self.head = nn.Conv1d(6, 8, 3, padding=1), nn.Linear(5, 4), nn.Linear(32, 3)
+
+    def forward(self, x):
+        return self.head(self.mix(self.conv(x.transpose(1, 2))).flatten(1))
+
+
+class TokensNormalizedPerToken(nn.Module):
+    """BatchNorm1d over a Linear's (batch, tokens, features) output normalizes the tokens."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed, self.bn, self.head = nn.Linear(6, 12), nn.BatchNorm1d(5), nn.Linear(12, 3)
+
+    def forward(self, x):
+        return self.head(self.bn(self.embed(x)).mean(1))
+
+
+class TokensPooledOverFeatures(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed, self.pool, self.head = nn.Linear(6, 12), nn.AdaptiveAvgPool1d(4), nn.Linear(20, 3)
+
+    def forward(self, x):
+        return self.head(self.pool(self.embed(x)).flatten(1))
+
+
+class ConvOverTokens(nn.Module):
+    """A Conv1d reading a Linear's (batch, tokens, features) output: the tokens are its channels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed, self.conv, self.head = nn.Linear(6, 12), nn.Conv1d(5, 4, 3, padding=1), nn.Linear(48, 3)
+
+    def forward(self, x):
+        return self.head(self.conv(self.embed(x)).flatten(1))
+
+
+def _model(cls, *args) -> nn.Module:
+    torch.manual_seed(0)
+    model = cls(*args)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):  # statistics that make the channels differ
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2)
+    return model.eval()
+
+
+def _removed(before: nn.Module, after: nn.Module) -> list[int]:
+    """The output channels of ``before`` that ``after`` (its shrunk copy) no longer has."""
+    rows = before.weight.flatten(1)
+    kept = {int((rows == row).all(1).nonzero()[0]) for row in after.weight.flatten(1)}
+    return sorted(set(range(len(rows))) - kept)
+
+
+@pytest.mark.parametrize(("cls", "args", "x", "producer", "readers"), [
+    (ConvMeanHead, (), torch.randn(4, 1, 6, 6), "conv2", {"head": 1}),
+    (ConvMeanHead, (), torch.randn(4, 1, 6, 6), "conv1", {"conv2": 1}),
+    (ConvKeepdimMax, (), torch.randn(4, 3, 9), "conv", {"head": 1}),
+    (Tokens, ("mean",), torch.randn(4, 5, 6), "embed", {"head": 1}),
+    (Tokens, ("first",), torch.randn(4, 5, 6), "embed", {"head": 1}),
+])
+def test_channels_pass_reductions_and_indexing_and_removing_them_is_exact(cls, args, x, producer, readers):
+    model = _model(cls, *args)
+    group = next(g for g in channel_groups(model, x) if producer in g.producers)
+    assert group.prunable and dict(group.consumers) == readers
+    student = copy.deepcopy(model)
+    kept = shrink(student, {producer: 0.5}, x)
+    assert kept == {producer: group.width // 2}
+    removed = _removed(model.get_submodule(producer), student.get_submodule(producer))
+    silenced = copy.deepcopy(model)
+    with torch.no_grad():
+        for name in readers:
+            silenced.get_submodule(name).weight[:, removed] = 0
+    assert torch.allclose(student(x), silenced(x), atol=1e-5)
+    assert not torch.allclose(student(x), model(x), atol=1e-3)  # the channels did matter
+
+
+@pytest.mark.parametrize(("cls", "x", "producer"), [
+    (TokensFlattened, torch.randn(4, 5, 6), "embed"),
+    (LinearOverLength, torch.randn(4, 5, 6), "conv"),
+    (TokensNormalizedPerToken, torch.randn(4, 5, 6), "embed"),
+    (TokensPooledOverFeatures, torch.randn(4, 5, 6), "embed"),
+    (ConvOverTokens, torch.randn(4, 5, 6), "embed"),
+])
+def test_a_layer_or_op_reading_another_dimension_keeps_the_channels_whole(cls, x, producer):
+    model = _model(cls)
+    group = next(g for g in channel_groups(model, x) if producer in g.producers)
+    assert not group.prunable
+    student = copy.deepcopy(model)
+    assert shrink(student, {n: 0.5 for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv1d))}, x) == {}
+    assert torch.equal(student(x), model(x))
