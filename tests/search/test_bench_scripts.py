@@ -29,6 +29,7 @@ SCRIPTS = {
     "bench_predictors.py": (["--quick", "--tasks", "wine-mlp"],
                             {"mean", "per_task", "in_task_reference", "synthetic_validation"}),
     "bench_flywheel.py": (["--tasks", "wine-mlp", "--meta-epochs", "2"], {"per_task", "mean", "flywheel_epochs"}),
+    "bench_rnn_finetune.py": (["--repeats", "1", "--epochs", "1"], {"policies", "task", "machine"}),
     "bench_gpu.py": (["--tasks", "digits-mlp", "--devices", "cpu", "--policies", "1", "--repeats", "1",
                       "--searches", "cpu:1", "--search-trials", "2"],
                      {"settings", "tasks", "machine", "digits-mlp"}),
