@@ -2,23 +2,23 @@
 
 Structured pruning traces the model with :mod:`torch.fx` and groups *coupled* channels: the output channels of a
 Linear/Conv layer flow through shape-preserving ops (BatchNorm, activations, pooling, dropout) into the inputs of
-the next layers; a residual ``a + b`` couples the channels of both branches, so they are pruned together. A
-``flatten`` between a conv and a linear layer maps each channel to its block of ``H * W`` input features. Where the
+the next layers; a residual ``a + b`` couples the channels of both branches, so they are pruned together. Where the
 channels lie is followed too (a conv's on dimension 1, a Linear's on the last one: ``(batch, tokens, features)``):
-they pass indexing and means, sums or maxima over the other dimensions (``x.mean((2, 3))``, ``out[:, 0]``), but a
-Linear reading a conv's length, a conv reading a Linear's tokens, or pooling, BatchNorm or ``flatten`` over a
-Linear's tokens would mix them. Channels that reach anything else (concatenation, reshapes, the model output) are
-left alone; those producers are reported as not structurally prunable. Modules whose forward is known hold groups of
-their own, found without tracing (:func:`block_groups`): the heads of a :class:`~.attention.SplitAttention`, removed
-whole, and the hidden units of a Transformer layer's feed-forward block. The hidden units of a
-:class:`~.recurrent.SplitRNN` (a factory's LSTM, GRU or RNN) are one group per module, found in the trace: the
-hidden state leaves the module, so the layers reading it must be known. Every layer and direction keeps the same
-number of units (the fused kernel has one ``hidden_size``) and the same units (a bidirectional output stacks both
-directions' states); the group is prunable when what leaves the module reaches Linear layers only, through
-elementwise activations, indexing and reductions over other dimensions than the features, and no initial state is
-passed in. A model that ``torch.fx`` cannot trace (Python control flow on its inputs, ``len(x)``, ...) has no other
-prunable group: its other layers are pruned unstructured only. No group touching a weight that several modules share
-(:func:`~.quant.tied_layers`) is prunable.
+they pass indexing and means, sums or maxima over the other dimensions (``x.mean((2, 3))``, ``out[:, 0]``), and a
+flatten to ``(batch, -1)`` (``nn.Flatten``, ``x.flatten(1)``, ``x.view(x.size(0), -1)``) maps a conv's channel to its
+block of ``H * W`` input features of the next Linear, a Linear's to its feature in every token. A Linear reading a
+conv's length, a conv reading a Linear's tokens, or pooling or BatchNorm over a Linear's tokens would mix channels.
+Channels that reach anything else (concatenation, other reshapes, the model output) are left alone; those producers are
+reported as not structurally prunable. Modules whose forward is known hold groups of their own, found without
+tracing (:func:`block_groups`): the heads of a :class:`~.attention.SplitAttention`, removed whole, and the hidden
+units of a Transformer layer's feed-forward block. The hidden units of a :class:`~.recurrent.SplitRNN` (a factory's
+LSTM, GRU or RNN) are one group per module, found in the trace: the hidden state leaves the module, so the layers
+reading it must be known. Every layer and direction keeps the same number of units (the fused kernel has one
+``hidden_size``) and the same units (a bidirectional output stacks both directions' states); the group is prunable
+when what leaves the module reaches Linear layers only, through elementwise activations, indexing and reductions
+over other dimensions than the features, and no initial state is passed in. A model that ``torch.fx`` cannot trace
+(Python control flow on its inputs, ``len(x)``, ...) has no other prunable group: its other layers are pruned
+unstructured only. No group touching a weight that several modules share (:func:`~.quant.tied_layers`) is prunable.
 """
 
 from __future__ import annotations
@@ -109,7 +109,8 @@ class ChannelGroup:
         gates: Each producer has ``gates`` output rows per channel, laid out as ``gates`` blocks of ``width`` rows
             (a recurrent layer's gates; 1 otherwise).
         stacked: A consumer's ``factor`` input features per channel are ``factor`` blocks of ``width`` features
-            (the two directions of a bidirectional recurrent output) instead of ``factor`` consecutive ones.
+            (the two directions of a bidirectional recurrent output; a Linear's features of each token, flattened)
+            instead of ``factor`` consecutive ones (a conv's positions, flattened).
         min_blocks: Blocks always kept (an LSTM with a projection keeps more units than it projects onto).
     """
 
@@ -179,10 +180,26 @@ def _spatial(node: fx.Node, mod: nn.Module | None) -> bool:
 
 
 def _is_flatten(node: fx.Node, modules: Mapping[str, nn.Module]) -> bool:
+    """Whether ``node`` flattens all but the batch dimension: ``nn.Flatten()``, ``torch.flatten(x, 1)``,
+    ``x.flatten(1)``, or a view / reshape to ``(batch, -1)`` (the features left to be inferred)."""
     if node.op == "call_module" and isinstance(modules[node.target], nn.Flatten):
-        return modules[node.target].start_dim == 1
-    if node.op == "call_function" and node.target is torch.flatten:
-        return (node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)) == 1
+        return modules[node.target].start_dim == 1 and modules[node.target].end_dim == -1
+    if (node.op == "call_function" and node.target is torch.flatten) or (
+            node.op == "call_method" and node.target == "flatten"):
+        start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
+        end = node.args[2] if len(node.args) > 2 else node.kwargs.get("end_dim", -1)
+        return start == 1 and end == -1
+    if (node.op == "call_method" and node.target in ("view", "reshape")) or (
+            node.op == "call_function" and node.target is torch.reshape):
+        source, spec = node.args[0], node.args[1:]
+        spec = spec[0] if len(spec) == 1 and isinstance(spec[0], (tuple, list)) else spec
+        if len(spec) != 2 or spec[1] != -1:  # a literal feature count would not follow the channels removed
+            return False
+        shape_in = source.meta.get("tensor_meta") if isinstance(source, fx.Node) else None
+        shape_out = node.meta.get("tensor_meta")
+        if shape_in is None or shape_out is None or len(shape_in.shape) < 2:
+            return False
+        return tuple(shape_out.shape) == (shape_in.shape[0], shape_in.shape[1:].numel())
     return False
 
 
@@ -210,6 +227,7 @@ def channel_groups(model: nn.Module, example_input: torch.Tensor) -> list[Channe
     consumers: dict[str, list[tuple[str, int]]] = {}
     norms: dict[str, list[str]] = {}
     blocked: set[str] = set()
+    flattened: dict[str, set[bool]] = {}  # channel space -> how flattens laid it out (True: stacked per token)
 
     def block(node_in: fx.Node) -> None:
         if node_in in space:
@@ -245,14 +263,20 @@ def channel_groups(model: nn.Module, example_input: torch.Tensor) -> list[Channe
             if _spatial(node, mod) and (axis[ins[0]] != 1 or _ndim(ins[0]) < (2 if isinstance(mod, _NORMS) else 3)):
                 block(ins[0])  # pooling or normalizing something else than the channels
                 continue
+            if isinstance(mod, _NORMS) and space[ins[0]][1] != 1:
+                block(ins[0])  # a BatchNorm1d after a flatten normalizes every feature of a channel apart
+                continue
             space[node], axis[node] = space[ins[0]], axis[ins[0]]
             if isinstance(mod, _NORMS):
                 norms.setdefault(space[ins[0]][0], []).append(node.target)
         elif len(ins) == 1 and _is_flatten(node, modules):
             sid, factor = space[ins[0]]
-            c_in, c_out = _channels(ins[0]), _channels(node)
-            if c_in and c_out and c_out % c_in == 0 and factor == 1 and axis[ins[0]] == 1:
-                space[node], axis[node] = (sid, c_out // c_in), 1
+            shape, c_out = ins[0].meta["tensor_meta"].shape, _channels(node)
+            per_token = axis[ins[0]] == len(shape) - 1 >= 2  # (batch, tokens, features): token t's at t * width
+            width = int(shape[-1] if per_token else shape[1])
+            if c_out and c_out % width == 0 and factor == 1 and (axis[ins[0]] == 1 or per_token):
+                space[node], axis[node] = (sid, c_out // width), 1
+                flattened.setdefault(sid, set()).add(per_token)
             else:
                 blocked.add(sid)
         elif node.op == "call_function" and node.target in _MERGE_FUNCS and len(ins) == 2 and all(
@@ -262,6 +286,9 @@ def channel_groups(model: nn.Module, example_input: torch.Tensor) -> list[Channe
                 blocked.update({space[ins[0]][0], space[ins[1]][0]})
             uf.union(space[ins[0]][0], space[ins[1]][0])
             space[node], axis[node] = space[ins[0]], axis[ins[0]]
+        elif (node.op == "call_method" and node.target in ("size", "dim")) or (
+                node.op == "call_function" and node.target is getattr and node.args[1] in ("shape", "ndim")):
+            pass  # reads the shape only (``x.view(x.size(0), -1)``)
         elif len(ins) == 1 and len(node.all_input_nodes) == 1 and _axis_after(node, ins[0], axis[ins[0]]) is not None:
             space[node], axis[node] = space[ins[0]], _axis_after(node, ins[0], axis[ins[0]])  # x.mean((2, 3))
         else:
@@ -270,6 +297,11 @@ def channel_groups(model: nn.Module, example_input: torch.Tensor) -> list[Channe
     inside = {f"{name}.{sub}" for name in rnn_groups for sub, _ in modules[name].named_modules() if sub}
     own = inside | {p for g in blocks for p in g.producers}  # these have groups of their own, not one per layer
     groups = [g for g in _collect(modules, uf, consumers, norms, blocked) if not own.intersection(g.producers)]
+    for g in groups:
+        layouts = set().union(*(flattened.get(p, set()) for p in g.producers))
+        g.stacked = True in layouts
+        if len(layouts) > 1:  # flattened both ways (cannot happen through the ops followed; kept whole if it did)
+            g.prunable = False
     groups += blocks + list(rnn_groups.values())
     for g in groups:  # a layer called more than once reads the channels once (twice differently: left alone)
         g.consumers = list(dict.fromkeys(g.consumers))

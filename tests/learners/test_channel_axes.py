@@ -14,7 +14,18 @@ import pytest
 import torch
 from torch import nn
 
-from metacompress.learners import channel_groups, shrink
+from metacompress.learners import (
+    channel_groups,
+    compress,
+    describe_layers,
+    export_compressed,
+    load_compressed,
+    predict_logits,
+    shrink,
+    size_bytes,
+)
+from metacompress.learners.meta import SizeModel
+from metacompress.spaces import CompressionPolicy
 
 
 class ConvMeanHead(nn.Module):
@@ -40,6 +51,24 @@ class ConvKeepdimMax(nn.Module):
         return self.head(torch.flatten(self.conv(x).amax(-1, keepdim=True), 1))
 
 
+class ConvFlattened(nn.Module):
+    """A conv's channels flattened (``how``: ``x.flatten(1)``, ``x.view(x.size(0), -1)``, ``x.reshape(-1, 40)``,
+    which names a width the channels removed would change): channel ``c`` is the block of its 4 positions."""
+
+    def __init__(self, how: str = "flatten") -> None:
+        super().__init__()
+        self.how = how
+        self.conv, self.head = nn.Conv1d(3, 10, 3, padding=1), nn.Linear(40, 4)
+
+    def forward(self, x):
+        h = torch.relu(self.conv(x))
+        if self.how == "view":
+            return self.head(h.view(h.size(0), -1))
+        if self.how == "reshape":
+            return self.head(torch.reshape(h, (h.shape[0], -1)))
+        return self.head(h.reshape(-1, 40) if self.how == "fixed" else h.flatten(1))
+
+
 class Tokens(nn.Module):
     """A Linear over each token, then the tokens' mean (``read="mean"``) or the first token (``read="first"``)."""
 
@@ -55,7 +84,8 @@ class Tokens(nn.Module):
 
 
 class TokensFlattened(nn.Module):
-    """Token features flattened: feature ``c`` of token ``t`` at ``t * 12 + c``, not a block per channel."""
+    """Token features flattened: feature ``c`` of token ``t`` at ``t * 12 + c`` (a conv's channel ``c`` would be the
+    block ``c * length ...``)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -66,7 +96,8 @@ class TokensFlattened(nn.Module):
 
 
 class LinearOverLength(nn.Module):
-    """A Linear reading a conv's length (its input features are positions, not the conv's channels)."""
+    """A Linear reading a conv's length (its input features are positions, not the conv's channels; its own outputs
+    are, per conv channel)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -128,8 +159,14 @@ def _removed(before: nn.Module, after: nn.Module) -> list[int]:
     (ConvMeanHead, (), torch.randn(4, 1, 6, 6), "conv2", {"head": 1}),
     (ConvMeanHead, (), torch.randn(4, 1, 6, 6), "conv1", {"conv2": 1}),
     (ConvKeepdimMax, (), torch.randn(4, 3, 9), "conv", {"head": 1}),
+    (ConvFlattened, ("flatten",), torch.randn(4, 3, 4), "conv", {"head": 4}),
+    (ConvFlattened, ("view",), torch.randn(4, 3, 4), "conv", {"head": 4}),
+    (ConvFlattened, ("reshape",), torch.randn(4, 3, 4), "conv", {"head": 4}),
     (Tokens, ("mean",), torch.randn(4, 5, 6), "embed", {"head": 1}),
     (Tokens, ("first",), torch.randn(4, 5, 6), "embed", {"head": 1}),
+    (TokensFlattened, (), torch.randn(4, 5, 6), "embed", {"head": 5}),
+    (LinearOverLength, (), torch.randn(4, 5, 6), "mix", {"head": 8}),  # its features of each of 8 conv channels
+    (ConvOverTokens, (), torch.randn(4, 5, 6), "conv", {"head": 12}),
 ])
 def test_channels_pass_reductions_and_indexing_and_removing_them_is_exact(cls, args, x, producer, readers):
     model = _model(cls, *args)
@@ -141,14 +178,16 @@ def test_channels_pass_reductions_and_indexing_and_removing_them_is_exact(cls, a
     removed = _removed(model.get_submodule(producer), student.get_submodule(producer))
     silenced = copy.deepcopy(model)
     with torch.no_grad():
-        for name in readers:
-            silenced.get_submodule(name).weight[:, removed] = 0
+        for name, copies in readers.items():  # a flattened conv channel is a block; a token's features repeat
+            cols = ([j + t * group.width for t in range(copies) for j in removed] if group.stacked
+                    else [j * copies + k for j in removed for k in range(copies)])
+            silenced.get_submodule(name).weight[:, cols] = 0
     assert torch.allclose(student(x), silenced(x), atol=1e-5)
     assert not torch.allclose(student(x), model(x), atol=1e-3)  # the channels did matter
 
 
 @pytest.mark.parametrize(("cls", "x", "producer"), [
-    (TokensFlattened, torch.randn(4, 5, 6), "embed"),
+    (lambda: ConvFlattened("fixed"), torch.randn(4, 3, 4), "conv"),
     (LinearOverLength, torch.randn(4, 5, 6), "conv"),
     (TokensNormalizedPerToken, torch.randn(4, 5, 6), "embed"),
     (TokensPooledOverFeatures, torch.randn(4, 5, 6), "embed"),
@@ -159,5 +198,18 @@ def test_a_layer_or_op_reading_another_dimension_keeps_the_channels_whole(cls, x
     group = next(g for g in channel_groups(model, x) if producer in g.producers)
     assert not group.prunable
     student = copy.deepcopy(model)
-    assert shrink(student, {n: 0.5 for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv1d))}, x) == {}
+    assert shrink(student, {producer: 0.5}, x) == {}
     assert torch.equal(student(x), model(x))
+
+
+@pytest.mark.parametrize("cls", [ConvFlattened, TokensFlattened, LinearOverLength, ConvOverTokens])
+def test_sizes_are_predicted_exactly_and_exports_load_back_whatever_the_layout(cls, tmp_path):
+    model = _model(cls)
+    x = torch.randn(4, *((3, 4) if cls is ConvFlattened else (5, 6)))
+    names = [i.name for i in describe_layers(model, x)]
+    policy = CompressionPolicy.uniform(names, 0.5, 4, prune_method="structured")
+    student = compress(model, policy, x)
+    assert size_bytes(student) == SizeModel(model, x).policy_bytes(policy) < size_bytes(model) / 4
+    export_compressed(student, tmp_path / "s.mcz", tuple(x.shape[1:]))
+    back = load_compressed(tmp_path / "s.mcz", model)
+    assert torch.allclose(predict_logits(back, x), predict_logits(student, x), atol=1e-5)
