@@ -36,8 +36,8 @@ SCRIPTS = {
 }
 
 
-#: The longest smoke runs (25-40 s each) go to ``make test-slow``, keeping the default run under ten minutes.
-_SLOW_SMOKE = {"bench_backends.py", "bench_predictors.py"}
+#: The longest smoke runs (15-40 s each) go to ``make test-slow``, keeping the default run under ten minutes.
+_SLOW_SMOKE = {"bench_backends.py", "bench_predictors.py", "bench_flywheel.py", "bench_gpu.py", "bench_overhead.py"}
 
 
 @pytest.mark.parametrize("script", [pytest.param(s, marks=pytest.mark.slow) if s in _SLOW_SMOKE else s

@@ -276,6 +276,7 @@ def test_a_database_tracking_store_without_its_driver_is_one_line_and_exit_code_
         assert "'tracking_uri'" in line and "driver is installed" in line
 
 
+@pytest.mark.slow(reason="console-script searches from three folders (~27 s); the examples test imports factories from their folder")
 def test_a_task_factory_next_to_its_config_imports_from_the_console_script_in_any_folder(tmp_path):
     """The console script does not put the working directory on the path (``python -m`` does): a factory module
     beside the config, or in the folder the command runs in, must import all the same, here and in 2 workers."""
@@ -298,8 +299,10 @@ def test_a_task_factory_next_to_its_config_imports_from_the_console_script_in_an
 
 @pytest.mark.parametrize("folder,config,task,weights", [
     ("own_model", "my_model.yaml", "my-digits-net", "digits_net.pt"),
-    ("transformer", "digits_transformer.yaml", "digits-transformer", "digits_transformer.pt"),
-    ("recurrent", "digits_lstm.yaml", "digits-lstm", "digits_lstm.pt"),
+    pytest.param("transformer", "digits_transformer.yaml", "digits-transformer", "digits_transformer.pt",
+                 marks=pytest.mark.slow(reason="~30 s; own_model runs in the default set")),
+    pytest.param("recurrent", "digits_lstm.yaml", "digits-lstm", "digits_lstm.pt",
+                 marks=pytest.mark.slow(reason="~25 s; own_model runs in the default set")),
 ])
 def test_the_examples_run_as_a_user_would_copy_them(tmp_path, folder, config, task, weights):
     """examples/own_model is what the README tells a user to copy, examples/transformer and examples/recurrent how

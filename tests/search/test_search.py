@@ -153,6 +153,7 @@ def test_sequential_warm_start_enqueues_k_points_one_at_a_time_and_resumes_witho
     assert len(again) == 6 and sum(ATTR_INDEX in t.user_attrs for t in again) == 3  # the warm phase was over
 
 
+@pytest.mark.slow(reason="a two-worker CLI search (~30 s); two workers sharing a study run in the default set")
 def test_a_two_worker_cli_search_runs_the_sequential_warm_start(search_yaml, tmp_path):
     from metacompress.search.warmstart import ATTR_INDEX
 
@@ -271,6 +272,7 @@ def test_kill_9_mid_search_then_rerun_finishes_the_budget_exactly(search_yaml, t
     assert sorted(int(r.data.tags["metacompress.trial_number"]) for r in children) == sorted(t.number for t in counted)
 
 
+@pytest.mark.slow(reason="SIGKILL mid warm phase and a rerun (~55 s on 2 busy cores); the default run kills a search mid-budget")
 def test_kill_9_in_the_sequential_warm_phase_then_rerun_goes_on_with_the_same_points(search_yaml, tmp_path):
     from metacompress.search.warmstart import ATTR_INDEX
 
@@ -299,6 +301,7 @@ def test_kill_9_in_the_sequential_warm_phase_then_rerun_goes_on_with_the_same_po
     assert len(warm) == 3 and len(set(warm)) == 3
 
 
+@pytest.mark.slow(reason="two worker processes killed and rerun (~25 s); the default run kills a single-process search")
 def test_kill_9_of_a_two_worker_search_takes_its_workers_down_and_the_rerun_finishes(search_yaml, tmp_path):
     path = search_yaml(n_trials=6, parallel={"n_jobs": 2}, tracking_uri="none",
                        space={"bits": [2, 4, 8], "epochs": {"low": 50, "high": 50}})
