@@ -5,7 +5,7 @@ The verbs follow one shape: ``compress(teacher, policy) -> student``, ``finetune
 """
 
 from .attention import SplitAttention, split_attention
-from .compress import compress, compressible_layers, describe_layers
+from .compress import LayerStructure, compress, compressible_layers, describe_layers, structure_report
 from .distill import FinetuneConfig, NonFiniteLossError, attention_map, feature_map, finetune, kd_loss
 from .export import export_compressed, load_compressed
 from .measure import accuracy, bitops, deployable, evaluate, measure_latency, predict_logits, size_bytes
@@ -18,6 +18,7 @@ __all__ = [
     "BUILTIN_TASKS",
     "ActQuant",
     "FinetuneConfig",
+    "LayerStructure",
     "NonFiniteLossError",
     "SplitAttention",
     "SplitRNN",
@@ -31,6 +32,7 @@ __all__ = [
     "compressible_layers",
     "deployable",
     "describe_layers",
+    "structure_report",
     "evaluate",
     "export_compressed",
     "fake_quant_weight",

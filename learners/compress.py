@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
@@ -10,8 +12,9 @@ from metacompress.spaces import CompressionPolicy, LayerInfo, invalid_value
 
 from .prune import channel_groups, magnitude_mask, shrink
 from .quant import compressible, tied_layers, to_quantized
+from .recurrent import SplitRNN
 
-__all__ = ["compress", "compressible_layers", "describe_layers"]
+__all__ = ["LayerStructure", "compress", "compressible_layers", "describe_layers", "structure_report"]
 
 _KINDS = {nn.Linear: "linear", nn.Conv1d: "conv1d", nn.Conv2d: "conv2d", nn.Embedding: "embedding"}
 
@@ -40,6 +43,59 @@ def describe_layers(model: nn.Module, example_input: torch.Tensor) -> list[Layer
                   structured=n in prunable)
         for n, m in compressible_layers(model).items()
     ]
+
+
+@dataclass(frozen=True)
+class LayerStructure:
+    """What structured pruning can do to one compressible layer (:func:`structure_report`).
+
+    Attributes:
+        name: Module name.
+        kind: ``linear``, ``conv1d``, ``conv2d`` or ``embedding``.
+        shape: Weight shape.
+        n_params: Weight elements.
+        structured: Whether structured pruning removes whole outputs of the layer.
+        removes: What it removes: ``output channels`` (a conv), ``output features`` (a Linear), ``attention heads
+            of 8`` (features each), ``hidden units`` (a recurrent layer); empty when ``structured`` is false.
+        coupled: The other layers whose outputs go with this layer's (a residual sum, a head's q/k/v, the gates and
+            layers of a recurrent module).
+        reason: Why not, when ``structured`` is false (the first obstacle met).
+    """
+
+    name: str
+    kind: str
+    shape: tuple[int, ...]
+    n_params: int
+    structured: bool
+    removes: str
+    coupled: tuple[str, ...]
+    reason: str
+
+
+def structure_report(model: nn.Module, example_input: torch.Tensor) -> list[LayerStructure]:
+    """For every compressible layer of ``model``: whether structured pruning can remove its outputs, with which
+    other layers, or why not (what ``metacompress layers`` prints)."""
+    groups = channel_groups(model, example_input)
+    of = {p: g for g in groups for p in g.producers}
+    rnn_inner = {f"{n}.{sub}" for n, m in model.named_modules() if isinstance(m, SplitRNN)
+                 for sub, _ in m.named_modules() if sub}
+    out = []
+    for name, m in compressible_layers(model).items():
+        g = of.get(name)
+        if g is not None:
+            removes = ("hidden units" if name in rnn_inner else f"attention heads of {g.unit}" if g.unit > 1
+                       else "output features" if isinstance(m, nn.Linear) else "output channels")
+            reason = "" if g.prunable else g.reason or "not prunable"
+            coupled = tuple(p for p in g.producers if p != name)
+        else:
+            removes, coupled = "", ()
+            reason = ("an embedding table (pruned and quantized element-wise)" if isinstance(m, nn.Embedding)
+                      else "an LSTM projection: its outputs are the recurrent state" if name in rnn_inner
+                      else "its outputs are read where they cannot be followed")
+        structured = g is not None and g.prunable
+        out.append(LayerStructure(name, _KINDS[type(m)], tuple(m.weight.shape), m.weight.numel(), structured,
+                                  removes if structured else "", coupled, reason))
+    return out
 
 
 def compress(

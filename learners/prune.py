@@ -9,7 +9,8 @@ flatten to ``(batch, -1)`` (``nn.Flatten``, ``x.flatten(1)``, ``x.view(x.size(0)
 block of ``H * W`` input features of the next Linear, a Linear's to its feature in every token. A Linear reading a
 conv's length, a conv reading a Linear's tokens, or pooling or BatchNorm over a Linear's tokens would mix channels.
 Channels that reach anything else (concatenation, other reshapes, the model output) are left alone; those producers are
-reported as not structurally prunable. Modules whose forward is known hold groups of their own, found without
+reported as not structurally prunable, with the first obstacle met (``ChannelGroup.reason``; ``metacompress layers``
+prints them). Modules whose forward is known hold groups of their own, found without
 tracing (:func:`block_groups`): the heads of a :class:`~.attention.SplitAttention`, removed whole, and the hidden
 units of a Transformer layer's feed-forward block. The hidden units of a :class:`~.recurrent.SplitRNN` (a factory's
 LSTM, GRU or RNN) are one group per module, found in the trace: the hidden state leaves the module, so the layers
@@ -112,6 +113,7 @@ class ChannelGroup:
             (the two directions of a bidirectional recurrent output; a Linear's features of each token, flattened)
             instead of ``factor`` consecutive ones (a conv's positions, flattened).
         min_blocks: Blocks always kept (an LSTM with a projection keeps more units than it projects onto).
+        reason: Why the group is not prunable (the first obstacle met; empty when it is prunable).
     """
 
     producers: list[str] = field(default_factory=list)
@@ -123,6 +125,12 @@ class ChannelGroup:
     gates: int = 1
     stacked: bool = False
     min_blocks: int = 1
+    reason: str = ""
+
+    def refuse(self, reason: str) -> None:
+        """Make the group not prunable, keeping the first ``reason`` given."""
+        self.prunable = False
+        self.reason = self.reason or reason
 
     def kept(self, ratio: float) -> int:
         """Channels kept when a fraction ``ratio`` of them is removed (whole blocks, at least one)."""
@@ -166,6 +174,17 @@ def _trace(model: nn.Module, example_input: torch.Tensor) -> fx.GraphModule:
 def _channels(node: fx.Node) -> int | None:
     meta = node.meta.get("tensor_meta")
     return None if meta is None or len(meta.shape) < 2 else int(meta.shape[1])
+
+
+def _describe(node: fx.Node, modules: Mapping[str, nn.Module]) -> str:
+    """``node`` in words, for the reason a group is not prunable: ``BatchNorm1d `bn```, ```cat```, the output."""
+    if node.op == "output":
+        return "the model's output"
+    if node.op == "call_module":
+        return f"{type(modules[node.target]).__name__} `{node.target}`"
+    if node.op == "call_method":
+        return f"`.{node.target}()`"
+    return f"`{getattr(node.target, '__name__', node.target)}`"
 
 
 def _ndim(node: fx.Node) -> int:
@@ -217,7 +236,11 @@ def channel_groups(model: nn.Module, example_input: torch.Tensor) -> list[Channe
             _LOG.warning("torch.fx cannot trace %s (%s: %s): %s", type(model).__qualname__, type(exc).__name__,
                          first, "only attention heads and feed-forward units can be removed whole" if blocks
                          else "no layer can lose whole output channels")
-        return _unshared(model, blocks)
+        why = f"torch.fx cannot trace {type(model).__qualname__} ({type(exc).__name__})"
+        inside = {p for g in blocks for p in g.producers}
+        return _unshared(model, blocks) + [
+            ChannelGroup([n], prunable=False, width=_out_channels(m), reason=why)
+            for n, m in model.named_modules() if isinstance(m, _PRODUCERS) and n and n not in inside]
     modules = dict(gm.named_modules())
     rnn_groups = recurrent_groups(model)
     rnn = _RecurrentFlow(rnn_groups, modules)
@@ -226,19 +249,19 @@ def channel_groups(model: nn.Module, example_input: torch.Tensor) -> list[Channe
     axis: dict[fx.Node, int] = {}  # node -> the dimension holding its channels (1 or the last)
     consumers: dict[str, list[tuple[str, int]]] = {}
     norms: dict[str, list[str]] = {}
-    blocked: set[str] = set()
+    blocked: dict[str, str] = {}  # channel space -> why it cannot be pruned (the first reason met)
     flattened: dict[str, set[bool]] = {}  # channel space -> how flattens laid it out (True: stacked per token)
 
-    def block(node_in: fx.Node) -> None:
+    def block(node_in: fx.Node, why: str) -> None:
         if node_in in space:
-            blocked.add(space[node_in][0])
+            blocked.setdefault(space[node_in][0], why)
 
     for node in gm.graph.nodes:
         ins = [a for a in node.all_input_nodes if a in space]
         mod = modules.get(node.target) if node.op == "call_module" else None
         if isinstance(mod, SplitRNN) or rnn.reads(node):
             for a in rnn.step(node, mod, ins, space, consumers):  # upstream channels it cannot follow
-                block(a)
+                block(a, f"they reach {_describe(node, modules)}")
             if node in space:  # a Linear reading a hidden state
                 axis[node] = _ndim(node) - 1
             continue
@@ -248,23 +271,24 @@ def channel_groups(model: nn.Module, example_input: torch.Tensor) -> list[Channe
                 if axis[a] == (1 if conv else _ndim(a) - 1) and (_ndim(a) >= 3 or not conv):
                     consumers.setdefault(space[a][0], []).append((node.target, space[a][1]))
                 else:
-                    block(a)
+                    block(a, f"{_describe(node, modules)} reads another dimension than the channels")
             grouped = getattr(mod, "groups", 1) != 1
             space[node] = (node.target, 1)
             axis[node] = 1 if conv else _ndim(node) - 1
             if grouped:
-                blocked.add(node.target)
+                blocked.setdefault(node.target, "a grouped convolution")
                 for a in ins:
-                    block(a)
+                    block(a, f"read by the grouped convolution `{node.target}`")
         elif len(ins) == 1 and len(node.all_input_nodes) == 1 and (
             isinstance(mod, _PASS_MODULES + _NORMS) or (node.op == "call_function" and node.target in _PASS_FUNCS)
             or (node.op == "call_method" and node.target in ("relu", "sigmoid", "tanh", "contiguous"))
         ):
             if _spatial(node, mod) and (axis[ins[0]] != 1 or _ndim(ins[0]) < (2 if isinstance(mod, _NORMS) else 3)):
-                block(ins[0])  # pooling or normalizing something else than the channels
+                what = "normalizes" if isinstance(mod, _NORMS) else "pools"
+                block(ins[0], f"{_describe(node, modules)} {what} another dimension than the channels")
                 continue
             if isinstance(mod, _NORMS) and space[ins[0]][1] != 1:
-                block(ins[0])  # a BatchNorm1d after a flatten normalizes every feature of a channel apart
+                block(ins[0], f"{_describe(node, modules)} normalizes each feature of a flattened channel apart")
                 continue
             space[node], axis[node] = space[ins[0]], axis[ins[0]]
             if isinstance(mod, _NORMS):
@@ -278,12 +302,13 @@ def channel_groups(model: nn.Module, example_input: torch.Tensor) -> list[Channe
                 space[node], axis[node] = (sid, c_out // width), 1
                 flattened.setdefault(sid, set()).add(per_token)
             else:
-                blocked.add(sid)
+                blocked.setdefault(sid, f"{_describe(node, modules)} flattens them in a layout removal cannot follow")
         elif node.op == "call_function" and node.target in _MERGE_FUNCS and len(ins) == 2 and all(
             _channels(a) == _channels(node) for a in ins
         ) and ins[0].meta.get("tensor_meta").shape == ins[1].meta.get("tensor_meta").shape:
             if space[ins[0]][1] != 1 or space[ins[1]][1] != 1 or axis[ins[0]] != axis[ins[1]]:
-                blocked.update({space[ins[0]][0], space[ins[1]][0]})
+                for a in ins:
+                    block(a, f"{_describe(node, modules)} combines channels laid out differently")
             uf.union(space[ins[0]][0], space[ins[1]][0])
             space[node], axis[node] = space[ins[0]], axis[ins[0]]
         elif (node.op == "call_method" and node.target in ("size", "dim")) or (
@@ -292,21 +317,29 @@ def channel_groups(model: nn.Module, example_input: torch.Tensor) -> list[Channe
         elif len(ins) == 1 and len(node.all_input_nodes) == 1 and _axis_after(node, ins[0], axis[ins[0]]) is not None:
             space[node], axis[node] = space[ins[0]], _axis_after(node, ins[0], axis[ins[0]])  # x.mean((2, 3))
         else:
+            merge = node.op == "call_function" and node.target in _MERGE_FUNCS
             for a in ins:
-                block(a)
+                block(a, f"{_describe(node, modules)} combines them with a tensor of another shape or group"
+                      if merge else f"they reach {_describe(node, modules)}")
     inside = {f"{name}.{sub}" for name in rnn_groups for sub, _ in modules[name].named_modules() if sub}
     own = inside | {p for g in blocks for p in g.producers}  # these have groups of their own, not one per layer
+    called = [n.target for n in gm.graph.nodes if n.op == "call_module"]
+    for name, m in modules.items():  # layers inside a module the trace keeps whole (its forward unseen)
+        if isinstance(m, _PRODUCERS) and name not in called:
+            outer = next((c for c in called if name.startswith(f"{c}.")), None)
+            if outer is not None:
+                blocked.setdefault(name, f"inside {type(modules[outer]).__name__} `{outer}`, traced as a whole")
     groups = [g for g in _collect(modules, uf, consumers, norms, blocked) if not own.intersection(g.producers)]
     for g in groups:
         layouts = set().union(*(flattened.get(p, set()) for p in g.producers))
         g.stacked = True in layouts
         if len(layouts) > 1:  # flattened both ways (cannot happen through the ops followed; kept whole if it did)
-            g.prunable = False
+            g.refuse("flattened in two layouts")
     groups += blocks + list(rnn_groups.values())
     for g in groups:  # a layer called more than once reads the channels once (twice differently: left alone)
         g.consumers = list(dict.fromkeys(g.consumers))
         if len({c for c, _ in g.consumers}) < len(g.consumers):
-            g.prunable = False
+            g.refuse("a layer reads them twice, in different layouts")
     return _unshared(model, groups)
 
 
@@ -330,7 +363,7 @@ class _RecurrentFlow:
         channels it cannot follow."""
         if isinstance(mod, SplitRNN):
             if len(node.all_input_nodes) != 1:  # an initial state would change width too
-                self.groups[node.target].prunable = False
+                self.groups[node.target].refuse("an initial state is passed in")
             self.values[node] = (node.target, "result", 0)
             first = [(f"{node.target}.l0{s}.ih", 1) for s in ("", "_reverse")[: mod.directions]]
             upstream = node.all_input_nodes[0] if len(node.all_input_nodes) == 1 else None
@@ -339,25 +372,25 @@ class _RecurrentFlow:
                 if kind == "tensor":
                     self.groups[name].consumers.extend((c, factor) for c, _ in first)
                 else:
-                    self.groups[name].prunable = False
+                    self.groups[name].refuse(f"`{node.target}` reads its state")
                 return ins
             if upstream in ins and self._last_dim_channels(upstream, space):
                 consumers.setdefault(space[upstream][0], []).extend(first)
                 return []
             for a in node.all_input_nodes:
                 if a in self.values:
-                    self.groups[self.values[a][0]].prunable = False
+                    self.groups[self.values[a][0]].refuse(f"its state reaches `{node.target}` with other inputs")
             return ins
         source = next(a for a in node.all_input_nodes if a in self.values)
         name, kind, factor = self.values[source]
         group, rnn = self.groups[name], self.modules[name]
         if len(node.all_input_nodes) != 1:
-            group.prunable = False
+            group.refuse(f"its state reaches {_describe(node, self.modules)} with other inputs")
             return ins
         if kind in ("result", "state"):
             index = node.args[1] if node.op == "call_function" and node.target is operator.getitem else None
             if index not in (0, 1):
-                group.prunable = False
+                group.refuse(f"its result is read by {_describe(node, self.modules)}")
             elif kind == "result" and index == 1 and rnn.mode == "LSTM":
                 self.values[node] = (name, "state", 0)
             elif not (rnn.proj_size and (kind, index) in (("result", 0), ("state", 0))):  # projected: not hidden
@@ -370,7 +403,7 @@ class _RecurrentFlow:
               or _keeps_last_dim(node, source)):
             self.values[node] = self.values[source]
         else:
-            group.prunable = False
+            group.refuse(f"its state reaches {_describe(node, self.modules)}")
         return []
 
     def _last_dim_channels(self, node: fx.Node, space: dict) -> bool:
@@ -420,7 +453,7 @@ def _unshared(model: nn.Module, groups: list[ChannelGroup]) -> list[ChannelGroup
     shared = {*followers, *followers.values(), *excluded}
     for g in groups:
         if shared.intersection(g.producers) or shared.intersection(c for c, _ in g.consumers):
-            g.prunable = False
+            g.refuse("a weight shared with another module (tied weights)")
     return groups
 
 
@@ -439,7 +472,9 @@ def recurrent_groups(model: nn.Module) -> dict[str, ChannelGroup]:
                 inner += [(c, mod.directions) for c in (f"{x}.ih" for x in cells[mod.directions:])]
             groups[name] = ChannelGroup(producers=[f"{c}.{w}" for c in cells for w in ("ih", "hh")], consumers=inner,
                                         prunable=mod.hidden_size > mod.proj_size + 1, width=mod.hidden_size,
-                                        gates=mod.gates, stacked=True, min_blocks=mod.proj_size + 1)
+                                        gates=mod.gates, stacked=True, min_blocks=mod.proj_size + 1,
+                                        reason="" if mod.hidden_size > mod.proj_size + 1 else
+                                        "an LSTM with no more units than one over its projection")
     return groups
 
 
@@ -463,7 +498,8 @@ def feedforward_groups(model: nn.Module) -> list[ChannelGroup]:
                 or act in _PASS_FUNCS
             prefix = f"{name}." if name else ""
             groups.append(ChannelGroup(producers=[f"{prefix}linear1"], consumers=[(f"{prefix}linear2", 1)],
-                                       prunable=elementwise, width=mod.linear1.out_features))
+                                       prunable=elementwise, width=mod.linear1.out_features,
+                                       reason="" if elementwise else "a feed-forward activation that is not elementwise"))
     return groups
 
 
@@ -478,7 +514,8 @@ def head_groups(model: nn.Module) -> list[ChannelGroup]:
             prefix = f"{name}." if name else ""
             groups.append(ChannelGroup(
                 producers=[f"{prefix}{p}_proj" for p in "qkv"], consumers=[(f"{prefix}out_proj", 1)],
-                prunable=mod.num_heads > 1, width=mod.num_heads * mod.head_dim, unit=mod.head_dim))
+                prunable=mod.num_heads > 1, width=mod.num_heads * mod.head_dim, unit=mod.head_dim,
+                reason="" if mod.num_heads > 1 else "a single attention head"))
     return groups
 
 
@@ -492,11 +529,11 @@ def _collect(modules, uf, consumers, norms, blocked) -> list[ChannelGroup]:
         g.consumers.extend(consumers.get(name, []))
         g.norms.extend(norms.get(name, []))
         if name in blocked:
-            g.prunable = False
+            g.refuse(blocked[name])
     for g in groups.values():
         g.width = _out_channels(modules[g.producers[0]])
         if not g.consumers:
-            g.prunable = False
+            g.refuse("no layer reads them")
     return list(groups.values())
 
 

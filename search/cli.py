@@ -1,5 +1,5 @@
-"""The ``metacompress`` command line: ``search``, ``tasks``, ``suggest``, ``history``, ``report``, ``export``,
-``retrain``.
+"""The ``metacompress`` command line: ``search``, ``tasks``, ``layers``, ``suggest``, ``history``, ``report``,
+``export``, ``retrain``.
 
 Bad input (a missing file, an unknown key, an out-of-range value, an unreachable store) ends with exit code 2 and
 one line naming the field and what is allowed; ``--debug`` shows the traceback instead.
@@ -52,6 +52,9 @@ def _friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
             raise typer.Exit(130) from None
         except (typer.Exit, typer.Abort):
             raise
+        except BrokenPipeError:  # `metacompress ... --json | head`: the reader left; nothing more to say
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise typer.Exit(1) from None
         except Exception as exc:  # noqa: BLE001 - one line, the traceback only with --debug
             if _DEBUG["on"]:
                 raise
@@ -135,6 +138,51 @@ def tasks(debug: bool = typer.Option(False, "--debug", help="Show tracebacks."))
         table.add_row(t["name"], str(t.get("dataset", "")), str(t.get("arch", "")),
                       "not trained yet" if acc is None else f"{acc:.4f}", str(t.get("description", "")))
     console.print(table)
+
+
+@app.command()
+@_friendly
+def layers(
+    config: str = typer.Argument(..., help="Experiment YAML (its task, as a search loads it) or a built-in task name."),
+    as_json: bool = typer.Option(False, "--json", help="Print the layers as JSON."),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
+) -> None:
+    """Show the layers a search compresses and what structured pruning can remove from each (or why not)."""
+    from dataclasses import asdict
+
+    from rich.table import Table
+
+    from metacompress.learners import BUILTIN_TASKS, load_task, structure_report
+    from metacompress.spaces import invalid_value
+
+    if not Path(config).exists() and config in BUILTIN_TASKS:
+        task, title = load_task(config), config
+    elif not Path(config).is_file():
+        raise invalid_value("config", "an existing YAML file or a built-in task name (`metacompress tasks`)", config)
+    else:
+        from .config import load_config
+        from .runner import _task_spec
+
+        cfg = load_config(config)
+        task, title = load_task(_task_spec(cfg)), cfg.task_name
+    report = structure_report(task.teacher, task.example_input(2))
+    if as_json:
+        print(json.dumps([asdict(r) for r in report], indent=2))
+        return
+    table = Table(title=f"Compressible layers of {title}")
+    for col, justify in (("layer", "left"), ("kind", "left"), ("weight", "left"), ("params", "right"),
+                         ("structured pruning removes", "left"), ("together with", "left")):
+        table.add_column(col, justify=justify)
+    for r in report:
+        table.add_row(r.name, r.kind, "×".join(map(str, r.shape)), f"{r.n_params:,}",
+                      r.removes if r.structured else f"[dim]nothing: {r.reason}[/]",
+                      ", ".join(_relative(c, r.name) for c in r.coupled))
+    console.print(table)
+    total = sum(r.n_params for r in report)
+    held = sum(r.n_params for r in report if r.structured)
+    console.print(f"{sum(r.structured for r in report)} of {_count(len(report), 'layer')} "
+                  f"({held / max(total, 1):.0%} of the weights) can lose whole outputs; every layer can be pruned "
+                  "unstructured and quantized.", highlight=False)
 
 
 @app.command()
@@ -229,6 +277,13 @@ def history(
     if both.skipped:
         console.print("skipped: " + ", ".join(f"{n}× {r}" for r, n in both.skipped.most_common()), highlight=False)
     console.print(f"a warm start uses {plan}, adapted on the rows of its own task", highlight=False)
+
+
+def _relative(name: str, to: str) -> str:
+    """``name`` without the module path it shares with ``to`` (``k_proj`` next to ``layers.0.attn.q_proj``)."""
+    a, b = name.split("."), to.split(".")
+    shared = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+    return ".".join(a[shared:]) or name
 
 
 def _count(n: int, one: str, many: str | None = None) -> str:

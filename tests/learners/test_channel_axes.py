@@ -16,6 +16,8 @@ from torch import nn
 
 from metacompress.learners import (
     channel_groups,
+    split_recurrent,
+    structure_report,
     compress,
     describe_layers,
     export_compressed,
@@ -186,17 +188,19 @@ def test_channels_pass_reductions_and_indexing_and_removing_them_is_exact(cls, a
     assert not torch.allclose(student(x), model(x), atol=1e-3)  # the channels did matter
 
 
-@pytest.mark.parametrize(("cls", "x", "producer"), [
-    (lambda: ConvFlattened("fixed"), torch.randn(4, 3, 4), "conv"),
-    (LinearOverLength, torch.randn(4, 5, 6), "conv"),
-    (TokensNormalizedPerToken, torch.randn(4, 5, 6), "embed"),
-    (TokensPooledOverFeatures, torch.randn(4, 5, 6), "embed"),
-    (ConvOverTokens, torch.randn(4, 5, 6), "embed"),
+@pytest.mark.parametrize(("cls", "x", "producer", "reason"), [
+    (lambda: ConvFlattened("fixed"), torch.randn(4, 3, 4), "conv", "they reach `.reshape()`"),
+    (LinearOverLength, torch.randn(4, 5, 6), "conv", "Linear `mix` reads another dimension than the channels"),
+    (TokensNormalizedPerToken, torch.randn(4, 5, 6), "embed",
+     "BatchNorm1d `bn` normalizes another dimension than the channels"),
+    (TokensPooledOverFeatures, torch.randn(4, 5, 6), "embed",
+     "AdaptiveAvgPool1d `pool` pools another dimension than the channels"),
+    (ConvOverTokens, torch.randn(4, 5, 6), "embed", "Conv1d `conv` reads another dimension than the channels"),
 ])
-def test_a_layer_or_op_reading_another_dimension_keeps_the_channels_whole(cls, x, producer):
+def test_a_layer_or_op_reading_another_dimension_keeps_the_channels_whole(cls, x, producer, reason):
     model = _model(cls)
     group = next(g for g in channel_groups(model, x) if producer in g.producers)
-    assert not group.prunable
+    assert not group.prunable and group.reason == reason
     student = copy.deepcopy(model)
     assert shrink(student, {producer: 0.5}, x) == {}
     assert torch.equal(student(x), model(x))
@@ -213,3 +217,27 @@ def test_sizes_are_predicted_exactly_and_exports_load_back_whatever_the_layout(c
     export_compressed(student, tmp_path / "s.mcz", tuple(x.shape[1:]))
     back = load_compressed(tmp_path / "s.mcz", model)
     assert torch.allclose(predict_logits(back, x), predict_logits(student, x), atol=1e-5)
+
+
+class Mixed(nn.Module):
+    """Token ids through an embedding and an LSTM, a head on the mean over time."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb, self.rnn, self.head = nn.Embedding(10, 6), nn.LSTM(6, 8, batch_first=True), nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.head(self.rnn(self.emb(x))[0].mean(1))
+
+
+def test_the_structure_report_says_what_each_layer_loses_with_which_others_or_why_not():
+    model = split_recurrent(_model(Mixed))[0]
+    report = {r.name: r for r in structure_report(model, torch.randint(0, 10, (4, 5)))}
+    assert list(report) == ["emb", "rnn.l0.ih", "rnn.l0.hh", "head"]
+    assert report["rnn.l0.ih"].structured and report["rnn.l0.ih"].removes == "hidden units"
+    assert report["rnn.l0.ih"].coupled == ("rnn.l0.hh",) and report["rnn.l0.ih"].reason == ""
+    assert not report["emb"].structured and report["emb"].reason.startswith("an embedding table")
+    assert not report["head"].structured and report["head"].reason == "they reach the model's output"
+    conv = {r.name: r for r in structure_report(_model(ConvMeanHead), torch.randn(2, 1, 6, 6))}
+    assert [(r.name, r.structured, r.removes) for r in conv.values()] == [
+        ("conv1", True, "output channels"), ("conv2", True, "output channels"), ("head", False, "")]

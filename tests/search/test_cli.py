@@ -35,6 +35,22 @@ def test_tasks_lists_every_builtin():
         assert name in result.output
 
 
+def test_layers_shows_what_structured_pruning_removes_from_each_layer_or_why_not(tmp_path):
+    by_name = runner.invoke(app, ["layers", "digits-mlp", "--json"])
+    assert by_name.exit_code == 0, by_name.output
+    layers = {r["name"]: r for r in json.loads(by_name.output)}
+    assert list(layers) == ["fc1", "fc2", "head"]
+    assert layers["fc1"]["structured"] and layers["fc1"]["removes"] == "output features"
+    assert layers["head"]["reason"] == "they reach the model's output"
+    config = tmp_path / "mlp.yaml"
+    config.write_text(yaml.safe_dump(BASE))
+    table = runner.invoke(app, ["layers", str(config)])
+    assert table.exit_code == 0, table.output
+    assert "Compressible layers of digits-mlp" in table.output and "2 of 3 layers" in table.output
+    bad = runner.invoke(app, ["layers", "digits-nope"])
+    assert bad.exit_code == 2 and "'config'" in _one_error_line(bad)
+
+
 def _write(tmp_path: Path, data) -> Path:
     path = tmp_path / "bad.yaml"
     path.write_text(data if isinstance(data, str) else yaml.safe_dump(data))
