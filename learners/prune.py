@@ -4,22 +4,23 @@ Structured pruning traces the model with :mod:`torch.fx` and groups *coupled* ch
 Linear/Conv layer flow through shape-preserving ops (BatchNorm, activations, pooling, dropout) into the inputs of
 the next layers; a residual ``a + b`` couples the channels of both branches, so they are pruned together. Where the
 channels lie is followed too (a conv's on dimension 1, a Linear's on the last one: ``(batch, tokens, features)``):
-they pass indexing and means, sums or maxima over the other dimensions (``x.mean((2, 3))``, ``out[:, 0]``), and a
-flatten to ``(batch, -1)`` (``nn.Flatten``, ``x.flatten(1)``, ``x.view(x.size(0), -1)``) maps a conv's channel to its
-block of ``H * W`` input features of the next Linear, a Linear's to its feature in every token. A Linear reading a
-conv's length, a conv reading a Linear's tokens, or pooling or BatchNorm over a Linear's tokens would mix channels.
-Channels that reach anything else (concatenation, other reshapes, the model output) are left alone; those producers are
-reported as not structurally prunable, with the first obstacle met (``ChannelGroup.reason``; ``metacompress layers``
-prints them). Modules whose forward is known hold groups of their own, found without
-tracing (:func:`block_groups`): the heads of a :class:`~.attention.SplitAttention`, removed whole, and the hidden
-units of a Transformer layer's feed-forward block. The hidden units of a :class:`~.recurrent.SplitRNN` (a factory's
-LSTM, GRU or RNN) are one group per module, found in the trace: the hidden state leaves the module, so the layers
-reading it must be known. Every layer and direction keeps the same number of units (the fused kernel has one
-``hidden_size``) and the same units (a bidirectional output stacks both directions' states); the group is prunable
-when what leaves the module reaches Linear layers only, through elementwise activations, indexing and reductions
-over other dimensions than the features, and no initial state is passed in. A model that ``torch.fx`` cannot trace
-(Python control flow on its inputs, ``len(x)``, ...) has no other prunable group: its other layers are pruned
-unstructured only. No group touching a weight that several modules share (:func:`~.quant.tied_layers`) is prunable.
+they pass indexing and means, sums or maxima over the other dimensions (``x.mean((2, 3))``, ``out[:, 0]``) and
+transposes and permutes (a conv's output as ``(batch, length, channels)`` for a Linear or an LSTM). A flatten to
+``(batch, -1)`` (``nn.Flatten``, ``x.flatten(1)``, ``x.view(x.size(0), -1)``) maps a conv's channel to its block of
+``H * W`` input features of the next Linear, a Linear's to its feature in every token. A Linear reading a conv's
+length, a conv reading a Linear's tokens, or pooling or BatchNorm over a Linear's tokens would mix channels.
+Channels that reach anything else (concatenation, other reshapes, the model output) are left alone; those producers
+are reported as not structurally prunable, with the first obstacle met (``ChannelGroup.reason``;
+``metacompress layers`` prints them). Modules whose forward is known hold groups of their own, found without tracing
+(:func:`block_groups`): the heads of a :class:`~.attention.SplitAttention`, removed whole, and the hidden units of a
+Transformer layer's feed-forward block. The hidden units of a :class:`~.recurrent.SplitRNN` (a factory's LSTM, GRU
+or RNN) are one group per module, found in the trace: the hidden state leaves the module, so the layers reading it
+must be known. Every layer and direction keeps the same number of units (the fused kernel has one ``hidden_size``)
+and the same units (a bidirectional output stacks both directions' states); the group is prunable when what leaves
+the module reaches Linear layers only, through elementwise activations, indexing and reductions over other
+dimensions than the features, and no initial state is passed in. A model that ``torch.fx`` cannot trace (Python
+control flow on its inputs, ``len(x)``, ...) has no other prunable group: its other layers are pruned unstructured
+only. No group touching a weight that several modules share (:func:`~.quant.tied_layers`) is prunable.
 """
 
 from __future__ import annotations
@@ -260,7 +261,7 @@ def channel_groups(model: nn.Module, example_input: torch.Tensor) -> list[Channe
         ins = [a for a in node.all_input_nodes if a in space]
         mod = modules.get(node.target) if node.op == "call_module" else None
         if isinstance(mod, SplitRNN) or rnn.reads(node):
-            for a in rnn.step(node, mod, ins, space, consumers):  # upstream channels it cannot follow
+            for a in rnn.step(node, mod, ins, space, consumers, axis):  # upstream channels it cannot follow
                 block(a, f"they reach {_describe(node, modules)}")
             if node in space:  # a Linear reading a hidden state
                 axis[node] = _ndim(node) - 1
@@ -358,7 +359,8 @@ class _RecurrentFlow:
     def reads(self, node: fx.Node) -> bool:
         return any(a in self.values for a in node.all_input_nodes)
 
-    def step(self, node: fx.Node, mod: nn.Module | None, ins: list[fx.Node], space: dict, consumers: dict) -> list:
+    def step(self, node: fx.Node, mod: nn.Module | None, ins: list[fx.Node], space: dict, consumers: dict,
+             axis: dict) -> list:
         """Handle ``node`` (a SplitRNN call, or a node reading one's hidden state); returns the upstream inputs whose
         channels it cannot follow."""
         if isinstance(mod, SplitRNN):
@@ -374,7 +376,8 @@ class _RecurrentFlow:
                 else:
                     self.groups[name].refuse(f"`{node.target}` reads its state")
                 return ins
-            if upstream in ins and self._last_dim_channels(upstream, space):
+            if upstream in ins and space[upstream][1] == 1 and _ndim(upstream) == 3 and axis[upstream] == 2:
+                # (batch, time, features) holding the channels of a Linear, or of a conv transposed
                 consumers.setdefault(space[upstream][0], []).extend(first)
                 return []
             for a in node.all_input_nodes:
@@ -406,21 +409,25 @@ class _RecurrentFlow:
             group.refuse(f"its state reaches {_describe(node, self.modules)}")
         return []
 
-    def _last_dim_channels(self, node: fx.Node, space: dict) -> bool:
-        """Whether ``node``'s last dimension holds the channels of its space (a Linear's output, elementwise on)."""
-        producer = self.modules.get(space[node][0])
-        meta = node.meta.get("tensor_meta")
-        return (space[node][1] == 1 and isinstance(producer, nn.Linear) and meta is not None
-                and len(meta.shape) == 3 and meta.shape[-1] == producer.out_features)
-
 
 def _axis_after(node: fx.Node, source: fx.Node, axis: int) -> int | None:
     """Where the channels of ``source`` (on its dimension ``axis``) lie in ``node``, when ``node`` only indexes or
     reduces ``source`` over other dimensions (``out[:, -1]``, ``h_n[-1]`` with the channels last; ``x.mean((2, 3))``,
-    ``out.sum(1)``); ``None`` when it does anything else."""
+    ``out.sum(1)``) or moves its dimensions (``x.transpose(1, 2)``, ``x.permute(0, 2, 1)``); ``None`` when it does
+    anything else."""
     ndim = _ndim(source)
     if ndim < 1:
         return None
+    name = node.target if node.op == "call_method" else getattr(node.target, "__name__", None)
+    if name in ("transpose", "permute") and (node.op == "call_method" or getattr(torch, name, None) is node.target):
+        dims = node.args[1:]
+        dims = tuple(dims[0]) if len(dims) == 1 and isinstance(dims[0], (tuple, list)) else tuple(dims)
+        if node.kwargs or not dims or not all(isinstance(d, int) for d in dims):
+            return None
+        dims = tuple(d % ndim for d in dims)
+        if name == "transpose":
+            return None if len(dims) != 2 else dims[1] if axis == dims[0] else dims[0] if axis == dims[1] else axis
+        return dims.index(axis) if sorted(dims) == list(range(ndim)) else None
     if node.op == "call_function" and node.target is operator.getitem:
         items = node.args[1] if isinstance(node.args[1], tuple) else (node.args[1],)
         while items and items[-1] == slice(None):  # out[:, -1, :] keeps the last dimension whole
@@ -442,8 +449,8 @@ def _axis_after(node: fx.Node, source: fx.Node, axis: int) -> int | None:
 
 
 def _keeps_last_dim(node: fx.Node, source: fx.Node) -> bool:
-    """Whether ``node`` indexes or reduces ``source`` over other dimensions than the last one only."""
-    return _axis_after(node, source, _ndim(source) - 1) is not None
+    """Whether ``node`` indexes, reduces or moves ``source``'s dimensions, its last one staying last."""
+    return _axis_after(node, source, _ndim(source) - 1) == _ndim(node) - 1
 
 
 def _unshared(model: nn.Module, groups: list[ChannelGroup]) -> list[ChannelGroup]:
@@ -499,7 +506,7 @@ def feedforward_groups(model: nn.Module) -> list[ChannelGroup]:
             prefix = f"{name}." if name else ""
             groups.append(ChannelGroup(producers=[f"{prefix}linear1"], consumers=[(f"{prefix}linear2", 1)],
                                        prunable=elementwise, width=mod.linear1.out_features,
-                                       reason="" if elementwise else "a feed-forward activation that is not elementwise"))
+                                       reason="" if elementwise else "a feed-forward activation not elementwise"))
     return groups
 
 

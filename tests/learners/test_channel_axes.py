@@ -85,6 +85,38 @@ class Tokens(nn.Module):
         return self.head(h.mean(1) if self.read == "mean" else h[:, 0])
 
 
+class ConvThenPerPosition(nn.Module):
+    """A conv's output transposed to ``(batch, length, channels)`` and a Linear per position (a TCN's head)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.mix, self.head = nn.Conv1d(3, 10, 3, padding=1), nn.Linear(10, 6), nn.Linear(6, 4)
+
+    def forward(self, x):
+        return self.head(self.mix(torch.relu(self.conv(x)).transpose(1, 2)).mean(1))
+
+
+class TokensThenConv(nn.Module):
+    """A Linear over each token, permuted to ``(batch, features, tokens)`` for a Conv1d."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed, self.conv, self.head = nn.Linear(6, 12), nn.Conv1d(12, 8, 3, padding=1), nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.head(self.conv(self.embed(x).permute(0, 2, 1)).amax(-1))
+
+
+class ConvThenLSTM(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.rnn = nn.Conv1d(3, 10, 3, padding=1), nn.LSTM(10, 8, batch_first=True)
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x):
+        return self.head(self.rnn(torch.relu(self.conv(x)).transpose(1, 2))[0][:, -1])
+
+
 class TokensFlattened(nn.Module):
     """Token features flattened: feature ``c`` of token ``t`` at ``t * 12 + c`` (a conv's channel ``c`` would be the
     block ``c * length ...``)."""
@@ -142,7 +174,7 @@ class ConvOverTokens(nn.Module):
 
 def _model(cls, *args) -> nn.Module:
     torch.manual_seed(0)
-    model = cls(*args)
+    model = split_recurrent(cls(*args))[0]  # an LSTM as its layers, as a search sees it
     for m in model.modules():
         if isinstance(m, nn.BatchNorm2d):  # statistics that make the channels differ
             m.running_mean.uniform_(-1, 1)
@@ -169,6 +201,10 @@ def _removed(before: nn.Module, after: nn.Module) -> list[int]:
     (TokensFlattened, (), torch.randn(4, 5, 6), "embed", {"head": 5}),
     (LinearOverLength, (), torch.randn(4, 5, 6), "mix", {"head": 8}),  # its features of each of 8 conv channels
     (ConvOverTokens, (), torch.randn(4, 5, 6), "conv", {"head": 12}),
+    (ConvThenPerPosition, (), torch.randn(4, 3, 7), "conv", {"mix": 1}),
+    (ConvThenPerPosition, (), torch.randn(4, 3, 7), "mix", {"head": 1}),
+    (TokensThenConv, (), torch.randn(4, 5, 6), "embed", {"conv": 1}),
+    (ConvThenLSTM, (), torch.randn(4, 3, 7), "conv", {"rnn.l0.ih": 1}),
 ])
 def test_channels_pass_reductions_and_indexing_and_removing_them_is_exact(cls, args, x, producer, readers):
     model = _model(cls, *args)
@@ -231,7 +267,7 @@ class Mixed(nn.Module):
 
 
 def test_the_structure_report_says_what_each_layer_loses_with_which_others_or_why_not():
-    model = split_recurrent(_model(Mixed))[0]
+    model = _model(Mixed)
     report = {r.name: r for r in structure_report(model, torch.randint(0, 10, (4, 5)))}
     assert list(report) == ["emb", "rnn.l0.ih", "rnn.l0.hh", "head"]
     assert report["rnn.l0.ih"].structured and report["rnn.l0.ih"].removes == "hidden units"
