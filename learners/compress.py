@@ -37,12 +37,8 @@ def describe_layers(model: nn.Module, example_input: torch.Tensor) -> list[Layer
 
     A layer is marked ``structured=True`` when its output channels can be removed (see :mod:`.prune`).
     """
-    prunable = {p for g in channel_groups(model, example_input) if g.prunable for p in g.producers}
-    return [
-        LayerInfo(name=n, kind=_KINDS[type(m)], n_params=m.weight.numel(), shape=tuple(m.weight.shape),
-                  structured=n in prunable)
-        for n, m in compressible_layers(model).items()
-    ]
+    return [LayerInfo(name=r.name, kind=r.kind, n_params=r.n_params, shape=r.shape, structured=r.structured)
+            for r in structure_report(model, example_input)]
 
 
 @dataclass(frozen=True)

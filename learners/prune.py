@@ -315,8 +315,9 @@ def channel_groups(model: nn.Module, example_input: torch.Tensor) -> list[Channe
         elif (node.op == "call_method" and node.target in ("size", "dim")) or (
                 node.op == "call_function" and node.target is getattr and node.args[1] in ("shape", "ndim")):
             pass  # reads the shape only (``x.view(x.size(0), -1)``)
-        elif len(ins) == 1 and len(node.all_input_nodes) == 1 and _axis_after(node, ins[0], axis[ins[0]]) is not None:
-            space[node], axis[node] = space[ins[0]], _axis_after(node, ins[0], axis[ins[0]])  # x.mean((2, 3))
+        elif len(ins) == 1 and len(node.all_input_nodes) == 1 and (
+                moved := _axis_after(node, ins[0], axis[ins[0]])) is not None:  # x.mean((2, 3)), x.transpose(1, 2)
+            space[node], axis[node] = space[ins[0]], moved
         else:
             merge = node.op == "call_function" and node.target in _MERGE_FUNCS
             for a in ins:

@@ -27,6 +27,7 @@ import torch
 import torch.func
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules import module as _torch_module
 from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
 from .quant import effective_weight
@@ -143,9 +144,7 @@ class SplitRNN(nn.Module):
     def _fusable(self) -> bool:
         """Whether the fused kernel computes what the step-by-step recurrence does: no layer quantizes its inputs
         and no forward hook watches a layer (nor a global one)."""
-        from torch.nn.modules import module as _module  # noqa: PLC0415 - global hook registries
-
-        if _module._global_forward_hooks or _module._global_forward_pre_hooks:
+        if _torch_module._global_forward_hooks or _torch_module._global_forward_pre_hooks:
             return False
         return not any(getattr(m, "act_quant", None) is not None or m._forward_hooks or m._forward_pre_hooks
                        for m in self.modules() if isinstance(m, nn.Linear))
