@@ -55,6 +55,7 @@ CHEAP_EPOCHS = {"low": 1, "high": 2}
 #: Seeds kept out of every choice of defaults: the default warm start is checked on them after the fact.
 FRESH_SEEDS = (5, 6, 7, 8, 9)
 PROXY = "proxy_retention"  # metacompress.learners.meta.PROXY_NAME (imported lazily: spawned workers start light)
+TUNED = "tuned_proxy_retention"  # metacompress.learners.meta.TUNED_PROXY_NAME
 
 _CACHE: dict[str, Any] = {}
 
@@ -87,7 +88,7 @@ def _objective(s: dict[str, Any], seed: int) -> Any:
 
 
 #: The metrics each recorded trial keeps.
-RECORDED = ("accuracy", "size_bytes", "compression_ratio", PROXY)
+RECORDED = ("accuracy", "size_bytes", "compression_ratio", PROXY, TUNED)
 
 
 def loto_history(held_out: str, zoo_only: bool = False) -> Any:
@@ -316,14 +317,17 @@ def run_one(job: tuple[str, int, str, int, int]) -> dict[str, Any]:
     plan = None
     # the predictor the build selects on that history: GBM on the zoo's tasks alone, the shipped default on all
     chosen = "gbm" if zoo_only else default_kind()
-    if method in ("warm", "warm_rep", "warm_blend"):  # the product's default: sequential points against the front
-        kind = chosen if method == "warm" else "reptile" if method == "warm_rep" else "gbm"
+    if method in ("warm", "warm_rep", "warm_blend", "warm_untuned", "warm_tuned"):  # the default: sequential points
+        kind = chosen if method in ("warm", "warm_untuned", "warm_tuned") else "reptile" if method == "warm_rep" \
+            else "gbm"
         key = (kind if method != "warm_blend" else "gbm_blend") + ("_zoo" if zoo_only else "")
         if key not in s["predictors"]:  # warm_blend: the GBM blended with the calibrated proxy
             s["predictors"][key] = loto_predictor(name, kind, zoo_only,
                                                   **({"proxy_weight": 0.5} if method == "warm_blend" else {}))
         proposer, reason = sequential_for_task(space, s["task"], history=loto_history(name, zoo_only), seed=seed,
-                                               objectives=OBJECTIVES, predictor=s["predictors"][key])
+                                               objectives=OBJECTIVES, predictor=s["predictors"][key],
+                                               batch_size=s["cfg"].train.batch_size,
+                                               tuned=0 if method == "warm_untuned" else None)
         plan = SequentialWarmStart(proposer, k, reference)
     elif method.startswith("warm") or method == "size_bins":
         kind = ("reptile" if method in ("warm_reptile", "warm_batch_rep") else chosen if method == "warm_batch"
@@ -358,9 +362,12 @@ def run_one(job: tuple[str, int, str, int, int]) -> dict[str, Any]:
         distributions = _restrict(distributions, s[key])
         reason = f"BoundingBox: {s[key]}"
     trials = []
+    propose_s = 0.0  # time the sequential warm start spends choosing its points (measuring proxies)
     for _ in range(budget):
+        a = time.perf_counter()
         if plan is not None and enqueue_next_warm_point(study, plan):  # exactly as a local search does
             predicted.append({"accuracy_retention": study.get_trials(deepcopy=False)[-1].user_attrs[ATTR_PREDICTED]})
+        propose_s += time.perf_counter() - a
         trial = study.ask(dict(distributions))
         a = time.perf_counter()
         try:
@@ -378,7 +385,7 @@ def run_one(job: tuple[str, int, str, int, int]) -> dict[str, Any]:
     return {"task": name, "seed": seed, "method": label, "budget": budget, "k": k if method.startswith("warm") or method == "size_bins"
             else 0, "teacher": {key: reference[key] for key in OBJECTIVES}, "hv": hv, "trials": trials,
             "predicted": predicted, "reason": reason, "wall_s": round(time.perf_counter() - t0, 1),
-            "kind": "real"}
+            "propose_s": round(propose_s, 2), "kind": "real"}
 
 
 def done_keys(path: Path) -> set[tuple[str, int, str]]:
@@ -450,10 +457,10 @@ def _rank_scores(pred: np.ndarray, real: np.ndarray) -> tuple[float, float]:
     return float(np.nan_to_num(spearmanr(pred, real).statistic)), float(np.nan_to_num(kendalltau(pred, real).statistic))
 
 
-def _encode_trials(name: str, trials: list[dict[str, Any]], features: dict[str, float], sens: Any
+def _encode_trials(name: str, trials: list[dict[str, Any]], features: dict[str, float], sens: Any, seed: int
                    ) -> tuple[np.ndarray, np.ndarray]:
-    """Predictor inputs (the proxy measured where the trial did not record it) and real retention of a run's
-    finished trials."""
+    """Predictor inputs (the proxies measured where the trial did not record them, the tuned one as the run of
+    ``seed`` ran it) and real retention of a run's finished trials."""
     from metacompress.learners.meta import FEATURE_NAMES, ProxyProbe, encode_policy
 
     s = _setup(name)
@@ -464,10 +471,12 @@ def _encode_trials(name: str, trials: list[dict[str, Any]], features: dict[str, 
             continue
         policy = s["space"].decode(t["params"])
         enc = encode_policy(policy, s["space"].layers, sens, compression_ratio=t["metrics"]["compression_ratio"])
-        if PROXY not in t["metrics"] and "probe" not in s:
+        if not {PROXY, TUNED} <= set(t["metrics"]) and "probe" not in s:
             s["probe"] = ProxyProbe(s["task"])
         proxy = t["metrics"][PROXY] if PROXY in t["metrics"] else s["probe"](policy)
-        rows.append(feats + list(enc.values()) + [proxy])
+        tuned = t["metrics"][TUNED] if TUNED in t["metrics"] else \
+            s["probe"].tuned(policy, seed=seed, batch_size=s["cfg"].train.batch_size)
+        rows.append(feats + list(enc.values()) + [proxy, tuned])
         ys.append(t["metrics"]["accuracy"] / s["reference"]["accuracy"])
     return np.asarray(rows, dtype=float), np.asarray(ys, dtype=float)
 
@@ -481,16 +490,18 @@ def real_trial_sets(name: str, runs: list[dict[str, Any]]) -> list[tuple[np.ndar
     layers = list(s["space"].layers)
     sens = layer_sensitivity(s["task"], layers, seed=0)
     features = task_meta_features(s["task"], seed=0, layers=layers, sensitivity=sens)
-    return [_encode_trials(name, r["trials"], features, sens) for r in runs
+    return [_encode_trials(name, r["trials"], features, sens, r["seed"]) for r in runs
             if r["task"] == name and r["method"] == "random" and r.get("kind") == "real"]
 
 
 def predictor_quality(runs: list[dict[str, Any]], tasks: list[str], shots: int = 5) -> dict[str, Any]:
     """Spearman/Kendall of predicted vs real retention on each held-out task, zero-shot and after ``shots``.
 
-    ``gbm`` and ``reptile`` score rows with their measured proxy; ``gbm_unmeasured`` is the GBM on the same rows
-    with the proxy left out (what it knows of a candidate before measuring it), ``gbm_blend`` the GBM blended with
-    the calibrated proxy (``proxy_weight=0.5``) and ``proxy`` the measured proxy itself as the ranker. Two query sets: the held-out
+    ``gbm`` and ``reptile`` score rows with both measured proxies; ``gbm_untuned`` is the GBM on the same rows
+    with the tuned proxy left out (its tier of the proxy alone, the default before the tuned proxy),
+    ``gbm_unmeasured`` with both left out (what it knows of a candidate before measuring it), ``gbm_blend`` the
+    GBM blended with the calibrated measurement (``proxy_weight=0.5``), ``proxy`` and ``tuned`` the measured proxy
+    and the tuned proxy themselves as rankers. Two query sets: the held-out
     task's real trials of the ``random`` runs (unbiased samples of the benchmark's space; support = the first
     ``shots`` trials of the run, query = the rest) and its rows of the shipped meta-dataset (support = its first
     ``shots`` rows). Zero-shot is scored on the same query rows.
@@ -501,15 +512,16 @@ def predictor_quality(runs: list[dict[str, Any]], tasks: list[str], shots: int =
     out: dict[str, Any] = {"noise_ceiling": noise_ceiling(runs, tasks, shots)}
     real = {name: real_trial_sets(name, runs) for name in tasks}  # once per task, not once per predictor
     models: dict[tuple[str, str], Any] = {}
-    for kind in ("reptile", "gbm", "gbm_unmeasured", "gbm_blend", "proxy", "reptile_zoo", "gbm_zoo"):
+    for kind in ("reptile", "gbm", "gbm_untuned", "gbm_unmeasured", "gbm_blend", "proxy", "tuned", "reptile_zoo",
+                 "gbm_zoo"):
         per_task = {}
         for name in tasks:
-            base = kind.removesuffix("_unmeasured")
+            base = kind.removesuffix("_unmeasured").removesuffix("_untuned")
             if (name, base) not in models:
                 zoo_only, core = base.endswith("_zoo"), base.removesuffix("_zoo")
-                models[(name, base)] = (_ProxyRanker() if base == "proxy" else loto_predictor(name, "gbm",
-                                        proxy_weight=0.5) if base == "gbm_blend" else loto_predictor(name, core,
-                                                                                                     zoo_only))
+                models[(name, base)] = (_ProxyRanker(-2) if base == "proxy" else _ProxyRanker(-1) if base == "tuned"
+                                        else loto_predictor(name, "gbm", proxy_weight=0.5) if base == "gbm_blend"
+                                        else loto_predictor(name, core, zoo_only))
             model = models[(name, base)]
             sets = [("real", X, y) for X, y in real[name]]
             meta = shipped.subset([name])
@@ -519,9 +531,9 @@ def predictor_quality(runs: list[dict[str, Any]], tasks: list[str], shots: int =
             for label, X, y in sets:
                 if len(y) < shots + 3:
                     continue
-                if kind.endswith("_unmeasured"):
+                if kind.endswith(("_unmeasured", "_untuned")):
                     X = X.copy()
-                    X[:, -1] = np.nan
+                    X[:, -1 if kind.endswith("_untuned") else -2:] = np.nan
                 q = np.arange(shots, len(y))
                 adapted = model.adapt(X[:shots], y[:shots])
                 for tag, m in (("zero_shot", model), (f"after_{shots}", adapted)):
@@ -537,10 +549,14 @@ def predictor_quality(runs: list[dict[str, Any]], tasks: list[str], shots: int =
 
 
 class _ProxyRanker:
-    """The measured proxy (the last input column) as a predictor of retention; nothing to adapt."""
+    """A measured input column (-2: the proxy, -1: the tuned proxy) as a predictor of retention; nothing to
+    adapt."""
+
+    def __init__(self, column: int) -> None:
+        self.column = column
 
     def predict(self, X: np.ndarray) -> np.ndarray:
-        return X[:, -1]
+        return X[:, self.column]
 
     def adapt(self, X: np.ndarray, y: np.ndarray) -> _ProxyRanker:
         return self
@@ -760,6 +776,8 @@ def aggregate(args: argparse.Namespace) -> dict[str, Any]:
 
 
 _LABELS = {"warm": "warm TPE (ours, default: k points one at a time against the observed front, measured)",
+          "warm_tuned": "warm TPE (sequential, the tuned proxy of the 3 best of each step measured)",
+          "warm_untuned": "warm TPE (sequential, the proxy alone measured: the default before the tuned proxy)",
           "warm_rep": "warm TPE (sequential, the Reptile predictor instead of the GBM)",
           "warm_blend": "warm TPE (sequential, GBM blended with the calibrated proxy: proxy_weight 0.5)",
           "warm_batch": "warm TPE (batch: k hedged points fixed up front, measured)",

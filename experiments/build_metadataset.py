@@ -48,6 +48,7 @@ from metacompress.learners import BUILTIN_TASKS, describe_layers, load_task
 from metacompress.learners.tasks import SYNTHETIC_TASKS
 from metacompress.learners.meta import (
     PROXY_NAME,
+    TUNED_PROXY_NAME,
     History,
     ProxyProbe,
     SizeModel,
@@ -145,6 +146,35 @@ def add_proxy(history: History) -> History:
     return History(frame)
 
 
+def add_tuned(history: History, seed: int) -> History:
+    """Measure the tuned proxy (:meth:`ProxyProbe.tuned`) of the rows that lack it, from their policies, as the
+    trial behind each row ran it: a build row with the build's seed and the search default batch size of 64, a
+    benchmark row (study ``bench:<method>:<seed>``) with its run's seed and the benchmark config's batch size.
+    Every other column is kept."""
+    from bench_warmstart import _setup  # noqa: PLC0415 - the benchmark's configs, same folder
+
+    frame = history.frame
+    missing = frame[TUNED_PROXY_NAME].isna() & (frame["policy"] != "")
+    tasks = sorted(frame.loc[missing, "task"].unique())
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+    with Progress(*columns, console=console) as progress:
+        bar = progress.add_task("tuned proxy", total=int(missing.sum()))
+        for name in tasks:
+            task = load_task(name)
+            probe, names = ProxyProbe(task), [i.name for i in describe_layers(task.teacher, task.example_input(2))]
+            rows = frame.index[missing & (frame["task"] == name)]
+            values = []
+            for study, text in zip(frame.loc[rows, "study"], frame.loc[rows, "policy"]):
+                bench = str(study).startswith("bench:")
+                run_seed = int(str(study).rsplit(":", 1)[1]) if bench else seed
+                batch = _setup(name)["cfg"].train.batch_size if bench else 64
+                policy = CompressionPolicy.from_dict(json.loads(text), names)
+                values.append(probe.tuned(policy, seed=run_seed, batch_size=batch))
+                progress.advance(bar)
+            frame.loc[rows, TUNED_PROXY_NAME] = values
+    return History(frame)
+
+
 def _spearman(a: np.ndarray, b: np.ndarray) -> float:
     rho = spearmanr(a, b).statistic if np.std(a) > 0 and np.std(b) > 0 else 0.0
     return float(np.nan_to_num(rho))
@@ -203,7 +233,7 @@ def rows_from_runs(path: Path, methods: list[str]) -> list[dict[str, Any]]:
 
     Every finished search joins the history (the flywheel); these are the searches the benchmark ran. Each row
     is tagged ``study = "bench:<method>:<seed>"``; the task's meta-features and probes are the meta-dataset's. A
-    trial that did not record its proxy (runs before it was recorded) has it measured here.
+    trial that did not record its proxies (runs before they were recorded) has them measured here.
     """
     from bench_warmstart import _setup, load_runs  # noqa: PLC0415 - the benchmark's spaces, same folder
 
@@ -222,10 +252,13 @@ def rows_from_runs(path: Path, methods: list[str]) -> list[dict[str, Any]]:
             enc = encode_policy(policy, space.layers, meta["sensitivity"],
                                 compression_ratio=t["metrics"]["compression_ratio"])
             metrics = dict(t["metrics"])
+            if r["task"] not in probes and not {PROXY_NAME, TUNED_PROXY_NAME} <= set(metrics):
+                probes[r["task"]] = ProxyProbe(setup["task"])
             if PROXY_NAME not in metrics:
-                if r["task"] not in probes:
-                    probes[r["task"]] = ProxyProbe(setup["task"])
                 metrics[PROXY_NAME] = probes[r["task"]](policy)
+            if TUNED_PROXY_NAME not in metrics:
+                metrics[TUNED_PROXY_NAME] = probes[r["task"]].tuned(policy, seed=r["seed"],
+                                                                    batch_size=setup["cfg"].train.batch_size)
             rows.append(make_row(r["task"], f"bench:{r['method']}:{r['seed']}", meta["meta_features"], enc,
                                  metrics, r["teacher"]["accuracy"], policy))
     return rows
@@ -256,6 +289,8 @@ def main() -> None:
                         help="with --train-only: recompute sizes, encodings and proxies of the CSV's rows first")
     parser.add_argument("--add-proxy", action="store_true",
                         help="with --train-only: measure the proxy of the CSV's rows that lack it")
+    parser.add_argument("--add-tuned", action="store_true",
+                        help="with --train-only: measure the tuned proxy of the CSV's rows that lack it")
     parser.add_argument("--add-runs", type=Path, default=None, metavar="JSONL",
                         help="with --train-only: replace the rows from benchmark runs with this JSONL's real "
                              "trials of --run-methods (experiments/results/warmstart_runs.jsonl)")
@@ -300,6 +335,11 @@ def main() -> None:
     if args.train_only and args.add_proxy:
         history = add_proxy(history)
         history.to_csv(CSV)
+    if args.train_only and args.add_tuned:
+        t0 = time.perf_counter()
+        history = add_tuned(history, args.seed)
+        history.to_csv(CSV)
+        extra["add_tuned_s"] = round(time.perf_counter() - t0, 1)
     if args.train_only and args.add_runs:
         frame = history.frame
         kept = History(frame[~frame["study"].astype(str).str.startswith("bench:")].reset_index(drop=True))

@@ -90,6 +90,10 @@ class FinetuneConfig:
             :func:`default_feature_layers` of the teacher).
         max_steps_per_epoch: Cap on steps per epoch (``None``: full passes).
         eval_every_epoch: Compute validation accuracy after each epoch (needed by early stopping).
+        stop_after: Stop after this many optimizer steps in all (``None``: the full fine-tuning). The learning-rate
+            schedule still spans the full fine-tuning, so the student is the full run's own after its first steps
+            (the tuned proxy, :mod:`metacompress.learners.meta.proxy`); the last record may cover part of an epoch.
+        on_step: Called as ``on_step(step)`` after each optimizer step (1-based, counted over epochs).
     """
 
     batch_size: int = 64
@@ -98,6 +102,8 @@ class FinetuneConfig:
     feature_layers: Sequence[str] = ()
     max_steps_per_epoch: int | None = None
     eval_every_epoch: bool = True
+    stop_after: int | None = None
+    on_step: Callable[[int], None] | None = None
 
 
 class _FeatureTap:
@@ -221,6 +227,7 @@ def finetune(
             for tap in taps:
                 stack.callback(tap.close)
         loss_of = _BatchLoss(student, teacher, policy, t_logits, y, layers, taps, ref)
+        done = 0  # optimizer steps so far
         for epoch in range(1, policy.epochs + 1):
             order = torch.randperm(len(x), generator=gen).to(device)
             losses = []  # kept on the device: reading each one back would wait for the GPU at every step
@@ -232,11 +239,18 @@ def finetune(
                 loss.backward()
                 optimizer.step()
                 schedule.step()
+                done += 1
+                if cfg.on_step is not None:
+                    cfg.on_step(done)
+                if cfg.stop_after is not None and done >= cfg.stop_after:
+                    break  # the record below then covers part of an epoch
             record = {"epoch": epoch, "loss": _finite_mean(losses, epoch)}
             if val is not None and cfg.eval_every_epoch:
                 record["val_accuracy"] = accuracy(student, val, device=cfg.device)
             history.append(record)
             if callback is not None and callback(epoch, record):
+                break
+            if cfg.stop_after is not None and done >= cfg.stop_after:
                 break
     student.eval()
     return history

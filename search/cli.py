@@ -107,7 +107,8 @@ def search(
         if info is None:
             points, info = resolve_warm_start(mode, p.space, p.task, n_points=cfg.warm_start.n_points,
                                               seed=cfg.seed, file=cfg.warm_start.file, tracking_uri=cfg.tracking_uri,
-                                              objectives=cfg.objectives, sequential=True, reference=p.reference)
+                                              objectives=cfg.objectives, sequential=True, reference=p.reference,
+                                              batch_size=cfg.train.batch_size)
     if info.get("reason"):
         console.print(info["reason"], style="yellow" if info["reason"].startswith("cold") else None)
     with SearchProgress(console, p) as bar:

@@ -28,7 +28,7 @@ from metacompress.learners import (
     finetune,
     predict_logits,
 )
-from metacompress.learners.meta.proxy import PROXY_NAME, ProxyProbe
+from metacompress.learners.meta.proxy import PROXY_NAME, TUNED_PROXY_NAME, ProxyProbe
 from metacompress.spaces import CompressionPolicy, CompressionSpace, MetacompressError, invalid_value
 
 __all__ = ["Objective", "TrialFailed", "TrialOutcome", "TrialTimeout", "resolve_device", "teacher_metrics"]
@@ -132,13 +132,21 @@ class Objective:
             torch.manual_seed(self.seed)
             student = compress(self.task.teacher, policy, self.example)
             proxy = self.proxy.student_retention(student)
-            cfg = FinetuneConfig(batch_size=self.batch_size, device=self.device, seed=self.seed)
+            tuned: dict[str, float] = {}
+            at = self.proxy.steps(policy, self.batch_size)
+
+            def on_step(step: int) -> None:  # the tuned proxy: this very student after its first steps
+                if step == at:
+                    tuned[TUNED_PROXY_NAME] = self.proxy.student_retention(student)
+
+            cfg = FinetuneConfig(batch_size=self.batch_size, device=self.device, seed=self.seed, on_step=on_step)
             history = finetune(student, self.task.teacher, self.task.train, policy, val=self.task.val,
                                config=cfg, teacher_logits=self.teacher_logits, callback=on_epoch)
             t1 = time.perf_counter()
             metrics = evaluate(student.cpu(), self.task.val, self.example, reference=self.reference,
                                latency_repeats=self.latency_repeats)
             metrics[PROXY_NAME] = proxy
+            metrics.update(tuned if policy.epochs else {TUNED_PROXY_NAME: proxy})  # no fine-tuning: the proxy
         except TrialFailed:
             raise
         except NonFiniteLossError as exc:

@@ -170,12 +170,14 @@ def history_table(parts: Sequence[tuple[str, Any]]) -> Any:
     from rich.table import Table
 
     table = Table(title="Trial history by task")
-    for col in ("source", "task", "rows", "searches", "median retention", "best retention", "proxy measured"):
+    for col in ("source", "task", "rows", "searches", "median retention", "best retention", "proxy measured",
+                "tuned proxy"):
         table.add_column(col, justify="left" if col in ("source", "task") else "right")
     for source, h in parts:
         for task, r in h.summary().iterrows():
             table.add_row(source, str(task), str(int(r["rows"])), str(int(r["studies"])),
-                          f"{r['median_retention']:.3f}", f"{r['best_retention']:.3f}", f"{r['measured']:.0%}")
+                          f"{r['median_retention']:.3f}", f"{r['best_retention']:.3f}", f"{r['measured']:.0%}",
+                          f"{r['tuned']:.0%}")
     return table
 
 

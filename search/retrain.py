@@ -245,7 +245,7 @@ def _warm_start(job: Any, p: Any, base: str) -> tuple[list[dict[str, Any]] | Any
 
     history = History.collect(job.tracking_uri)
     proposer, source = sequential_for_task(p.space, p.task, history=history, seed=job.seed,
-                                           objectives=job.objectives)
+                                           objectives=job.objectives, batch_size=p.cfg.train.batch_size)
     if proposer is not None:
         return SequentialWarmStart(proposer, k, p.reference, first=previous), {
             "mode": "auto", "n_points": len(previous) + k, "sequential": True,

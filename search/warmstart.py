@@ -146,7 +146,7 @@ def resumed_warm_start(study: optuna.Study, n_trials: int, k: int, *, sequential
 def resolve_warm_start(
     mode: str, space: CompressionSpace, task: Task, *, n_points: int, seed: int, file: str | None = None,
     tracking_uri: str | None = None, objectives: dict[str, str] | None = None, sequential: bool = False,
-    reference: dict[str, float] | None = None,
+    reference: dict[str, float] | None = None, batch_size: int = 64,
 ) -> tuple[list[dict[str, Any]] | SequentialWarmStart, dict[str, Any]]:
     """The points to enqueue and the summary's ``warm_start`` entry.
 
@@ -163,6 +163,8 @@ def resolve_warm_start(
             observed front: what a search on either backend runs) instead of a list (the batch, chosen up front:
             what ``metacompress suggest`` shows).
         reference: The teacher's metrics (required with ``sequential``).
+        batch_size: The search's fine-tuning batch size (with ``seed``, the sequential warm start's tuned proxy
+            replays the first steps of the trial a candidate would run).
     """
     if mode not in ("auto", "off"):
         file, mode = mode, "file"
@@ -179,7 +181,8 @@ def resolve_warm_start(
     if sequential:
         from metacompress.learners.meta.sequential import sequential_for_task
 
-        proposer, source = sequential_for_task(space, task, history=history, seed=seed, objectives=objectives)
+        proposer, source = sequential_for_task(space, task, history=history, seed=seed, objectives=objectives,
+                                               batch_size=batch_size)
         if proposer is None:
             _LOG.warning("%s", source)
             return [], {"mode": "auto", "n_points": 0, "reason": source}

@@ -29,7 +29,7 @@ from .predictors import (
     make_predictor,
     save_predictor,
 )
-from .proxy import PROXY_NAME, ProxyProbe
+from .proxy import PROXY_NAME, TUNED_PROXY_NAME, ProxyProbe, tuned_steps
 from .propose import Proposal, hypervolume_order, pareto_indices, propose, propose_for_task, warm_start_points
 from .size import SizeModel, exact_size_bytes
 
@@ -45,6 +45,7 @@ __all__ = [
     "OUTCOME_NAMES",
     "PREDICTOR_KINDS",
     "PROXY_NAME",
+    "TUNED_PROXY_NAME",
     "Proposal",
     "ProxyProbe",
     "ReptilePredictor",
@@ -66,6 +67,7 @@ __all__ = [
     "propose_for_task",
     "save_predictor",
     "task_meta_features",
+    "tuned_steps",
     "warm_start_points",
     "weight_statistics",
 ]

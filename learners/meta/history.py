@@ -24,7 +24,7 @@ from metacompress.spaces import CompressionPolicy, ConfigError, invalid_value
 
 from .encoding import ENCODING_DEFAULTS, ENCODING_NAMES
 from .features import FEATURE_NAMES
-from .proxy import PROXY_NAME
+from .proxy import PROXY_NAME, TUNED_PROXY_NAME
 
 __all__ = [
     "History", "INPUT_NAMES", "MEASURED_NAMES", "OUTCOME_NAMES", "SCHEMA_VERSION", "SHIPPED_CSV", "make_row",
@@ -35,9 +35,9 @@ _LOG = logging.getLogger(__name__)
 
 #: Version of the row layout; rows (and ``meta.json`` files) of another version are skipped.
 SCHEMA_VERSION = 1
-#: Inputs measured per policy (:mod:`.proxy`), the last input columns; NaN where not measured (older searches,
-#: candidates a warm start did not probe).
-MEASURED_NAMES: tuple[str, ...] = (PROXY_NAME,)
+#: Inputs measured per policy (:mod:`.proxy`), the last input columns, each costlier than the one before; NaN
+#: where not measured (older searches, candidates a warm start did not probe).
+MEASURED_NAMES: tuple[str, ...] = (PROXY_NAME, TUNED_PROXY_NAME)
 #: Predictor inputs, in column order.
 INPUT_NAMES: tuple[str, ...] = (*FEATURE_NAMES, *ENCODING_NAMES, *MEASURED_NAMES)
 #: Outcome columns; ``retention = accuracy / teacher_accuracy`` is the predictor's target.
@@ -228,14 +228,16 @@ class History:
 
     def summary(self) -> pd.DataFrame:
         """One row per task (its name the index, sorted): ``rows``, ``studies``, ``median_retention``,
-        ``best_retention`` and ``measured`` (the share of rows that recorded the measured proxy)."""
-        columns = ["rows", "studies", "median_retention", "best_retention", "measured"]
+        ``best_retention``, ``measured`` and ``tuned`` (the shares of rows that recorded the measured proxy and
+        the tuned proxy)."""
+        columns = ["rows", "studies", "median_retention", "best_retention", "measured", "tuned"]
         if not len(self):
             return pd.DataFrame(columns=columns, index=pd.Index([], name="task"))
         by = self._frame.groupby("task", sort=True)
         return pd.DataFrame({"rows": by.size(), "studies": by["study"].nunique(),
                              "median_retention": by["retention"].median(), "best_retention": by["retention"].max(),
-                             "measured": by[PROXY_NAME].apply(lambda s: float(s.notna().mean()))})[columns]
+                             "measured": by[PROXY_NAME].apply(lambda s: float(s.notna().mean())),
+                             "tuned": by[TUNED_PROXY_NAME].apply(lambda s: float(s.notna().mean()))})[columns]
 
     def subset(self, tasks: Iterable[str]) -> History:
         """The rows of the given tasks."""

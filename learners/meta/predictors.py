@@ -43,15 +43,16 @@ PREDICTOR_KINDS: tuple[str, ...] = ("gbm", "reptile")
 class GBMRetentionPredictor(RegressorMixin, BaseEstimator):
     """Gradient-boosted trees on meta-features ⊕ policy encoding (⊕ measured proxy) → accuracy retention.
 
-    On rows of :data:`~.history.INPUT_NAMES` it fits two models: one on the inputs a policy has before it is
-    measured, one that also uses the measured proxy (:mod:`.proxy`), on the rows that recorded it. A row is
-    predicted by the second when its proxy is known, by the first otherwise: a warm start scores its whole pool
-    with the first and re-scores a measured shortlist with the second. (One model trained on the rows twice,
-    with and without the proxy, ranked worse than either on held-out tasks.) Other widths of ``X``: one model.
+    On rows of :data:`~.history.INPUT_NAMES` it fits one model per *tier*: one on the inputs a policy has before
+    it is measured, one that also uses the measured proxy (:mod:`.proxy`), on the rows that recorded it, and one
+    that uses the tuned proxy too, on the rows that recorded both. A row is predicted by the deepest tier whose
+    measurements it has: a warm start scores its whole pool with the first, re-scores a measured shortlist with
+    the second and its few best with the third. (One model trained on the rows twice, with and without the
+    proxy, ranked worse than separate models on held-out tasks.) Other widths of ``X``: one model.
 
-    Where the proxy is known, a prediction can blend the measured model with the proxy itself,
-    ``(1 - proxy_weight) * model + proxy_weight * calibrated proxy`` (the proxy mapped onto the scale of retention
-    by an isotonic fit on the training rows): trees fit on a handful of tasks learn interactions of the proxy with
+    Where the proxy is known, a prediction can blend the tier's model with its newest measurement itself,
+    ``(1 - proxy_weight) * model + proxy_weight * calibrated proxy`` (the measurement mapped onto the scale of
+    retention by an isotonic fit on the training rows): trees fit on a handful of tasks learn interactions of the proxy with
     the task's meta-features that do not all transfer, and the plain proxy ranks some new tasks better. On held-out
     tasks ``proxy_weight=0.5`` ranks better than the model alone but did not improve the warm start
     (``experiments/results/warmstart.md``), so the default is 0. :meth:`adapt` re-weighs the two on the task's own
@@ -105,45 +106,66 @@ class GBMRetentionPredictor(RegressorMixin, BaseEstimator):
     def _measured_columns(self, n_columns: int) -> int:
         return len(MEASURED_NAMES) if n_columns == len(INPUT_NAMES) else 0
 
+    @staticmethod
+    def _depth(X: np.ndarray, m: int) -> np.ndarray:
+        """Per row, how many of the ``m`` measured columns are known in order (the proxy, then the tuned
+        proxy): the tier that predicts it."""
+        known = np.isfinite(X[:, X.shape[1] - m:]) if m else np.zeros((len(X), 0), dtype=bool)
+        return np.cumprod(known, axis=1).sum(1) if m else np.zeros(len(X), dtype=int)
+
     def fit(self, X: Any, y: Any, groups: Any = None) -> GBMRetentionPredictor:
         """Fit on rows ``X``, targets ``y``; ``groups`` (task of each row) drives the ensemble's resampling."""
+        from sklearn.isotonic import IsotonicRegression  # noqa: PLC0415
+
         X, y = _check_xy(X, y)
         if not 0.0 <= float(self.proxy_weight) <= 1.0:
             raise invalid_value("proxy_weight", "a number in [0, 1]", str(self.proxy_weight))
         groups = np.zeros(len(y)) if groups is None else np.asarray(groups)
         m = self._measured_columns(X.shape[1])
-        self.models_ = self._ensemble(X[:, : X.shape[1] - m], y, groups)
-        known = np.isfinite(X[:, X.shape[1] - m:]).all(1) if m else np.zeros(len(y), dtype=bool)
-        # the measured model needs enough rows of more than one task to learn how the proxy transfers
-        enough = known.sum() >= 50 and len(np.unique(groups[known])) >= 2
-        self.measured_models_ = self._ensemble(X[known], y[known], groups[known]) if enough else []
-        if self.measured_models_:
-            from sklearn.isotonic import IsotonicRegression  # noqa: PLC0415
-
-            proxy = X[known, X.shape[1] - m]
-            self.proxy_map_ = IsotonicRegression(out_of_bounds="clip").fit(proxy, y[known])
+        base = X.shape[1] - m
+        self.models_ = self._ensemble(X[:, :base], y, groups)
+        depth = self._depth(X, m)
+        self.tiers_: list[tuple[list[Any], Any]] = []  # tier t: models on base + t measured columns, proxy map
+        for t in range(1, m + 1):
+            known = depth >= t
+            # a tier needs enough rows of more than one task to learn how its measurement transfers
+            if known.sum() < 50 or len(np.unique(groups[known])) < 2:
+                break
+            models = self._ensemble(X[known][:, : base + t], y[known], groups[known])
+            iso = IsotonicRegression(out_of_bounds="clip").fit(X[known, base + t - 1], y[known])
+            self.tiers_.append((models, iso))
         self.n_features_in_ = X.shape[1]
         return self
 
+    @property
+    def measured_models_(self) -> list[Any]:
+        """The models of the first measured tier (the proxy known); empty when none was fit."""
+        return self.tiers_[0][0] if self.tiers_ else []
+
     def _predictions(self, X: Any) -> np.ndarray:
-        """``(n_ensemble, n)`` predictions, each row by the measured model when its proxy is known."""
+        """``(n_ensemble, n)`` predictions, each row by the deepest tier whose measured columns it knows."""
         X, _ = _check_xy(X)
         m = self._measured_columns(X.shape[1])
-        out = np.array([model.predict(X[:, : X.shape[1] - m]) for model in self.models_])
-        known = np.isfinite(X[:, X.shape[1] - m:]).all(1) if m and self.measured_models_ else np.zeros(len(X), bool)
-        if known.any():
-            w = self._proxy_weight()
-            proxy = self._calibrated_proxy(X[known, X.shape[1] - m])
-            out[:, known] = [(1.0 - w) * model.predict(X[known]) + w * proxy for model in self.measured_models_]
+        base = X.shape[1] - m
+        out = np.array([model.predict(X[:, :base]) for model in self.models_])
+        depth = np.minimum(self._depth(X, m), len(self.tiers_))
+        for t in range(1, len(self.tiers_) + 1):
+            rows = depth == t
+            if rows.any():
+                w = self._proxy_weight(t)
+                proxy = self._calibrated_proxy(X[rows, base + t - 1], t)
+                out[:, rows] = [(1.0 - w) * model.predict(X[rows][:, : base + t]) + w * proxy
+                                for model in self.tiers_[t - 1][0]]
         return out
 
-    def _calibrated_proxy(self, proxy: np.ndarray) -> np.ndarray:
-        """The proxy on the scale of retention after fine-tuning: the training rows' isotonic map from one to the
-        other (fine-tuning recovers much of what compression alone loses), ties broken by the proxy itself."""
-        return self.proxy_map_.predict(proxy) + PROXY_TIE_BREAK * proxy
+    def _calibrated_proxy(self, proxy: np.ndarray, tier: int = 1) -> np.ndarray:
+        """The tier's newest measurement on the scale of retention after fine-tuning: the training rows' isotonic
+        map from one to the other (fine-tuning recovers much of what compression alone loses), ties broken by the
+        measurement itself."""
+        return self.tiers_[tier - 1][1].predict(proxy) + PROXY_TIE_BREAK * proxy
 
-    def _proxy_weight(self) -> float:
-        return float(getattr(self, "adapted_proxy_weight_", self.proxy_weight))
+    def _proxy_weight(self, tier: int = 1) -> float:
+        return float(getattr(self, "adapted_proxy_weights_", {}).get(tier, self.proxy_weight))
 
     def predict(self, X: Any) -> np.ndarray:
         """Predicted accuracy retention (the ensemble mean)."""
@@ -152,23 +174,29 @@ class GBMRetentionPredictor(RegressorMixin, BaseEstimator):
     def adapt(self, X_task: Any, y_task: Any, steps: int | None = None) -> GBMRetentionPredictor:  # noqa: N803
         """Return a copy adapted to one task's finished trials.
 
-        With at least :data:`ADAPT_MIN_MEASURED` trials that recorded the proxy, the weight of the proxy against
-        the measured model becomes the share of :data:`ADAPT_BOOTSTRAPS` bootstrap resamples of those trials on
-        which the proxy alone misorders fewer pairs than the model alone (ties split): a ranking-weighted
-        ensemble of two rankers (RGPE, Feurer et al. 2018). Then the predictions are shifted by the mean
-        residual. ``steps`` is accepted for symmetry with :meth:`ReptilePredictor.adapt` and ignored.
+        For each measured tier, with at least :data:`ADAPT_MIN_MEASURED` trials that recorded its measurements,
+        the weight of its newest measurement (calibrated) against the tier's model becomes the share of
+        :data:`ADAPT_BOOTSTRAPS` bootstrap resamples of those trials on which the measurement alone misorders fewer
+        pairs than the model alone (ties split): a ranking-weighted ensemble of two rankers (RGPE, Feurer et al.
+        2018). Then the predictions are shifted by the mean residual. ``steps`` is accepted for symmetry with
+        :meth:`ReptilePredictor.adapt` and ignored.
         """
         X_task, y_task = _check_xy(X_task, y_task)
         out = copy.deepcopy(self)
         if not len(y_task):
             return out
-        m = self._measured_columns(X_task.shape[1]) if self.measured_models_ else 0
-        known = np.isfinite(X_task[:, X_task.shape[1] - m:]).all(1) if m else np.zeros(len(y_task), dtype=bool)
-        if known.sum() >= ADAPT_MIN_MEASURED:
-            Xk, yk = X_task[known], y_task[known]
-            model = np.mean([mm.predict(Xk) for mm in self.measured_models_], axis=0)
-            proxy = self._calibrated_proxy(Xk[:, Xk.shape[1] - m])
-            out.adapted_proxy_weight_ = _ranking_vote(model, proxy, yk, self.random_state)
+        m = self._measured_columns(X_task.shape[1])
+        base = X_task.shape[1] - m
+        depth = self._depth(X_task, m)
+        weights = {}
+        for t, (models, _) in enumerate(self.tiers_, start=1):
+            known = depth >= t
+            if known.sum() >= ADAPT_MIN_MEASURED:
+                Xk, yk = X_task[known][:, : base + t], y_task[known]
+                model = np.mean([mm.predict(Xk) for mm in models], axis=0)
+                weights[t] = _ranking_vote(model, self._calibrated_proxy(Xk[:, -1], t), yk, self.random_state)
+        if weights:
+            out.adapted_proxy_weights_ = weights
         out.offset_ = 0.0
         out.offset_ = float(np.mean(y_task - out.predict(X_task)))
         return out

@@ -4,7 +4,8 @@ The batch warm start (:func:`~.propose.propose`) fixes all k points before anyth
 overrated is followed by points planned as if it had succeeded. :class:`SequentialProposer` scores the same
 candidate pool once and, before each warm trial, takes the candidate with the largest predicted hypervolume gain
 over the observed front: the ``shortlist`` candidates of largest gain by the unmeasured prediction are measured
-(:mod:`.proxy`) and re-scored, and the best re-scored gain runs. Predictions are shifted by the shrunk mean
+(:mod:`.proxy`) and re-scored, the ``tuned`` best of those get their tuned proxy too (the first few fine-tuning
+steps, about a tenth of a trial each) and are re-scored again, and the best of them runs. Predictions are shifted by the shrunk mean
 residual of the warm trials already finished, so a predictor over-optimistic on this task stops proposing points
 the real front already beats. The proposer keeps no state between calls: the caller passes what the study holds,
 so a resumed search goes on where it stopped.
@@ -25,9 +26,12 @@ from metacompress.spaces import CompressionSpace, invalid_value
 from .history import INPUT_NAMES, History
 from .context import TaskContext, task_context
 from .propose import PROBE_SHORTLIST, pool_inputs
-from .proxy import PROXY_NAME, ProxyProbe
+from .proxy import PROXY_NAME, TUNED_PROXY_NAME, ProxyProbe
 
-__all__ = ["SequentialProposer", "hv_gain", "sequential_for_task"]
+__all__ = ["SequentialProposer", "TUNED_SHORTLIST", "hv_gain", "sequential_for_task"]
+
+#: Candidates per warm step whose tuned proxy is measured (the best by the proxy's re-scored gain).
+TUNED_SHORTLIST = 3
 
 
 def hv_gain(front: np.ndarray, candidates: np.ndarray) -> np.ndarray:
@@ -65,22 +69,33 @@ class SequentialProposer:
         seed: Seed of the candidate pool (candidate indices are stable for a given seed and space).
         n_candidates: Pool size.
         shortlist: Candidates measured per step (default :data:`~.propose.PROBE_SHORTLIST`).
+        tuned: Of those, how many get the tuned proxy too (default :data:`TUNED_SHORTLIST`; 0: none, the proxy
+            alone decides).
+        batch_size: The search's fine-tuning batch size; with ``seed`` (the search's seed too), the tuned proxy is
+            the first steps of the very trial the candidate would run.
     """
 
     def __init__(self, space: CompressionSpace, task: Any, context: TaskContext, *, seed: int = 0,
-                 n_candidates: int = 10_000, shortlist: int | None = None) -> None:
+                 n_candidates: int = 10_000, shortlist: int | None = None, tuned: int | None = None,
+                 batch_size: int = 64) -> None:
         self.space, self.predictor = space, context.predictor
         self.shortlist = PROBE_SHORTLIST if shortlist is None else int(shortlist)
         if self.shortlist < 1:
             raise invalid_value("shortlist", "an integer >= 1", shortlist)
+        self.n_tuned = TUNED_SHORTLIST if tuned is None else int(tuned)
+        if not 0 <= self.n_tuned <= self.shortlist:
+            raise invalid_value("tuned", f"an integer in [0, shortlist={self.shortlist}]", tuned)
+        self.seed, self.batch_size = int(seed), int(batch_size)
         self.pool, size, self.X = pool_inputs(space, context.layers, context.features, context.size_model,
                                               context.sensitivity, n_candidates, seed)
         self.size_ratio = size / context.size_model.teacher_bytes
         self.unmeasured = np.asarray(self.predictor.predict(self.X), dtype=np.float64)
         self.measured = np.full(len(size), np.nan)
         self.proxy = np.full(len(size), np.nan)
+        self.tuned = np.full(len(size), np.nan)
         self.probe = ProxyProbe(task)
         self._column = INPUT_NAMES.index(PROXY_NAME)
+        self._tuned_column = INPUT_NAMES.index(TUNED_PROXY_NAME)
 
     def _points(self, retention: np.ndarray, idx: np.ndarray) -> np.ndarray:
         return np.column_stack([1.0 - np.clip(retention, 0.0, 1.0), self.size_ratio[idx]])
@@ -90,6 +105,15 @@ class SequentialProposer:
         if len(new):
             self.proxy[new] = self.probe.many([self.space.decode(self.pool.params(int(i))) for i in new])
             self.X[new, self._column] = self.proxy[new]
+            self.measured[new] = self.predictor.predict(self.X[new])
+
+    def _measure_tuned(self, idx: np.ndarray) -> None:
+        """The tuned proxy of ``idx`` (their proxy already measured), and their predictions with it."""
+        new = idx[np.isnan(self.tuned[idx])]
+        if len(new):
+            self.tuned[new] = self.probe.many([self.space.decode(self.pool.params(int(i))) for i in new], tuned=True,
+                                              seed=self.seed, batch_size=self.batch_size)
+            self.X[new, self._tuned_column] = self.tuned[new]
             self.measured[new] = self.predictor.predict(self.X[new])
 
     def next(self, observed: Sequence[tuple[float, float]], residuals: Sequence[float] = (),
@@ -105,7 +129,8 @@ class SequentialProposer:
         Returns:
             ``(index, params, predicted)``: the pool index, the params (valid for ``space.decode``), and
             ``predicted``: ``accuracy_retention`` (shifted by the residuals), ``model_retention`` (the predictor's
-            own value: residuals are taken against it), ``size_ratio`` and the measured ``proxy_retention``.
+            own value: residuals are taken against it), ``size_ratio``, the measured ``proxy_retention`` and
+            ``tuned_proxy_retention`` (NaN when ``tuned`` is 0).
         """
         n = len(residuals)
         offset = float(np.mean(residuals)) * n / (n + 2) if n else 0.0  # shrunk towards no shift
@@ -120,23 +145,29 @@ class SequentialProposer:
         short = free[np.argsort(-gain, kind="stable")[: self.shortlist]]
         self._measure(short)
         rescored = hv_gain(front, self._points(self.measured[short] + offset, short))
+        if self.n_tuned:  # the best few by the proxy get a look at their first fine-tuning steps
+            short = short[np.argsort(-rescored, kind="stable")[: self.n_tuned]]
+            self._measure_tuned(short)
+            rescored = hv_gain(front, self._points(self.measured[short] + offset, short))
         best = int(short[int(np.argmax(rescored))])
         predicted = {"accuracy_retention": float(np.clip(self.measured[best] + offset, 0.0, 1.0)),
                      "model_retention": float(self.measured[best]), "size_ratio": float(self.size_ratio[best]),
-                     PROXY_NAME: float(self.proxy[best])}
+                     PROXY_NAME: float(self.proxy[best]), TUNED_PROXY_NAME: float(self.tuned[best])}
         return best, self.pool.params(best), predicted
 
 
 def sequential_for_task(
     space: CompressionSpace, task: Any, *, history: History | None = None, seed: int = 0,
     objectives: Mapping[str, str] | None = None, predictor: Any = None, kind: str | None = None,
-    n_candidates: int = 10_000,
+    n_candidates: int = 10_000, batch_size: int = 64, tuned: int | None = None,
 ) -> tuple[SequentialProposer | None, str]:
     """A :class:`SequentialProposer` for a new search and the source in words, or ``(None, "cold start: ...")``
-    on an empty or incompatible history (see :func:`~.propose.warm_start_points`)."""
+    on an empty or incompatible history (see :func:`~.propose.warm_start_points`). ``seed`` and ``batch_size``
+    are the search's (the tuned proxy replays the start of its trials); ``tuned`` as in the proposer."""
     history = History.shipped() if history is None else history
     ctx, source = task_context(space, task, history=history, seed=seed, objectives=objectives,
                                predictor=predictor, kind=kind)
     if ctx is None:
         return None, source
-    return SequentialProposer(space, task, ctx, seed=seed, n_candidates=n_candidates), source
+    return SequentialProposer(space, task, ctx, seed=seed, n_candidates=n_candidates, batch_size=batch_size,
+                              tuned=tuned), source

@@ -22,6 +22,7 @@ from metacompress.learners.meta import (
     INPUT_NAMES,
     MEASURED_NAMES,
     PROXY_NAME,
+    TUNED_PROXY_NAME,
     GBMRetentionPredictor,
     History,
     ProxyProbe,
@@ -75,6 +76,10 @@ class SmallResNet(nn.Module):
         x = self.relu(x + self.bn2(self.conv2(x)))
         x = self.relu(self.conv3(x))
         return self.fc2(self.relu(self.fc1(self.flatten(x))))
+
+
+#: Column of the measured proxy in a history's X (the tuned proxy follows it).
+P = INPUT_NAMES.index(PROXY_NAME)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -504,17 +509,57 @@ def test_proxy_probe_measures_accuracy_before_fine_tuning(digits, digits_meta):
     assert many[0] == probe(policy) and np.isnan(many[1:]).all()  # the budget stops after the first
 
 
+def test_tuned_proxy_is_the_first_fine_tuning_steps_of_the_very_trial(digits, digits_meta):
+    """The tuned proxy replays the first tuned_steps() steps of a trial's fine-tuning (same loss, schedule, seed and
+    batches); a search trial records the same value for free, from its own student after those steps."""
+    from metacompress.learners.distill import FinetuneConfig, finetune
+    from metacompress.learners.meta import tuned_steps
+    from metacompress.search.objective import Objective, teacher_metrics
+
+    assert tuned_steps(2, 1437, 64) == 10 and tuned_steps(1, 100, 64) == 1 and tuned_steps(3, 512, 64) == 6
+    assert tuned_steps(0, 1437, 64) == 0  # no fine-tuning: the tuned proxy is the proxy
+    layers = digits_meta[0]
+    space = _space(layers, prune_method=Categorical(("unstructured", "structured")), epochs=Int(1, 3))
+    objective = Objective(digits, space, teacher_metrics(digits, latency_repeats=1), batch_size=32, device="cpu",
+                          latency_repeats=0, seed=3)
+    probe = ProxyProbe(digits)
+    for params in space.space_filling(3, 0):
+        out = objective(params)
+        tuned = probe.tuned(out.policy, seed=3, batch_size=32)
+        assert out.metrics[TUNED_PROXY_NAME] == tuned and 0.0 <= tuned <= 1.5
+    # stop_after: the full run's student after its first steps (the schedule spans the full run), steps counted
+    policy = CompressionPolicy.uniform([i.name for i in layers], 0.6, 3, epochs=2, lr=3e-3)
+    seen, snapshot = [], {}
+
+    def on_step(step: int) -> None:
+        seen.append(step)
+        if step == 7:
+            snapshot.update({k: v.clone() for k, v in student.state_dict().items()})
+
+    torch.manual_seed(0)
+    student = compress(digits.teacher, policy, digits.example_input(2))
+    finetune(student, digits.teacher, digits.train, policy, config=FinetuneConfig(seed=1, on_step=on_step))
+    assert seen == list(range(1, 2 * math.ceil(len(digits.train) / 64) + 1))
+    torch.manual_seed(0)
+    cut = compress(digits.teacher, policy, digits.example_input(2))
+    records = finetune(cut, digits.teacher, digits.train, policy, config=FinetuneConfig(seed=1, stop_after=7))
+    assert len(records) == 1 and all(torch.equal(v, snapshot[k]) for k, v in cut.state_dict().items())
+
+
 def test_history_reads_rows_without_the_proxy_as_unmeasured(tmp_path):
     rows = _rows(2, 5)
     assert all(math.isnan(r[PROXY_NAME]) for r in rows)  # make_row: the metrics did not record it
-    frame = History.from_rows(rows).frame.drop(columns=[PROXY_NAME])  # a CSV from before the proxy
+    # a CSV from before the proxies
+    frame = History.from_rows(rows).frame.drop(columns=[PROXY_NAME, TUNED_PROXY_NAME])
     frame.to_csv(tmp_path / "old.csv", index=False)
     old = History.from_csv(tmp_path / "old.csv")
-    assert len(old) == 10 and old.n_skipped == 0 and np.isnan(old.X()[:, -1]).all()
+    assert len(old) == 10 and old.n_skipped == 0 and np.isnan(old.X()[:, P:]).all()
     rows[0][PROXY_NAME] = float("inf")
     rows[1][PROXY_NAME] = 0.7
+    rows[2][TUNED_PROXY_NAME] = -0.1
     history = History.from_rows(rows)
-    assert history.skipped == {f"invalid {PROXY_NAME}": 1} and history.X()[0, -1] == 0.7
+    assert history.skipped == {f"invalid {PROXY_NAME}": 1, f"invalid {TUNED_PROXY_NAME}": 1}
+    assert history.X()[0, P] == 0.7 and np.isnan(history.X()[0, P + 1])
 
 
 def test_gbm_uses_the_proxy_where_measured_and_predicts_without_it():
@@ -528,7 +573,7 @@ def test_gbm_uses_the_proxy_where_measured_and_predicts_without_it():
     model = GBMRetentionPredictor(max_iter=60).fit(X[g != "task3"], y[g != "task3"], g[g != "task3"])
     Xq, yq = X[g == "task3"], y[g == "task3"]
     unmeasured = Xq.copy()
-    unmeasured[:, -1] = np.nan
+    unmeasured[:, P] = np.nan
     rho = [np.corrcoef(np.argsort(np.argsort(model.predict(x))), np.argsort(np.argsort(yq)))[0, 1]
            for x in (Xq, unmeasured)]
     assert rho[0] > 0.8 and abs(rho[1]) < 0.4  # measured: ranks; unmeasured: the base model cannot
@@ -537,6 +582,37 @@ def test_gbm_uses_the_proxy_where_measured_and_predicts_without_it():
     assert np.isfinite(reptile.predict(unmeasured)).all() and np.isfinite(reptile.predict(Xq)).all()
     with pytest.raises(ConfigError, match="infinite"):
         model.predict(np.full_like(Xq, np.inf))
+
+
+def test_gbm_predicts_each_row_by_the_deepest_measured_tier():
+    """Rows with the tuned proxy go to the tier that learned from it; rows with the proxy alone to the proxy's tier,
+    which is the model a GBM fit without the tuned column learns; adapt re-weighs each tier on its own rows."""
+    rng = np.random.default_rng(1)
+    rows = _rows(5, 60)
+    for r in rows:  # the proxy says little, the tuned proxy nearly all of the retention
+        r[TUNED_PROXY_NAME] = tuned = rng.uniform(0.2, 1.0)
+        r[PROXY_NAME] = float(np.clip(tuned + rng.normal(0, 0.4), 0.0, 1.0))
+        r["accuracy"] = float(np.clip(0.95 * (tuned + rng.normal(0, 0.03)), 0, 1))
+    history = History.from_rows(rows)
+    X, y, g = history.X(), history.y(), history.groups()
+    train = g != "task4"
+    model = GBMRetentionPredictor(max_iter=60).fit(X[train], y[train], g[train])
+    assert len(model.tiers_) == 2
+    Xq, yq = X[~train], y[~train]
+    proxy_only = Xq.copy()
+    proxy_only[:, P + 1] = np.nan
+
+    def rho(pred: np.ndarray) -> float:
+        return float(np.corrcoef(np.argsort(np.argsort(pred)), np.argsort(np.argsort(yq)))[0, 1])
+
+    assert rho(model.predict(Xq)) > 0.9 and rho(model.predict(proxy_only)) < 0.8
+    untuned = X.copy()
+    untuned[:, P + 1] = np.nan  # the same rows without the tuned proxy: only the proxy's tier can be fit
+    without = GBMRetentionPredictor(max_iter=60).fit(untuned[train], y[train], g[train])
+    assert len(without.tiers_) == 1 and model.predict(proxy_only) == pytest.approx(without.predict(proxy_only))
+    adapted = model.adapt(Xq[:8], yq[:8])
+    assert set(adapted.adapted_proxy_weights_) == {1, 2}  # both tiers voted on the task's own trials
+    assert set(model.adapt(proxy_only[:8], yq[:8]).adapted_proxy_weights_) == {1}
 
 
 def _proxy_task(name: str, proxy_share: float, n: int, rng: np.random.Generator) -> list[dict]:
@@ -559,11 +635,11 @@ def test_gbm_blends_the_proxy_and_adapt_reweighs_it_by_ranking_on_the_task():
     w1 = GBMRetentionPredictor(max_iter=80, proxy_weight=1.0).fit(train.X(), train.y(), train.groups())
     X = train.X()[:40]
     calibrated = w1.predict(X)  # the proxy alone, on the retention scale of the training rows
-    assert np.all(np.diff(calibrated[np.argsort(X[:, -1])]) > 0)  # in the proxy's order, no ties
-    assert np.mean(np.abs(calibrated - train.y()[:40])) < np.mean(np.abs(X[:, -1] - train.y()[:40]))
+    assert np.all(np.diff(calibrated[np.argsort(X[:, P])]) > 0)  # in the proxy's order, no ties
+    assert np.mean(np.abs(calibrated - train.y()[:40])) < np.mean(np.abs(X[:, P] - train.y()[:40]))
     assert model.predict(X) == pytest.approx(0.5 * w0.predict(X) + 0.5 * calibrated)
     unmeasured = X.copy()
-    unmeasured[:, -1] = np.nan
+    unmeasured[:, P] = np.nan
     assert model.predict(unmeasured) == pytest.approx(w1.predict(unmeasured))  # no proxy: the base model alone
 
     def rho(m: GBMRetentionPredictor, h: History) -> float:
@@ -572,12 +648,12 @@ def test_gbm_blends_the_proxy_and_adapt_reweighs_it_by_ranking_on_the_task():
     for proxy_share in (1.0, 0.5):  # a task where only the proxy ranks, and one like the training tasks
         new = History.from_rows(_proxy_task("new", proxy_share, 60, rng))
         adapted = model.adapt(new.X()[:8], new.y()[:8])
-        weight = adapted.adapted_proxy_weight_  # from 0.5 towards the ranker that orders the task's trials
+        weight = adapted.adapted_proxy_weights_[1]  # from 0.5 towards the ranker that orders the task's trials
         assert weight > 0.9 if proxy_share == 1.0 else weight < 0.35
         assert rho(adapted, new) > 0.9 and rho(adapted, new) > rho(model, new) + 0.02
-        assert model.proxy_weight == 0.5 and not hasattr(model, "adapted_proxy_weight_")  # a copy adapted
+        assert model.proxy_weight == 0.5 and not hasattr(model, "adapted_proxy_weights_")  # a copy adapted
     few = model.adapt(new.X()[:2], new.y()[:2])  # too few trials to rank: only the shift
-    assert not hasattr(few, "adapted_proxy_weight_") and few.offset_ != 0.0
+    assert not hasattr(few, "adapted_proxy_weights_") and few.offset_ != 0.0
     assert GBMRetentionPredictor().proxy_weight == 0.0  # the default: the measured model until adapted
     with pytest.raises(ConfigError, match="proxy_weight"):
         GBMRetentionPredictor(proxy_weight=1.5).fit(train.X(), train.y())
@@ -598,7 +674,7 @@ def test_propose_measures_the_shortlist_and_scores_with_the_proxy(digits, digits
     for p in measured:  # the proxy of the proposed policy, and the measured model's prediction with it
         assert p.predicted[PROXY_NAME] == probe(space.decode(p.params))
         row = np.array([[*(feats[f] for f in FEATURE_NAMES), *encode_policy(
-            space.decode(p.params), layers, sens, size_model).values(), p.predicted[PROXY_NAME]]])
+            space.decode(p.params), layers, sens, size_model).values(), p.predicted[PROXY_NAME], np.nan]])
         assert p.predicted["accuracy_retention"] == pytest.approx(float(np.clip(model.predict(row)[0], 0, 1)))
     with pytest.raises(ConfigError, match="shortlist"):
         propose(space, layers, feats, model, k=2, size_model=size_model, sensitivity=sens, shortlist=0)
@@ -628,13 +704,19 @@ def test_sequential_proposer_is_stateless_and_reacts_to_the_observed_front(digit
     first = proposer.next([])
     assert proposer.next([]) == first  # the same inputs give the same point (a resumed search goes on)
     index, params, predicted = first
-    space.decode(params)
     assert 0.0 <= predicted["accuracy_retention"] <= 1.0 and 0.0 <= predicted[PROXY_NAME] <= 1.5
+    # the chosen point's tuned proxy was measured as the search's trial would run it (seed 0, batch size 64)
+    assert predicted[TUNED_PROXY_NAME] == ProxyProbe(digits).tuned(space.decode(params), seed=0, batch_size=64)
+    assert np.isfinite(proposer.tuned).sum() == proposer.n_tuned == 3
     observed = [(1.0, predicted["size_ratio"])]  # the first point kept all the accuracy it was predicted to
     second = proposer.next(observed, residuals=[1.0 - predicted["model_retention"]], taken=[index])
     assert second[0] != index
     # a point is never proposed twice, and one the real front already beats is not proposed either
     assert second[2]["size_ratio"] < predicted["size_ratio"] or second[2]["accuracy_retention"] > 1.0 - 1e-9
+    untuned, _ = sequential_for_task(space, digits, n_candidates=2_000, tuned=0)
+    assert math.isnan(untuned.next([])[2][TUNED_PROXY_NAME])  # tuned=0: the proxy alone decides
+    with pytest.raises(ConfigError, match="'tuned'"):
+        sequential_for_task(space, digits, n_candidates=2_000, tuned=13)
     none, reason = sequential_for_task(space, digits, history=History())
     assert none is None and reason.startswith("cold start")
 
