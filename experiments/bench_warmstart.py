@@ -317,13 +317,13 @@ def run_one(job: tuple[str, int, str, int, int]) -> dict[str, Any]:
     plan = None
     # the predictor the build selects on that history: GBM on the zoo's tasks alone, the shipped default on all
     chosen = "gbm" if zoo_only else default_kind()
-    if method in ("warm", "warm_rep", "warm_blend", "warm_untuned", "warm_tuned"):  # the default: sequential points
+    if method in ("warm", "warm_rep", "warm_blend", "warm_untuned", "warm_tuned", "warm_tw75"):  # sequential
         kind = chosen if method in ("warm", "warm_untuned", "warm_tuned") else "reptile" if method == "warm_rep" \
             else "gbm"
-        key = (kind if method != "warm_blend" else "gbm_blend") + ("_zoo" if zoo_only else "")
-        if key not in s["predictors"]:  # warm_blend: the GBM blended with the calibrated proxy
-            s["predictors"][key] = loto_predictor(name, kind, zoo_only,
-                                                  **({"proxy_weight": 0.5} if method == "warm_blend" else {}))
+        params = {"warm_blend": {"proxy_weight": 0.5}, "warm_tw75": {"tuned_weight": 0.75}}.get(method, {})
+        key = (kind if not params else method) + ("_zoo" if zoo_only else "")
+        if key not in s["predictors"]:  # warm_blend / warm_tw75: the GBM blended with a calibrated proxy
+            s["predictors"][key] = loto_predictor(name, kind, zoo_only, **params)
         proposer, reason = sequential_for_task(space, s["task"], history=loto_history(name, zoo_only), seed=seed,
                                                objectives=OBJECTIVES, predictor=s["predictors"][key],
                                                batch_size=s["cfg"].train.batch_size,
@@ -778,6 +778,7 @@ def aggregate(args: argparse.Namespace) -> dict[str, Any]:
 _LABELS = {"warm": "warm TPE (ours, default: k points one at a time against the observed front, measured)",
           "warm_tuned": "warm TPE (sequential, the tuned proxy of the 3 best of each step measured)",
           "warm_untuned": "warm TPE (sequential, the proxy alone measured: the default before the tuned proxy)",
+          "warm_tw75": "warm TPE (sequential, tuned proxy, GBM blended with it: tuned_weight 0.75)",
           "warm_rep": "warm TPE (sequential, the Reptile predictor instead of the GBM)",
           "warm_blend": "warm TPE (sequential, GBM blended with the calibrated proxy: proxy_weight 0.5)",
           "warm_batch": "warm TPE (batch: k hedged points fixed up front, measured)",

@@ -69,18 +69,20 @@ class GBMRetentionPredictor(RegressorMixin, BaseEstimator):
         n_ensemble: Models in the ensemble (1: a single model, no uncertainty).
         proxy_weight: Weight of the calibrated proxy in a prediction where the proxy is known (0: the measured
             model alone) until :meth:`adapt` sets it from the task's trials.
+        tuned_weight: The same for the calibrated tuned proxy where it is known too (the tuned tier).
         random_state: Seed.
     """
 
     def __init__(self, max_iter: int = 300, learning_rate: float = 0.05, max_depth: int = 4,
                  min_samples_leaf: int = 10, n_ensemble: int = 1, proxy_weight: float = 0.0,
-                 random_state: int = 0) -> None:
+                 tuned_weight: float = 0.0, random_state: int = 0) -> None:
         self.max_iter = max_iter
         self.learning_rate = learning_rate
         self.max_depth = max_depth
         self.min_samples_leaf = min_samples_leaf
         self.n_ensemble = n_ensemble
         self.proxy_weight = proxy_weight
+        self.tuned_weight = tuned_weight
         self.random_state = random_state
 
     def _model(self, seed: int) -> Any:
@@ -118,8 +120,9 @@ class GBMRetentionPredictor(RegressorMixin, BaseEstimator):
         from sklearn.isotonic import IsotonicRegression  # noqa: PLC0415
 
         X, y = _check_xy(X, y)
-        if not 0.0 <= float(self.proxy_weight) <= 1.0:
-            raise invalid_value("proxy_weight", "a number in [0, 1]", str(self.proxy_weight))
+        for name in ("proxy_weight", "tuned_weight"):
+            if not 0.0 <= float(getattr(self, name)) <= 1.0:
+                raise invalid_value(name, "a number in [0, 1]", str(getattr(self, name)))
         groups = np.zeros(len(y)) if groups is None else np.asarray(groups)
         m = self._measured_columns(X.shape[1])
         base = X.shape[1] - m
@@ -165,7 +168,8 @@ class GBMRetentionPredictor(RegressorMixin, BaseEstimator):
         return self.tiers_[tier - 1][1].predict(proxy) + PROXY_TIE_BREAK * proxy
 
     def _proxy_weight(self, tier: int = 1) -> float:
-        return float(getattr(self, "adapted_proxy_weights_", {}).get(tier, self.proxy_weight))
+        default = self.proxy_weight if tier == 1 else self.tuned_weight
+        return float(getattr(self, "adapted_proxy_weights_", {}).get(tier, default))
 
     def predict(self, X: Any) -> np.ndarray:
         """Predicted accuracy retention (the ensemble mean)."""

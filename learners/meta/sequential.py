@@ -93,6 +93,7 @@ class SequentialProposer:
         self.measured = np.full(len(size), np.nan)
         self.proxy = np.full(len(size), np.nan)
         self.tuned = np.full(len(size), np.nan)
+        self.tuned_measured = np.full(len(size), np.nan)  # predictions with the tuned proxy too (the tuned tier)
         self.probe = ProxyProbe(task)
         self._column = INPUT_NAMES.index(PROXY_NAME)
         self._tuned_column = INPUT_NAMES.index(TUNED_PROXY_NAME)
@@ -114,7 +115,12 @@ class SequentialProposer:
             self.tuned[new] = self.probe.many([self.space.decode(self.pool.params(int(i))) for i in new], tuned=True,
                                               seed=self.seed, batch_size=self.batch_size)
             self.X[new, self._tuned_column] = self.tuned[new]
-            self.measured[new] = self.predictor.predict(self.X[new])
+            self.tuned_measured[new] = self.predictor.predict(self.X[new])
+            self.X[new, self._tuned_column] = np.nan  # X stays at the proxy's tier: ``measured`` is its prediction
+
+    def _best(self, idx: np.ndarray) -> np.ndarray:
+        """The prediction of ``idx`` with every measurement they have."""
+        return np.where(np.isfinite(self.tuned_measured[idx]), self.tuned_measured[idx], self.measured[idx])
 
     def next(self, observed: Sequence[tuple[float, float]], residuals: Sequence[float] = (),
              taken: Sequence[int] = (), pending: Sequence[int] = ()) -> tuple[int, dict[str, Any], dict[str, float]]:
@@ -136,7 +142,9 @@ class SequentialProposer:
         offset = float(np.mean(residuals)) * n / (n + 2) if n else 0.0  # shrunk towards no shift
         pending = np.asarray(list(pending), dtype=int)
         self._measure(pending)
-        believed = self._points(self.measured[pending] + offset, pending) if len(pending) else np.zeros((0, 2))
+        if self.n_tuned:  # as they were when chosen (a resumed search measures them again: the same values)
+            self._measure_tuned(pending)
+        believed = self._points(self._best(pending) + offset, pending) if len(pending) else np.zeros((0, 2))
         front = np.vstack([np.array([(1.0 - r, z) for r, z in observed]).reshape(-1, 2), believed])
         free = np.setdiff1d(np.arange(len(self.X)), np.asarray(list(taken), dtype=int))
         if not len(free):
@@ -148,10 +156,11 @@ class SequentialProposer:
         if self.n_tuned:  # the best few by the proxy get a look at their first fine-tuning steps
             short = short[np.argsort(-rescored, kind="stable")[: self.n_tuned]]
             self._measure_tuned(short)
-            rescored = hv_gain(front, self._points(self.measured[short] + offset, short))
+            rescored = hv_gain(front, self._points(self.tuned_measured[short] + offset, short))
         best = int(short[int(np.argmax(rescored))])
-        predicted = {"accuracy_retention": float(np.clip(self.measured[best] + offset, 0.0, 1.0)),
-                     "model_retention": float(self.measured[best]), "size_ratio": float(self.size_ratio[best]),
+        model = float(self._best(np.array([best]))[0])
+        predicted = {"accuracy_retention": float(np.clip(model + offset, 0.0, 1.0)),
+                     "model_retention": model, "size_ratio": float(self.size_ratio[best]),
                      PROXY_NAME: float(self.proxy[best]), TUNED_PROXY_NAME: float(self.tuned[best])}
         return best, self.pool.params(best), predicted
 

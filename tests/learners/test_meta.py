@@ -702,12 +702,12 @@ def test_sequential_proposer_is_stateless_and_reacts_to_the_observed_front(digit
     proposer, source = sequential_for_task(space, digits, n_candidates=2_000)
     assert proposer is not None and "pretrained" in source
     first = proposer.next([])
+    assert np.isfinite(proposer.tuned).sum() == proposer.n_tuned == 3  # the 3 best by the proxy got tuned
     assert proposer.next([]) == first  # the same inputs give the same point (a resumed search goes on)
     index, params, predicted = first
     assert 0.0 <= predicted["accuracy_retention"] <= 1.0 and 0.0 <= predicted[PROXY_NAME] <= 1.5
     # the chosen point's tuned proxy was measured as the search's trial would run it (seed 0, batch size 64)
     assert predicted[TUNED_PROXY_NAME] == ProxyProbe(digits).tuned(space.decode(params), seed=0, batch_size=64)
-    assert np.isfinite(proposer.tuned).sum() == proposer.n_tuned == 3
     observed = [(1.0, predicted["size_ratio"])]  # the first point kept all the accuracy it was predicted to
     second = proposer.next(observed, residuals=[1.0 - predicted["model_retention"]], taken=[index])
     assert second[0] != index
