@@ -357,8 +357,9 @@ def test_a_finished_search_joins_the_history_the_next_warm_start_learns_from(sea
     run_search(cfg)
     history = History.from_mlflow(cfg.tracking_uri)
     assert len(history) == 3 and history.tasks == ["digits-mlp"]
-    proxy = history.frame["proxy_retention"]  # every trial records its accuracy before fine-tuning
-    assert proxy.notna().all() and ((proxy >= 0) & (proxy <= 1.5)).all()
+    for name in ("proxy_retention", "tuned_proxy_retention"):  # every trial records its accuracy before
+        proxy = history.frame[name]  # fine-tuning and after its first steps
+        assert proxy.notna().all() and ((proxy >= 0) & (proxy <= 1.5)).all()
     assert len(History.collect(cfg.tracking_uri)) == len(History.shipped()) + 3
 
 
