@@ -52,8 +52,8 @@ class GBMRetentionPredictor(RegressorMixin, BaseEstimator):
 
     Where the proxy is known, a prediction can blend the tier's model with its newest measurement itself,
     ``(1 - proxy_weight) * model + proxy_weight * calibrated proxy`` (the measurement mapped onto the scale of
-    retention by an isotonic fit on the training rows): trees fit on a handful of tasks learn interactions of the proxy with
-    the task's meta-features that do not all transfer, and the plain proxy ranks some new tasks better. On held-out
+    retention by an isotonic fit on the training rows): trees fit on a handful of tasks learn interactions of the proxy with the
+    task's meta-features that do not all transfer, and the plain proxy ranks some new tasks better. On held-out
     tasks ``proxy_weight=0.5`` ranks better than the model alone but did not improve the warm start
     (``experiments/results/warmstart.md``), so the default is 0. :meth:`adapt` re-weighs the two on the task's own
     finished trials (a ranking-weighted ensemble in the manner of RGPE, Feurer et al. 2018), so adaptation can
@@ -139,11 +139,6 @@ class GBMRetentionPredictor(RegressorMixin, BaseEstimator):
             self.tiers_.append((models, iso))
         self.n_features_in_ = X.shape[1]
         return self
-
-    @property
-    def measured_models_(self) -> list[Any]:
-        """The models of the first measured tier (the proxy known); empty when none was fit."""
-        return self.tiers_[0][0] if self.tiers_ else []
 
     def _predictions(self, X: Any) -> np.ndarray:
         """``(n_ensemble, n)`` predictions, each row by the deepest tier whose measured columns it knows."""
