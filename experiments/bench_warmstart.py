@@ -317,10 +317,12 @@ def run_one(job: tuple[str, int, str, int, int]) -> dict[str, Any]:
     plan = None
     # the predictor the build selects on that history: GBM on the zoo's tasks alone, the shipped default on all
     chosen = "gbm" if zoo_only else default_kind()
-    if method in ("warm", "warm_rep", "warm_blend", "warm_untuned", "warm_tw75"):  # sequential, the default
-        kind = chosen if method in ("warm", "warm_untuned") else "reptile" if method == "warm_rep" else "gbm"
-        params = {"warm_blend": {"proxy_weight": 0.5}, "warm_tw75": {"tuned_weight": 0.75}}.get(method, {})
-        key = (kind if not params else method) + ("_zoo" if zoo_only else "")
+    if method in ("warm", "warm_rep", "warm_blend", "warm_untuned", "warm_tw75", "warm_focus"):
+        kind = chosen if method in ("warm", "warm_untuned", "warm_focus") else "reptile" if method == "warm_rep" \
+            else "gbm"  # sequential points, the default
+        params = {"warm_blend": {"proxy_weight": 0.5}, "warm_tw75": {"tuned_weight": 0.75},
+                  "warm_focus": {"similarity": 1.0}}.get(method, {})
+        key = method + ("_zoo" if zoo_only else "")
         if key not in s["predictors"]:  # warm_blend / warm_tw75: the GBM blended with a calibrated proxy
             s["predictors"][key] = loto_predictor(name, kind, zoo_only, **params)
         proposer, reason = sequential_for_task(space, s["task"], history=loto_history(name, zoo_only), seed=seed,
@@ -496,14 +498,14 @@ def real_trial_sets(name: str, runs: list[dict[str, Any]]) -> list[tuple[np.ndar
 def predictor_quality(runs: list[dict[str, Any]], tasks: list[str], shots: int = 5) -> dict[str, Any]:
     """Spearman/Kendall of predicted vs real retention on each held-out task, zero-shot and after ``shots``.
 
-    ``gbm`` and ``reptile`` score rows with both measured proxies; ``gbm_untuned`` is the GBM on the same rows
-    with the tuned proxy left out (its tier of the proxy alone, the default before the tuned proxy),
-    ``gbm_unmeasured`` with both left out (what it knows of a candidate before measuring it), ``gbm_blend`` the
-    GBM blended with the calibrated measurement (``proxy_weight=0.5``), ``proxy`` and ``tuned`` the measured proxy
-    and the tuned proxy themselves as rankers. Two query sets: the held-out
-    task's real trials of the ``random`` runs (unbiased samples of the benchmark's space; support = the first
-    ``shots`` trials of the run, query = the rest) and its rows of the shipped meta-dataset (support = its first
-    ``shots`` rows). Zero-shot is scored on the same query rows.
+    ``gbm`` and ``reptile`` score rows with both measured proxies (``gbm_focused``: the GBM with
+    ``similarity=1.0``, focused on the held-out task's meta-features as a warm start would focus it); ``gbm_untuned``
+    is the GBM on the same rows with the tuned proxy left out (its tier of the proxy alone), ``gbm_unmeasured`` with both left out
+    (what it knows of a candidate before measuring it), ``gbm_blend`` the GBM blended with the calibrated
+    measurement (``proxy_weight=tuned_weight=0.5``), ``proxy`` and ``tuned`` the measured proxy and the tuned proxy
+    themselves as rankers. Two query sets: the held-out task's real trials of the ``random`` runs (unbiased samples
+    of the benchmark's space; support = the first ``shots`` trials of the run, query = the rest) and its rows of the
+    shipped meta-dataset (support = its first ``shots`` rows). Zero-shot is scored on the same query rows.
     """
     from metacompress.learners.meta import History
 
@@ -511,16 +513,22 @@ def predictor_quality(runs: list[dict[str, Any]], tasks: list[str], shots: int =
     out: dict[str, Any] = {"noise_ceiling": noise_ceiling(runs, tasks, shots)}
     real = {name: real_trial_sets(name, runs) for name in tasks}  # once per task, not once per predictor
     models: dict[tuple[str, str], Any] = {}
-    for kind in ("reptile", "gbm", "gbm_untuned", "gbm_unmeasured", "gbm_blend", "proxy", "tuned", "reptile_zoo",
-                 "gbm_zoo"):
+    from metacompress.learners.meta import FEATURE_NAMES
+
+    for kind in ("reptile", "gbm", "gbm_focused", "gbm_untuned", "gbm_unmeasured", "gbm_blend", "proxy", "tuned",
+                 "reptile_zoo", "gbm_zoo"):
         per_task = {}
         for name in tasks:
             base = kind.removesuffix("_unmeasured").removesuffix("_untuned")
             if (name, base) not in models:
                 zoo_only, core = base.endswith("_zoo"), base.removesuffix("_zoo")
-                models[(name, base)] = (_ProxyRanker(-2) if base == "proxy" else _ProxyRanker(-1) if base == "tuned"
-                                        else loto_predictor(name, "gbm", proxy_weight=0.5) if base == "gbm_blend"
-                                        else loto_predictor(name, core, zoo_only))
+                model = (_ProxyRanker(-2) if base == "proxy" else _ProxyRanker(-1) if base == "tuned"
+                         else loto_predictor(name, "gbm", proxy_weight=0.5, tuned_weight=0.5) if base == "gbm_blend"
+                         else loto_predictor(name, "gbm", similarity=1.0) if base == "gbm_focused"
+                         else loto_predictor(name, core, zoo_only))
+                if getattr(model, "similarity", None) is not None and real[name]:  # as a warm start focuses it
+                    model = model.focus(real[name][0][0][0, : len(FEATURE_NAMES)])
+                models[(name, base)] = model
             model = models[(name, base)]
             sets = [("real", X, y) for X, y in real[name]]
             meta = shipped.subset([name])
@@ -678,7 +686,7 @@ def summarize(runs: list[dict[str, Any]], budget: int,
 def calibration(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """How the warm points did against their predictions: predicted minus real retention of the enqueued trials."""
     out: dict[str, Any] = {}
-    for method in ("warm", "warm_untuned", "warm_tw75", "warm_rep", "warm_batch", "warm_batch_rep", "warm_zoo",
+    for method in ("warm", "warm_untuned", "warm_tw75", "warm_focus", "warm_rep", "warm_batch", "warm_batch_rep", "warm_zoo",
                    "warm_batch_zoo", "warm_front_zoo", "warm_lcb_zoo", "warm_reptile_zoo"):
         gaps, per_task = [], {}
         for r in runs:
@@ -800,6 +808,8 @@ _LABELS = {"warm": "warm TPE (ours, default: k points one at a time against the 
                   "tuned proxy on the 3 best of each step)",
           "warm_untuned": "warm TPE (sequential, the proxy alone measured: the default before the tuned proxy)",
           "warm_tw75": "warm TPE (sequential, tuned proxy, GBM blended with it: tuned_weight 0.75)",
+          "warm_focus": "warm TPE (sequential, tuned proxy, GBM focused on the tasks most like the new one: "
+                        "similarity 1.0)",
           "warm_rep": "warm TPE (sequential, the Reptile predictor instead of the GBM)",
           "warm_blend": "warm TPE (sequential, GBM blended with the calibrated proxy: proxy_weight 0.5)",
           "warm_batch": "warm TPE (batch: k hedged points fixed up front, measured)",
@@ -875,6 +885,18 @@ NOTES = [
     "predictor ranks lower (0.66 and 0.65 against 0.71 and 0.72), and the build's leave-one-task-out Spearman on "
     "the meta-dataset rows now favours the GBM (0.773 against 0.739; `predictor.json`); the bullets below predate "
     "the tuned proxy.",
+    "- **Focusing on the tasks like the new one** (`GBMRetentionPredictor(similarity=1.0)`, `focus`): the trees "
+    "refit for each new task with every training task's rows weighted by a Gaussian kernel of its distance to "
+    "the new task in standardized meta-feature space (bandwidth 1, floor 0.02), so a task unlike most of the "
+    "history is predicted mostly from the tasks like it. Held-out real trials: 0.73 zero-shot and 0.73 after 5 "
+    "(row 'gbm_focused'; unfocused 0.68 and 0.70): digits-cnn 0.77 → 0.85 (its nearest tasks are the few-shot "
+    "ones and digits-mlp, not the 77 synthetic MLPs) and breast-cancer −0.17 → 0.07; the other four within "
+    "0.01. On 24 held-out synthetic tasks (a prototype with one model on all inputs, bandwidths 0.5 and 1 tried) "
+    "0.801 → 0.803: it costs nothing where a task has many like it. The warm start does not gain (row "
+    "'focused', 60 runs): a median of 3.5 and 3 trials on seeds 0–4 and 5–9, cold TPE's HV@40 reached in 100 % "
+    "and 87 % (unfocused: 3 and 3, 100 % and 97 %), HV@40 0.954 and 0.952 (0.953 and 0.953), and each warm "
+    "start refits the trees for a few seconds. So the default stays unfocused, chosen by the warm start as "
+    "before, and `similarity` is there for whoever ranks candidates with the predictor itself.",
     "- **Synthetic meta-training tasks** (`learners.tasks.SYNTHETIC_TASKS`, `build_metadataset.py --synthetic`): "
     "meta-learning from 7 tasks is learning from 7 examples. 64 `make_classification` problems (120–3000 "
     "samples, 4–64 features, 2–10 classes, 0–20 % label noise, MLPs from 16 to 256-256 units, each with its "

@@ -47,6 +47,7 @@ from scipy.stats import spearmanr
 from metacompress.learners import BUILTIN_TASKS, describe_layers, load_task
 from metacompress.learners.tasks import SYNTHETIC_TASKS
 from metacompress.learners.meta import (
+    FEATURE_NAMES,
     PROXY_NAME,
     TUNED_PROXY_NAME,
     History,
@@ -194,6 +195,8 @@ def evaluate(history: History, seed: int, shots: int = 8) -> dict[str, dict[str,
         query = np.setdiff1d(np.flatnonzero(test), support)
         for kind in ("gbm", "reptile"):
             model = make_predictor(kind, random_state=seed).fit(X[~test], y[~test], g[~test])
+            if hasattr(model, "focus"):  # as a warm start focuses it on the new task
+                model = model.focus(X[test][0, : len(FEATURE_NAMES)])
             adapted = model.adapt(X[support], y[support])
             for label, m in ((kind, model), (f"{kind}+{shots}shot", adapted)):
                 pred = m.predict(X[query])

@@ -2,8 +2,9 @@
 
 :func:`task_context` checks that the history can serve the search (its objectives, a non-empty history), loads
 the pretrained predictor or fits one on a grown history (:func:`_predictor_for`), probes the teacher
-(:func:`~.features.layer_sensitivity`, :func:`~.features.task_meta_features`) and adapts the predictor on the
-task's own rows in the history. Both warm starts build on it: the batch of :mod:`.propose` and the sequential
+(:func:`~.features.layer_sensitivity`, :func:`~.features.task_meta_features`), focuses the predictor on the tasks
+of the history most like this one (:meth:`~.predictors.GBMRetentionPredictor.focus`) and adapts it on the task's
+own rows in the history. Both warm starts build on it: the batch of :mod:`.propose` and the sequential
 points of :mod:`.sequential`.
 """
 
@@ -112,10 +113,14 @@ def task_context(
     layers = list(space.layers)
     sensitivity = layer_sensitivity(task, layers, seed=seed)
     features = task_meta_features(task, seed=seed, layers=layers, sensitivity=sensitivity)
+    focused = ""
+    if getattr(predictor, "similarity", None) is not None and getattr(predictor, "rows_", None) is not None:
+        predictor = predictor.focus(features)  # the history's tasks weighted by their likeness to this one
+        focused = ", weighted towards the tasks most like it"
     own = history.subset([task.name]) if hasattr(predictor, "adapt") else History()
     if len(own):
         predictor = predictor.adapt(own.X(), own.y())
     adapted = f", adapted on {len(own)} trials of {task.name}" if len(own) else ""
-    source = f"the {source} ({history.explain()}{adapted})"
+    source = f"the {source} ({history.explain()}{focused}{adapted})"
     return TaskContext(predictor, layers, sensitivity, features, SizeModel(task.teacher, task.example_input(2)),
                        source), source

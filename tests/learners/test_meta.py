@@ -615,6 +615,51 @@ def test_gbm_predicts_each_row_by_the_deepest_measured_tier():
     assert set(model.adapt(proxy_only[:8], yq[:8]).adapted_proxy_weights_) == {1}
 
 
+def test_gbm_focus_weights_the_history_towards_the_tasks_like_the_new_one():
+    """Eight tasks where the proxy raises retention and one, far from them in meta-features and with fewer rows,
+    where it lowers it: focused on a new task like that one, the refit weighs its rows most and predicts the new
+    task closer than the plain fit, in which the many tasks outvote the one."""
+    rng = np.random.default_rng(2)
+    rows = []
+    kinds = {f"common{t}": 1.0 for t in range(8)} | {"rare": -1.0, "new": -1.0}
+    for name, sign in kinds.items():
+        feats = dict(zip(FEATURE_NAMES, rng.normal(0.0, 0.1, len(FEATURE_NAMES)) + (3.0 if sign < 0 else 0.0)))
+        for r in _rows(1, 60 if name != "rare" else 40, seed=int(rng.integers(1 << 30))):
+            r.update(feats, task=name, **{k: 0.5 for k in ENCODING_NAMES})  # only the task and the proxy vary
+            r[PROXY_NAME] = proxy = rng.uniform(0.2, 1.0)
+            r["accuracy"] = float(np.clip(0.95 * (0.6 + sign * 0.3 * (proxy - 0.6)) + rng.normal(0, 0.005), 0, 1))
+            rows.append(r)
+    history = History.from_rows(rows)
+    X, y, g = history.X(), history.y(), history.groups()
+    train, new = g != "new", g == "new"
+    plain = GBMRetentionPredictor(max_iter=60, similarity=None).fit(X[train], y[train], g[train])
+    model = GBMRetentionPredictor(max_iter=60, similarity=1.0).fit(X[train], y[train], g[train])
+    assert GBMRetentionPredictor().similarity is None and plain.focus(X[new][0]) is plain  # nothing to focus
+    features = dict(zip(FEATURE_NAMES, X[new][0, : len(FEATURE_NAMES)]))
+    focused = model.focus(features)
+    weights = focused.task_weights_
+    assert weights["rare"] > 0.9 and max(weights[f"common{t}"] for t in range(8)) < 0.05
+    assert min(weights.values()) >= 0.02  # the floor: no task is ignored
+    assert model.task_weights(X[new][0, : len(FEATURE_NAMES)]) == weights  # a vector or a mapping alike
+    assert not hasattr(model, "task_weights_")  # focus returns a refit copy
+    by_hand = GBMRetentionPredictor(max_iter=60, similarity=1.0).fit(X[train], y[train], g[train],
+                                                     sample_weight=[weights[t] for t in g[train]])
+    assert focused.predict(X[new]) == pytest.approx(by_hand.predict(X[new]))  # a fit with those row weights
+
+    def scores(m: GBMRetentionPredictor) -> tuple[float, float]:
+        pred = m.predict(X[new])
+        return float(np.corrcoef(pred, y[new])[0, 1]), float(np.mean(np.abs(pred - y[new])))
+
+    (rho_plain, mae_plain), (rho_focused, mae_focused) = scores(plain), scores(focused)
+    assert rho_focused > rho_plain + 0.02 and mae_focused < 0.8 * mae_plain
+    with pytest.raises(ConfigError, match="'similarity'"):
+        GBMRetentionPredictor(similarity=0.0).fit(X[train], y[train])
+    with pytest.raises(ConfigError, match="'similarity'"):
+        GBMRetentionPredictor(similarity=None).fit(X[train], y[train]).task_weights(features)
+    with pytest.raises(ConfigError, match="'sample_weight'"):
+        GBMRetentionPredictor().fit(X[train], y[train], sample_weight=-np.ones(int(train.sum())))
+
+
 def _proxy_task(name: str, proxy_share: float, n: int, rng: np.random.Generator) -> list[dict]:
     """Rows of one task whose retention is set partly (``proxy_share``) by the proxy, the rest by compression."""
     rows = _rows(1, n, seed=int(rng.integers(1 << 30)))
