@@ -742,8 +742,8 @@ def plot(gaps: dict[str, list[list[float]]], path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
-    colors = plt.get_cmap("tab10").colors
+    fig, ax = plt.subplots(figsize=(8.5, 7.0))
+    colors = (*plt.get_cmap("tab10").colors, "black", "darkgoldenrod")  # more lines than tab10 has colors
     for c, m in enumerate(m for m in PLOTTED if m in gaps):  # the ablations are in the table only
         data = np.asarray(gaps[m])
         mean, se = data.mean(0), data.std(0) / np.sqrt(len(data))
@@ -757,9 +757,9 @@ def plot(gaps: dict[str, list[list[float]]], path: Path, title: str) -> None:
     ax.set_ylabel("HV − cold TPE's HV after 40 trials")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12), frameon=False)  # below: long labels
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
 
 
