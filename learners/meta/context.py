@@ -3,8 +3,8 @@
 :func:`task_context` checks that the history can serve the search (its objectives, a non-empty history), loads
 the pretrained predictor or fits one on a grown history (:func:`_predictor_for`), probes the teacher
 (:func:`~.features.layer_sensitivity`, :func:`~.features.task_meta_features`), focuses the predictor on the tasks
-of the history most like this one (:meth:`~.predictors.GBMRetentionPredictor.focus`) and adapts it on the task's
-own rows in the history. Both warm starts build on it: the batch of :mod:`.propose` and the sequential
+of the history most like this one when it is set to (:meth:`~.predictors.GBMRetentionPredictor.focus`, opt-in)
+and adapts it on the task's own rows in the history. Both warm starts build on it: the batch of :mod:`.propose` and the sequential
 points of :mod:`.sequential`.
 """
 

@@ -176,9 +176,8 @@ class GBMRetentionPredictor(RegressorMixin, BaseEstimator):
                             dtype=np.float64)
         names = np.unique(groups)
         F = np.array([X[groups == g, : len(FEATURE_NAMES)].mean(0) for g in names])
-        mean, scale = F.mean(0), F.std(0)
-        scale = np.where(scale > 1e-9, scale, 1.0)
-        distance = np.sqrt(np.mean(((F - mean) / scale - (target - mean) / scale) ** 2, axis=1))
+        scale = F.std(0)  # each meta-feature in units of its spread over the training tasks
+        distance = np.sqrt(np.mean(((F - target) / np.where(scale > 1e-9, scale, 1.0)) ** 2, axis=1))
         kernel = np.exp(-0.5 * (distance / float(self.similarity)) ** 2) + SIMILARITY_FLOOR
         return dict(zip(names.tolist(), kernel.tolist()))
 
