@@ -125,8 +125,7 @@ class GBMRetentionPredictor(RegressorMixin, BaseEstimator):
     def _depth(X: np.ndarray, m: int) -> np.ndarray:
         """Per row, how many of the ``m`` measured columns are known in order (the proxy, then the tuned
         proxy): the tier that predicts it."""
-        known = np.isfinite(X[:, X.shape[1] - m:]) if m else np.zeros((len(X), 0), dtype=bool)
-        return np.cumprod(known, axis=1).sum(1) if m else np.zeros(len(X), dtype=int)
+        return np.cumprod(np.isfinite(X[:, X.shape[1] - m:]), axis=1).sum(1)  # m = 0: zeros
 
     def fit(self, X: Any, y: Any, groups: Any = None, sample_weight: Any = None) -> GBMRetentionPredictor:
         """Fit on rows ``X``, targets ``y``; ``groups`` (task of each row) drives the ensemble's resampling and

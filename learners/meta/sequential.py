@@ -115,9 +115,9 @@ class SequentialProposer:
         if len(new):
             self.tuned[new] = self.probe.many([self.space.decode(self.pool.params(int(i))) for i in new], tuned=True,
                                               seed=self.seed, batch_size=self.batch_size)
-            self.X[new, self._tuned_column] = self.tuned[new]
-            self.tuned_measured[new] = self.predictor.predict(self.X[new])
-            self.X[new, self._tuned_column] = np.nan  # X stays at the proxy's tier: ``measured`` is its prediction
+            rows = self.X[new]  # a copy: X stays at the proxy's tier, whose prediction ``measured`` is
+            rows[:, self._tuned_column] = self.tuned[new]
+            self.tuned_measured[new] = self.predictor.predict(rows)
 
     def _best(self, idx: np.ndarray) -> np.ndarray:
         """The prediction of ``idx`` with every measurement they have."""
