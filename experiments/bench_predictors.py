@@ -65,7 +65,7 @@ class _Mean:
 FALLING = ("prune_mean", "prune_sens", "prune_max", "prune_first", "prune_last", "log_compression_ratio",
            "prune_damage", "quant_damage", "log_prune_energy", "log_quant_error", "log_weight_error",
            "log_weight_error_max")
-RISING = ("bits_mean", "bits_sens", "bits_min", "bits_first", "bits_last", "proxy_retention")
+RISING = ("bits_mean", "bits_sens", "bits_min", "bits_first", "bits_last", "proxy_retention", "tuned_proxy_retention")
 
 
 def _monotone_gbm() -> Any:
@@ -77,9 +77,10 @@ def _monotone_gbm() -> Any:
     from metacompress.learners.meta.history import INPUT_NAMES
 
     class _MonotoneGBM(GBMRetentionPredictor):
-        def _ensemble(self, X: np.ndarray, y: np.ndarray, groups: np.ndarray) -> list[Any]:
+        def _ensemble(self, X: np.ndarray, y: np.ndarray, groups: np.ndarray, weight: np.ndarray | None = None
+                      ) -> list[Any]:
             self._cst = [-1 if c in FALLING else 1 if c in RISING else 0 for c in INPUT_NAMES[: X.shape[1]]]
-            return super()._ensemble(X, y, groups)
+            return super()._ensemble(X, y, groups, weight)
 
         def _model(self, seed: int) -> Any:
             return HistGradientBoostingRegressor(max_iter=self.max_iter, learning_rate=self.learning_rate,
