@@ -317,11 +317,11 @@ def run_one(job: tuple[str, int, str, int, int]) -> dict[str, Any]:
     plan = None
     # the predictor the build selects on that history: GBM on the zoo's tasks alone, the shipped default on all
     chosen = "gbm" if zoo_only else default_kind()
-    if method in ("warm", "warm_rep", "warm_blend", "warm_untuned", "warm_tw75", "warm_focus"):
-        kind = chosen if method in ("warm", "warm_untuned", "warm_focus") else "reptile" if method == "warm_rep" \
-            else "gbm"  # sequential points, the default
+    if method in ("warm", "warm_rep", "warm_blend", "warm_untuned", "warm_tw75", "warm_focus", "warm_rank"):
+        kind = chosen if method in ("warm", "warm_untuned", "warm_focus", "warm_rank") else "reptile" \
+            if method == "warm_rep" else "gbm"  # sequential points, the default
         params = {"warm_blend": {"proxy_weight": 0.5}, "warm_tw75": {"tuned_weight": 0.75},
-                  "warm_focus": {"similarity": 1.0}}.get(method, {})
+                  "warm_focus": {"similarity": 1.0}, "warm_rank": {"target": "rank"}}.get(method, {})
         key = method + ("_zoo" if zoo_only else "")
         if key not in s["predictors"]:  # warm_blend / warm_tw75: the GBM blended with a calibrated proxy
             s["predictors"][key] = loto_predictor(name, kind, zoo_only, **params)
@@ -515,8 +515,8 @@ def predictor_quality(runs: list[dict[str, Any]], tasks: list[str], shots: int =
     models: dict[tuple[str, str], Any] = {}
     from metacompress.learners.meta import FEATURE_NAMES
 
-    for kind in ("reptile", "gbm", "gbm_focused", "gbm_untuned", "gbm_unmeasured", "gbm_blend", "proxy", "tuned",
-                 "reptile_zoo", "gbm_zoo"):
+    for kind in ("reptile", "gbm", "gbm_rank", "gbm_focused", "gbm_untuned", "gbm_unmeasured", "gbm_blend", "proxy",
+                 "tuned", "reptile_zoo", "gbm_zoo"):
         per_task = {}
         for name in tasks:
             base = kind.removesuffix("_unmeasured").removesuffix("_untuned")
@@ -525,6 +525,7 @@ def predictor_quality(runs: list[dict[str, Any]], tasks: list[str], shots: int =
                 model = (_ProxyRanker(-2) if base == "proxy" else _ProxyRanker(-1) if base == "tuned"
                          else loto_predictor(name, "gbm", proxy_weight=0.5, tuned_weight=0.5) if base == "gbm_blend"
                          else loto_predictor(name, "gbm", similarity=1.0) if base == "gbm_focused"
+                         else loto_predictor(name, "gbm", target="rank") if base == "gbm_rank"
                          else loto_predictor(name, core, zoo_only))
                 if getattr(model, "similarity", None) is not None and real[name]:  # as a warm start focuses it
                     model = model.focus(real[name][0][0][0, : len(FEATURE_NAMES)])
@@ -686,7 +687,7 @@ def summarize(runs: list[dict[str, Any]], budget: int,
 def calibration(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """How the warm points did against their predictions: predicted minus real retention of the enqueued trials."""
     out: dict[str, Any] = {}
-    for method in ("warm", "warm_untuned", "warm_tw75", "warm_focus", "warm_rep", "warm_batch", "warm_batch_rep", "warm_zoo",
+    for method in ("warm", "warm_untuned", "warm_tw75", "warm_focus", "warm_rank", "warm_rep", "warm_batch", "warm_batch_rep", "warm_zoo",
                    "warm_batch_zoo", "warm_front_zoo", "warm_lcb_zoo", "warm_reptile_zoo"):
         gaps, per_task = [], {}
         for r in runs:
@@ -810,6 +811,8 @@ _LABELS = {"warm": "warm TPE (ours, default: k points one at a time against the 
           "warm_tw75": "warm TPE (sequential, tuned proxy, GBM blended with it: tuned_weight 0.75)",
           "warm_focus": "warm TPE (sequential, tuned proxy, GBM focused on the tasks most like the new one: "
                         "similarity 1.0)",
+          "warm_rank": "warm TPE (sequential, tuned proxy, GBM fit on ranks within each task and mapped back by its "
+                       "level model: target 'rank')",
           "warm_rep": "warm TPE (sequential, the Reptile predictor instead of the GBM)",
           "warm_blend": "warm TPE (sequential, GBM blended with the calibrated proxy: proxy_weight 0.5)",
           "warm_batch": "warm TPE (batch: k hedged points fixed up front, measured)",

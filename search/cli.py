@@ -7,6 +7,7 @@ one line naming the field and what is allowed; ``--debug`` shows the traceback i
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -211,8 +212,10 @@ def suggest(
     space = build_space(cfg, task)
     from metacompress.learners.meta import History, propose_for_task
 
-    proposals, reason = propose_for_task(space, task, history=History.collect(history_store(cfg.tracking_uri)), k=n,
-                                         seed=cfg.seed, objectives=cfg.objectives)
+    with contextlib.nullcontext() if as_json else console.status("Scoring candidates, measuring the best ones..."):
+        proposals, reason = propose_for_task(space, task, history=History.collect(history_store(cfg.tracking_uri)),
+                                             k=n, seed=cfg.seed, objectives=cfg.objectives,
+                                             batch_size=cfg.train.batch_size)
     if as_json:
         print(json.dumps([{"params": pr.params, "predicted": pr.predicted} for pr in proposals], indent=2))
         return

@@ -154,13 +154,16 @@ def proposals_table(proposals: Sequence[Any], space: Any, title: str) -> Any:
     table = Table(title=title, caption="the batch, in run order (each adds the most predicted hypervolume); a search "
                                        "picks its points from the same predictor one at a time, against the front "
                                        "its trials observed")
-    for col in ("#", "pred. accuracy retention", "before fine-tuning", "size", "ratio", "policy"):
+    for col in ("#", "pred. accuracy retention", "before fine-tuning", "after its first steps", "size", "ratio",
+                "policy"):
         table.add_column(col)
     for i, pr in enumerate(proposals):
         d = pr.predicted
-        proxy = d.get("proxy_retention")  # measured: the student's retention with no fine-tuning
+        # measured: the student's retention with no fine-tuning, and after the first steps of its own
+        proxy, tuned = d.get("proxy_retention"), d.get("tuned_proxy_retention")
         table.add_row(str(i), f"{d['accuracy_retention']:.3f}", "–" if proxy is None else f"{proxy:.3f}",
-                      format_bytes(d["size_bytes"]), f"{d['compression_ratio']:.1f}×",
+                      "–" if tuned is None else f"{tuned:.3f}", format_bytes(d["size_bytes"]),
+                      f"{d['compression_ratio']:.1f}×",
                       policy_text(space.decode(pr.params).to_dict()))
     return table
 

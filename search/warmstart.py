@@ -189,7 +189,8 @@ def resolve_warm_start(
         reason = f"warm start: {n_points} points, one at a time against the observed front, from {source}"
         return SequentialWarmStart(proposer, n_points, reference), {"mode": "auto", "n_points": n_points,
                                                                     "reason": reason, "sequential": True}
-    points, reason = warm_start_points(space, task, history=history, k=n_points, seed=seed, objectives=objectives)
+    points, reason = warm_start_points(space, task, history=history, k=n_points, seed=seed, objectives=objectives,
+                                       batch_size=batch_size)
     if not points:
         _LOG.warning("%s", reason)
     return points, {"mode": "auto", "n_points": len(points), "reason": reason}

@@ -3,9 +3,10 @@
 :func:`propose` scores ``n_candidates`` space-filling points of the space with a retention predictor and the exact
 size of :class:`~.size.SizeModel` and takes the best predicted point in each of ``k`` log-size bins (or ``k``
 points spread along the predicted Pareto set); the best candidates of each bin are measured first (the proxy of
-:mod:`.proxy`, milliseconds each) and re-scored with it. :func:`warm_start_points` does everything from a space
-and a task: it reads the history, loads or fits a predictor (:func:`~.context.task_context`), computes the
-task's meta-features, and explains itself in one line. ``metacompress suggest`` shows this batch; a search chooses
+:mod:`.proxy`, milliseconds each) and re-scored with it, and :func:`propose_for_task` gives the best few of each
+bin their tuned proxy too (a tenth of a trial each) and re-scores them again. :func:`warm_start_points` does
+everything from a space and a task: it reads the history, loads or fits a predictor
+(:func:`~.context.task_context`), computes the task's meta-features, and explains itself in one line. ``metacompress suggest`` shows this batch; a search chooses
 its points one at a time against the observed front instead (:mod:`.sequential`).
 """
 
@@ -23,7 +24,7 @@ from .context import task_context
 from .encoding import encode_arrays
 from .history import INPUT_NAMES, MEASURED_NAMES, History
 from .pool import CandidatePool
-from .proxy import PROXY_NAME, ProxyProbe
+from .proxy import PROXY_NAME, TUNED_PROXY_NAME, ProxyProbe
 from .size import SizeModel
 
 __all__ = [
@@ -35,6 +36,9 @@ __all__ = [
 HEDGE_MAX_SIZE = 0.5
 #: Candidates of each hedged bin whose proxy a warm start measures (``propose(shortlist=None)``).
 PROBE_SHORTLIST = 12
+#: Of those, the best few whose tuned proxy :func:`propose_for_task` measures too (as the sequential warm start
+#: does per step: :data:`~.sequential.TUNED_SHORTLIST`).
+TUNED_PER_BIN = 3
 
 @dataclass
 class Proposal:
@@ -134,15 +138,17 @@ def _distinct(pool: CandidatePool, ranked: np.ndarray, n: int, seen: set[tuple])
 
 def _select_hedged(pool: CandidatePool, retention: np.ndarray, size: np.ndarray, k: int, min_retention: float,
                    teacher_bytes: float, measure: Callable[[np.ndarray], np.ndarray] | None = None,
-                   shortlist: int = PROBE_SHORTLIST) -> list[int]:
+                   shortlist: int = PROBE_SHORTLIST, measure_tuned: Callable[[np.ndarray], np.ndarray] | None = None,
+                   tuned: int = 0) -> list[int]:
     """k candidates, one per log-size bin (:func:`_hedge_bins`): the best predicted retention in each bin.
 
     The predicted front alone collapses onto a narrow size range when the predictor is over-confident at high
     compression; bins spread the bet across compression levels, so one wrong prediction costs one point.
     Measured in ``experiments/bench_warmstart.py``: higher hypervolume after 5, 10 and 40 trials than the front
     selection. With ``measure`` (indices -> re-scored retention, NaN where not measured), the ``shortlist``
-    best of each bin are re-scored and the best re-scored one is taken. Bins left empty are filled from the
-    front selection.
+    best of each bin are re-scored and the best re-scored one is taken; with ``measure_tuned`` too (the same for
+    the tuned proxy), the ``tuned`` best re-scored of each bin are re-scored again and the best of those is taken.
+    Bins left empty are filled from the front selection.
     """
     bins = _hedge_bins(retention, size, k, min_retention, teacher_bytes)
     chosen: list[int] = []
@@ -155,10 +161,21 @@ def _select_hedged(pool: CandidatePool, retention: np.ndarray, size: np.ndarray,
         # round-robin (every bin's best first), so a time budget cut leaves each bin measured alike
         order = [lst[r] for r in range(shortlist) for lst in lists if r < len(lst)]
         rescored = dict(zip(order, measure(np.array(order, dtype=int))))
+        retuned: dict[int, float] = {}
+        if measure_tuned is not None and tuned:  # each bin's best few by the proxy, round-robin again
+            tops = [sorted((i for i in lst if np.isfinite(rescored[i])), key=lambda i: -rescored[i])[:tuned]
+                    for lst in lists]
+            order = [top[r] for r in range(tuned) for top in tops if r < len(top)]
+            retuned = dict(zip(order, measure_tuned(np.array(order, dtype=int)))) if order else {}
         seen = set()
         for lst in lists:
-            done = [i for i in lst if np.isfinite(rescored[i])]
-            best = max(done, key=lambda i: rescored[i]) if done else (lst[0] if lst else None)
+            best = None  # the best with the deepest measurement any of the bin's candidates has
+            for scores in (retuned, rescored):
+                done = [i for i in lst if np.isfinite(scores.get(i, np.nan))]
+                if done:
+                    best = max(done, key=lambda i: scores[i])
+                    break
+            best = lst[0] if best is None and lst else best
             if best is not None:
                 seen.add(pool.key(best))
                 chosen.append(best)
@@ -195,7 +212,7 @@ def propose(
     k: int = 8, n_candidates: int = 10_000, seed: int = 0, size_model: SizeModel,
     sensitivity: Mapping[str, Mapping[str, float]], min_retention: float = 0.5,
     teacher_accuracy: float | None = None, strategy: str = "hedged", probe: ProxyProbe | None = None,
-    shortlist: int | None = None, probe_budget_s: float = 10.0,
+    shortlist: int | None = None, probe_budget_s: float = 10.0, tuned: int = 0, batch_size: int = 64,
 ) -> list[Proposal]:
     """Propose ``k`` diverse points along the predicted trade-off (predicted retention ↑, exact size ↓).
 
@@ -216,7 +233,12 @@ def propose(
         probe: Measures the proxy (:class:`~.proxy.ProxyProbe`) of the ``shortlist`` best candidates of each
             hedged bin, which the predictor then re-scores with it (``hedged`` only; None: no measuring).
         shortlist: Candidates measured per bin (default :data:`PROBE_SHORTLIST`).
-        probe_budget_s: Time limit of the measuring, in seconds (the bins are measured round-robin).
+        probe_budget_s: Time limit of the measuring, in seconds (the bins are measured round-robin); the tuned
+            proxy has a limit of its own, the same.
+        tuned: Of each bin's measured shortlist, how many best re-scored candidates get the tuned proxy too
+            (:meth:`~.proxy.ProxyProbe.tuned`, about a tenth of a trial each) and are re-scored with it (0: none).
+        batch_size: The search's fine-tuning batch size; with ``seed`` (the search's seed too) the tuned proxy is
+            the first steps of the very trial the candidate would run.
 
     Returns:
         Up to ``k`` proposals with distinct params, in the order to run them (:func:`hypervolume_order`: each
@@ -231,6 +253,8 @@ def propose(
     shortlist = PROBE_SHORTLIST if shortlist is None else shortlist
     if isinstance(shortlist, bool) or not isinstance(shortlist, int) or shortlist < 1:
         raise invalid_value("shortlist", "an integer >= 1", shortlist)
+    if isinstance(tuned, bool) or not isinstance(tuned, int) or not 0 <= tuned <= shortlist:
+        raise invalid_value("tuned", f"an integer in [0, shortlist={shortlist}]", tuned)
     missing = [name for name in FEATURE_NAMES if name not in task_features]
     if missing:
         raise invalid_value("task_features", "a dict with every FEATURE_NAMES key", f"missing {missing[:3]}")
@@ -239,6 +263,7 @@ def propose(
     # above 1 (a student better than its teacher) is noise the max over 10 000 candidates would select
     retention = np.clip(np.asarray(predictor.predict(X), dtype=np.float64), 0.0, 1.0)
     proxy = np.full(len(pool), np.nan)
+    tuned_proxy = np.full(len(pool), np.nan)
 
     def measure(idx: np.ndarray) -> np.ndarray:
         """Measure the proxy of candidates ``idx`` and re-score them (NaN where the time budget ran out)."""
@@ -248,9 +273,19 @@ def propose(
         retention[idx] = np.where(np.isfinite(proxy[idx]), scored, retention[idx])
         return np.where(np.isfinite(proxy[idx]), scored, np.nan)
 
+    def measure_tuned(idx: np.ndarray) -> np.ndarray:
+        """The tuned proxy of candidates ``idx`` (their proxy measured) and their re-scores (NaN: not reached)."""
+        tuned_proxy[idx] = probe.many([space.decode(pool.params(int(i))) for i in idx], budget_s=probe_budget_s,
+                                      tuned=True, seed=seed, batch_size=batch_size)
+        X[idx, INPUT_NAMES.index(TUNED_PROXY_NAME)] = tuned_proxy[idx]
+        scored = np.clip(np.asarray(predictor.predict(X[idx]), dtype=np.float64), 0.0, 1.0)
+        retention[idx] = np.where(np.isfinite(tuned_proxy[idx]), scored, retention[idx])
+        return np.where(np.isfinite(tuned_proxy[idx]), scored, np.nan)
+
     if strategy == "hedged":
         chosen = _select_hedged(pool, retention, size, k, min_retention, size_model.teacher_bytes,
-                                measure if probe is not None else None, shortlist)
+                                measure if probe is not None else None, shortlist,
+                                measure_tuned if probe is not None else None, tuned)
     else:
         chosen = _select(pool, retention, size, k, min_retention)
     std = predictor.predict_std(X[chosen]) if hasattr(predictor, "predict_std") else None
@@ -265,6 +300,8 @@ def propose(
             predicted["retention_std"] = float(std[j])
         if np.isfinite(proxy[i]):
             predicted[PROXY_NAME] = float(proxy[i])
+        if np.isfinite(tuned_proxy[i]):
+            predicted[TUNED_PROXY_NAME] = float(tuned_proxy[i])
         out.append(Proposal(pool.params(i), predicted))
     return [out[i] for i in hypervolume_order(retention[chosen], size[chosen] / size_model.teacher_bytes)]
 
@@ -298,7 +335,8 @@ def hypervolume_order(retention: np.ndarray, size_ratio: np.ndarray) -> list[int
 def propose_for_task(
     space: CompressionSpace, task: Any, *, history: History | None = None, k: int = 8, seed: int = 0,
     objectives: Mapping[str, str] | None = None, predictor: Any = None, kind: str | None = None,
-    n_candidates: int = 10_000, strategy: str = "hedged", measure: bool = True,
+    n_candidates: int = 10_000, strategy: str = "hedged", measure: bool = True, tuned: int | None = None,
+    batch_size: int = 64,
 ) -> tuple[list[Proposal], str]:
     """Warm-start proposals for a new search, and a one-line reason (see :func:`warm_start_points`)."""
     history = History.shipped() if history is None else history
@@ -309,14 +347,16 @@ def propose_for_task(
     proposals = propose(space, ctx.layers, ctx.features, ctx.predictor, k=k, n_candidates=n_candidates, seed=seed,
                         size_model=ctx.size_model, sensitivity=ctx.sensitivity,
                         teacher_accuracy=ctx.features["teacher_acc"], strategy=strategy,
-                        probe=ProxyProbe(task) if measure else None)
+                        probe=ProxyProbe(task) if measure else None,
+                        tuned=(TUNED_PER_BIN if tuned is None else tuned) if measure else 0, batch_size=batch_size)
     return proposals, f"warm start: {len(proposals)} points from {source}"
 
 
 def warm_start_points(
     space: CompressionSpace, task: Any, *, history: History | None = None, k: int = 8, seed: int = 0,
     objectives: Mapping[str, str] | None = None, predictor: Any = None, kind: str | None = None,
-    n_candidates: int = 10_000, strategy: str = "hedged", measure: bool = True,
+    n_candidates: int = 10_000, strategy: str = "hedged", measure: bool = True, tuned: int | None = None,
+    batch_size: int = 64,
 ) -> tuple[list[dict[str, Any]], str]:
     """Warm-start params for a new search, and a one-line reason.
 
@@ -334,6 +374,9 @@ def warm_start_points(
         strategy: ``hedged`` (default) or ``front``; see :func:`propose`.
         measure: Measure the proxy of each hedged bin's shortlist and re-score it (:mod:`.proxy`; a few
             seconds for the zoo's models).
+        tuned: Of each bin's measured shortlist, how many best get the tuned proxy too (None:
+            :data:`TUNED_PER_BIN`; 0: the proxy alone; ignored without ``measure``).
+        batch_size: The search's fine-tuning batch size (the tuned proxy replays the start of its trials).
 
     Returns:
         ``(params list, reason)``; on an empty or incompatible history ``([], "cold start: <why>")``. Nothing
@@ -341,5 +384,5 @@ def warm_start_points(
     """
     proposals, reason = propose_for_task(space, task, history=history, k=k, seed=seed, objectives=objectives,
                                          predictor=predictor, kind=kind, n_candidates=n_candidates,
-                                         strategy=strategy, measure=measure)
+                                         strategy=strategy, measure=measure, tuned=tuned, batch_size=batch_size)
     return [p.params for p in proposals], reason

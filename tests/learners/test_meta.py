@@ -43,6 +43,7 @@ from metacompress.learners.meta import (
     warm_start_points,
 )
 from metacompress.learners.meta.encoding import scalar_arrays
+from metacompress.learners.meta.predictors import within_task_rank
 from metacompress.learners.meta.pool import CandidatePool, from_unit_array
 from metacompress.spaces import (
     Categorical,
@@ -660,6 +661,41 @@ def test_gbm_focus_weights_the_history_towards_the_tasks_like_the_new_one():
         GBMRetentionPredictor().fit(X[train], y[train], sample_weight=-np.ones(int(train.sum())))
 
 
+def test_within_task_rank_is_the_percentile_within_each_group():
+    ranks = within_task_rank([0.3, 0.1, 0.2, 0.9, 0.9, 0.5], ["a", "a", "a", "b", "b", "b"])
+    assert ranks == pytest.approx([2.5 / 3, 0.5 / 3, 1.5 / 3, 2 / 3, 2 / 3, 0.5 / 3])  # ties share their mean rank
+
+
+def test_gbm_rank_target_orders_by_the_trees_and_levels_by_the_task():
+    """Two families of tasks, told apart by a meta-feature: retention near 0.9 falling little with compression,
+    and near 0.6 falling steeply. With ``target="rank"`` the trees fit each row's rank within its task and the level
+    model maps it back: a new task of the second family is predicted in its order *and* at its level."""
+    rng = np.random.default_rng(3)
+    rows = []
+    for t in range(10):
+        steep = t % 2 == 1 or t == 9
+        feats = dict(zip(FEATURE_NAMES, rng.normal(0.0, 0.1, len(FEATURE_NAMES))))
+        feats[FEATURE_NAMES[0]] = 2.0 if steep else -2.0
+        for r in _rows(1, 60, seed=int(rng.integers(1 << 30))):
+            r.update(feats, task=f"task{t}")
+            lcr = r["log_compression_ratio"]
+            level, slope = (0.6, 0.12) if steep else (0.9, 0.02)
+            r["accuracy"] = float(np.clip(0.95 * (level - slope * (lcr - 2) + rng.normal(0, 0.005)), 0, 1))
+            rows.append(r)
+    history = History.from_rows(rows)
+    X, y, g = history.X(), history.y(), history.groups()
+    train, new = g != "task9", g == "task9"
+    model = GBMRetentionPredictor(max_iter=80, target="rank").fit(X[train], y[train], g[train])
+    pred = model.predict(X[new])
+    raw = np.mean([m.predict(X[new][:, : -len(MEASURED_NAMES)]) for m in model.models_], axis=0)
+    assert 0.0 <= raw.min() and raw.max() <= 1.0 + 1e-6  # the trees fit ranks within a task ...
+    assert np.array_equal(np.argsort(pred, kind="stable"), np.argsort(raw, kind="stable"))  # ... their order kept
+    assert np.corrcoef(pred, y[new])[0, 1] > 0.9 and np.mean(np.abs(pred - y[new])) < 0.05  # ... at its level
+    assert clone(model).get_params()["target"] == "rank"  # saved with the predictor's params
+    with pytest.raises(ConfigError, match="'target'"):
+        GBMRetentionPredictor(target="quantile").fit(X[train], y[train])
+
+
 def _proxy_task(name: str, proxy_share: float, n: int, rng: np.random.Generator) -> list[dict]:
     """Rows of one task whose retention is set partly (``proxy_share``) by the proxy, the rest by compression."""
     rows = _rows(1, n, seed=int(rng.integers(1 << 30)))
@@ -723,6 +759,29 @@ def test_propose_measures_the_shortlist_and_scores_with_the_proxy(digits, digits
         assert p.predicted["accuracy_retention"] == pytest.approx(float(np.clip(model.predict(row)[0], 0, 1)))
     with pytest.raises(ConfigError, match="shortlist"):
         propose(space, layers, feats, model, k=2, size_model=size_model, sensitivity=sens, shortlist=0)
+
+
+def test_propose_measures_the_tuned_proxy_of_each_bins_best(digits, digits_meta):
+    """With ``tuned``, the best re-scored candidates of each bin get the tuned proxy, exactly the start of the
+    trial they would run, and the proposal is the tuned tier's prediction with it."""
+    layers, sens, feats = digits_meta
+    shipped = History.shipped()
+    model = GBMRetentionPredictor(max_iter=60).fit(shipped.X(), shipped.y(), shipped.groups())
+    space = _space(layers, epochs=Int(1, 2))
+    size_model = SizeModel(digits.teacher, digits.example_input(2))
+    probe = ProxyProbe(digits)
+    proposals = propose(space, layers, feats, model, k=3, n_candidates=500, seed=3, size_model=size_model,
+                        sensitivity=sens, probe=probe, shortlist=3, tuned=2, batch_size=32)
+    tuned = [p for p in proposals if TUNED_PROXY_NAME in p.predicted]
+    assert len(tuned) == 3
+    for p in tuned:
+        policy = space.decode(p.params)
+        assert p.predicted[TUNED_PROXY_NAME] == probe.tuned(policy, seed=3, batch_size=32)
+        row = np.array([[*(feats[f] for f in FEATURE_NAMES), *encode_policy(policy, layers, sens, size_model).values(),
+                         p.predicted[PROXY_NAME], p.predicted[TUNED_PROXY_NAME]]])
+        assert p.predicted["accuracy_retention"] == pytest.approx(float(np.clip(model.predict(row)[0], 0, 1)))
+    with pytest.raises(ConfigError, match="'tuned'"):
+        propose(space, layers, feats, model, k=2, size_model=size_model, sensitivity=sens, shortlist=2, tuned=3)
 
 
 # ----------------------------------------------------------------------------------------- sequential warm start
