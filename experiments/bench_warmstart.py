@@ -331,8 +331,8 @@ def run_one(job: tuple[str, int, str, int, int]) -> dict[str, Any]:
                                                tuned=0 if method == "warm_untuned" else None)
         plan = SequentialWarmStart(proposer, k, reference)
     elif method.startswith("warm") or method == "size_bins":
-        kind = ("reptile" if method in ("warm_reptile", "warm_batch_rep") else chosen if method == "warm_batch"
-                else "gbm")
+        kind = ("reptile" if method in ("warm_reptile", "warm_batch_rep") else chosen
+                if method in ("warm_batch", "warm_batch_tuned") else "gbm")
         key = kind + ("_zoo" if zoo_only else "")
         if key not in s["predictors"]:
             s["predictors"][key] = loto_predictor(name, kind, zoo_only)
@@ -346,12 +346,15 @@ def run_one(job: tuple[str, int, str, int, int]) -> dict[str, Any]:
             proposals = hv_order(hedged_proposals(space, s["task"], predictor, k, seed, reference, score), reference)
             reason = f"hedged ({score}): {len(proposals)} points"
         else:  # the product's own proposals, in the product's run order
-            hedged = method in ("warm_batch", "warm_batch_rep", "warm_nomeasure") or method.startswith(
-                ("warm_k", "warm_hi", "warm_sl"))
+            hedged = method in ("warm_batch", "warm_batch_tuned", "warm_batch_rep", "warm_nomeasure") or \
+                method.startswith(("warm_k", "warm_hi", "warm_sl"))
+            # warm_batch_tuned: the tuned proxy of each bin's 3 best too (metacompress suggest --tuned 3)
             proposals, reason = propose_for_task(space, s["task"], history=loto_history(name, zoo_only), k=k,
                                                  seed=seed, objectives=OBJECTIVES, predictor=s["predictors"][key],
                                                  strategy="hedged" if hedged else "front",
-                                                 measure=method != "warm_nomeasure")
+                                                 measure=method != "warm_nomeasure",
+                                                 tuned=3 if label == "warm_batch_tuned" else 0,
+                                                 batch_size=s["cfg"].train.batch_size)
         enqueue_points(study, [p.params for p in proposals], f"bench:{kind}")
         predicted = [p.predicted for p in proposals]
     objective = _objective(s, seed)
@@ -385,8 +388,8 @@ def run_one(job: tuple[str, int, str, int, int]) -> dict[str, Any]:
     hv = hypervolume_history([t["metrics"] for t in trials], reference, OBJECTIVES)
     return {"task": name, "seed": seed, "method": label, "budget": budget, "k": k if method.startswith("warm") or method == "size_bins"
             else 0, "teacher": {key: reference[key] for key in OBJECTIVES}, "hv": hv, "trials": trials,
-            "predicted": predicted, "reason": reason, "wall_s": round(time.perf_counter() - t0, 1),
-            "propose_s": round(propose_s, 2), "kind": "real"}
+            "predicted": predicted, "reason": reason, "wall_s": round(time.perf_counter() - t0, 1), "kind": "real"} | (
+            {"propose_s": round(propose_s, 2)} if plan is not None else {})  # the batch's time is not separated
 
 
 def done_keys(path: Path) -> set[tuple[str, int, str]]:
@@ -687,7 +690,8 @@ def summarize(runs: list[dict[str, Any]], budget: int,
 def calibration(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """How the warm points did against their predictions: predicted minus real retention of the enqueued trials."""
     out: dict[str, Any] = {}
-    for method in ("warm", "warm_untuned", "warm_tw75", "warm_focus", "warm_rank", "warm_rep", "warm_batch", "warm_batch_rep", "warm_zoo",
+    for method in ("warm", "warm_untuned", "warm_tw75", "warm_focus", "warm_rank", "warm_rep", "warm_batch",
+                   "warm_batch_tuned", "warm_batch_rep", "warm_zoo",
                    "warm_batch_zoo", "warm_front_zoo", "warm_lcb_zoo", "warm_reptile_zoo"):
         gaps, per_task = [], {}
         for r in runs:
@@ -816,6 +820,7 @@ _LABELS = {"warm": "warm TPE (ours, default: k points one at a time against the 
           "warm_rep": "warm TPE (sequential, the Reptile predictor instead of the GBM)",
           "warm_blend": "warm TPE (sequential, GBM blended with the calibrated proxy: proxy_weight 0.5)",
           "warm_batch": "warm TPE (batch: k hedged points fixed up front, measured)",
+          "warm_batch_tuned": "warm TPE (batch, the tuned proxy of each bin's 3 best measured too: suggest --tuned 3)",
           "warm_batch_rep": "warm TPE (batch, the Reptile predictor)",
           "warm_nomeasure": "warm TPE (batch without measuring: hedged on the unmeasured GBM)",
           "warm_front": "warm TPE (GBM, predicted-front proposals)",
@@ -1150,7 +1155,12 @@ def main() -> None:
     parser.add_argument("--runs", type=Path, default=RUNS)
     parser.add_argument("--aggregate", action="store_true", help="only aggregate what is recorded")
     parser.add_argument("--no-aggregate", action="store_true", help="only run (another process aggregates)")
+    parser.add_argument("--render", action="store_true", help="only rewrite warmstart.md from warmstart.json (after "
+                        "editing the notes; nothing is recomputed)")
     args = parser.parse_args()
+    if args.render:
+        write_md(json.loads((RESULTS / "warmstart.json").read_text(encoding="utf-8")))
+        return
     if not args.aggregate:
         run_all(args)
     if args.no_aggregate:

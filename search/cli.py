@@ -195,6 +195,9 @@ def suggest(
     seed: Optional[int] = typer.Option(None),
     tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="MLflow store whose finished searches "
                                                "join the history, or 'none' (the shipped meta-dataset only)."),
+    tuned: int = typer.Option(0, "--tuned", min=0, max=12, help="Also measure the accuracy after the first "
+                              "fine-tuning steps (the tuned proxy, about a tenth of a trial each) of this many best "
+                              "candidates per size bin, and re-score them with it."),
     as_json: bool = typer.Option(False, "--json", help="Print the proposals as JSON."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
 ) -> None:
@@ -214,7 +217,7 @@ def suggest(
 
     with contextlib.nullcontext() if as_json else console.status("Scoring candidates, measuring the best ones..."):
         proposals, reason = propose_for_task(space, task, history=History.collect(history_store(cfg.tracking_uri)),
-                                             k=n, seed=cfg.seed, objectives=cfg.objectives,
+                                             k=n, seed=cfg.seed, objectives=cfg.objectives, tuned=tuned,
                                              batch_size=cfg.train.batch_size)
     if as_json:
         print(json.dumps([{"params": pr.params, "predicted": pr.predicted} for pr in proposals], indent=2))

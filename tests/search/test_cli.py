@@ -118,16 +118,18 @@ def test_report_prints_the_pareto_table_of_a_finished_search(search_yaml, tmp_pa
 
 def test_suggest_shows_the_proposals_with_their_measured_proxies(search_yaml):
     path = search_yaml(tracking_uri="none")
-    result = runner.invoke(app, ["suggest", str(path), "--n", "4", "--json"])
+    result = runner.invoke(app, ["suggest", str(path), "--n", "4", "--json", "--tuned", "2"])
     assert result.exit_code == 0, result.output
     proposals = json.loads(result.output)
     assert len(proposals) == 4
     for name in ("proxy_retention", "tuned_proxy_retention"):  # measured before and after the first steps
         measured = [p["predicted"][name] for p in proposals if name in p["predicted"]]
         assert measured and all(0.0 <= v <= 1.5 for v in measured), name
-    table = runner.invoke(app, ["suggest", str(path), "--n", "4"])
+    table = runner.invoke(app, ["suggest", str(path), "--n", "4"])  # the default: the proxy alone
     assert table.exit_code == 0 and "run order" in table.output
     assert "before fine-tuning" in table.output and "after its first" in table.output
+    bad = runner.invoke(app, ["suggest", str(path), "--tuned", "20"])
+    assert bad.exit_code == 2 and "--tuned" in bad.output
 
 
 def test_console_script_runs_without_a_traceback_on_bad_input(tmp_path):
