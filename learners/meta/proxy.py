@@ -100,17 +100,19 @@ class ProxyProbe:
         """:func:`tuned_steps` of ``policy`` on this task."""
         return tuned_steps(policy.epochs, len(self.task.train), batch_size)
 
-    def tuned(self, policy: CompressionPolicy, *, seed: int = 0, batch_size: int = 64) -> float:
+    def tuned(self, policy: CompressionPolicy, *, seed: int = 0, batch_size: int = 64, steps: int | None = None
+              ) -> float:
         """The tuned proxy: compress the teacher with ``policy``, run the first :meth:`steps` steps of its
         fine-tuning exactly as a search trial of seed ``seed`` and batch size ``batch_size`` runs them (CPU), and
-        return the student's proxy."""
+        return the student's proxy. ``steps`` overrides how many (``experiments/bench_tuned_steps.py`` compares
+        them)."""
         from metacompress.learners import compress  # noqa: PLC0415 (avoid an import cycle)
         from metacompress.learners.distill import FinetuneConfig, finetune  # noqa: PLC0415
         from metacompress.learners.measure import predict_logits  # noqa: PLC0415
 
         torch.manual_seed(int(seed))
         student = compress(self.teacher, policy, self.example)
-        steps = self.steps(policy, batch_size)
+        steps = self.steps(policy, batch_size) if steps is None else int(steps)
         if steps:
             if self._teacher_logits is None:
                 self._teacher_logits = predict_logits(self.teacher, self.task.train.tensors[0], device="cpu") \

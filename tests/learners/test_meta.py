@@ -528,6 +528,9 @@ def test_tuned_proxy_is_the_first_fine_tuning_steps_of_the_very_trial(digits, di
         out = objective(params)
         tuned = probe.tuned(out.policy, seed=3, batch_size=32)
         assert out.metrics[TUNED_PROXY_NAME] == tuned and 0.0 <= tuned <= 1.5
+    # steps overrides the count: the default's own count gives the same value, none gives the untrained proxy
+    assert probe.tuned(out.policy, seed=3, batch_size=32, steps=probe.steps(out.policy, 32)) == tuned
+    assert probe.tuned(out.policy, seed=3, batch_size=32, steps=0) == probe(out.policy)
     # stop_after: the full run's student after its first steps (the schedule spans the full run), steps counted
     policy = CompressionPolicy.uniform([i.name for i in layers], 0.6, 3, epochs=2, lr=3e-3)
     seen, snapshot = [], {}

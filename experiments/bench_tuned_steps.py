@@ -1,0 +1,118 @@
+"""How many fine-tuning steps the tuned proxy should take: its rank quality against its cost.
+
+The tuned proxy (:meth:`metacompress.learners.meta.ProxyProbe.tuned`) is a candidate's probe-row retention after the
+first few optimizer steps of its own fine-tuning; the product takes :func:`~metacompress.learners.meta.proxy.
+tuned_steps` = min(10, ¼ of the run's steps), at least 1. This script measures it again with other step counts on
+the real trials of ``bench_warmstart.py``'s ``random`` runs (the query sets of its predictor quality: every
+trial but each run's first 5) and scores each setting alone as a ranker of the trials' fine-tuned retention:
+Spearman, mean over runs, then over tasks; and its cost, seconds per measurement (CPU, one torch thread). Each
+measurement replays the start of the trial as the run ran it (its seed, the task's batch size), so the default
+setting is the tuned proxy a search records (and ``bench_warmstart.py``'s ``tuned`` ranker scores).
+
+Settings: 5, 10 (the default), 20 steps, each at most a quarter of the run; 20 steps at most the whole run.
+
+Writes ``results/tuned_steps.json`` and ``.md`` (about 10 minutes on 2 cores).
+
+Usage::
+
+    python experiments/bench_tuned_steps.py
+    python experiments/bench_tuned_steps.py --tasks wine-mlp --runs-per-task 1 --out /tmp/t   # a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from bench_warmstart import PROXY, RESULTS, RUNS, TASKS, _rank_scores, _setup, load_runs
+from benchinfo import machine
+
+SHOTS = 5
+#: Setting label -> (steps at most, share of the run's steps at most).
+SETTINGS = {"5 steps, ≤ ¼ of the run": (5, 0.25), "10 steps, ≤ ¼ of the run (default)": (10, 0.25),
+            "20 steps, ≤ ¼ of the run": (20, 0.25), "20 steps, ≤ the whole run": (20, 1.0)}
+
+
+def steps_of(epochs: int, n_train: int, batch_size: int, cap: int, share: float) -> int:
+    """``min(cap, share × the run's steps)``, at least 1 (0 without fine-tuning): :func:`tuned_steps`'s rule."""
+    total = int(epochs) * math.ceil(int(n_train) / max(int(batch_size), 1))
+    return 0 if total <= 0 else max(1, min(cap, int(share * total)))
+
+
+def measure_task(name: str, runs: list[dict[str, Any]], max_runs: int | None) -> dict[str, Any]:
+    """Each setting's tuned proxy of every finished trial of ``name``'s random runs, and its rank quality."""
+    from metacompress.learners.meta import ProxyProbe
+
+    s = _setup(name)
+    probe, batch_size = ProxyProbe(s["task"]), s["cfg"].train.batch_size
+    chosen = [r for r in runs if r["task"] == name and r["method"] == "random" and r.get("kind") == "real"]
+    rho: dict[str, list[float]] = {label: [] for label in (*SETTINGS, "proxy (no fine-tuning)")}
+    seconds = {label: 0.0 for label in SETTINGS}
+    count = 0
+    for r in chosen[:max_runs]:
+        trials = [t for t in r["trials"] if t["metrics"] is not None][SHOTS:]
+        y = np.array([t["metrics"]["accuracy"] / r["teacher"]["accuracy"] for t in trials])
+        proxy = [t["metrics"][PROXY] if PROXY in t["metrics"] else probe(s["space"].decode(t["params"]))
+                 for t in trials]  # the random runs predate the recorded proxies: measured as the trial would
+        rho["proxy (no fine-tuning)"].append(_rank_scores(np.array(proxy), y)[0])
+        for label, (cap, share) in SETTINGS.items():
+            values = []
+            for t in trials:
+                policy = s["space"].decode(t["params"])
+                a = time.perf_counter()
+                values.append(probe.tuned(policy, seed=r["seed"], batch_size=batch_size,
+                                          steps=steps_of(policy.epochs, len(s["task"].train), batch_size, cap, share)))
+                seconds[label] += time.perf_counter() - a
+            rho[label].append(_rank_scores(np.array(values), y)[0])
+        count += len(trials)
+        print(f"{name} seed {r['seed']}: " + ", ".join(f"{k.split(',')[0]} {v[-1]:.3f}" for k, v in rho.items()),
+              flush=True)
+    return {"spearman": {k: float(np.mean(v)) for k, v in rho.items()}, "trials": count, "runs": len(chosen[:max_runs]),
+            "seconds_per_measurement": {k: v / max(count, 1) for k, v in seconds.items()}}
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tasks", nargs="+", default=TASKS, choices=TASKS, metavar="TASK")
+    ap.add_argument("--runs-per-task", type=int, default=None, help="at most this many random runs per task")
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    runs = load_runs(RUNS)
+    per_task = {name: measure_task(name, runs, args.runs_per_task) for name in args.tasks}
+    labels = list(next(iter(per_task.values()))["spearman"])
+    mean = {k: float(np.mean([v["spearman"][k] for v in per_task.values()])) for k in labels}
+    others = [t for t in args.tasks if t != "breast-cancer-mlp"]
+    mean_others = {k: float(np.mean([per_task[t]["spearman"][k] for t in others])) for k in labels} if others else {}
+    cost = {k: float(np.mean([v["seconds_per_measurement"][k] for v in per_task.values()])) for k in SETTINGS}
+    result = {"tasks": args.tasks, "shots": SHOTS, "settings": {k: list(v) for k, v in SETTINGS.items()},
+              "mean_spearman": mean, "mean_spearman_without_breast_cancer": mean_others,
+              "seconds_per_measurement": cost, "per_task": per_task, "machine": machine(),
+              "seeds": "each trial replayed with its run's seed (bench_warmstart.py random runs)"}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "tuned_steps.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
+    lines = ["# The tuned proxy's step count (held-out real trials, Spearman with fine-tuned retention)", "",
+             "Each setting's tuned proxy measured again on the real trials of `bench_warmstart.py`'s random runs "
+             f"(query: all but each run's first {SHOTS}; every trial replayed with its run's seed and the task's "
+             "batch size) and scored alone as a ranker (`experiments/bench_tuned_steps.py`); the default setting is "
+             "the tuned proxy a search records. Cost: seconds per measurement on this machine, one torch thread.",
+             "",
+             "| setting | mean Spearman | without breast-cancer | " + " | ".join(args.tasks) + " | s per measurement |",
+             "|---|---|---|" + "---|" * len(args.tasks) + "---|"]
+    for k in labels:
+        cells = " | ".join(f"{per_task[t]['spearman'][k]:.3f}" for t in args.tasks)
+        c = f"{cost[k]:.3f}" if k in cost else "–"
+        lines.append(f"| {k} | {mean[k]:.3f} | {mean_others.get(k, float('nan')):.3f} | {cells} | {c} |")
+    (args.out / "tuned_steps.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
