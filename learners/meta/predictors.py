@@ -66,10 +66,11 @@ class GBMRetentionPredictor(RegressorMixin, BaseEstimator):
     instead of its retention, so no task weighs by the level or the spread of its retention, only by its order; a
     level model (trees from the task's meta-features and a rank to retention, rising in the rank) maps each
     prediction back onto the scale of retention the warm start needs, keeping the trees' order. On held-out zoo
-    tasks it ranks real trials better (Spearman 0.735 against 0.680; digits-cnn 0.77 → 0.88) with levels about as
-    good (mean absolute error 0.062 against 0.055), but did not improve the warm start (cold TPE's hypervolume in
-    a median of 3 trials either way, reached in 97 % and 93 % of the runs on seeds 0–4 and 5–9 against 100 % and
-    97 %; ``experiments/results/warmstart.md``), so the default stays ``"retention"``.
+    tasks it ranks real trials better (Spearman 0.735 zero-shot and 0.737 after 5 against 0.680 and 0.703;
+    digits-cnn 0.77 → 0.88) but its levels err more where it matters (its warm points over-optimistic by 0.057
+    against 0.031), and it did not improve the warm start (cold TPE's hypervolume in a median of 3 trials either
+    way, reached in 97 % and 93 % of the runs on seeds 0–4 and 5–9 against 100 % and 97 %;
+    ``experiments/results/warmstart.md``), so the default stays ``"retention"``.
 
     With ``similarity`` set, :meth:`focus` refits the trees for one new task with each training task's rows weighted
     by a Gaussian kernel of its distance to the new task in meta-feature space (features standardized over the

@@ -52,8 +52,9 @@ def tuned_steps(epochs: int, n_train: int, batch_size: int) -> int:
     batches of ``batch_size``: ``min(TUNED_STEPS, TUNED_SHARE × its steps)``, at least 1 (0 without fine-tuning).
 
     On the held-out zoo tasks' real trials of ``experiments/bench_warmstart.py``, alone as a ranker of fine-tuned
-    retention: Spearman 0.69 at 5 steps, 0.72 at 10, 0.73 at 20 (each at most a quarter of the steps), 0.78 at
-    20 steps without the cap (up to the whole fine-tuning on the small tasks); the untuned proxy 0.61.
+    retention: Spearman 0.691 at 5 steps, 0.724 at 10, 0.725 at 20 (each at most a quarter of the steps), 0.782
+    at 20 steps without the cap (up to the whole fine-tuning on the small tasks) at twice the cost; the untuned
+    proxy 0.610 (``experiments/bench_tuned_steps.py``).
     """
     total = int(epochs) * math.ceil(int(n_train) / max(int(batch_size), 1))
     return 0 if total <= 0 else max(1, min(TUNED_STEPS, int(TUNED_SHARE * total)))
