@@ -95,14 +95,15 @@ def _monotone_gbm() -> Any:
 def task_normalized(y: np.ndarray, groups: np.ndarray, how: str) -> np.ndarray:
     """``y`` made relative to its task: ``center`` subtracts each task's mean, ``rank`` maps it to its percentile
     rank within the task (ties averaged)."""
-    from scipy.stats import rankdata
+    from metacompress.learners.meta.predictors import within_task_rank
 
     if how not in ("center", "rank"):
         raise ValueError(f"how: expected 'center' or 'rank', got {how!r}")
+    if how == "rank":
+        return within_task_rank(y, groups)
     out = np.asarray(y, dtype=np.float64).copy()
     for t in np.unique(groups):
-        m = groups == t
-        out[m] = out[m] - out[m].mean() if how == "center" else (rankdata(out[m]) - 0.5) / m.sum()
+        out[groups == t] -= out[groups == t].mean()
     return out
 
 

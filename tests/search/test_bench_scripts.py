@@ -29,6 +29,8 @@ SCRIPTS = {
     "bench_predictors.py": (["--quick", "--tasks", "wine-mlp"],
                             {"mean", "per_task", "in_task_reference", "synthetic_validation"}),
     "bench_flywheel.py": (["--tasks", "wine-mlp", "--meta-epochs", "2"], {"per_task", "mean", "flywheel_epochs"}),
+    "bench_tuned_steps.py": (["--tasks", "wine-mlp", "--runs-per-task", "1"],
+                             {"mean_spearman", "per_task", "seconds_per_measurement", "machine"}),
     "bench_rnn_finetune.py": (["--repeats", "1", "--epochs", "1"], {"policies", "task", "machine"}),
     "bench_gpu.py": (["--tasks", "digits-mlp", "--devices", "cpu", "--policies", "1", "--repeats", "1",
                       "--searches", "cpu:1", "--search-trials", "2"],

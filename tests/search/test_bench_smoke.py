@@ -35,6 +35,9 @@ def test_each_kind_of_benchmark_job_runs_and_is_labeled(bench):
     params = [t["params"] for t in runs[0]["trials"]]
     runs.append(bench.replicate(("wine-mlp", 0, "replicate1", budget, 0, params)))
     assert [r["method"] for r in runs] == ["random", "warm", "warm_zoo", "replicate1"]
+    batch = bench.run_one(("wine-mlp", 0, "warm_batch_tuned", budget, 3))  # suggest --tuned 3's batch
+    assert any("tuned_proxy_retention" in p for p in batch["predicted"]) and "propose_s" not in batch
+    assert "propose_s" in runs[1]  # the sequential proposer's time is recorded; the batch's is not separated
     for r in runs[:3]:
         assert len(r["trials"]) == budget and len(r["hv"]) == budget and r["kind"] == "real"
     warm = runs[1]
