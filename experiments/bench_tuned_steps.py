@@ -11,7 +11,7 @@ setting is the tuned proxy a search records (and ``bench_warmstart.py``'s ``tune
 
 Settings: 5, 10 (the default), 20 steps, each at most a quarter of the run; 20 steps at most the whole run.
 
-Writes ``results/tuned_steps.json`` and ``.md`` (about 10 minutes on 2 cores).
+Writes ``results/tuned_steps.json`` and ``.md`` (about 4 minutes on this 2-core machine).
 
 Usage::
 
