@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -40,15 +39,9 @@ SETTINGS = {"5 steps, ≤ ¼ of the run": (5, 0.25), "10 steps, ≤ ¼ of the ru
             "20 steps, ≤ ¼ of the run": (20, 0.25), "20 steps, ≤ the whole run": (20, 1.0)}
 
 
-def steps_of(epochs: int, n_train: int, batch_size: int, cap: int, share: float) -> int:
-    """``min(cap, share × the run's steps)``, at least 1 (0 without fine-tuning): :func:`tuned_steps`'s rule."""
-    total = int(epochs) * math.ceil(int(n_train) / max(int(batch_size), 1))
-    return 0 if total <= 0 else max(1, min(cap, int(share * total)))
-
-
 def measure_task(name: str, runs: list[dict[str, Any]], max_runs: int | None) -> dict[str, Any]:
     """Each setting's tuned proxy of every finished trial of ``name``'s random runs, and its rank quality."""
-    from metacompress.learners.meta import ProxyProbe
+    from metacompress.learners.meta import ProxyProbe, tuned_steps
 
     s = _setup(name)
     probe, batch_size = ProxyProbe(s["task"]), s["cfg"].train.batch_size
@@ -68,7 +61,8 @@ def measure_task(name: str, runs: list[dict[str, Any]], max_runs: int | None) ->
                 policy = s["space"].decode(t["params"])
                 a = time.perf_counter()
                 values.append(probe.tuned(policy, seed=r["seed"], batch_size=batch_size,
-                                          steps=steps_of(policy.epochs, len(s["task"].train), batch_size, cap, share)))
+                                          steps=tuned_steps(policy.epochs, len(s["task"].train), batch_size,
+                                                            cap=cap, share=share)))
                 seconds[label] += time.perf_counter() - a
             rho[label].append(_rank_scores(np.array(values), y)[0])
         count += len(trials)

@@ -4,8 +4,8 @@
 the pretrained predictor or fits one on a grown history (:func:`_predictor_for`), probes the teacher
 (:func:`~.features.layer_sensitivity`, :func:`~.features.task_meta_features`), focuses the predictor on the tasks
 of the history most like this one when it is set to (:meth:`~.predictors.GBMRetentionPredictor.focus`, opt-in)
-and adapts it on the task's own rows in the history. Both warm starts build on it: the batch of :mod:`.propose` and the sequential
-points of :mod:`.sequential`.
+and adapts it on the task's own rows in the history. Both warm starts build on it: the batch of :mod:`.propose`
+and the sequential points of :mod:`.sequential`.
 """
 
 from __future__ import annotations

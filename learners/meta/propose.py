@@ -269,27 +269,23 @@ def propose(
     proxy = np.full(len(pool), np.nan)
     tuned_proxy = np.full(len(pool), np.nan)
 
-    def measure(idx: np.ndarray) -> np.ndarray:
-        """Measure the proxy of candidates ``idx`` and re-score them (NaN where the time budget ran out)."""
-        proxy[idx] = probe.many([space.decode(pool.params(int(i))) for i in idx], budget_s=probe_budget_s)
-        X[idx, INPUT_NAMES.index(PROXY_NAME)] = proxy[idx]
-        scored = np.clip(np.asarray(predictor.predict(X[idx]), dtype=np.float64), 0.0, 1.0)
-        retention[idx] = np.where(np.isfinite(proxy[idx]), scored, retention[idx])
-        return np.where(np.isfinite(proxy[idx]), scored, np.nan)
+    def measurer(name: str, values: np.ndarray, **how: Any) -> Callable[[np.ndarray], np.ndarray]:
+        """Measures input ``name`` of candidates ``idx`` into ``values`` (``probe.many(**how)``) and re-scores
+        them with it: NaN where the time budget ran out."""
+        def measure(idx: np.ndarray) -> np.ndarray:
+            values[idx] = probe.many([space.decode(pool.params(int(i))) for i in idx], budget_s=probe_budget_s, **how)
+            X[idx, INPUT_NAMES.index(name)] = values[idx]
+            scored = np.clip(np.asarray(predictor.predict(X[idx]), dtype=np.float64), 0.0, 1.0)
+            retention[idx] = np.where(np.isfinite(values[idx]), scored, retention[idx])
+            return np.where(np.isfinite(values[idx]), scored, np.nan)
 
-    def measure_tuned(idx: np.ndarray) -> np.ndarray:
-        """The tuned proxy of candidates ``idx`` (their proxy measured) and their re-scores (NaN: not reached)."""
-        tuned_proxy[idx] = probe.many([space.decode(pool.params(int(i))) for i in idx], budget_s=probe_budget_s,
-                                      tuned=True, seed=seed, batch_size=batch_size)
-        X[idx, INPUT_NAMES.index(TUNED_PROXY_NAME)] = tuned_proxy[idx]
-        scored = np.clip(np.asarray(predictor.predict(X[idx]), dtype=np.float64), 0.0, 1.0)
-        retention[idx] = np.where(np.isfinite(tuned_proxy[idx]), scored, retention[idx])
-        return np.where(np.isfinite(tuned_proxy[idx]), scored, np.nan)
+        return measure
 
     if strategy == "hedged":
         chosen = _select_hedged(pool, retention, size, k, min_retention, size_model.teacher_bytes,
-                                measure if probe is not None else None, shortlist,
-                                measure_tuned if probe is not None else None, tuned)
+                                measurer(PROXY_NAME, proxy) if probe is not None else None, shortlist,
+                                measurer(TUNED_PROXY_NAME, tuned_proxy, tuned=True, seed=seed, batch_size=batch_size)
+                                if probe is not None else None, tuned)
     else:
         chosen = _select(pool, retention, size, k, min_retention)
     std = predictor.predict_std(X[chosen]) if hasattr(predictor, "predict_std") else None

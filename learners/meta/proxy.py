@@ -47,9 +47,11 @@ TUNED_STEPS = 10
 TUNED_SHARE = 0.25
 
 
-def tuned_steps(epochs: int, n_train: int, batch_size: int) -> int:
+def tuned_steps(epochs: int, n_train: int, batch_size: int, *, cap: int = TUNED_STEPS, share: float = TUNED_SHARE
+                ) -> int:
     """Optimizer steps behind the tuned proxy of a policy that fine-tunes ``epochs`` epochs of ``n_train`` rows in
-    batches of ``batch_size``: ``min(TUNED_STEPS, TUNED_SHARE × its steps)``, at least 1 (0 without fine-tuning).
+    batches of ``batch_size``: ``min(cap, share × its steps)``, at least 1 (0 without fine-tuning); by default
+    ``cap`` = :data:`TUNED_STEPS` and ``share`` = :data:`TUNED_SHARE`.
 
     On the held-out zoo tasks' real trials of ``experiments/bench_warmstart.py``, alone as a ranker of fine-tuned
     retention: Spearman 0.691 at 5 steps, 0.724 at 10, 0.725 at 20 (each at most a quarter of the steps), 0.782
@@ -57,7 +59,7 @@ def tuned_steps(epochs: int, n_train: int, batch_size: int) -> int:
     proxy 0.610 (``experiments/bench_tuned_steps.py``).
     """
     total = int(epochs) * math.ceil(int(n_train) / max(int(batch_size), 1))
-    return 0 if total <= 0 else max(1, min(TUNED_STEPS, int(TUNED_SHARE * total)))
+    return 0 if total <= 0 else max(1, min(int(cap), int(share * total)))
 
 
 class ProxyProbe:
