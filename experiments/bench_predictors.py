@@ -39,8 +39,9 @@ from typing import Any
 
 import numpy as np
 import torch
-
 from bench_warmstart import RESULTS, RUNS, TASKS, _rank_scores, load_runs, loto_history, real_trial_sets, tie_ceiling
+
+from metacompress.learners.meta.proxy import PROXY_NAME, TUNED_PROXY_NAME
 
 SHOTS = 5
 #: Encoding columns that a policy and the architecture alone determine (:func:`in_task_references` matches on them).
@@ -67,7 +68,7 @@ class _Mean:
 FALLING = ("prune_mean", "prune_sens", "prune_max", "prune_first", "prune_last", "log_compression_ratio",
            "prune_damage", "quant_damage", "log_prune_energy", "log_quant_error", "log_weight_error",
            "log_weight_error_max")
-RISING = ("bits_mean", "bits_sens", "bits_min", "bits_first", "bits_last", "proxy_retention", "tuned_proxy_retention")
+RISING = ("bits_mean", "bits_sens", "bits_min", "bits_first", "bits_last", PROXY_NAME, TUNED_PROXY_NAME)
 
 
 def _monotone_gbm() -> Any:

@@ -54,8 +54,8 @@ FEWSHOT_EPOCHS = {"low": 2, "high": 6}
 CHEAP_EPOCHS = {"low": 1, "high": 2}
 #: Seeds kept out of every choice of defaults: the default warm start is checked on them after the fact.
 FRESH_SEEDS = (5, 6, 7, 8, 9)
-PROXY = "proxy_retention"  # metacompress.learners.meta.PROXY_NAME (imported lazily: spawned workers start light)
-TUNED = "tuned_proxy_retention"  # metacompress.learners.meta.TUNED_PROXY_NAME
+PROXY = "val_proxy_retention"  # metacompress.learners.meta.PROXY_NAME (imported lazily: spawned workers start light)
+TUNED = "val_tuned_proxy_retention"  # metacompress.learners.meta.TUNED_PROXY_NAME
 
 _CACHE: dict[str, Any] = {}
 
@@ -690,7 +690,7 @@ def summarize(runs: list[dict[str, Any]], budget: int,
 def calibration(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """How the warm points did against their predictions: predicted minus real retention of the enqueued trials."""
     out: dict[str, Any] = {}
-    for method in ("warm", "warm_untuned", "warm_tw75", "warm_focus", "warm_rank", "warm_rep", "warm_batch",
+    for method in ("warm", "warm_trainrows", "warm_untuned", "warm_tw75", "warm_focus", "warm_rank", "warm_rep", "warm_batch",
                    "warm_batch_tuned", "warm_batch_rep", "warm_zoo",
                    "warm_batch_zoo", "warm_front_zoo", "warm_lcb_zoo", "warm_reptile_zoo"):
         gaps, per_task = [], {}
@@ -811,6 +811,8 @@ def aggregate(args: argparse.Namespace) -> dict[str, Any]:
 
 _LABELS = {"warm": "warm TPE (ours, default: k points one at a time against the observed front; proxy measured, "
                   "tuned proxy on the 3 best of each step)",
+          "warm_trainrows": "warm TPE (the default before the proxies moved to validation rows: measured on "
+                            "validation rows topped up with training rows)",
           "warm_untuned": "warm TPE (sequential, the proxy alone measured: the default before the tuned proxy)",
           "warm_tw75": "warm TPE (sequential, tuned proxy, GBM blended with it: tuned_weight 0.75)",
           "warm_focus": "warm TPE (sequential, tuned proxy, GBM focused on the tasks most like the new one: "
@@ -847,7 +849,7 @@ LABELS["warm_batch_zoo"] = "warm TPE (batch, GBM; zoo-only history)"
 
 
 #: Methods drawn in warmstart.png (the others are ablations, reported in the table).
-PLOTTED = ("warm", "warm_untuned", "warm_zoo", "warm_rep", "warm_batch", "warm_front_zoo", "warm_reptile_zoo",
+PLOTTED = ("warm", "warm_trainrows", "warm_untuned", "warm_zoo", "warm_rep", "warm_batch", "warm_front_zoo", "warm_reptile_zoo",
            "size_bins", "cold_tpe", "nsga2", "random")
 
 NOTES = [

@@ -335,6 +335,13 @@ def main() -> None:
     if args.train_only and args.reencode:
         history = reencode(history, args.seed)
         history.to_csv(CSV)
+    if args.train_only and args.add_runs:  # first: its rows measure their own proxies
+        frame = history.frame
+        kept = History(frame[~frame["study"].astype(str).str.startswith("bench:")].reset_index(drop=True))
+        history = kept.concat(History.from_rows(rows_from_runs(args.add_runs, args.run_methods)))
+        history.to_csv(CSV)
+        extra["bench_runs"] = {"file": str(args.add_runs.name), "methods": args.run_methods,
+                               "rows": len(history) - len(kept)}
     if args.train_only and args.add_proxy:
         history = add_proxy(history)
         history.to_csv(CSV)
@@ -343,13 +350,6 @@ def main() -> None:
         history = add_tuned(history, args.seed)
         history.to_csv(CSV)
         extra["add_tuned_s"] = round(time.perf_counter() - t0, 1)
-    if args.train_only and args.add_runs:
-        frame = history.frame
-        kept = History(frame[~frame["study"].astype(str).str.startswith("bench:")].reset_index(drop=True))
-        history = kept.concat(History.from_rows(rows_from_runs(args.add_runs, args.run_methods)))
-        history.to_csv(CSV)
-        extra["bench_runs"] = {"file": str(args.add_runs.name), "methods": args.run_methods,
-                               "rows": len(history) - len(kept)}
     info = train_and_save(history, args.seed, extra)
     for kind, s in info["scores"].items():
         console.print(f"{kind:>14}: held-out Spearman {s['spearman']:.3f}, MAE {s['mae']:.3f}")

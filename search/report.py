@@ -6,6 +6,8 @@ import statistics
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from metacompress.learners.meta.proxy import PROXY_NAME, TUNED_PROXY_NAME
+
 from .pareto import max_hypervolume
 
 __all__ = ["format_bytes", "history_table", "pareto_markdown", "pareto_rows", "pareto_table", "policy_text",
@@ -160,7 +162,7 @@ def proposals_table(proposals: Sequence[Any], space: Any, title: str) -> Any:
     for i, pr in enumerate(proposals):
         d = pr.predicted
         # measured: the student's retention with no fine-tuning, and after the first steps of its own
-        proxy, tuned = d.get("proxy_retention"), d.get("tuned_proxy_retention")
+        proxy, tuned = d.get(PROXY_NAME), d.get(TUNED_PROXY_NAME)
         table.add_row(str(i), f"{d['accuracy_retention']:.3f}", "–" if proxy is None else f"{proxy:.3f}",
                       "–" if tuned is None else f"{tuned:.3f}", format_bytes(d["size_bytes"]),
                       f"{d['compression_ratio']:.1f}×",

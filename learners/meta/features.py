@@ -49,10 +49,11 @@ FEATURE_NAMES: tuple[str, ...] = (
 )
 
 
-def _probe_data(task: Any, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Up to :data:`PROBE_ROWS` seeded rows: validation rows, topped up with training rows when there are few."""
+def _probe_data(task: Any, seed: int, validation_only: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Up to :data:`PROBE_ROWS` seeded rows: validation rows, topped up with training rows when there are few
+    (``validation_only``: never; the measured proxy's rows, see :class:`~.proxy.ProxyProbe`)."""
     x, y = dataset_tensors(task.val)  # inputs as the model takes them, int64 labels
-    if len(y) < PROBE_ROWS:
+    if len(y) < PROBE_ROWS and not validation_only:
         xt, yt = dataset_tensors(task.train)
         x, y = torch.cat([x, xt]), torch.cat([y, yt])
     if len(y) > PROBE_ROWS:

@@ -1,12 +1,12 @@
 """The measured proxy: how much accuracy a compressed student keeps *before* any fine-tuning.
 
-Compressing the teacher and evaluating it on the probe rows (:data:`~.features.PROBE_ROWS`, no training) takes
-milliseconds for the zoo's models, and ranks policies by their real, fine-tuned retention far better than any
+Compressing the teacher and evaluating it on up to :data:`~.features.PROBE_ROWS` validation rows (no training)
+takes milliseconds for the zoo's models, and ranks policies by their real, fine-tuned retention far better than any
 summary of the policy (AMC ranks its candidates by the same quantity). On the real trials of
 ``experiments/bench_warmstart.py`` its held-out Spearman with fine-tuned retention is about 0.6 alone, against
 0.49 for the gradient-boosting predictor without it.
 
-Every search trial records it (``proxy_retention`` among the trial's metrics, see
+Every search trial records it (``val_proxy_retention`` among the trial's metrics, see
 :class:`~metacompress.search.objective.Objective`), so it is a column of the history (:data:`PROXY_NAME`); a warm
 start measures it on a shortlist of the candidates the predictor ranks best without it
 (:func:`~.propose.propose`), since the whole pool would take minutes.
@@ -38,9 +38,9 @@ from .features import _accuracy, _probe_data
 __all__ = ["PROXY_NAME", "TUNED_PROXY_NAME", "TUNED_STEPS", "ProxyProbe", "tuned_steps"]
 
 #: Name of the measured proxy, as a trial metric and as a measured input column of the history.
-PROXY_NAME = "proxy_retention"
+PROXY_NAME = "val_proxy_retention"
 #: Name of the tuned proxy (retention after the first :func:`tuned_steps` fine-tuning steps), metric and column.
-TUNED_PROXY_NAME = "tuned_proxy_retention"
+TUNED_PROXY_NAME = "val_tuned_proxy_retention"
 #: Fine-tuning steps of the tuned proxy at most.
 TUNED_STEPS = 10
 #: Share of a policy's fine-tuning steps the tuned proxy takes at most.
@@ -65,9 +65,17 @@ def tuned_steps(epochs: int, n_train: int, batch_size: int, *, cap: int = TUNED_
 class ProxyProbe:
     """Measures the proxy of students of one task's teacher: probe-row accuracy / the teacher's, no training.
 
+    The probe rows are validation rows only (up to :data:`~.features.PROBE_ROWS`, seeded): the rows a trial's
+    accuracy is measured on, so the proxy is a cheap, early look at the search's own objective. The meta-features'
+    sensitivity probes top a small validation set up with training rows; for the proxy that was worse: a teacher
+    fits its training rows, so on them compression only loses accuracy, while on held-out rows pruning an
+    over-fit teacher can gain it (breast-cancer). Measured on the held-out zoo tasks' real trials, alone as a
+    ranker: see :data:`PROXY_NAME` (the metric names changed with the rows, so that proxies measured on the mixed
+    rows, by older searches, are never read as these).
+
     Args:
         task: A :class:`~metacompress.learners.Task`.
-        seed: Seed of the probe rows (validation rows first, as :func:`~.features.layer_sensitivity`). Searches
+        seed: Seed of the probe rows (a subsample when the validation set has more than ``PROBE_ROWS``). Searches
             and the shipped history use the default, so a task's proxies are measured on the same rows.
     """
 
@@ -76,7 +84,7 @@ class ProxyProbe:
         self.teacher = task.teacher
         self._teacher_logits: torch.Tensor | None = None
         self.example = task.example_input(2)
-        self.x, self.y = _probe_data(task, seed)
+        self.x, self.y = _probe_data(task, seed, validation_only=True)
         self.teacher_accuracy = max(self._accuracy(self.teacher), 1e-6)
 
     @torch.no_grad()

@@ -136,8 +136,8 @@ class SequentialProposer:
         Returns:
             ``(index, params, predicted)``: the pool index, the params (valid for ``space.decode``), and
             ``predicted``: ``accuracy_retention`` (shifted by the residuals), ``model_retention`` (the predictor's
-            own value: residuals are taken against it), ``size_ratio``, the measured ``proxy_retention`` and
-            ``tuned_proxy_retention`` (NaN when ``tuned`` is 0).
+            own value: residuals are taken against it), ``size_ratio``, the measured ``val_proxy_retention``
+            and ``val_tuned_proxy_retention`` (NaN when ``tuned`` is 0).
         """
         n = len(residuals)
         offset = float(np.mean(residuals)) * n / (n + 2) if n else 0.0  # shrunk towards no shift

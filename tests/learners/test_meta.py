@@ -510,6 +510,19 @@ def test_proxy_probe_measures_accuracy_before_fine_tuning(digits, digits_meta):
     assert many[0] == probe(policy) and np.isnan(many[1:]).all()  # the budget stops after the first
 
 
+def test_proxy_rows_are_validation_rows_only(digits):
+    from metacompress.learners.data import dataset_tensors
+    from metacompress.learners.meta.features import PROBE_ROWS, _probe_data
+
+    x_val, y_val = dataset_tensors(digits.val)
+    assert len(y_val) < PROBE_ROWS  # digits: 360 validation rows, so the sensitivity probes top up with training rows
+    assert len(_probe_data(digits, 0)[1]) == PROBE_ROWS
+    probe = ProxyProbe(digits)
+    assert len(probe.y) == len(y_val) and torch.equal(probe.x, x_val)  # the proxy: the rows a trial is scored on
+    teacher_val = float((digits.teacher(x_val).argmax(1) == y_val).float().mean())
+    assert probe.teacher_accuracy == pytest.approx(teacher_val)
+
+
 def test_tuned_proxy_is_the_first_fine_tuning_steps_of_the_very_trial(digits, digits_meta):
     """The tuned proxy replays the first tuned_steps() steps of a trial's fine-tuning (same loss, schedule, seed and
     batches); a search trial records the same value for free, from its own student after those steps."""

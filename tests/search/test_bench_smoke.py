@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 import torch
 
+from metacompress.learners.meta.proxy import PROXY_NAME, TUNED_PROXY_NAME
+
 EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
 
 
@@ -36,7 +38,9 @@ def test_each_kind_of_benchmark_job_runs_and_is_labeled(bench):
     runs.append(bench.replicate(("wine-mlp", 0, "replicate1", budget, 0, params)))
     assert [r["method"] for r in runs] == ["random", "warm", "warm_zoo", "replicate1"]
     batch = bench.run_one(("wine-mlp", 0, "warm_batch_tuned", budget, 3))  # suggest --tuned 3's batch
-    assert any("tuned_proxy_retention" in p for p in batch["predicted"]) and "propose_s" not in batch
+    assert any(TUNED_PROXY_NAME in p for p in batch["predicted"]) and "propose_s" not in batch
+    assert (bench.PROXY, bench.TUNED) == (PROXY_NAME, TUNED_PROXY_NAME)  # its copies of the names (lazy imports)
+    assert {PROXY_NAME, TUNED_PROXY_NAME} <= set(runs[1]["trials"][0]["metrics"])  # every trial records both
     assert "propose_s" in runs[1]  # the sequential proposer's time is recorded; the batch's is not separated
     for r in runs[:3]:
         assert len(r["trials"]) == budget and len(r["hv"]) == budget and r["kind"] == "real"

@@ -14,6 +14,7 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
+from metacompress.learners.meta.proxy import PROXY_NAME, TUNED_PROXY_NAME
 from metacompress.search.cli import app
 from metacompress.search.study import counted_trials
 
@@ -122,7 +123,7 @@ def test_suggest_shows_the_proposals_with_their_measured_proxies(search_yaml):
     assert result.exit_code == 0, result.output
     proposals = json.loads(result.output)
     assert len(proposals) == 4
-    for name in ("proxy_retention", "tuned_proxy_retention"):  # measured before and after the first steps
+    for name in (PROXY_NAME, TUNED_PROXY_NAME):  # measured before and after the first steps
         measured = [p["predicted"][name] for p in proposals if name in p["predicted"]]
         assert measured and all(0.0 <= v <= 1.5 for v in measured), name
     table = runner.invoke(app, ["suggest", str(path), "--n", "4"])  # the default: the proxy alone

@@ -15,6 +15,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from metacompress.learners.meta.proxy import PROXY_NAME, TUNED_PROXY_NAME
 from metacompress.search.config import load_config
 from metacompress.search.runner import run_search
 from metacompress.search.study import counted_trials
@@ -357,7 +358,7 @@ def test_a_finished_search_joins_the_history_the_next_warm_start_learns_from(sea
     run_search(cfg)
     history = History.from_mlflow(cfg.tracking_uri)
     assert len(history) == 3 and history.tasks == ["digits-mlp"]
-    for name in ("proxy_retention", "tuned_proxy_retention"):  # every trial records its accuracy before
+    for name in (PROXY_NAME, TUNED_PROXY_NAME):  # every trial records its accuracy before
         proxy = history.frame[name]  # fine-tuning and after its first steps
         assert proxy.notna().all() and ((proxy >= 0) & (proxy <= 1.5)).all()
     assert len(History.collect(cfg.tracking_uri)) == len(History.shipped()) + 3
