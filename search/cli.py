@@ -92,15 +92,17 @@ def search(
     from .config import load_config
     from .progress import SearchProgress
     from .report import pareto_table, print_outcome
-    from .runner import prepare, run_search
+    from .runner import check_out, prepare, run_search
     from .sync import make_tracker
-    from .warmstart import resolve_warm_start, resumed_warm_start
+    from .warmstart import check_warm_start_mode, resolve_warm_start, resumed_warm_start
 
     cfg = load_config(config, _overrides(
         n_trials=trials, backend=backend, sampler=sampler, seed=seed, storage=storage, study_name=study_name,
         tracking_uri=tracking_uri, out=str(out) if out else None, **{"parallel.n_jobs": n_jobs,
                                                                      "ray.address": address}))
     mode = warm_start or cfg.warm_start.mode
+    check_warm_start_mode(mode)
+    check_out(cfg.out)
     tracker = make_tracker(cfg)  # an unreachable tracking server fails here, before any training
     with console.status(f"Preparing {cfg.task_name} (teacher, search space, study)..."):
         p = prepare(cfg, progress=False)
@@ -121,7 +123,23 @@ def search(
     if (cfg.tracking_uri != "none"):
         ui = cfg.tracking_uri if cfg.tracking_uri.startswith("http") else None
         console.print("Review in MLflow: " + (f"open {ui}" if ui else
-                                              f"mlflow ui --backend-store-uri {cfg.tracking_uri}"))
+                                              f"{_mlflow_command()} ui --backend-store-uri {cfg.tracking_uri}"))
+
+
+def _mlflow_command() -> str:
+    """How to run MLflow's CLI from here: ``mlflow`` when it is on PATH, else the one next to this Python (a
+    virtual environment that is not activated, as after ``make install``)."""
+    import shutil
+
+    if shutil.which("mlflow"):
+        return "mlflow"
+    beside = Path(sys.executable).parent / "mlflow"
+    if not beside.is_file():
+        return "mlflow"
+    try:
+        return str(beside.relative_to(Path.cwd()))  # .venv/bin/mlflow
+    except ValueError:
+        return str(beside)
 
 
 @app.command()

@@ -28,7 +28,7 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 
 from metacompress.learners import Task, describe_layers, load_task
-from metacompress.spaces import CompressionSpace
+from metacompress.spaces import CompressionSpace, invalid_value
 from metacompress.spaces.adapters import to_optuna
 
 from .config import SearchConfig
@@ -303,6 +303,23 @@ def write_outputs(p: Prepared, summary: dict[str, Any], trials: list[FrozenTrial
     return paths
 
 
+def check_out(out: str | Path) -> Path:
+    """Create the output folder ``out`` (parents too) and check that it can be written, before any work.
+
+    Raises:
+        ConfigError: naming ``out``.
+    """
+    path = Path(out)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise invalid_value("out", "a folder that can be created and written",
+                            f"{out} ({exc.strerror or type(exc).__name__})") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise invalid_value("out", "a folder this user can write", str(out))
+    return path
+
+
 def run_search(
     cfg: SearchConfig,
     *,
@@ -332,6 +349,7 @@ def run_search(
     """
     if flush_timeout_s is None:
         flush_timeout_s = float(os.environ.get("METACOMPRESS_TRACKING_FLUSH_S", "120"))
+    check_out(cfg.out)
     tracker = tracker or make_tracker(cfg)  # fail fast, before any training, when the tracking server is down
     p = prepared or prepare(cfg)
     run_lock = lock_path(cfg.storage, cfg.study_name, "run")

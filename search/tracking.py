@@ -79,6 +79,16 @@ def _database_driver_problem(uri: str) -> str | None:
     return None
 
 
+def _tracking_schemes() -> set[str]:
+    """URI schemes this MLflow can track to (its tracking-store registry); empty when it cannot tell."""
+    try:
+        from mlflow.tracking._tracking_service.utils import _tracking_store_registry  # noqa: PLC0415
+
+        return set(_tracking_store_registry._registry)
+    except (ImportError, AttributeError):  # a private registry: a later MLflow may move it, then MLflow decides
+        return set()
+
+
 def _is_file_store(uri: str) -> bool:
     """Whether MLflow reads ``uri`` as a local file store: ``file:...`` or a path without a scheme."""
     scheme = urllib.parse.urlparse(uri).scheme
@@ -145,9 +155,10 @@ class Tracker:
 
         ``http(s)://``: GET ``<uri>/health`` (served by ``mlflow server``); any HTTP answer, even 401 or 404 from a
         proxy, counts as reachable; a refused connection, DNS failure or no answer within ``timeout_s`` does not.
-        ``sqlite:///``: the database's directory must exist. Another database URL: its driver must import (a
+        ``sqlite:///``: the database's directory must exist, and the database (or, for a new one, its directory) be
+        writable. Another URL: its scheme must be one MLflow tracks to, and a database's driver must import (a
         server that is down shows at the first write, which tracking survives). A file store (``file:``, a plain
-        path): MLflow 3 refuses it unless ``MLFLOW_ALLOW_FILE_STORE`` is true. Other schemes are not checked.
+        path): MLflow 3 refuses it unless ``MLFLOW_ALLOW_FILE_STORE`` is true. Other schemes are refused.
 
         Raises:
             ConfigError: naming ``tracking_uri``.
@@ -165,9 +176,12 @@ class Tracker:
                                     f"{timeout_s:g} s: {reason}; start one with `mlflow server` or pass "
                                     f"--tracking-uri sqlite:///mlflow.db or none)", uri) from None
         elif uri.startswith("sqlite:///"):
-            folder = Path(uri[len("sqlite:///"):]).parent
-            if not folder.is_dir():
+            db = Path(uri[len("sqlite:///"):])
+            if not db.parent.is_dir():
                 raise invalid_value("tracking_uri", "a sqlite URL whose directory exists", uri)
+            if not os.access(db if db.exists() else db.parent, os.R_OK | os.W_OK):  # sqlite writes a journal too
+                raise invalid_value("tracking_uri", "a sqlite URL whose database (or its new directory) this user "
+                                    "can write", uri)
         elif _is_file_store(uri):
             from mlflow.environment_variables import MLFLOW_ALLOW_FILE_STORE  # noqa: PLC0415
 
@@ -176,6 +190,12 @@ class Tracker:
                                     "(use sqlite:///mlflow.db; `mlflow migrate-filestore` converts a file store, "
                                     "MLFLOW_ALLOW_FILE_STORE=true keeps using it)", uri)
         elif "://" in uri:  # a database store (postgresql://, mysql://, ...): its Python driver must import
+            schemes = _tracking_schemes()
+            scheme = urllib.parse.urlparse(uri).scheme.split("+")[0]
+            if schemes and scheme not in schemes:
+                others = ", ".join(f"{s}://" for s in sorted(schemes - {"", "file", "http", "https", "sqlite"}))
+                raise invalid_value("tracking_uri", f"an MLflow tracking URI: http(s)://, sqlite:///, {others} or none",
+                                    uri)
             driver = _database_driver_problem(uri)
             if driver is not None:
                 raise invalid_value("tracking_uri", f"a database URL whose driver is installed ({driver})", uri)

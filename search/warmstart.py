@@ -16,8 +16,8 @@ from metacompress.spaces import CompressionPolicy, CompressionSpace, ConfigError
 
 from .study import ATTR_WARM, ATTR_WARM_SOURCE, remaining_budget
 
-__all__ = ["ATTR_INDEX", "ATTR_PREDICTED", "SequentialWarmStart", "enqueue_next_warm_point", "history_store",
-           "load_points", "resolve_warm_start", "resumed_warm_start"]
+__all__ = ["ATTR_INDEX", "ATTR_PREDICTED", "SequentialWarmStart", "check_warm_start_mode", "enqueue_next_warm_point",
+           "history_store", "load_points", "resolve_warm_start", "resumed_warm_start"]
 
 #: Trial user attributes of a sequential warm point: its candidate index and the predictor's retention.
 ATTR_INDEX, ATTR_PREDICTED = "metacompress.warm_index", "metacompress.warm_predicted"
@@ -141,6 +141,17 @@ def resumed_warm_start(study: optuna.Study, n_trials: int, k: int, *, sequential
     reason = (f"resumed: {n_trials - left} of {n_trials} trials exist, nothing left to run (raise --trials to go on)"
               if left <= 0 else f"resumed: the study's {n_warm} warm-start points already exist")
     return {"mode": mode, "n_points": n_warm, "reason": reason}
+
+
+def check_warm_start_mode(mode: str) -> None:
+    """``--warm-start``: ``auto``, ``off`` or the path of a JSON file of policies (read later, by
+    :func:`load_points`), so a mistyped mode is named as such rather than as a missing file.
+
+    Raises:
+        ConfigError: naming ``warm_start``.
+    """
+    if mode not in ("auto", "off") and not Path(mode).is_file():
+        raise invalid_value("warm_start", "auto, off or the path of a JSON file of policies", mode)
 
 
 def resolve_warm_start(

@@ -76,9 +76,13 @@ BASE = {"task": "digits-mlp", "n_trials": 2, "warm_start": {"mode": "off"}}
         (BASE, ["--tracking-uri", "http://127.0.0.1:9"], "tracking_uri"),  # server down: fail before training
         (BASE, ["--storage", "mysql://u:p@127.0.0.1:9/db"], "storage"),  # unreachable storage
         ({**BASE, "train": {"device": f"cuda:{torch.cuda.device_count()}"}}, [], "train.device"),  # none here
+        (BASE, ["--tracking-uri", "bogus://nowhere"], "tracking_uri"),  # a scheme MLflow cannot track to
+        (BASE, ["--warm-start", "maybe"], "warm_start"),  # neither auto, off nor a file
+        (BASE, ["--out", "/dev/null/out"], "out"),  # cannot be created: before the teacher is even loaded
     ],
     ids=["missing-file", "bad-yaml", "unknown-key", "unknown-task", "backend", "sampler", "trials",
-         "prune-range", "bits", "tracking-down", "storage-down", "device-missing"],
+         "prune-range", "bits", "tracking-down", "storage-down", "device-missing", "tracking-scheme",
+         "warm-start-mode", "out-unwritable"],
 )
 def test_bad_input_is_one_line_and_exit_code_2(tmp_path, monkeypatch, config, flags, field):
     monkeypatch.chdir(tmp_path)
