@@ -690,8 +690,8 @@ def summarize(runs: list[dict[str, Any]], budget: int,
 def calibration(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """How the warm points did against their predictions: predicted minus real retention of the enqueued trials."""
     out: dict[str, Any] = {}
-    for method in ("warm", "warm_trainrows", "warm_untuned", "warm_tw75", "warm_focus", "warm_rank", "warm_rep", "warm_batch",
-                   "warm_batch_tuned", "warm_batch_rep", "warm_zoo",
+    for method in ("warm", "warm_trainrows", "warm_untuned", "warm_tw75", "warm_focus", "warm_rank",
+                   "warm_rank_trainrows", "warm_rep", "warm_batch", "warm_batch_trainrows", "warm_batch_tuned", "warm_batch_rep", "warm_zoo",
                    "warm_batch_zoo", "warm_front_zoo", "warm_lcb_zoo", "warm_reptile_zoo"):
         gaps, per_task = [], {}
         for r in runs:
@@ -819,9 +819,11 @@ _LABELS = {"warm": "warm TPE (ours, default: k points one at a time against the 
                         "similarity 1.0)",
           "warm_rank": "warm TPE (sequential, tuned proxy, GBM fit on ranks within each task and mapped back by its "
                        "level model: target 'rank')",
+          "warm_rank_trainrows": "warm TPE (target 'rank' before the proxies moved to validation rows)",
           "warm_rep": "warm TPE (sequential, the Reptile predictor instead of the GBM)",
           "warm_blend": "warm TPE (sequential, GBM blended with the calibrated proxy: proxy_weight 0.5)",
           "warm_batch": "warm TPE (batch: k hedged points fixed up front, measured)",
+          "warm_batch_trainrows": "warm TPE (batch before the proxies moved to validation rows)",
           "warm_batch_tuned": "warm TPE (batch, the tuned proxy of each bin's 3 best measured too: suggest --tuned 3)",
           "warm_batch_rep": "warm TPE (batch, the Reptile predictor)",
           "warm_nomeasure": "warm TPE (batch without measuring: hedged on the unmeasured GBM)",
