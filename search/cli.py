@@ -348,6 +348,8 @@ def export(
                                           "the only one with int8 kernels); default OUT/trial-N.pt2, .pt for int8."),
     study_name: Optional[str] = typer.Option(None, "--study-name", help="The study (default: the config's)."),
     storage: Optional[str] = typer.Option(None, help="Optuna storage URL."),
+    out: Optional[Path] = typer.Option(None, help="The search's output folder, where the file goes without "
+                                       "--output (default: the config's; `make demo` searched with out/demo)."),
     int8: Optional[bool] = typer.Option(None, "--int8/--no-int8", help="Int8 or float Linear/LSTM/GRU kernels "
                                         "(default: the runtime the trial's latency was measured on, the faster "
                                         "one; float for a .pt2 output)."),
@@ -359,7 +361,7 @@ def export(
     from .deploy import MIN_AGREEMENT, export_trial
     from .report import format_bytes
 
-    cfg = load_config(config, _overrides(study_name=study_name, storage=storage))
+    cfg = load_config(config, _overrides(study_name=study_name, storage=storage, out=str(out) if out else None))
     with console.status(f"Exporting trial {trial} of {cfg.study_name}..."):
         result = export_trial(cfg, trial, output, int8=int8)
     kernels = "int8 kernels" if result.int8 else "float kernels"

@@ -258,6 +258,8 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 
     if not path.is_file():
         raise error("an existing YAML file")
+    if path.suffix.lower() in (".toml", ".ini", ".cfg"):  # would parse as a YAML string: say what is read
+        raise error(f"a YAML file (configs are YAML, not {path.suffix.lower()[1:].upper()})")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:

@@ -96,6 +96,14 @@ def test_bad_input_is_one_line_and_exit_code_2(tmp_path, monkeypatch, config, fl
     assert f"'{field}" in line
 
 
+def test_a_toml_config_is_named_as_such(tmp_path):
+    path = tmp_path / "search.toml"
+    path.write_text('task = "digits-mlp"\n')  # YAML would read it as one string
+    result = runner.invoke(app, ["search", str(path)])
+    assert result.exit_code == 2
+    assert "'config' value must be a YAML file (configs are YAML, not TOML)" in _one_error_line(result)
+
+
 def test_unknown_key_suggests_the_close_one(tmp_path):
     result = runner.invoke(app, ["search", str(_write(tmp_path, {**BASE, "n_trails": 3}))])
     assert "Did you mean 'n_trials'" in _one_error_line(result)
@@ -271,6 +279,9 @@ def test_export_writes_a_trial_that_loads_with_torch_alone(search_yaml, tmp_path
         assert f"accuracy {best['metrics']['accuracy']:.4f}" in floats.output  # the trial's own arithmetic
         assert f"({fmt}, float kernels" in floats.output and "100.0% of predictions" in floats.output
         assert _load_in_a_fresh_interpreter(tmp_path / name) == "(3, 10)"
+    moved = runner.invoke(app, ["export", str(path), "--trial", str(best["number"]), "--no-int8",
+                                "--out", str(tmp_path / "elsewhere")])  # a search run with --out: the file joins it
+    assert moved.exit_code == 0 and (tmp_path / "elsewhere" / f"trial-{best['number']}.pt2").is_file(), moved.output
     ints = runner.invoke(app, ["export", str(path), "--trial", str(best["number"]), "--int8",
                                "--output", str(tmp_path / "i8.pt")])
     assert ints.exit_code == 0 and "int8 kernels" in ints.output
