@@ -66,10 +66,10 @@ class GBMRetentionPredictor(RegressorMixin, BaseEstimator):
     instead of its retention, so no task weighs by the level or the spread of its retention, only by its order; a
     level model (trees from the task's meta-features and a rank to retention, rising in the rank) maps each
     prediction back onto the scale of retention the warm start needs, keeping the trees' order. On held-out zoo
-    tasks it ranks real trials better (Spearman 0.735 zero-shot and 0.737 after 5 against 0.680 and 0.703;
-    digits-cnn 0.77 → 0.88) but its levels err more where it matters (its warm points over-optimistic by 0.057
-    against 0.031), and it did not improve the warm start (cold TPE's hypervolume in a median of 3 trials either
-    way, reached in 97 % and 93 % of the runs on seeds 0–4 and 5–9 against 100 % and 97 %;
+    tasks it ranks real trials better (Spearman 0.814 zero-shot and 0.818 after 5 against 0.778 and 0.789;
+    breast-cancer 0.31 → 0.55) but its levels err more where it matters (its warm points over-optimistic by 0.059
+    against 0.040), and it did not improve the warm start (cold TPE's hypervolume in a median of 3.5 trials on
+    seeds 0–4 and 5–9, reached in 100 % and 93 % of the runs, against 3 and 2.5, 97 % and 93 %;
     ``experiments/results/warmstart.md``), so the default stays ``"retention"``.
 
     With ``similarity`` set, :meth:`focus` refits the trees for one new task with each training task's rows weighted
@@ -77,8 +77,9 @@ class GBMRetentionPredictor(RegressorMixin, BaseEstimator):
     training tasks; the root mean squared difference, bandwidth ``similarity``, plus :data:`SIMILARITY_FLOOR` so
     that no task is ignored): a task unlike most of the history (the zoo's CNN among 77 synthetic MLPs) is then
     predicted mostly from the tasks like it. :func:`~.context.task_context` focuses a warm start's predictor when
-    it has ``similarity``. On held-out zoo tasks ``similarity=1.0`` ranks real trials better (Spearman 0.73 against
-    0.68) but did not improve the warm start (``experiments/results/warmstart.md``), so the default is None.
+    it has ``similarity``. On held-out zoo tasks ``similarity=1.0`` ranked real trials better (Spearman 0.73 against
+    0.68) before the proxies were measured on validation rows, and level since (0.781 against 0.778); it did not
+    improve the warm start (``experiments/results/warmstart.md``), so the default is None.
 
     Args:
         max_iter: Boosting iterations.
