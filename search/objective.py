@@ -1,8 +1,8 @@
 """The trial objective shared by every backend: params -> policy -> compress -> fine-tune -> evaluate -> metrics.
 
 Backends call :class:`Objective` with a point of the space; it returns a :class:`TrialOutcome` (its metrics include
-``val_proxy_retention``, the student's validation accuracy before fine-tuning over the teacher's, an input of the warm-start
-history: :mod:`metacompress.learners.meta.proxy`) or raises
+``val_proxy_retention``, the student's validation accuracy before fine-tuning over the teacher's, an input of the
+warm-start history: :mod:`metacompress.learners.meta.proxy`) or raises
 :class:`TrialFailed` with a one-line reason (non-finite loss, time limit, out of memory, any other error), which
 the backend records as a failed trial before going on.
 """

@@ -179,9 +179,10 @@ class Tracker:
             db = Path(uri[len("sqlite:///"):])
             if not db.parent.is_dir():
                 raise invalid_value("tracking_uri", "a sqlite URL whose directory exists", uri)
-            if not os.access(db if db.exists() else db.parent, os.R_OK | os.W_OK):  # sqlite writes a journal too
-                raise invalid_value("tracking_uri", "a sqlite URL whose database (or its new directory) this user "
-                                    "can write", uri)
+            # sqlite writes a journal next to the database, so the directory must be writable too
+            if not all(os.access(p, os.R_OK | os.W_OK) for p in (db.parent, *([db] if db.exists() else []))):
+                raise invalid_value("tracking_uri", "a sqlite URL whose database and directory this user can write",
+                                    uri)
         elif _is_file_store(uri):
             from mlflow.environment_variables import MLFLOW_ALLOW_FILE_STORE  # noqa: PLC0415
 

@@ -70,9 +70,9 @@ class ProxyProbe:
     accuracy is measured on, so the proxy is a cheap, early look at the search's own objective. The meta-features'
     sensitivity probes top a small validation set up with training rows; for the proxy that was worse: a teacher
     fits its training rows, so on them compression only loses accuracy, while on held-out rows pruning an
-    over-fit teacher can gain it (breast-cancer). Measured on the held-out zoo tasks' real trials, alone as a
-    ranker: see :data:`PROXY_NAME` (the metric names changed with the rows, so that proxies measured on the mixed
-    rows, by older searches, are never read as these).
+    over-fit teacher can gain it (breast-cancer; the module docstring and :func:`tuned_steps` give both rankings).
+    The metric names (:data:`PROXY_NAME`, :data:`TUNED_PROXY_NAME`) changed with the rows, so proxies that older
+    searches measured on the mixed rows are read as unmeasured, never as these.
 
     Args:
         task: A :class:`~metacompress.learners.Task`.
