@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -128,6 +129,32 @@ def test_unreachable_server_fails_fast() -> None:
     assert message.endswith("Got 'http://127.0.0.1:9'.")
     with pytest.raises(ConfigError, match="directory exists"):
         Tracker("sqlite:////nonexistent/dir/mlflow.db", "x").check_reachable()
+
+
+def test_an_unwritable_sqlite_store_fails_fast(tmp_path: Path) -> None:
+    """A read-only folder: refused before any work, not after MLflow's ~100 s of connection retries. Root ignores
+    file modes, so as root the check runs in a child without the capabilities that override them."""
+    import shutil
+    import subprocess
+    import sys
+
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o555)
+    uri = f"sqlite:///{folder}/mlflow.db"
+    code = ("from metacompress.search.tracking import Tracker\n"
+            "from metacompress.spaces import ConfigError\n"
+            f"try:\n    Tracker({uri!r}, 'x').check_reachable()\nexcept ConfigError as e:\n    print(e.field, e)\n")
+    command = [sys.executable, "-c", code]
+    if os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip("running as root without setpriv: file modes cannot be enforced here")
+        command = ["setpriv", "--inh-caps=-all", "--bounding-set=-all", *command]
+    try:
+        out = subprocess.run(command, capture_output=True, text=True, timeout=120, check=True).stdout
+    finally:
+        folder.chmod(0o755)
+    assert out.startswith("tracking_uri ") and "database and directory this user can write" in out, out
 
 
 def test_failures_disable_tracking_unless_strict(tracker: Tracker, store: str,
