@@ -1,7 +1,7 @@
 """How a grown history updates the default (Reptile) predictor: continued meta-training against a full refit.
 
 A search whose history holds more than the shipped meta-dataset (``History.collect``: every finished search
-joins it) does not refit the Reptile predictor from scratch (about 30 s on 2 cores for the shipped ~11 000 rows):
+joins it) does not refit the Reptile predictor from scratch (about 20–30 s on 2 cores for the shipped ~12 500 rows):
 it continues the pretrained meta-training for :data:`~metacompress.learners.meta.reptile.FLYWHEEL_EPOCHS` epochs
 on the grown history (``warm_start``). This benchmark checks that choice on held-out tasks.
 

@@ -3,7 +3,7 @@
 Two predictors map meta-features ⊕ policy encoding (:data:`~.history.INPUT_NAMES`) to accuracy retention:
 
 * :class:`GBMRetentionPredictor` — gradient-boosted trees; saved as a JSON config and refit from the shipped
-  meta-dataset at load time (one to two seconds for its ~11 000 rows), so no tree is ever unpickled.
+  meta-dataset at load time (a few seconds for its ~12 500 rows), so no tree is ever unpickled.
 * :class:`~.reptile.ReptilePredictor` — an MLP meta-trained with Reptile; saved as safetensors + JSON.
 
 :func:`load_predictor` reads only those safe formats (JSON and safetensors; never pickle or joblib) and
