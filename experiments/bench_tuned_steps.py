@@ -11,7 +11,7 @@ setting is the tuned proxy a search records (and ``bench_warmstart.py``'s ``tune
 
 Settings: 5, 10 (the default), 20 steps, each at most a quarter of the run; 20 steps at most the whole run.
 
-Writes ``results/tuned_steps.json`` and ``.md`` (about 4 minutes on this 2-core machine).
+Writes ``results/tuned_steps.json`` and ``.md`` (about 3–4 minutes on this 2-core machine).
 
 Usage::
 
@@ -53,7 +53,7 @@ def measure_task(name: str, runs: list[dict[str, Any]], max_runs: int | None) ->
         trials = [t for t in r["trials"] if t["metrics"] is not None][SHOTS:]
         y = np.array([t["metrics"]["accuracy"] / r["teacher"]["accuracy"] for t in trials])
         proxy = [t["metrics"][PROXY] if PROXY in t["metrics"] else probe(s["space"].decode(t["params"]))
-                 for t in trials]  # the random runs predate the recorded proxies: measured as the trial would
+                 for t in trials]  # the random runs predate the validation-row proxies: measured as a trial now records it
         rho["proxy (no fine-tuning)"].append(_rank_scores(np.array(proxy), y)[0])
         for label, (cap, share) in SETTINGS.items():
             values = []
