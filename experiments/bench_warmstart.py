@@ -1188,7 +1188,10 @@ def write_md(r: dict[str, Any]) -> None:
               "`.venv/bin/python experiments/bench_warmstart.py --seeds " + " ".join(map(str, r["seed_list"])) +
               " --methods " + " ".join(order) + "`" + (
                   f" and `--seeds {' '.join(map(str, f['seed_list']))} --methods {' '.join(f['methods'])}`"
-                  if f["methods"] else "") + ", then `--aggregate`."]
+                  if f["methods"] else "") + ", then `--aggregate`." + (
+                  " Methods ending in `_trainrows` are earlier runs of the method without it, made before the "
+                  "proxies moved to validation rows and relabeled in warmstart_runs.jsonl (no command reruns them)."
+                  if any(m.endswith("_trainrows") for m in order) else "")]
     (RESULTS / "warmstart.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
