@@ -27,7 +27,32 @@ __all__ = ["app", "main"]
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+def _unlabelled_help(get_help_option: Callable[..., Any]) -> Callable[..., Any]:
+    """``--help`` shown without a value label (typer labels every flag ``<bool>``, as if it took one)."""
+
+    def wrapped(self: Any, ctx: Any) -> Any:
+        option = get_help_option(self, ctx)
+        if option is not None:
+            option.metavar = ""
+        return option
+
+    return wrapped
+
+
+class _Command(typer.core.TyperCommand):
+    get_help_option = _unlabelled_help(typer.core.TyperCommand.get_help_option)
+
+
+class _Group(typer.core.TyperGroup):  # the top-level ``metacompress --help``
+    get_help_option = _unlabelled_help(typer.core.TyperGroup.get_help_option)
+
+
+def _flag(*names: str, help: str) -> Any:  # noqa: A002 - typer's own keyword
+    """An on/off option, shown without a value label."""
+    return typer.Option(False, *names, metavar="", help=help)
+
+
+app = typer.Typer(cls=_Group, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Meta-learned search for pruning, quantization and distillation of PyTorch models.")
 console = Console(width=None if sys.stdout.isatty() else 132)
 err_console = Console(stderr=True)
@@ -71,7 +96,7 @@ def _overrides(**flags: Any) -> dict[str, Any]:
     return {k: v for k, v in flags.items() if v is not None}
 
 
-@app.command()
+@app.command(cls=_Command)
 @_friendly
 def search(
     config: Path = typer.Argument(..., help="Experiment YAML (see experiments/configs/)."),
@@ -86,13 +111,14 @@ def search(
     out: Optional[Path] = typer.Option(None, help="Output folder (summary.json, plots)."),
     n_jobs: Optional[int] = typer.Option(None, "--n-jobs", help="Local worker processes."),
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (auto, ray://...)."),
-    debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
+    debug: bool = _flag("--debug", help="Show tracebacks."),
 ) -> None:
     """Search compression policies for a model; resume when the study exists."""
     from .config import load_config
     from .progress import SearchProgress
     from .report import pareto_table, print_outcome
     from .runner import check_out, prepare, run_search
+    from .study import storage_folder, study_line
     from .sync import make_tracker
     from .warmstart import check_warm_start_mode, resolve_warm_start, resumed_warm_start
 
@@ -104,8 +130,11 @@ def search(
     check_warm_start_mode(mode)
     check_out(cfg.out)
     tracker = make_tracker(cfg)  # an unreachable tracking server fails here, before any training
+    folder = storage_folder(cfg.storage)
+    new_folder = folder if folder is not None and not folder.exists() else None
     with console.status(f"Preparing {cfg.task_name} (teacher, search space, study)..."):
         p = prepare(cfg, progress=False)
+        console.print(study_line(p.study, cfg.n_trials, cfg.storage, new_folder), highlight=False, soft_wrap=True)
         points, info = [], resumed_warm_start(p.study, cfg.n_trials, cfg.warm_start.n_points, sequential=True)
         if info is None:
             points, info = resolve_warm_start(mode, p.space, p.task, n_points=cfg.warm_start.n_points,
@@ -142,9 +171,9 @@ def _mlflow_command() -> str:
         return str(beside)
 
 
-@app.command()
+@app.command(cls=_Command)
 @_friendly
-def tasks(debug: bool = typer.Option(False, "--debug", help="Show tracebacks.")) -> None:
+def tasks(debug: bool = _flag("--debug", help="Show tracebacks.")) -> None:
     """List the built-in tasks and their teachers' accuracy (when trained and cached)."""
     from rich.table import Table
 
@@ -160,12 +189,12 @@ def tasks(debug: bool = typer.Option(False, "--debug", help="Show tracebacks."))
     console.print(table)
 
 
-@app.command()
+@app.command(cls=_Command)
 @_friendly
 def layers(
     config: str = typer.Argument(..., help="Experiment YAML (its task, as a search loads it) or a built-in task name."),
-    as_json: bool = typer.Option(False, "--json", help="Print the layers as JSON."),
-    debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
+    as_json: bool = _flag("--json", help="Print the layers as JSON."),
+    debug: bool = _flag("--debug", help="Show tracebacks."),
 ) -> None:
     """Show the layers a search compresses and what structured pruning can remove from each (or why not)."""
     from dataclasses import asdict
@@ -205,7 +234,7 @@ def layers(
                   "unstructured and quantized.", highlight=False)
 
 
-@app.command()
+@app.command(cls=_Command)
 @_friendly
 def suggest(
     config: Path = typer.Argument(..., help="Experiment YAML."),
@@ -216,8 +245,8 @@ def suggest(
     tuned: int = typer.Option(0, "--tuned", min=0, max=12, help="Also measure the accuracy after the first "
                               "fine-tuning steps (the tuned proxy, about a tenth of a trial each) of this many best "
                               "candidates per size bin, and re-score them with it."),
-    as_json: bool = typer.Option(False, "--json", help="Print the proposals as JSON."),
-    debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
+    as_json: bool = _flag("--json", help="Print the proposals as JSON."),
+    debug: bool = _flag("--debug", help="Show tracebacks."),
 ) -> None:
     """Print the warm-start policies the predictor proposes, without training anything."""
     from metacompress.learners import load_task
@@ -248,16 +277,16 @@ def suggest(
     console.print(proposals_table(proposals, space, title=f"Warm-start proposals for {cfg.task_name} ({reason})"))
 
 
-@app.command()
+@app.command(cls=_Command)
 @_friendly
 def history(
     tracking_uri: str = typer.Option("sqlite:///mlflow.db", "--tracking-uri", help="MLflow store whose finished "
                                      "searches join the history, or 'none' (the shipped meta-dataset only)."),
     experiment: Optional[list[str]] = typer.Option(None, "--experiment", help="Read only this MLflow experiment "
                                                    "(repeatable; default: all of them)."),
-    show_all: bool = typer.Option(False, "--all", help="List every shipped task too, not only the tracked ones."),
-    as_json: bool = typer.Option(False, "--json", help="Print the history's summary as JSON."),
-    debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
+    show_all: bool = _flag("--all", help="List every shipped task too, not only the tracked ones."),
+    as_json: bool = _flag("--json", help="Print the history's summary as JSON."),
+    debug: bool = _flag("--debug", help="Show tracebacks."),
 ) -> None:
     """Show the trial history warm starts learn from: the shipped meta-dataset and every finished search."""
     from metacompress.learners import BUILTIN_TASKS
@@ -315,11 +344,11 @@ def _count(n: int, one: str, many: str | None = None) -> str:
     return f"{n} {one if n == 1 else many or one + 's'}"
 
 
-@app.command()
+@app.command(cls=_Command)
 @_friendly
 def report(
     path: Path = typer.Argument(..., help="An output folder or its summary.json."),
-    debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
+    debug: bool = _flag("--debug", help="Show tracebacks."),
 ) -> None:
     """Print the Pareto table of a finished search."""
     from .report import pareto_table, print_outcome, summary_problem
@@ -338,7 +367,7 @@ def report(
     print_outcome(console, summary)
 
 
-@app.command()
+@app.command(cls=_Command)
 @_friendly
 def export(
     config: Path = typer.Argument(..., help="The search's experiment YAML (its task, storage and study name)."),
@@ -350,10 +379,10 @@ def export(
     storage: Optional[str] = typer.Option(None, help="Optuna storage URL."),
     out: Optional[Path] = typer.Option(None, help="The search's output folder, where the file goes without "
                                        "--output (default: the config's; `make demo` searched with out/demo)."),
-    int8: Optional[bool] = typer.Option(None, "--int8/--no-int8", help="Int8 or float Linear/LSTM/GRU kernels "
-                                        "(default: the runtime the trial's latency was measured on, the faster "
-                                        "one; float for a .pt2 output)."),
-    debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
+    int8: Optional[bool] = typer.Option(None, "--int8/--no-int8", metavar="", help="Int8 or float Linear/LSTM/GRU "
+                                        "kernels (default: the runtime the trial's latency was measured on, the "
+                                        "faster one; float for a .pt2 output)."),
+    debug: bool = _flag("--debug", help="Show tracebacks."),
 ) -> None:
     """Write a finished trial as a file that loads with PyTorch alone (torch.export or TorchScript; checked on
     validation data)."""
@@ -384,12 +413,12 @@ def _number_flag(name: str, text: Optional[str], kind: type) -> Any:
         return text if name != "accuracy_tolerance" else float("nan")
 
 
-@app.command()
+@app.command(cls=_Command)
 @_friendly
 def retrain(
     config: Path = typer.Argument(..., help="Experiment YAML of the job (its task factory loads the retrained model)."),
-    registered_model: Optional[str] = typer.Option(None, "--registered-model", help="Registered model whose "
-                                                   "'champion' alias is compared and moved (required)."),
+    registered_model: str = typer.Option(..., "--registered-model", help="Registered model whose 'champion' "
+                                         "alias is compared and moved."),
     constraint: Optional[list[str]] = typer.Option(None, "--constraint", help="'metric<=value' or 'metric>=value' "
                                                    "(repeatable), e.g. 'accuracy>=0.97', 'latency_ms<=1.0'."),
     run_key: Optional[str] = typer.Option(None, "--run-key", help="Names this run's study (default: UTC date "
@@ -399,7 +428,7 @@ def retrain(
                                             "and still replace the champion (default 0.005)."),
     storage: Optional[str] = typer.Option(None, help="Optuna storage URL."),
     tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="MLflow tracking + registry URI."),
-    debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
+    debug: bool = _flag("--debug", help="Show tracebacks."),
 ) -> None:
     """Scheduled job: search the retrained model (warm), promote the best constrained model only when better.
 

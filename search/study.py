@@ -31,6 +31,8 @@ __all__ = [
     "open_study",
     "recover_interrupted",
     "remaining_budget",
+    "storage_folder",
+    "study_line",
 ]
 
 SAMPLERS = ("tpe", "nsga2", "gp", "random")
@@ -67,13 +69,12 @@ def make_storage(url: str) -> optuna.storages.BaseStorage:
     """An RDB storage with heartbeats for URLs, a journal file for ``*.log`` paths or ``journal:///path``."""
     retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3)
     try:
-        if url.startswith("journal://") or url.endswith((".log", ".journal")):
-            path = url.removeprefix("journal://")
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-            backend = optuna.storages.journal.JournalFileBackend(path)
+        folder = storage_folder(url)
+        if folder is not None:
+            folder.mkdir(parents=True, exist_ok=True)
+        if _is_journal(url):
+            backend = optuna.storages.journal.JournalFileBackend(url.removeprefix("journal://"))
             return optuna.storages.JournalStorage(backend)
-        if url.startswith("sqlite:///"):
-            Path(url.removeprefix("sqlite:///")).expanduser().parent.mkdir(parents=True, exist_ok=True)
         return optuna.storages.RDBStorage(url, heartbeat_interval=5, grace_period=20,
                                           heartbeat_stale_trial_callback=retry,
                                           engine_kwargs=_engine_kwargs(url))
@@ -81,6 +82,46 @@ def make_storage(url: str) -> optuna.storages.BaseStorage:
         raise invalid_value("storage", "a reachable Optuna storage (RDB URL, *.log journal file)", url) from exc
     except Exception as exc:  # sqlalchemy OperationalError and friends: unreachable database
         raise invalid_value("storage", "a reachable Optuna storage (RDB URL, *.log journal file)", url) from exc
+
+
+def _is_journal(url: str) -> bool:
+    return url.startswith("journal://") or url.endswith((".log", ".journal"))
+
+
+def storage_folder(url: str) -> Path | None:
+    """The local folder a storage URL writes its file into (sqlite or journal; None for a database server).
+    :func:`make_storage` creates it when it is missing."""
+    if _is_journal(url):
+        return Path(url.removeprefix("journal://")).expanduser().parent
+    if url.startswith("sqlite:///"):
+        return Path(url.removeprefix("sqlite:///")).expanduser().parent
+    return None
+
+
+def study_line(study: optuna.Study, n_trials: int, storage: str, created_folder: Path | None = None) -> str:
+    """One line saying whether a search starts a new study or resumes one, and where it lives: a mistyped
+    ``--storage`` or ``--study-name`` starts a new study, which this line makes visible before any training."""
+    done = len(counted_trials(study))
+    where = _without_password(storage)
+    if created_folder is not None:
+        where += f" (created {created_folder})"
+    if not study.get_trials(deepcopy=False):
+        return f"study {study.study_name!r}: new, in {where}"
+    left = max(n_trials - done, 0)
+    return (f"study {study.study_name!r}: resuming with {done} of {n_trials} trials finished "
+            f"({left} to run), in {where}")
+
+
+def _without_password(url: str) -> str:
+    """A storage URL fit to print: a database server's password masked."""
+    if storage_folder(url) is not None:
+        return url
+    try:
+        from sqlalchemy.engine import make_url  # noqa: PLC0415
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - not a URL sqlalchemy parses: print no part of it that could hold a secret
+        return url.split("@")[-1]
 
 
 def _engine_kwargs(url: str) -> dict[str, Any]:

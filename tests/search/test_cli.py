@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -153,15 +154,50 @@ def test_console_script_runs_without_a_traceback_on_bad_input(tmp_path):
     assert "Traceback" not in result.stderr and "'config'" in result.stderr
 
 
-@pytest.mark.parametrize(("flags", "needle"), [(["--trails", "3"], "--trails"), (["--trials", "abc"], "--trials")])
-def test_console_script_usage_errors_are_one_line_too(tmp_path, flags, needle):
+@pytest.mark.parametrize(("command", "flags", "needle"), [
+    ("search", ["--trails", "3"], "--trails"), ("search", ["--trials", "abc"], "--trials"),
+    ("retrain", [], "--registered-model"),  # a required option left out
+])
+def test_console_script_usage_errors_are_one_line_too(tmp_path, command, flags, needle):
     exe = Path(sys.executable).with_name("metacompress")
     config = tmp_path / "c.yaml"
     config.write_text("task: digits-mlp\n")
-    result = subprocess.run([str(exe), "search", str(config), *flags], capture_output=True, text=True, timeout=120)
+    result = subprocess.run([str(exe), command, str(config), *flags], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and needle in lines[0] and "Traceback" not in result.stderr
+
+
+def test_search_says_whether_it_starts_or_resumes_a_study_and_where(search_yaml, tmp_path):
+    """A mistyped --storage or --study-name starts a new study: the first line says so, and names a folder the
+    storage had to create, before any training."""
+    path = search_yaml(n_trials=2, tracking_uri="none", storage=f"sqlite:///{tmp_path}/new/dir/s.db")
+    first = runner.invoke(app, ["search", str(path)])
+    assert first.exit_code == 0, first.output
+    line = first.output.splitlines()[0]
+    assert "'search': new" in line and f"(created {tmp_path / 'new' / 'dir'})" in line
+    again = runner.invoke(app, ["search", str(path), "--trials", "3"])
+    assert again.exit_code == 0, again.output
+    assert "resuming with 2 of 3 trials finished (1 to run)" in again.output.splitlines()[0]
+    assert "created" not in again.output.splitlines()[0]
+
+
+def test_a_printed_storage_url_hides_its_password():
+    from metacompress.search.study import _without_password
+
+    assert _without_password("postgresql://user:s3cret@db:5432/mc") == "postgresql://user:***@db:5432/mc"
+    assert "s3cret" not in _without_password("not a url://user:s3cret@host")
+    assert _without_password("sqlite:///runs/study.db") == "sqlite:///runs/study.db"
+
+
+@pytest.mark.parametrize("command", ["search", "suggest", "export", "retrain"])
+def test_help_labels_only_options_that_take_a_value(command):
+    """Typer labels every option with a type; an on/off flag shown as ``--debug <bool>`` reads as if it took one."""
+    text = runner.invoke(app, [command, "--help"], env={"COLUMNS": "200"}).output
+    assert "--debug" in text and "--help" in text and "<bool>" not in text
+    assert "<int>" in text or "<str>" in text  # options that do take a value keep their label
+    if command == "retrain":  # its one required option is marked so
+        assert re.search(r"\*\s+--registered-model", text)
 
 
 def test_history_shows_what_warm_starts_learn_from(search_yaml, tmp_path):

@@ -165,7 +165,7 @@ def test_second_run_of_the_same_job_exits_2_without_waiting(tmp_path):
 
 
 @pytest.mark.parametrize(("flags", "field"), [
-    ([], "registered_model"), (["--registered-model", "a/b"], "registered_model"),
+    (["--registered-model", "a/b"], "registered_model"),  # left out: a usage error (test_cli)
     (["--registered-model", "m", "--run-key", "../x"], "run_key"),
     (["--registered-model", "m", "--constraint", "accuracy=0.9"], "constraint"),
     (["--registered-model", "m", "--accuracy-tolerance", "2"], "accuracy_tolerance"),
