@@ -36,7 +36,7 @@ from metacompress.learners.measure import _freeze, _Frozen
 from metacompress.spaces import ConfigError, MetacompressError, invalid_value
 
 from .config import SearchConfig
-from .study import counted_trials, make_storage
+from .study import ATTR_SPACE, counted_trials, make_storage, storage_folder
 
 __all__ = ["ExportResult", "export_trial"]
 
@@ -66,8 +66,12 @@ class ExportResult:
         return f"torch.jit.load({str(self.path)!r})"
 
 
-def _trial_artifact(cfg: SearchConfig, number: int) -> tuple[Path, dict[str, float]]:
-    """The packed export and the recorded metrics of finished trial ``number`` of the config's study."""
+def _trial_artifact(cfg: SearchConfig, number: int) -> tuple[Path, dict[str, float], str | None]:
+    """The packed export and the recorded metrics of finished trial ``number`` of the config's study, and the
+    study's space fingerprint."""
+    folder = storage_folder(cfg.storage)
+    if folder is not None and not _storage_file(cfg.storage).is_file():  # never create a database to read one
+        raise invalid_value("storage", "the storage of a finished search (no such file)", cfg.storage)
     try:
         study = optuna.load_study(study_name=cfg.study_name, storage=make_storage(cfg.storage))
     except KeyError:
@@ -81,7 +85,11 @@ def _trial_artifact(cfg: SearchConfig, number: int) -> tuple[Path, dict[str, flo
     artifact = trial.user_attrs.get("artifact")
     if not artifact or not Path(artifact).is_file():
         raise invalid_value("trial", "a trial whose packed export (.mcz) still exists", f"{number} ({artifact})")
-    return Path(artifact), dict(trial.user_attrs["metrics"])
+    return Path(artifact), dict(trial.user_attrs["metrics"]), study.user_attrs.get(ATTR_SPACE)
+
+
+def _storage_file(url: str) -> Path:
+    return Path(url.removeprefix("journal://").removeprefix("sqlite:///")).expanduser()
 
 
 def _output_path(cfg: SearchConfig, number: int, output: str | Path | None, int8: bool) -> Path:
@@ -138,15 +146,19 @@ def export_trial(cfg: SearchConfig, number: int, output: str | Path | None = Non
         ConfigError: No such study or finished trial, its export is gone, or an output this runtime cannot take.
         MetacompressError: The model does not export, or the reloaded float file predicts differently.
     """
-    from .runner import _task_spec  # noqa: PLC0415 (runner imports the heavy backends)
+    from .runner import _task_spec, build_space  # noqa: PLC0415 (runner imports the heavy backends)
 
     if isinstance(number, bool) or not isinstance(number, int) or number < 0:
         raise invalid_value("trial", "a trial number >= 0", number)
-    artifact, metrics = _trial_artifact(cfg, number)
+    artifact, metrics, fingerprint = _trial_artifact(cfg, number)
     if int8 is None:  # the trial's runtime, unless the output names a format that has only float kernels
         int8 = bool(metrics.get("int8_runtime", 0.0)) and not str(output or "").endswith(".pt2")
     path = _output_path(cfg, number, output, bool(int8))
     task = load_task(_task_spec(cfg))
+    if fingerprint is not None and fingerprint != build_space(cfg, task).fingerprint():
+        raise ConfigError(f"The 'config' value must be the config the study {cfg.study_name!r} searched with (its "
+                          f"task, model and space; this one builds another, e.g. another task or a changed "
+                          f"model). Got '{cfg.config_path or cfg.task_name}'.", "config")
     model = load_compressed(artifact, task.teacher).eval()
     reloaded = _write(deployable(model, int8=bool(int8)), task.example_input(2), path, number, bool(int8))
     x, y = dataset_tensors(task.val)

@@ -328,6 +328,14 @@ def test_export_writes_a_trial_that_loads_with_torch_alone(search_yaml, tmp_path
         bad = runner.invoke(app, ["export", str(path), *flags])
         assert bad.exit_code == 2, bad.output
         assert field in _one_error_line(bad)
+    missing = runner.invoke(app, ["export", str(path), "--trial", "0", "--storage", f"sqlite:///{tmp_path}/typo.db"])
+    assert missing.exit_code == 2 and "'storage'" in _one_error_line(missing)
+    assert not (tmp_path / "typo.db").exists()  # reading never creates a database
+    other = tmp_path / "other" / "search.yaml"  # the same study name and storage, another task's model
+    other.parent.mkdir()
+    other.write_text(path.read_text().replace("task: digits-mlp", "task: wine-mlp"))
+    wrong = runner.invoke(app, ["export", str(other), "--trial", str(best["number"])])
+    assert wrong.exit_code == 2 and "'config'" in _one_error_line(wrong), wrong.output
 
 
 def test_a_database_tracking_store_without_its_driver_is_one_line_and_exit_code_2(tmp_path, monkeypatch):
