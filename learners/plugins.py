@@ -25,7 +25,7 @@ from metacompress.learners.measure import layer_forwards, module_device
 from metacompress.learners.models import count_parameters
 from metacompress.learners.recurrent import split_recurrent
 from metacompress.learners.teachers import evaluate_accuracy
-from metacompress.spaces.errors import invalid_value
+from metacompress.spaces.errors import MetacompressError, invalid_value
 
 from .tasks import Task
 
@@ -78,6 +78,11 @@ def from_factory(path: str, kwargs: Any, seed: int) -> Task:
         task = factory(**kwargs)
     except TypeError as exc:
         raise invalid_value("task.kwargs", f"arguments accepted by {path!r} ({exc})", kwargs) from None
+    except MetacompressError:
+        raise
+    except Exception as exc:  # the user's code failed (a missing file, a data source down): say whose, exit 1
+        first = str(exc).splitlines()[0][:200] if str(exc) else ""
+        raise MetacompressError(f"the task factory {path!r} raised {type(exc).__name__}: {first}") from exc
     if not isinstance(task, Task):
         raise invalid_value("task.factory", "a function returning metacompress.learners.Task",
                             f"{path} returned {type(task).__name__}")

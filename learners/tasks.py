@@ -65,10 +65,17 @@ class Task:
             raise invalid_value("task.teacher", "a torch.nn.Module", type(self.teacher).__name__)
         if isinstance(self.n_classes, bool) or not isinstance(self.n_classes, int) or self.n_classes < 2:
             raise invalid_value("task.n_classes", "an integer >= 2", self.n_classes)
+        if not isinstance(self.name, str) or not self.name.strip():
+            raise invalid_value("task.name", "a non-empty string", self.name)
         for part in ("train", "val"):
             data = getattr(self, part)
             if not hasattr(data, "__getitem__") or not hasattr(data, "__len__") or len(data) == 0:
                 raise invalid_value(f"task.{part}", "a non-empty map-style Dataset of (x, y) pairs", data)
+            item = data[0]  # one item, as a DataLoader would fetch it: every trial would fail on another shape
+            if not isinstance(item, (tuple, list)) or len(item) != 2:
+                got = (f"items of {len(item)} parts" if isinstance(item, (tuple, list))
+                       else f"{type(item).__name__} items")
+                raise invalid_value(f"task.{part}", "a non-empty map-style Dataset of (x, y) pairs", got)
 
     @property
     def input_shape(self) -> tuple[int, ...]:

@@ -73,9 +73,9 @@ def _friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
                 raise
             err_console.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:  # Ctrl-C; SIGTERM on Ray (Terminated)
             err_console.print("interrupted: finished trials are saved; rerun the same command to resume.")
-            raise typer.Exit(130) from None
+            raise typer.Exit(143 if type(exc).__name__ == "Terminated" else 130) from None
         except (typer.Exit, typer.Abort):
             raise
         except BrokenPipeError:  # `metacompress ... --json | head`: the reader left; nothing more to say
@@ -130,6 +130,10 @@ def search(
     check_warm_start_mode(mode)
     check_out(cfg.out)
     tracker = make_tracker(cfg)  # an unreachable tracking server fails here, before any training
+    if cfg.backend == "ray":  # an address where nothing answers, resources the local Ray lacks
+        from .ray_backend import check_ray
+
+        check_ray(cfg)
     folder = storage_folder(cfg.storage)
     new_folder = folder if folder is not None and not folder.exists() else None
     with console.status(f"Preparing {cfg.task_name} (teacher, search space, study)..."):
@@ -438,6 +442,7 @@ def retrain(
     """
     from .config import load_config
     from .retrain import parse_constraint, retrain as run_job, validate_name
+    from .tracking import StoreUnreachable
 
     cfg = load_config(config, _overrides(n_trials=_number_flag("n_trials", trials, int), storage=storage,
                                          tracking_uri=tracking_uri))
@@ -447,8 +452,17 @@ def retrain(
     if not 0.0 <= tol <= 1.0:
         raise ConfigError(f"The 'accuracy_tolerance' value must be a number in [0, 1]. Got {tolerance!r}.",
                           "accuracy_tolerance")
-    result = run_job(cfg, registered_model, constraints, run_key=run_key, tolerance=tol,
-                     say=lambda line: console.print(line, highlight=False))
+    if cfg.backend == "ray":
+        from .ray_backend import check_ray
+
+        check_ray(cfg)
+    try:
+        result = run_job(cfg, registered_model, constraints, run_key=run_key, tolerance=tol,
+                         say=lambda line: console.print(line, highlight=False))
+    except StoreUnreachable as exc:  # a server down for a while: the scheduler retries (exit 1), unlike bad input
+        err_console.print(f"[bold red]error:[/] {exc} (exit 1: retry when it is back)", highlight=False,
+                          soft_wrap=True)
+        raise typer.Exit(1) from None
     cand = result.candidate
     if cand:
         m = cand["metrics"]

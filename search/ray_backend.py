@@ -26,11 +26,16 @@ shared storage, and the Optuna storage must be reachable from the driver (an RDB
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
+import signal
+import socket
+import threading
 import time
+from collections.abc import Iterator
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -38,7 +43,10 @@ from typing import Any
 for _key, _value in {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0",
                      "RAY_AIR_NEW_OUTPUT": "0", "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
                      "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
-                     "RAY_DEDUP_LOGS": "0"}.items():
+                     "RAY_DEDUP_LOGS": "0",
+                     # Ctrl-C ends the search as on the local backend (KeyboardInterrupt: exit 130, rerun to
+                     # resume); Tune's own handler would end the run quietly and return as if it had finished.
+                     "TUNE_DISABLE_SIGINT_HANDLER": "1"}.items():
     os.environ.setdefault(_key, _value)
 # Per-epoch results carry the scheduler's metric only; the objectives come with the final result.
 os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
@@ -48,10 +56,12 @@ from optuna.trial import FrozenTrial, TrialState  # noqa: E402
 from ray import tune  # noqa: E402
 from ray.tune.search.optuna import OptunaSearch  # noqa: E402
 
-from .objective import Objective, TrialFailed, resolve_device  # noqa: E402
-from .study import remaining_budget  # noqa: E402
+from metacompress.spaces import ConfigError, MetacompressError, invalid_value  # noqa: E402
 
-__all__ = ["StudySearch", "TrialEndCallback", "run_ray", "init_ray"]
+from .objective import Objective, TrialFailed, resolve_device  # noqa: E402
+from .study import counted_trials, remaining_budget  # noqa: E402
+
+__all__ = ["StudySearch", "Terminated", "TrialEndCallback", "check_ray", "run_ray", "init_ray"]
 
 _LOG = logging.getLogger(__name__)
 # Tune's result loggers are off (the study and MLflow are the records): its analysis would warn about each trial.
@@ -240,6 +250,85 @@ def _make_trainable(holder: list, artifact_dir: str, device: str, num_threads: i
     return metacompress_trial
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM during a Ray search (a scheduler stopping the job): ended like Ctrl-C, exit code 143."""
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM raises :class:`Terminated` in the driver while the Tune run lasts. ``ray.init`` leaves a handler that
+    the Ray core worker's own crash handler pre-empts (a native stack dump, exit 134) instead."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum: int, frame: Any) -> None:
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+#: Seconds a Ray address has to answer before the search is refused.
+ADDRESS_TIMEOUT_S = 3.0
+
+
+def _address_endpoint(address: str) -> tuple[str, int]:
+    """The ``(host, port)`` a Ray address connects to first (``auto`` resolved as ``ray.init`` resolves it)."""
+    want = "auto, ray://HOST[:PORT] or HOST:PORT of a running Ray cluster"
+    if address == "auto":
+        try:
+            from ray._private.services import canonicalize_bootstrap_address_or_die  # noqa: PLC0415
+        except ImportError:  # pragma: no cover - another Ray: ray.init says it later
+            return "", 0
+        try:
+            address = canonicalize_bootstrap_address_or_die("auto")
+        except (ConnectionError, ValueError) as exc:
+            raise invalid_value("ray.address", f"{want} ({str(exc).split('. ')[0]})", address) from None
+    rest, default_port = (address[len("ray://"):], 10001) if address.startswith("ray://") else (address, None)
+    host, _, port = rest.rpartition(":") if ":" in rest else (rest, "", "")
+    if not port and default_port:
+        host, port = rest, str(default_port)
+    if not host or not port.isdigit() or not 0 < int(port) < 65536 or any(c.isspace() for c in host):
+        raise invalid_value("ray.address", want, address)
+    return host.strip("[]"), int(port)
+
+
+def check_ray(cfg: Any) -> None:
+    """Refuse a Ray search that could never run, before any work: an address where nothing answers (``ray.init``
+    would retry for minutes), or resources per trial the local Ray this search starts does not have (Tune would
+    wait for them forever)."""
+    address = cfg.ray.address
+    if address:
+        host, port = _address_endpoint(address)
+        if host:
+            try:
+                socket.create_connection((host, port), timeout=ADDRESS_TIMEOUT_S).close()
+            except OSError as exc:
+                raise invalid_value("ray.address", f"the address of a running Ray cluster (nothing answers at "
+                                    f"{host}:{port}: {exc.strerror or type(exc).__name__})", address) from None
+        return
+    import ray  # noqa: PLC0415
+
+    if ray.is_initialized():  # a Ray the caller started: its resources
+        have = {k: float(v) for k, v in ray.cluster_resources().items()}
+        cpus, gpus, where = have.get("CPU", 0.0), have.get("GPU", 0.0), "the running Ray"
+    else:
+        import torch  # noqa: PLC0415
+
+        cpus = float(os.cpu_count() or 1)
+        gpus = float(torch.cuda.device_count())
+        where = "the local Ray this search starts; pass --address for a cluster"
+    for name, unit, want, have in (("ray.cpus_per_trial", "CPUs", cfg.ray.cpus_per_trial, cpus),
+                                   ("ray.gpus_per_trial", "GPUs", cfg.ray.gpus_per_trial, gpus)):
+        if float(want) > have:
+            raise ConfigError(f"The '{name}' value must be at most {have:g} (the {unit} of {where}). Got {want}.",
+                              name)
+
+
 def init_ray(address: str | None) -> bool:
     """Connect to ``address`` (``auto``, ``ray://…``, ``host:port``) or start a local Ray on every core.
 
@@ -288,6 +377,7 @@ def run_ray(p: Any, on_trial_end: Callable[[FrozenTrial], None] | None = None) -
     n = remaining_budget(p.study, cfg.n_trials)
     if n <= 0:
         return
+    check_ray(cfg)
     started = init_ray(cfg.ray.address)
     try:
         objective = copy.copy(p.objective)
@@ -309,7 +399,11 @@ def run_ray(p: Any, on_trial_end: Callable[[FrozenTrial], None] | None = None) -
                 checkpoint_config=CheckpointConfig(num_to_keep=1),
                 callbacks=[TrialEndCallback(p.study, on_trial_end)], verbose=0),
         )
-        tuner.fit()
+        with _sigterm_interrupts():
+            tuner.fit()
     finally:
         if started:
             ray.shutdown()
+    if remaining_budget(p.study, cfg.n_trials) > 0:  # Tune returned before its samples ran (stopped from outside)
+        raise MetacompressError(f"the Ray run ended with {len(counted_trials(p.study))} of {cfg.n_trials} trials "
+                                f"finished; rerun the same command to resume")

@@ -29,11 +29,11 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from metacompress.spaces.errors import invalid_value
+from metacompress.spaces.errors import ConfigError, invalid_value
 
 from .mlflow_entities import create_sqlite_store, log_torch_model, metrics_of, param_value, params_of
 
-__all__ = ["Tracker", "NullTracker", "make_tracker", "flatten"]
+__all__ = ["Tracker", "NullTracker", "StoreUnreachable", "make_tracker", "flatten"]
 
 _LOG = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -115,6 +115,23 @@ def _soft(method: Callable[..., _T]) -> Callable[..., _T | None]:
     return wrapper
 
 
+class StoreUnreachable(ConfigError):
+    """The tracking server did not answer: bad input to a search (exit 2), but maybe only down for a while to a
+    scheduled ``retrain``, which exits 1 (retry) on it."""
+
+
+def _sqlite_file(path: Path) -> bool:
+    """A sqlite database, or an empty file (sqlite makes it one)."""
+    if not path.is_file():
+        return False
+    try:
+        with path.open("rb") as f:
+            head = f.read(16)
+    except OSError:
+        return True  # unreadable: the access check names it
+    return not head or head == b"SQLite format 3\x00"
+
+
 class Tracker:
     """Log one search to MLflow (parent run + a child run per trial + registered Pareto models).
 
@@ -172,13 +189,17 @@ class Tracker:
                 return
             except (urllib.error.URLError, OSError, ValueError) as exc:
                 reason = getattr(exc, "reason", exc)
-                raise invalid_value("tracking_uri", f"a reachable MLflow tracking server (no answer within "
-                                    f"{timeout_s:g} s: {reason}; start one with `mlflow server` or pass "
-                                    f"--tracking-uri sqlite:///mlflow.db or none)", uri) from None
+                error = invalid_value("tracking_uri", f"a reachable MLflow tracking server (no answer within "
+                                      f"{timeout_s:g} s: {reason}; start one with `mlflow server` or pass "
+                                      f"--tracking-uri sqlite:///mlflow.db or none)", uri)
+                raise StoreUnreachable(str(error), error.field) from None
         elif uri.startswith("sqlite:///"):
             db = Path(uri[len("sqlite:///"):])
             if not db.parent.is_dir():
                 raise invalid_value("tracking_uri", "a sqlite URL whose directory exists", uri)
+            if db.exists() and not _sqlite_file(db):  # MLflow would retry creating its engine for minutes
+                raise invalid_value("tracking_uri", "a sqlite URL naming a sqlite database file (this is a folder "
+                                    "or another kind of file)", uri)
             # sqlite writes a journal next to the database, so the directory must be writable too
             if not all(os.access(p, os.R_OK | os.W_OK) for p in (db.parent, *([db] if db.exists() else []))):
                 raise invalid_value("tracking_uri", "a sqlite URL whose database and directory this user can write",

@@ -27,6 +27,11 @@ def not_a_task() -> dict:
 NOT_CALLABLE = 42
 
 
+def raises() -> Task:
+    """A factory whose own code fails (its data source is down)."""
+    raise OSError("my data bucket is down")
+
+
 class TokenClassifier(nn.Module):
     """Token ids in, class logits out: an embedding, one Transformer encoder layer, a linear head."""
 

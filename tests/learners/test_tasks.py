@@ -285,6 +285,33 @@ def test_bad_factories_name_the_field(factory: object, kwargs: object, field: st
     assert f"'{field}'" in str(info.value)
 
 
+def test_a_factory_that_raises_is_named_with_its_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not bad input (exit 2) nor an internal error: the user's code failed, maybe for a while (exit 1, retry)."""
+    from metacompress.spaces import MetacompressError
+
+    monkeypatch.syspath_prepend(str(HERE))
+    with pytest.raises(MetacompressError) as info:
+        load_task({"factory": "plugin_task:raises"})
+    assert not isinstance(info.value, ConfigError)
+    assert str(info.value) == "the task factory 'plugin_task:raises' raised OSError: my data bucket is down"
+
+
+@pytest.mark.parametrize(("data", "got"), [
+    (torch.zeros(4, 6), "Tensor items"),  # a bare tensor: items are rows, not pairs
+    (TensorDataset(torch.zeros(4, 6)), "items of 1 parts"),
+    (TensorDataset(torch.zeros(4, 6), torch.zeros(4), torch.zeros(4)), "items of 3 parts"),
+])
+def test_a_task_whose_data_are_not_pairs_is_refused(data: object, got: str) -> None:
+    """Every trial would fail on them (`not enough values to unpack`), and the search would exit 0."""
+    teacher = torch.nn.Linear(6, 3)
+    good = TensorDataset(torch.zeros(4, 6), torch.zeros(4, dtype=torch.long))
+    with pytest.raises(ConfigError, match=got) as info:
+        Task("pairs", teacher, data, good, 3)
+    assert info.value.field == "task.train"
+    with pytest.raises(ConfigError, match="'task.name'"):
+        Task(None, teacher, good, good, 3)
+
+
 def test_a_factory_task_with_numpy_pairs_trains_and_scores(monkeypatch: pytest.MonkeyPatch) -> None:
     """Datasets that yield (NumPy array, int) pairs work wherever a TensorDataset does."""
     from metacompress.learners import compress, describe_layers, evaluate, finetune

@@ -174,3 +174,65 @@ def test_fractional_gpus_are_reserved_per_trial_and_the_device_follows_the_worke
     for t in trials:
         assert [int(g) for g in t.user_attrs["ray"]["gpu_ids"]] == [0]
         assert t.user_attrs["ray"]["device"] == expected
+
+
+@pytest.mark.parametrize(("flags", "ray_section", "field"), [
+    (["--address", "127.0.0.1:9"], {}, "'ray.address'"),  # nothing listens: ray.init would retry for minutes
+    (["--address", "ray://127.0.0.1:9"], {}, "'ray.address'"),
+    (["--address", "not a host"], {}, "'ray.address'"),
+    ([], {"cpus_per_trial": 1000}, "'ray.cpus_per_trial'"),  # Tune would wait for them forever
+    ([], {"gpus_per_trial": 99}, "'ray.gpus_per_trial'"),
+])
+def test_a_ray_search_that_could_never_run_is_refused_before_any_work(search_yaml, tmp_path, flags, ray_section,
+                                                                       field) -> None:
+    from typer.testing import CliRunner
+
+    from metacompress.search.cli import app
+
+    path = search_yaml(n_trials=2, tracking_uri="none", ray=_ray_section(tmp_path, **ray_section))
+    result = CliRunner().invoke(app, ["search", str(path), "--backend", "ray", *flags])
+    assert result.exit_code == 2, result.output
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and field in lines[0], result.output
+    assert not (tmp_path / "study.db").exists() and not ray.is_initialized()  # no study, no Ray
+
+
+@pytest.mark.slow(reason="two console-script Ray searches interrupted mid-run and one resumed (~70 s)")
+def test_ctrl_c_and_sigterm_end_a_ray_search_like_a_local_one(search_yaml, tmp_path: Path) -> None:
+    """Ctrl-C (Tune's own handler would end the run as if it had finished: exit 0, and `retrain` would promote from
+    a partial search) exits 130, SIGTERM 143; the rerun finishes the budget with no trial lost or repeated."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    exe = Path(sys.executable).with_name("metacompress")
+    for sig, code in ((signal.SIGINT, 130), (signal.SIGTERM, 143)):
+        path = search_yaml(n_trials=30, tracking_uri="none", storage=f"sqlite:///{tmp_path}/{sig.name}.db",
+                           ray=_ray_section(tmp_path, asha=False))
+        cfg = load_config(path, {"backend": "ray"})
+        proc = subprocess.Popen([str(exe), "search", str(path), "--backend", "ray"], stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, env={**os.environ, "COLUMNS": "200"})
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(1)
+            try:
+                if len(counted_trials(optuna.load_study(study_name=cfg.study_name, storage=cfg.storage))) >= 2:
+                    break
+            except KeyError:  # not created yet
+                continue
+        proc.send_signal(sig)
+        output, _ = proc.communicate(timeout=120)
+        assert proc.returncode == code, output
+        assert "rerun the same command to resume" in output and "Wrote" not in output
+        done = len(counted_trials(optuna.load_study(study_name=cfg.study_name, storage=cfg.storage)))
+        assert 2 <= done < 30
+    rerun = subprocess.run([str(exe), "search", str(path), "--backend", "ray"], capture_output=True, text=True,
+                           timeout=300)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert f"resuming with {done} of 30 trials finished" in rerun.stdout
+    study = optuna.load_study(study_name=cfg.study_name, storage=cfg.storage)
+    trials = counted_trials(study)  # the interrupted trials are not counted: their re-queued copies ran instead
+    assert len(trials) == 30 and len({json.dumps(t.params, sort_keys=True) for t in trials}) == 30
+    assert not study.get_trials(states=(TrialState.RUNNING, TrialState.WAITING))

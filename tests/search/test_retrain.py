@@ -179,6 +179,15 @@ def test_bad_retrain_input_is_one_line_and_exit_2(tmp_path, flags, field):
     assert len(lines) == 1 and f"'{field}'" in lines[0] and "Traceback" not in result.output
 
 
+def test_a_tracking_server_that_does_not_answer_is_a_retry_for_retrain(tmp_path):
+    """Down at 02:30 is not bad input: a scheduler retries exit 1 and not exit 2 (README's exit-code table)."""
+    result = runner.invoke(app, ["retrain", str(_job(tmp_path, [4])), "--registered-model", "m",
+                                 "--tracking-uri", "http://127.0.0.1:9"])
+    assert result.exit_code == 1, result.output
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "'tracking_uri'" in lines[0] and "retry" in lines[0]
+
+
 # ------------------------------------------------------------------------------------ job examples (not run)
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "scheduled"
 

@@ -131,6 +131,22 @@ def test_unreachable_server_fails_fast() -> None:
         Tracker("sqlite:////nonexistent/dir/mlflow.db", "x").check_reachable()
 
 
+def test_a_sqlite_store_that_is_a_folder_or_another_file_fails_fast(tmp_path: Path) -> None:
+    """MLflow would retry creating its engine for minutes; an empty file or a real database passes."""
+    (tmp_path / "adir").mkdir()
+    (tmp_path / "notes.txt").write_text("not a database")
+    for name in ("adir", "notes.txt"):
+        started = time.perf_counter()
+        with pytest.raises(ConfigError, match="sqlite database file") as info:
+            Tracker(f"sqlite:///{tmp_path / name}", "x").check_reachable()
+        assert info.value.field == "tracking_uri" and time.perf_counter() - started < 5
+    (tmp_path / "empty.db").touch()
+    Tracker(f"sqlite:///{tmp_path / 'empty.db'}", "x").check_reachable()
+    real = Tracker(f"sqlite:///{tmp_path / 'real.db'}", "x")
+    real.start_parent("s")
+    real.check_reachable()
+
+
 def test_an_unwritable_sqlite_store_fails_fast(tmp_path: Path) -> None:
     """A read-only folder: refused before any work, not after MLflow's ~100 s of connection retries. Root ignores
     file modes, so as root the check runs in a child without the capabilities that override them."""
