@@ -302,6 +302,9 @@ def _example_input(skeleton: nn.Module, input_shape: Sequence[int]) -> torch.Ten
 
 def load_compressed(path: str | Path, skeleton: nn.Module) -> nn.Module:
     """Rebuild the exported model on a copy of ``skeleton`` (the teacher's architecture)."""
+    if not isinstance(skeleton, nn.Module):
+        raise ConfigError(f"The 'skeleton' value must be the teacher (an nn.Module of the exported model's "
+                          f"architecture). Got {type(skeleton).__name__}.", "skeleton")
     header, payload = _read(Path(path), skeleton)
     model = copy.deepcopy(skeleton).cpu()
     shrink(model, None, _example_input(skeleton, header["in"]), widths=header["w"])

@@ -22,6 +22,8 @@ from rich.console import Console
 
 from metacompress.spaces import ConfigError, MetacompressError
 
+from .config import MAX_WARM_POINTS
+
 __all__ = ["app", "main"]
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
@@ -134,6 +136,10 @@ def search(
         from .ray_backend import check_ray
 
         check_ray(cfg)
+        if cfg.parallel.n_jobs != 1:
+            console.print(f"parallel.n_jobs ({cfg.parallel.n_jobs}) is the optuna backend's; on Ray "
+                          f"ray.max_concurrent ({cfg.ray.max_concurrent}) trials run at once", style="yellow",
+                          highlight=False)
     folder = storage_folder(cfg.storage)
     new_folder = folder if folder is not None and not folder.exists() else None
     with console.status(f"Preparing {cfg.task_name} (teacher, search space, study)..."):
@@ -242,8 +248,8 @@ def layers(
 @_friendly
 def suggest(
     config: Path = typer.Argument(..., help="Experiment YAML."),
-    n: int = typer.Option(8, "--n", min=1, help="How many policies."),
-    seed: Optional[int] = typer.Option(None),
+    n: int = typer.Option(8, "--n", min=1, max=MAX_WARM_POINTS, help="How many policies."),
+    seed: Optional[int] = typer.Option(None, help="Seed of the candidate pool (default: the config's)."),
     tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="MLflow store whose finished searches "
                                                "join the history, or 'none' (the shipped meta-dataset only)."),
     tuned: int = typer.Option(0, "--tuned", min=0, max=12, help="Also measure the accuracy after the first "
@@ -304,6 +310,8 @@ def history(
     uri = tracking_uri_value("tracking_uri", tracking_uri)
     make_tracker(uri, "metacompress-history").check_reachable()
     store = history_store(uri)
+    if experiment:
+        _check_experiments(experiment, store, uri)
     with console.status(f"Reading the history{'' if store is None else ' in ' + store}..."):
         shipped = History.shipped()
         tracked = History.from_mlflow(store, experiment) if store is not None else History()
@@ -335,6 +343,21 @@ def history(
     if both.skipped:
         console.print("skipped: " + ", ".join(f"{n}× {r}" for r, n in both.skipped.most_common()), highlight=False)
     console.print(f"a warm start uses {plan}, adapted on the rows of its own task", highlight=False)
+
+
+def _check_experiments(names: list[str], store: Optional[str], uri: str) -> None:
+    """Each ``--experiment`` must name an experiment of the store (a typo would read nothing and say little)."""
+    from mlflow import MlflowClient
+
+    from metacompress.spaces import invalid_value, unknown_key
+
+    if store is None:
+        raise invalid_value("experiment", f"an experiment of a tracking store ({uri}: "
+                            f"{'none read' if uri == 'none' else 'no store there yet'})", names[0])
+    client = MlflowClient(tracking_uri=store)
+    for name in names:
+        if client.get_experiment_by_name(name) is None:
+            raise unknown_key("experiment", name, [e.name for e in client.search_experiments()])
 
 
 def _relative(name: str, to: str) -> str:
@@ -427,8 +450,8 @@ def retrain(
                                                    "(repeatable), e.g. 'accuracy>=0.97', 'latency_ms<=1.0'."),
     run_key: Optional[str] = typer.Option(None, "--run-key", help="Names this run's study (default: UTC date "
                                           "YYYYMMDD); a rerun with the same key resumes it."),
-    trials: Optional[str] = typer.Option(None, "--trials", help="Trial budget (n_trials)."),
-    tolerance: Optional[str] = typer.Option(None, "--accuracy-tolerance", help="Accuracy a smaller model may lose "
+    trials: Optional[str] = typer.Option(None, "--trials", metavar="<int>", help="Trial budget (n_trials)."),
+    tolerance: Optional[str] = typer.Option(None, "--accuracy-tolerance", metavar="<float>", help="Accuracy a smaller model may lose "
                                             "and still replace the champion (default 0.005)."),
     storage: Optional[str] = typer.Option(None, help="Optuna storage URL."),
     tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="MLflow tracking + registry URI."),

@@ -97,6 +97,11 @@ def _warm_mode(name: str, v: Any) -> str:  # YAML 1.1 reads a bare `off` as fals
     return choice("auto", "off")(name, ("auto" if v else "off") if isinstance(v, bool) else v)
 
 
+#: Warm-start points at most (a config's ``warm_start.n_points``, ``suggest --n``): beyond it the proposals are
+#: no longer a warm start but a search of their own (each is chosen against a pool of 10 000 candidates).
+MAX_WARM_POINTS = 256
+
+
 @dataclass
 class TaskConfig:
     """Which task to compress: a built-in ``name`` or a ``factory`` ``"pkg.mod:fn"`` called with ``kwargs``."""
@@ -112,7 +117,7 @@ class WarmStartConfig:
     """Meta-learned warm start: ``mode`` auto|off, ``n_points`` enqueued trials, optional JSON ``file``."""
 
     mode: str = option("auto", _warm_mode)
-    n_points: int = option(8, number("int", 0))
+    n_points: int = option(8, number("int", 0, MAX_WARM_POINTS))
     file: str | None = option(None, _warm_file)
 
 

@@ -121,7 +121,7 @@ def _write(model: torch.nn.Module, example: torch.Tensor, path: Path, number: in
     frozen = _freeze(model, example)
     if not isinstance(frozen, _Frozen):
         way_out = ("--no-int8 writes float kernels" if int8 else "load its packed export with "
-                   "metacompress.learners.load_compressed(path, teacher) instead")
+                   "metacompress.learners.load_compressed(path, skeleton=teacher) instead")
         raise MetacompressError(f"trial {number} does not trace to TorchScript{' with int8 kernels' if int8 else ''}; "
                                 f"{way_out}")
     torch.jit.save(frozen.graph, str(path))

@@ -118,7 +118,7 @@ def pareto_table(summary: Mapping[str, Any]) -> Any:
     from rich.table import Table
 
     t = summary.get("teacher", {})
-    table = Table(title=f"Pareto front — {summary['study_name']} ({summary['n_complete']} trials, "
+    table = Table(title=f"Pareto front — {summary['study_name']} ({summary['n_complete']} complete trials, "
                         f"HV {_hv_text(summary)})",
                   caption=f"teacher: acc {t.get('accuracy', float('nan')):.4f}, "
                           f"{format_bytes(t.get('size_bytes', 0))}, {t.get('latency_ms', float('nan')):.3f} ms")
@@ -187,11 +187,26 @@ def history_table(parts: Sequence[tuple[str, Any]]) -> Any:
 
 
 def print_outcome(console: Any, summary: Mapping[str, Any]) -> None:
-    """After the Pareto table: why trials failed (if any did), and how the warm start did."""
-    for line in failure_lines(summary):
+    """After the Pareto table: an unfinished budget, trials stopped early, why trials failed (if any did), and how
+    the warm start did."""
+    for line in progress_lines(summary) + failure_lines(summary):
         console.print(line, style="yellow", highlight=False)
     if line := warm_start_line(summary):
         console.print(line, highlight=False)
+
+
+def progress_lines(summary: Mapping[str, Any]) -> list[str]:
+    """Trials ASHA stopped early (Ray), and a budget the study has not finished (an interrupted search)."""
+    counts = {k: summary.get(k) for k in ("n_trials", "n_complete", "n_failed", "n_pruned")}
+    lines = []
+    if isinstance(counts["n_pruned"], int) and counts["n_pruned"]:
+        lines.append(f"{counts['n_pruned']} trials stopped early by the ASHA scheduler (weak validation accuracy "
+                     f"after an epoch): not on the front")
+    if all(isinstance(v, int) for v in counts.values()):
+        done = counts["n_complete"] + counts["n_failed"] + counts["n_pruned"]
+        if done < counts["n_trials"]:
+            lines.append(f"unfinished: {done} of {counts['n_trials']} trials ran; rerun the search to finish it")
+    return lines
 
 
 def failure_lines(summary: Mapping[str, Any], shown: int = 3) -> list[str]:

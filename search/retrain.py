@@ -201,7 +201,7 @@ def retrain(
     from .sync import make_tracker
 
     validate_name("registered_model", registered_model)
-    run_key = validate_name("run_key", run_key or default_run_key())
+    run_key = validate_name("run_key", default_run_key() if run_key is None else run_key)  # "" is a typo, not today
     if cfg.tracking_uri == "none":
         raise invalid_value("tracking_uri", "an MLflow tracking URI with a model registry (retrain compares with "
                             "and promotes in it)", "none")
@@ -216,6 +216,9 @@ def retrain(
         p = prepare(job)
         points, info = _warm_start(job, p, cfg.study_name)
         say(f"study {job.study_name}: {info['n_points']} warm-start points ({info.get('reason', info['mode'])})")
+        if not any(c.metric == "accuracy" for c in constraints):
+            say("no accuracy constraint: the smallest Pareto model may be promoted, whatever its accuracy "
+                "(e.g. --constraint 'accuracy>=0.97')")
         summary = run_search(job, warm_points=points, warm_info=info, prepared=p, tracker=tracker,
                              on_trial_end=on_trial_end)
         if not summary.get("tracking_flushed", True):

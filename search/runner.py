@@ -259,7 +259,8 @@ def summarize(p: Prepared, trials: list[FrozenTrial], warm: dict[str, Any]) -> d
     return {
         "study_name": cfg.study_name, "task": cfg.task_name, "backend": cfg.backend,
         "n_trials": cfg.n_trials, "n_complete": sum(pt is not None for pt in points),
-        "n_failed": sum(pt is None for pt in points),
+        "n_failed": sum(t.state == TrialState.FAIL for t in trials),
+        "n_pruned": sum(t.state == TrialState.PRUNED for t in trials),  # stopped early by Ray's ASHA scheduler
         "objectives": dict(cfg.objectives),
         "teacher": {k: p.reference[k] for k in ("accuracy", "size_bytes", "latency_ms", "bitops") if k in p.reference},
         "warm_start": {**warm, "points": [

@@ -39,7 +39,7 @@ def sync_tracking(tracker: Any, trials: list[FrozenTrial], synced: set[int]) -> 
         if t.number in synced:
             continue
         params = t.user_attrs.get("policy") or dict(t.params)
-        state = "COMPLETE" if t.state == TrialState.COMPLETE else "FAIL"
+        state = t.state.name if t.state in (TrialState.COMPLETE, TrialState.PRUNED) else "FAIL"  # PRUNED: KILLED
         tracker.log_trial(t.number, params, t.user_attrs.get("metrics") or {}, t.user_attrs.get("history"),
                           state, t.user_attrs.get("fail_reason"))
         synced.add(t.number)

@@ -449,3 +449,9 @@ def test_an_embedding_is_compressed_per_row_and_its_index_inputs_are_never_fake_
     assert torch.allclose(predict_logits(back, tokens), predict_logits(student, tokens), atol=1e-5)
     renormed = nn.Sequential(nn.Embedding(10, 4, max_norm=1.0), nn.Flatten(), nn.Linear(8, 2))
     assert [i.name for i in describe_layers(renormed, torch.zeros(2, 2, dtype=torch.int64))] == ["2"]
+
+
+def test_loading_an_export_onto_something_that_is_not_a_model_names_the_skeleton(tmp_path):
+    with pytest.raises(ConfigError, match="'skeleton'") as info:
+        load_compressed(tmp_path / "any.mcz", "digits_net.pt")  # the weights' path instead of the model
+    assert info.value.field == "skeleton"

@@ -218,6 +218,13 @@ def test_history_shows_what_warm_starts_learn_from(search_yaml, tmp_path):
     missing = runner.invoke(app, ["history", "--tracking-uri", "sqlite:///" + str(tmp_path / "nothing.db")])
     assert missing.exit_code == 0 and "no store there yet" in missing.output
     assert not (tmp_path / "nothing.db").exists()  # reading does not create a store
+    experiment = "metacompress-digits-mlp"  # one experiment per config
+    named = runner.invoke(app, ["history", "--tracking-uri", uri, "--experiment", experiment, "--json"])
+    assert json.loads(named.output)["tracked"]["digits-mlp"]["rows"] == 2
+    for store in (uri, "none"):  # a typo reads nothing: named, with the experiments there are
+        typo = runner.invoke(app, ["history", "--tracking-uri", store, "--experiment", "metacompress-digits-mpl"])
+        assert typo.exit_code == 2 and "'experiment'" in _one_error_line(typo), typo.output
+        assert (f"Did you mean {experiment!r}?" in typo.output) == (store == uri)
 
 
 @pytest.mark.parametrize("command", ["history", "suggest"])
@@ -254,6 +261,20 @@ def test_report_shows_a_pareto_entry_whose_params_are_not_numbers():
                            "params": {"layers.fc.bits": "4", "layers.fc.prune": 0.5, "kd_lambda": None}}]}
     (row,) = pareto_rows(summary)
     assert row[0] == "4" and row[2] == "-10.00" and row[-1] == "prune 50%"
+
+
+def test_report_says_which_trials_asha_stopped_and_that_a_budget_is_unfinished(tmp_path):
+    summary = {"study_name": "s", "task": "t", "n_trials": 10, "n_complete": 3, "n_failed": 1, "n_pruned": 2,
+               "hypervolume": 0.5, "teacher": {"accuracy": 0.9}, "pareto": [], "failures": {"boom": [4]}}
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    result = runner.invoke(app, ["report", str(tmp_path)], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "(3 complete trials" in result.output
+    assert "2 trials stopped early by the ASHA scheduler" in result.output
+    assert "unfinished: 6 of 10 trials ran" in result.output and "1 trial failed: boom" in result.output
+    finished = {**summary, "n_complete": 7}
+    (tmp_path / "summary.json").write_text(json.dumps(finished))
+    assert "unfinished" not in runner.invoke(app, ["report", str(tmp_path)]).output
 
 
 def test_the_policy_column_shows_the_feature_and_proximal_weights_only_when_on():

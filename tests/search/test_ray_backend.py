@@ -87,7 +87,7 @@ def test_cli_search_on_a_local_ray(search_yaml, tmp_path: Path) -> None:
     cfg = load_config(path, {"backend": "ray"})
     trials = _check_study(cfg, 4)
     summary = json.loads((Path(cfg.out) / "summary.json").read_text())
-    assert summary["backend"] == "ray" and summary["n_complete"] + summary["n_failed"] == 4
+    assert summary["backend"] == "ray" and summary["n_complete"] + summary["n_failed"] + summary["n_pruned"] == 4
     assert summary["n_complete"] == sum(t.state == TrialState.COMPLETE for t in trials) >= 1
     assert summary["pareto"] and all(e["model_uri"] for e in summary["pareto"])
 
@@ -106,7 +106,7 @@ def test_ray_then_local_continue_one_study(search_yaml, tmp_path: Path, local_ra
     assert first[0].params == warm and first[0].user_attrs.get("metacompress.warm_start") == "file"
     again = load_config(path, {"backend": "optuna", "n_trials": 4})
     summary = run_search(again)
-    assert summary["n_complete"] + summary["n_failed"] == 4
+    assert summary["n_complete"] + summary["n_failed"] + summary["n_pruned"] == 4
     trials = _check_study(again, 4)
     assert [t.params for t in trials[:2]] == [t.params for t in first]
 

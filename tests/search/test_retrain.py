@@ -103,6 +103,7 @@ def test_retrain_promotes_only_a_better_model_once(tmp_path):
     promoted with 'previous' on the old champion; no model meeting the constraints -> exit 3, all logged."""
     first = _retrain(_job(tmp_path, [4]), "r1")
     assert first.exit_code == 0 and "promoted: version 1" in first.output, first.output
+    assert "no accuracy constraint" in first.output  # said, as the smallest model wins whatever its accuracy
     client = _registry(tmp_path)
     assert _alias(client, "champion") == "1"
     v1 = client.get_model_version("digits", "1")
@@ -167,6 +168,7 @@ def test_second_run_of_the_same_job_exits_2_without_waiting(tmp_path):
 @pytest.mark.parametrize(("flags", "field"), [
     (["--registered-model", "a/b"], "registered_model"),  # left out: a usage error (test_cli)
     (["--registered-model", "m", "--run-key", "../x"], "run_key"),
+    (["--registered-model", "m", "--run-key", ""], "run_key"),  # not today's key by accident
     (["--registered-model", "m", "--constraint", "accuracy=0.9"], "constraint"),
     (["--registered-model", "m", "--accuracy-tolerance", "2"], "accuracy_tolerance"),
     (["--registered-model", "m", "--trials", "many"], "n_trials"),
