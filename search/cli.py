@@ -383,9 +383,11 @@ def report(
     file = path / "summary.json" if path.is_dir() else path
     try:
         summary = json.loads(file.read_text())
-    except (OSError, ValueError):
-        raise ConfigError(f"The 'path' value must be a search output folder or summary.json. Got '{path}'.",
-                          "path") from None
+    except (OSError, ValueError) as exc:
+        why = ("no such file" if not file.exists() else f"not JSON: {exc}" if isinstance(exc, ValueError)
+               else exc.strerror or type(exc).__name__)
+        raise ConfigError(f"The 'path' value must be a search output folder or summary.json ({why}). "
+                          f"Got '{path}'.", "path") from None
     problem = summary_problem(summary)
     if problem is not None:
         raise ConfigError(f"The 'path' value must be a summary.json written by `metacompress search` ({problem}). "

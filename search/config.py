@@ -270,7 +270,8 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise error(f"a readable YAML file ({' '.join(str(exc).split())[:200]})") from None
     if not isinstance(data, Mapping):
-        raise error(f"a YAML mapping of keys to values, not {type(data).__name__}")
+        raise error("a YAML mapping of keys to values, not an empty file" if data is None else
+                    f"a YAML mapping of keys to values, not {type(data).__name__}")
     return dict(data)
 
 

@@ -39,8 +39,11 @@ def summary_problem(summary: Any) -> str | None:
                       ("pareto", list)):
         if not isinstance(summary.get(key), kind) or isinstance(summary.get(key), bool):
             return f"no {key!r}" if key not in summary else f"{key!r} of the wrong type"
-    teacher = summary.get("teacher", {})
-    if not isinstance(teacher, Mapping) or not _numeric(teacher, ("accuracy", "size_bytes", "latency_ms")):
+    teacher = summary.get("teacher")
+    if teacher is None or not isinstance(teacher, Mapping) or "accuracy" not in teacher:
+        return "no 'teacher' accuracy" if teacher is None or isinstance(teacher, Mapping) else \
+            "'teacher' of the wrong type"
+    if not _numeric(teacher, ("accuracy", "size_bytes", "latency_ms")):
         return "'teacher' of the wrong type"
     for i, entry in enumerate(summary["pareto"]):
         metrics = entry.get("metrics") if isinstance(entry, Mapping) else None

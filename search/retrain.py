@@ -86,8 +86,8 @@ def parse_constraint(text: Any) -> Constraint:
     if metric not in CONSTRAINT_METRICS:
         raise unknown_key("constraint", metric, CONSTRAINT_METRICS)
     if not math.isfinite(value) or value < 0 or (metric == "accuracy" and value > 1):
-        raise invalid_value("constraint", f"a bound for {metric} in {'[0, 1]' if metric == 'accuracy' else '>= 0'}",
-                            text)
+        bound = "a number in [0, 1]" if metric == "accuracy" else "a number >= 0"
+        raise invalid_value("constraint", f"a bound on {metric} that is {bound}", text)
     return Constraint(metric, op, value)
 
 

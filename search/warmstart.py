@@ -54,12 +54,14 @@ def load_points(path: str | Path, space: CompressionSpace) -> list[dict[str, Any
 def history_store(tracking_uri: str | None) -> str | None:
     """The tracking URI to read the history from; ``None`` when there is nothing to read.
 
-    A sqlite store that does not exist yet is skipped (reading it would create an empty database).
+    A sqlite store that does not exist yet, or is an empty file, is skipped (reading it would create a database).
     """
     if not tracking_uri or tracking_uri == "none":
         return None
-    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri[len("sqlite:///"):]).exists():
-        return None
+    if tracking_uri.startswith("sqlite:///"):
+        db = Path(tracking_uri[len("sqlite:///"):])
+        if not db.is_file() or db.stat().st_size == 0:
+            return None
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     return tracking_uri
 

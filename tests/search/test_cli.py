@@ -218,6 +218,10 @@ def test_history_shows_what_warm_starts_learn_from(search_yaml, tmp_path):
     missing = runner.invoke(app, ["history", "--tracking-uri", "sqlite:///" + str(tmp_path / "nothing.db")])
     assert missing.exit_code == 0 and "no store there yet" in missing.output
     assert not (tmp_path / "nothing.db").exists()  # reading does not create a store
+    (tmp_path / "empty.db").touch()
+    empty = runner.invoke(app, ["history", "--tracking-uri", "sqlite:///" + str(tmp_path / "empty.db")])
+    assert empty.exit_code == 0 and "no store there yet" in empty.output
+    assert (tmp_path / "empty.db").stat().st_size == 0  # nor turn an empty file into one
     experiment = "metacompress-digits-mlp"  # one experiment per config
     named = runner.invoke(app, ["history", "--tracking-uri", uri, "--experiment", experiment, "--json"])
     assert json.loads(named.output)["tracked"]["digits-mlp"]["rows"] == 2
@@ -240,9 +244,11 @@ def test_an_unreachable_history_store_is_one_line_and_exit_code_2(search_yaml, c
     [("[]", "a JSON object, not list"), ("{}", "no 'study_name'"),
      ('{"study_name": "s", "task": "t", "n_complete": "3", "hypervolume": 0.5, "pareto": []}',
       "'n_complete' of the wrong type"),
-     ('{"study_name": "s", "task": "t", "n_complete": 1, "hypervolume": 0.5, "pareto": [{"number": 1}]}',
-      "pareto[0] without")],
-    ids=["list", "empty", "wrong-type", "pareto-entry"],
+     ('{"study_name": "s", "task": "t", "n_complete": 1, "hypervolume": 0.5, "pareto": []}', "no 'teacher'"),
+     ('{"study_name": "s", "task": "t", "n_complete": 1, "hypervolume": 0.5, "teacher": {"accuracy": 0.9}, '
+      '"pareto": [{"number": 1}]}', "pareto[0] without"),
+     ('{"study_name": "s", "pareto": [', "not JSON")],
+    ids=["list", "empty", "wrong-type", "no-teacher", "pareto-entry", "truncated"],
 )
 def test_report_of_a_json_that_is_not_a_summary_is_one_line_and_exit_code_2(tmp_path, content, problem):
     path = tmp_path / "summary.json"
