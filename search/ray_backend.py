@@ -67,6 +67,9 @@ _LOG = logging.getLogger(__name__)
 # Tune's result loggers are off (the study and MLflow are the records): its analysis would warn about each trial.
 logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
 logging.getLogger("ray.tune.tune").setLevel(logging.WARNING)  # "Wrote the latest version of all result files..."
+# Every local Ray says that it turned token authentication on, as it should; the warning that it is *off* stays.
+logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(
+    lambda record: not str(record.msg).startswith("Token authentication is enabled"))
 #: Keys the searcher adds to each Tune config: the Optuna trial's storage id and number.
 TRIAL_ID_KEY, NUMBER_KEY = "_mc_trial_id", "_mc_number"
 #: Keys of the final Tune result: the JSON payload of a finished trial, or the reason it failed.
