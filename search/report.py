@@ -203,8 +203,9 @@ def progress_lines(summary: Mapping[str, Any]) -> list[str]:
     counts = {k: summary.get(k) for k in ("n_trials", "n_complete", "n_failed", "n_pruned")}
     lines = []
     if isinstance(counts["n_pruned"], int) and counts["n_pruned"]:
-        lines.append(f"{counts['n_pruned']} trials stopped early by the ASHA scheduler (weak validation accuracy "
-                     f"after an epoch): not on the front")
+        n = counts["n_pruned"]
+        lines.append(f"{n} {'trial' if n == 1 else 'trials'} stopped early by the ASHA scheduler (weak validation "
+                     f"accuracy after an epoch): not on the front")
     if all(isinstance(v, int) for v in counts.values()):
         done = counts["n_complete"] + counts["n_failed"] + counts["n_pruned"]
         if done < counts["n_trials"]:
