@@ -22,11 +22,14 @@ Seeded and reproducible on a given machine (CPU, one thread per process). Cost w
 tasks, 1–3 fine-tuning epochs each): about 10–15 minutes on 2 CPU cores; ``--train-only`` refits the predictors
 from an existing CSV in about two minutes (``--reencode`` first recomputes sizes, encodings and measured proxies of
 its rows from their policies, after a change of the size format, the encoding or the proxy, without re-running any
-trial; about a minute more; ``--add-proxy`` measures only the missing proxies and keeps every other column).
+trial; about a minute more; ``--add-proxy`` measures only the missing proxies and keeps every other column;
+``--kinds gbm`` evaluates and refits the GBM alone, in 20 s, e.g. after a change of its defaults, keeping Reptile's
+weights and scores).
 
 Usage::
 
     python experiments/build_metadataset.py [--n 48] [--seed 0] [--tasks digits-mlp wine-mlp] [--train-only]
+    python experiments/build_metadataset.py --train-only --kinds gbm
     python experiments/build_metadataset.py --synthetic --append --n 96 --tasks synth-01-mlp synth-05-5w10s
 """
 
@@ -181,7 +184,8 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.nan_to_num(rho))
 
 
-def evaluate(history: History, seed: int, shots: int = 8) -> dict[str, dict[str, float]]:
+def evaluate(history: History, seed: int, shots: int = 8, kinds: tuple[str, ...] = ("gbm", "reptile")
+             ) -> dict[str, dict[str, float]]:
     """Leave-one-task-out: Spearman and MAE on the held-out task, zero-shot and after ``shots`` trials.
 
     The held-out tasks are the zoo's (the synthetic tasks are training material, always in the fit)."""
@@ -193,7 +197,7 @@ def evaluate(history: History, seed: int, shots: int = 8) -> dict[str, dict[str,
         test = g == held
         support = rng.choice(np.flatnonzero(test), min(shots, int(test.sum()) - 2), replace=False)
         query = np.setdiff1d(np.flatnonzero(test), support)
-        for kind in ("gbm", "reptile"):
+        for kind in kinds:
             model = make_predictor(kind, random_state=seed).fit(X[~test], y[~test], g[~test])
             if hasattr(model, "focus"):  # as a warm start focuses it on the new task
                 model = model.focus(X[test][0, : len(FEATURE_NAMES)])
@@ -214,12 +218,14 @@ SELECTION = ("warm-start benchmark, leave-one-task-out (experiments/results/warm
              "trials better before the tuned proxy joined the inputs; see the scores below)")
 
 
-def train_and_save(history: History, seed: int, extra: dict[str, Any]) -> dict[str, Any]:
-    """Evaluate both predictors held-out, fit both on everything, save them and the choice."""
+def train_and_save(history: History, seed: int, extra: dict[str, Any], kinds: tuple[str, ...] = ("gbm", "reptile")
+                   ) -> dict[str, Any]:
+    """Evaluate the predictors of ``kinds`` held-out, fit them on everything, save them and the choice (the other
+    kind's files and scores stay as the last build left them)."""
     t0 = time.perf_counter()
-    scores = evaluate(history, seed)
+    scores = {**extra.pop("scores", {}), **evaluate(history, seed, kinds=kinds)}
     best = max(("gbm", "reptile"), key=lambda k: scores[k]["spearman"])
-    for kind in ("gbm", "reptile"):
+    for kind in kinds:
         model = make_predictor(kind, random_state=seed).fit(history.X(), history.y(), history.groups())
         save_predictor(model, DATA / f"{kind}.json")
     for path in DATA.iterdir():
@@ -273,7 +279,8 @@ def previous_build() -> dict[str, Any]:
     if not path.is_file():
         return {}
     old = json.loads(path.read_text(encoding="utf-8"))
-    return {k: old[k] for k in ("build_s", "n_per_task", "counts", "threads", "machine", "appended") if k in old}
+    return {k: old[k] for k in ("build_s", "n_per_task", "counts", "threads", "machine", "appended", "bench_runs",
+                                "add_tuned_s") if k in old}
 
 
 def main() -> None:
@@ -298,6 +305,9 @@ def main() -> None:
                         help="with --train-only: replace the rows from benchmark runs with this JSONL's real "
                              "trials of --run-methods (experiments/results/warmstart_runs.jsonl)")
     parser.add_argument("--run-methods", nargs="*", default=["cold_tpe"])
+    parser.add_argument("--kinds", nargs="+", default=["gbm", "reptile"], choices=["gbm", "reptile"],
+                        help="with --train-only: evaluate and refit only these predictors (e.g. after a change of "
+                             "the GBM's defaults; the other keeps its file and scores)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     DATA.mkdir(parents=True, exist_ok=True)
@@ -350,7 +360,12 @@ def main() -> None:
         history = add_tuned(history, args.seed)
         history.to_csv(CSV)
         extra["add_tuned_s"] = round(time.perf_counter() - t0, 1)
-    info = train_and_save(history, args.seed, extra)
+    if set(args.kinds) != {"gbm", "reptile"}:
+        if not args.train_only:
+            parser.error("--kinds: only with --train-only (a build evaluates both predictors)")
+        previous = json.loads((DATA / "predictor.json").read_text(encoding="utf-8"))
+        extra["scores"] = {k: v for k, v in previous["scores"].items() if k.split("+")[0] not in args.kinds}
+    info = train_and_save(history, args.seed, extra, tuple(args.kinds))
     for kind, s in info["scores"].items():
         console.print(f"{kind:>14}: held-out Spearman {s['spearman']:.3f}, MAE {s['mae']:.3f}")
     console.print(f"default predictor: {info['default']} ({history.explain()})")

@@ -449,7 +449,9 @@ def retrain(
     registered_model: str = typer.Option(..., "--registered-model", help="Registered model whose 'champion' "
                                          "alias is compared and moved."),
     constraint: Optional[list[str]] = typer.Option(None, "--constraint", help="'metric<=value' or 'metric>=value' "
-                                                   "(repeatable), e.g. 'accuracy>=0.97', 'latency_ms<=1.0'."),
+                                                   "(repeatable), e.g. 'accuracy>=0.97', 'latency_ms<=1.0'; metrics: "
+                                                   "accuracy, size_bytes, latency_ms, compression_ratio, bitops, "
+                                                   "speedup."),
     run_key: Optional[str] = typer.Option(None, "--run-key", help="Names this run's study (default: UTC date "
                                           "YYYYMMDD); a rerun with the same key resumes it."),
     trials: Optional[str] = typer.Option(None, "--trials", metavar="<int>", help="Trial budget (n_trials)."),

@@ -181,6 +181,13 @@ def test_bad_retrain_input_is_one_line_and_exit_2(tmp_path, flags, field):
     assert len(lines) == 1 and f"'{field}'" in lines[0] and "Traceback" not in result.output
 
 
+def test_the_help_names_every_metric_a_constraint_may_bound():
+    from metacompress.search.retrain import CONSTRAINT_METRICS
+
+    text = " ".join(runner.invoke(app, ["retrain", "--help"], env={"COLUMNS": "300"}).output.split())
+    assert all(metric in text for metric in CONSTRAINT_METRICS)
+
+
 def test_a_tracking_server_that_does_not_answer_is_a_retry_for_retrain(tmp_path):
     """Down at 02:30 is not bad input: a scheduler retries exit 1 and not exit 2 (README's exit-code table)."""
     result = runner.invoke(app, ["retrain", str(_job(tmp_path, [4])), "--registered-model", "m",
