@@ -20,7 +20,7 @@ from typing import Any, Optional
 import typer
 from rich.console import Console
 
-from metacompress.spaces import ConfigError, MetacompressError
+from metacompress.spaces import ConfigError, MetacompressError, Terminated
 
 from .config import MAX_WARM_POINTS
 
@@ -77,7 +77,7 @@ def _friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
             raise typer.Exit(2) from None
         except KeyboardInterrupt as exc:  # Ctrl-C; SIGTERM on Ray (Terminated)
             err_console.print("interrupted: finished trials are saved; rerun the same command to resume.")
-            raise typer.Exit(143 if type(exc).__name__ == "Terminated" else 130) from None
+            raise typer.Exit(143 if isinstance(exc, Terminated) else 130) from None
         except (typer.Exit, typer.Abort):
             raise
         except BrokenPipeError:  # `metacompress ... --json | head`: the reader left; nothing more to say
@@ -455,8 +455,9 @@ def retrain(
     run_key: Optional[str] = typer.Option(None, "--run-key", help="Names this run's study (default: UTC date "
                                           "YYYYMMDD); a rerun with the same key resumes it."),
     trials: Optional[str] = typer.Option(None, "--trials", metavar="<int>", help="Trial budget (n_trials)."),
-    tolerance: Optional[str] = typer.Option(None, "--accuracy-tolerance", metavar="<float>", help="Accuracy a smaller model may lose "
-                                            "and still replace the champion (default 0.005)."),
+    tolerance: Optional[str] = typer.Option(None, "--accuracy-tolerance", metavar="<float>", help="Accuracy a "
+                                            "smaller model may lose and still replace the champion (default "
+                                            "0.005)."),
     storage: Optional[str] = typer.Option(None, help="Optuna storage URL."),
     tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="MLflow tracking + registry URI."),
     debug: bool = _flag("--debug", help="Show tracebacks."),

@@ -35,8 +35,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Iterator
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -56,12 +55,12 @@ from optuna.trial import FrozenTrial, TrialState  # noqa: E402
 from ray import tune  # noqa: E402
 from ray.tune.search.optuna import OptunaSearch  # noqa: E402
 
-from metacompress.spaces import ConfigError, MetacompressError, invalid_value  # noqa: E402
+from metacompress.spaces import ConfigError, MetacompressError, Terminated, invalid_value  # noqa: E402
 
 from .objective import Objective, TrialFailed, resolve_device  # noqa: E402
 from .study import counted_trials, remaining_budget  # noqa: E402
 
-__all__ = ["StudySearch", "Terminated", "TrialEndCallback", "check_ray", "run_ray", "init_ray"]
+__all__ = ["StudySearch", "TrialEndCallback", "check_ray", "run_ray", "init_ray"]
 
 _LOG = logging.getLogger(__name__)
 # Tune's result loggers are off (the study and MLflow are the records): its analysis would warn about each trial.
@@ -251,10 +250,6 @@ def _make_trainable(holder: list, artifact_dir: str, device: str, num_threads: i
         tune.report(finals | {PAYLOAD_KEY: json.dumps(payload, default=float)})
 
     return metacompress_trial
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM during a Ray search (a scheduler stopping the job): ended like Ctrl-C, exit code 143."""
 
 
 @contextlib.contextmanager

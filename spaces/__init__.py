@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from .adapters import suggest, to_optuna, to_ray
 from .domains import Categorical, Domain, Float, Int, Ordinal
-from .errors import ConfigError, MetacompressError, invalid_value, missing_key, prefixed, unknown_key
+from .errors import ConfigError, MetacompressError, Terminated, invalid_value, missing_key, prefixed, unknown_key
 from .grouping import AUTO_SMALL_FRACTION
 from .layers import LAYER_KINDS, LayerInfo
 from .policy import ALLOWED_BITS, POLICY_SCALARS, PRUNE_METHODS, CompressionPolicy, LayerPolicy, check_value
@@ -36,6 +36,7 @@ __all__ = [
     "to_ray",
     "ConfigError",
     "MetacompressError",
+    "Terminated",
     "invalid_value",
     "unknown_key",
     "missing_key",

@@ -10,11 +10,15 @@ import difflib
 from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["MetacompressError", "ConfigError", "invalid_value", "unknown_key", "missing_key", "prefixed"]
+__all__ = ["MetacompressError", "ConfigError", "Terminated", "invalid_value", "unknown_key", "missing_key", "prefixed"]
 
 
 class MetacompressError(Exception):
     """Base class of every error metacompress raises on purpose."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler stopping the job) where metacompress ends the run like Ctrl-C: the CLI exits 143."""
 
 
 class ConfigError(MetacompressError, ValueError):
