@@ -73,7 +73,7 @@ class Task:
                 raise invalid_value(f"task.{part}", "a non-empty map-style Dataset of (x, y) pairs", data)
             item = data[0]  # one item, as a DataLoader would fetch it: every trial would fail on another shape
             if not isinstance(item, (tuple, list)) or len(item) != 2:
-                got = (f"items of {len(item)} parts" if isinstance(item, (tuple, list))
+                got = (f"items of {len(item)} part{'' if len(item) == 1 else 's'}" if isinstance(item, (tuple, list))
                        else f"{type(item).__name__} items")
                 raise invalid_value(f"task.{part}", "a non-empty map-style Dataset of (x, y) pairs", got)
 

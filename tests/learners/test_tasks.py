@@ -298,7 +298,7 @@ def test_a_factory_that_raises_is_named_with_its_error(monkeypatch: pytest.Monke
 
 @pytest.mark.parametrize(("data", "got"), [
     (torch.zeros(4, 6), "Tensor items"),  # a bare tensor: items are rows, not pairs
-    (TensorDataset(torch.zeros(4, 6)), "items of 1 parts"),
+    (TensorDataset(torch.zeros(4, 6)), "items of 1 part'"),
     (TensorDataset(torch.zeros(4, 6), torch.zeros(4), torch.zeros(4)), "items of 3 parts"),
 ])
 def test_a_task_whose_data_are_not_pairs_is_refused(data: object, got: str) -> None:
