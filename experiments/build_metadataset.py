@@ -223,7 +223,10 @@ def train_and_save(history: History, seed: int, extra: dict[str, Any], kinds: tu
     """Evaluate the predictors of ``kinds`` held-out, fit them on everything, save them and the choice (the other
     kind's files and scores stay as the last build left them)."""
     t0 = time.perf_counter()
-    scores = {**extra.pop("scores", {}), **evaluate(history, seed, kinds=kinds)}
+    kept = {} if set(kinds) == {"gbm", "reptile"} else {
+        k: v for k, v in json.loads((DATA / "predictor.json").read_text(encoding="utf-8"))["scores"].items()
+        if k.split("+")[0] not in kinds}
+    scores = {**kept, **evaluate(history, seed, kinds=kinds)}
     best = max(("gbm", "reptile"), key=lambda k: scores[k]["spearman"])
     for kind in kinds:
         model = make_predictor(kind, random_state=seed).fit(history.X(), history.y(), history.groups())
@@ -309,6 +312,8 @@ def main() -> None:
                         help="with --train-only: evaluate and refit only these predictors (e.g. after a change of "
                              "the GBM's defaults; the other keeps its file and scores)")
     args = parser.parse_args()
+    if set(args.kinds) != {"gbm", "reptile"} and not args.train_only:
+        parser.error("--kinds: only with --train-only (a build evaluates both predictors)")
     torch.set_num_threads(1)
     DATA.mkdir(parents=True, exist_ok=True)
     extra: dict[str, Any] = {}
@@ -360,11 +365,6 @@ def main() -> None:
         history = add_tuned(history, args.seed)
         history.to_csv(CSV)
         extra["add_tuned_s"] = round(time.perf_counter() - t0, 1)
-    if set(args.kinds) != {"gbm", "reptile"}:
-        if not args.train_only:
-            parser.error("--kinds: only with --train-only (a build evaluates both predictors)")
-        previous = json.loads((DATA / "predictor.json").read_text(encoding="utf-8"))
-        extra["scores"] = {k: v for k, v in previous["scores"].items() if k.split("+")[0] not in args.kinds}
     info = train_and_save(history, args.seed, extra, tuple(args.kinds))
     for kind, s in info["scores"].items():
         console.print(f"{kind:>14}: held-out Spearman {s['spearman']:.3f}, MAE {s['mae']:.3f}")

@@ -480,10 +480,6 @@ def retrain(
     if not 0.0 <= tol <= 1.0:
         raise ConfigError(f"The 'accuracy_tolerance' value must be a number in [0, 1]. Got {tolerance!r}.",
                           "accuracy_tolerance")
-    if cfg.backend == "ray":
-        from .ray_backend import check_ray
-
-        check_ray(cfg)
     try:
         result = run_job(cfg, registered_model, constraints, run_key=run_key, tolerance=tol,
                          say=lambda line: console.print(line, highlight=False))

@@ -36,7 +36,7 @@ from metacompress.learners.measure import _freeze, _Frozen
 from metacompress.spaces import ConfigError, MetacompressError, invalid_value
 
 from .config import SearchConfig
-from .study import ATTR_SPACE, counted_trials, make_storage, storage_folder
+from .study import ATTR_SPACE, counted_trials, make_storage, storage_file
 
 __all__ = ["ExportResult", "export_trial"]
 
@@ -69,8 +69,8 @@ class ExportResult:
 def _trial_artifact(cfg: SearchConfig, number: int) -> tuple[Path, dict[str, float], str | None]:
     """The packed export and the recorded metrics of finished trial ``number`` of the config's study, and the
     study's space fingerprint."""
-    folder = storage_folder(cfg.storage)
-    if folder is not None and not _storage_file(cfg.storage).is_file():  # never create a database to read one
+    file = storage_file(cfg.storage)
+    if file is not None and not file.is_file():  # never create a database to read one
         raise invalid_value("storage", "the storage of a finished search (no such file)", cfg.storage)
     try:
         study = optuna.load_study(study_name=cfg.study_name, storage=make_storage(cfg.storage))
@@ -86,10 +86,6 @@ def _trial_artifact(cfg: SearchConfig, number: int) -> tuple[Path, dict[str, flo
     if not artifact or not Path(artifact).is_file():
         raise invalid_value("trial", "a trial whose packed export (.mcz) still exists", f"{number} ({artifact})")
     return Path(artifact), dict(trial.user_attrs["metrics"]), study.user_attrs.get(ATTR_SPACE)
-
-
-def _storage_file(url: str) -> Path:
-    return Path(url.removeprefix("journal://").removeprefix("sqlite:///")).expanduser()
 
 
 def _output_path(cfg: SearchConfig, number: int, output: str | Path | None, int8: bool) -> Path:

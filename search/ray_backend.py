@@ -375,7 +375,6 @@ def run_ray(p: Any, on_trial_end: Callable[[FrozenTrial], None] | None = None) -
     n = remaining_budget(p.study, cfg.n_trials)
     if n <= 0:
         return
-    check_ray(cfg)
     started = init_ray(cfg.ray.address)
     try:
         objective = copy.copy(p.objective)

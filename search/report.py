@@ -40,9 +40,10 @@ def summary_problem(summary: Any) -> str | None:
         if not isinstance(summary.get(key), kind) or isinstance(summary.get(key), bool):
             return f"no {key!r}" if key not in summary else f"{key!r} of the wrong type"
     teacher = summary.get("teacher")
-    if teacher is None or not isinstance(teacher, Mapping) or "accuracy" not in teacher:
-        return "no 'teacher' accuracy" if teacher is None or isinstance(teacher, Mapping) else \
-            "'teacher' of the wrong type"
+    if teacher is not None and not isinstance(teacher, Mapping):
+        return "'teacher' of the wrong type"
+    if not teacher or "accuracy" not in teacher:
+        return "no 'teacher' accuracy"
     if not _numeric(teacher, ("accuracy", "size_bytes", "latency_ms")):
         return "'teacher' of the wrong type"
     for i, entry in enumerate(summary["pareto"]):

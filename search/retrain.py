@@ -213,6 +213,10 @@ def retrain(
         if not owned:
             raise ConfigError(f"The 'registered_model' value must not be in use by another running retrain job of "
                               f"this config (lock {lock}). Got {registered_model!r}.", "registered_model")
+        if job.backend == "ray":  # an address where nothing answers, resources the local Ray lacks
+            from .ray_backend import check_ray
+
+            check_ray(job)
         p = prepare(job)
         points, info = _warm_start(job, p, cfg.study_name)
         say(f"study {job.study_name}: {info['n_points']} warm-start points ({info.get('reason', info['mode'])})")

@@ -352,6 +352,10 @@ def run_search(
         flush_timeout_s = float(os.environ.get("METACOMPRESS_TRACKING_FLUSH_S", "120"))
     check_out(cfg.out)
     tracker = tracker or make_tracker(cfg)  # fail fast, before any training, when the tracking server is down
+    if prepared is None and cfg.backend == "ray":  # a caller that prepares checks first (the CLI, retrain)
+        from .ray_backend import check_ray
+
+        check_ray(cfg)
     p = prepared or prepare(cfg)
     run_lock = lock_path(cfg.storage, cfg.study_name, "run")
     with file_lock(run_lock, blocking=False) as owned:

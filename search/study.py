@@ -31,6 +31,7 @@ __all__ = [
     "open_study",
     "recover_interrupted",
     "remaining_budget",
+    "storage_file",
     "storage_folder",
     "study_line",
 ]
@@ -88,14 +89,20 @@ def _is_journal(url: str) -> bool:
     return url.startswith("journal://") or url.endswith((".log", ".journal"))
 
 
-def storage_folder(url: str) -> Path | None:
-    """The local folder a storage URL writes its file into (sqlite or journal; None for a database server).
-    :func:`make_storage` creates it when it is missing."""
+def storage_file(url: str) -> Path | None:
+    """The local file of a storage URL (sqlite or journal; None for a database server)."""
     if _is_journal(url):
-        return Path(url.removeprefix("journal://")).expanduser().parent
+        return Path(url.removeprefix("journal://")).expanduser()
     if url.startswith("sqlite:///"):
-        return Path(url.removeprefix("sqlite:///")).expanduser().parent
+        return Path(url.removeprefix("sqlite:///")).expanduser()
     return None
+
+
+def storage_folder(url: str) -> Path | None:
+    """The folder :func:`storage_file` lies in (None for a database server); :func:`make_storage` creates it when
+    it is missing."""
+    file = storage_file(url)
+    return None if file is None else file.parent
 
 
 def study_line(study: optuna.Study, n_trials: int, storage: str, created_folder: Path | None = None) -> str:
