@@ -102,16 +102,16 @@ def _overrides(**flags: Any) -> dict[str, Any]:
 @_friendly
 def search(
     config: Path = typer.Argument(..., help="Experiment YAML (see experiments/configs/)."),
-    trials: Optional[int] = typer.Option(None, "--trials", help="Trial budget (n_trials)."),
+    trials: Optional[str] = typer.Option(None, "--trials", metavar="<int>", help="Trial budget (n_trials)."),
     backend: Optional[str] = typer.Option(None, help="optuna | ray"),
     sampler: Optional[str] = typer.Option(None, help="tpe | nsga2 | gp | random"),
     warm_start: Optional[str] = typer.Option(None, "--warm-start", help="auto | off | PATH.json"),
-    seed: Optional[int] = typer.Option(None, help="Seed of the sampler and of training."),
+    seed: Optional[str] = typer.Option(None, metavar="<int>", help="Seed of the sampler and of training."),
     storage: Optional[str] = typer.Option(None, help="Optuna storage URL (sqlite:///metacompress.db)."),
     study_name: Optional[str] = typer.Option(None, "--study-name", help="Resume it if it exists."),
     tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="MLflow URI, or 'none'."),
     out: Optional[Path] = typer.Option(None, help="Output folder (summary.json, plots)."),
-    n_jobs: Optional[int] = typer.Option(None, "--n-jobs", help="Local worker processes."),
+    n_jobs: Optional[str] = typer.Option(None, "--n-jobs", metavar="<int>", help="Local worker processes."),
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (auto, ray://...)."),
     debug: bool = _flag("--debug", help="Show tracebacks."),
 ) -> None:
@@ -125,8 +125,9 @@ def search(
     from .warmstart import check_warm_start_mode, resolve_warm_start, resumed_warm_start
 
     cfg = load_config(config, _overrides(
-        n_trials=trials, backend=backend, sampler=sampler, seed=seed, storage=storage, study_name=study_name,
-        tracking_uri=tracking_uri, out=str(out) if out else None, **{"parallel.n_jobs": n_jobs,
+        n_trials=_number_flag("n_trials", trials, int), backend=backend, sampler=sampler,
+        seed=_number_flag("seed", seed, int), storage=storage, study_name=study_name, tracking_uri=tracking_uri,
+        out=str(out) if out else None, **{"parallel.n_jobs": _number_flag("parallel.n_jobs", n_jobs, int),
                                                                      "ray.address": address}))
     mode = warm_start or cfg.warm_start.mode
     check_warm_start_mode(mode)

@@ -8,6 +8,7 @@ ends with exactly one child run per counted trial.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import json
@@ -305,19 +306,28 @@ def write_outputs(p: Prepared, summary: dict[str, Any], trials: list[FrozenTrial
 
 
 def check_out(out: str | Path) -> Path:
-    """Create the output folder ``out`` (parents too) and check that it can be written, before any work.
+    """Check, before any work, that the output folder ``out`` can be created (parents too) and written.
+
+    The folders it had to create to find out are removed again: a search that fails later (a tracking server
+    down, a bad Ray address) leaves no empty output folder behind; each writer creates it when it writes.
 
     Raises:
         ConfigError: naming ``out``.
     """
     path = Path(out)
+    missing = [p for p in (path, *path.parents) if not p.exists()]  # deepest first
     try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise invalid_value("out", "a folder that can be created and written",
-                            f"{out} ({exc.strerror or type(exc).__name__})") from None
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise invalid_value("out", "a folder this user can write", str(out))
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise invalid_value("out", "a folder that can be created and written",
+                                f"{out} ({exc.strerror or type(exc).__name__})") from None
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise invalid_value("out", "a folder this user can write", str(out))
+    finally:
+        for folder in missing:
+            with contextlib.suppress(OSError):  # another process may have written into it meanwhile
+                folder.rmdir()
     return path
 
 

@@ -72,6 +72,9 @@ BASE = {"task": "digits-mlp", "n_trials": 2, "warm_start": {"mode": "off"}}
         (BASE, ["--backend", "spark"], "backend"),
         (BASE, ["--sampler", "bayes"], "sampler"),
         (BASE, ["--trials", "0"], "n_trials"),
+        (BASE, ["--trials", "2.5"], "n_trials"),  # worded as retrain words it, by the config's checks
+        (BASE, ["--seed", "x"], "seed"),
+        (BASE, ["--n-jobs", "1.5"], "parallel.n_jobs"),
         ({**BASE, "space": {"prune": {"low": 0.0, "high": 1.2}}}, [], "space.prune"),
         ({**BASE, "space": {"bits": [9]}}, [], "space.bits"),
         (BASE, ["--tracking-uri", "http://127.0.0.1:9"], "tracking_uri"),  # server down: fail before training
@@ -81,7 +84,8 @@ BASE = {"task": "digits-mlp", "n_trials": 2, "warm_start": {"mode": "off"}}
         (BASE, ["--warm-start", "maybe"], "warm_start"),  # neither auto, off nor a file
         (BASE, ["--out", "/dev/null/out"], "out"),  # cannot be created: before the teacher is even loaded
     ],
-    ids=["missing-file", "bad-yaml", "unknown-key", "unknown-task", "backend", "sampler", "trials",
+    ids=["missing-file", "bad-yaml", "unknown-key", "unknown-task", "backend", "sampler", "trials", "trials-float",
+         "seed-word", "n-jobs-float",
          "prune-range", "bits", "tracking-down", "storage-down", "device-missing", "tracking-scheme",
          "warm-start-mode", "out-unwritable"],
 )
@@ -95,6 +99,19 @@ def test_bad_input_is_one_line_and_exit_code_2(tmp_path, monkeypatch, config, fl
     assert result.exit_code == 2, result.output
     line = _one_error_line(result)
     assert f"'{field}" in line
+
+
+def test_a_search_that_fails_before_any_work_leaves_no_empty_output_folder(tmp_path, monkeypatch):
+    """check_out proves the folder can be made, then removes what it made: a later refusal (here the tracking
+    server down) leaves nothing behind, and a folder that existed stays."""
+    monkeypatch.chdir(tmp_path)
+    path = _write(tmp_path, BASE)
+    (tmp_path / "kept").mkdir()
+    for out in (tmp_path / "runs" / "a", tmp_path / "kept"):
+        result = runner.invoke(app, ["search", str(path), "--tracking-uri", "http://127.0.0.1:9", "--out", str(out)])
+        assert result.exit_code == 2, result.output
+        assert "'tracking_uri" in _one_error_line(result)
+    assert not (tmp_path / "runs").exists() and (tmp_path / "kept").is_dir()
 
 
 def test_a_toml_config_is_named_as_such(tmp_path):
