@@ -172,7 +172,7 @@ def test_console_script_runs_without_a_traceback_on_bad_input(tmp_path):
 
 
 @pytest.mark.parametrize(("command", "flags", "needle"), [
-    ("search", ["--trails", "3"], "--trails"), ("search", ["--trials", "abc"], "--trials"),
+    ("search", ["--trails", "3"], "--trails"), ("search", ["--trials", "abc"], "'n_trials'"),
     ("retrain", [], "--registered-model"),  # a required option left out
 ])
 def test_console_script_usage_errors_are_one_line_too(tmp_path, command, flags, needle):
