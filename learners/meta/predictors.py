@@ -58,7 +58,7 @@ class GBMRetentionPredictor(RegressorMixin, BaseEstimator):
     For the untuned proxy, ``proxy_weight=0.5`` ranked held-out tasks better than the model alone but did not
     improve the warm start (``experiments/results/warmstart.md``), so its default is 0. For the tuned proxy the
     calibrated measurement alone (``tuned_weight=1``, the default) ranks better than its tier's trees on held-out
-    zoo tasks (Spearman 0.837 against 0.779 zero-shot; 0.792 and 0.792 after 5 trials) and on 24 held-out
+    zoo tasks (Spearman 0.837 against 0.779 zero-shot; 0.837 and 0.788 after 5 trials) and on 24 held-out
     synthetic tasks (0.892 against 0.877), its warm points are better calibrated (predicted minus real retention
     −0.011 against +0.040), and its warm start is level with theirs (cold TPE's hypervolume in a median of 3 and
     2.5 trials on seeds 0–4 and 5–9, reached in 90 % and 97 % of the runs, against 3 and 2.5, 97 % and 93 %).
@@ -73,8 +73,8 @@ class GBMRetentionPredictor(RegressorMixin, BaseEstimator):
     instead of its retention, so no task weighs by the level or the spread of its retention, only by its order; a
     level model (trees from the task's meta-features and a rank to retention, rising in the rank) maps each
     prediction back onto the scale of retention the warm start needs, keeping the trees' order. On held-out zoo
-    tasks its trees rank real trials better than the retention trees (Spearman 0.816 zero-shot and 0.822 after 5
-    against 0.779 and 0.792, both deciding the tuned tier: ``tuned_weight=0``; breast-cancer 0.31 → 0.55) but its
+    tasks its trees rank real trials better than the retention trees (Spearman 0.816 zero-shot and 0.815 after 5
+    against 0.779 and 0.788, both deciding the tuned tier: ``tuned_weight=0``; breast-cancer 0.31 → 0.55) but its
     levels err more where it matters (its warm points over-optimistic by 0.059 against 0.040), and it did not
     improve the warm start (cold TPE's hypervolume in a median of 3.5 trials on seeds 0–4 and 5–9, reached in 100 %
     and 93 % of the runs, against 3 and 2.5, 97 % and 93 %; ``experiments/results/warmstart.md``), so the default
