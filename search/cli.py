@@ -127,8 +127,8 @@ def search(
     cfg = load_config(config, _overrides(
         n_trials=_number_flag("n_trials", trials, int), backend=backend, sampler=sampler,
         seed=_number_flag("seed", seed, int), storage=storage, study_name=study_name, tracking_uri=tracking_uri,
-        out=str(out) if out else None, **{"parallel.n_jobs": _number_flag("parallel.n_jobs", n_jobs, int),
-                                                                     "ray.address": address}))
+        out=str(out) if out else None,
+        **{"parallel.n_jobs": _number_flag("parallel.n_jobs", n_jobs, int), "ray.address": address}))
     mode = warm_start or cfg.warm_start.mode
     check_warm_start_mode(mode)
     check_out(cfg.out)

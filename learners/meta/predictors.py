@@ -35,6 +35,7 @@ __all__ = [
     "save_predictor",
     "load_default_predictor",
     "default_kind",
+    "pick_weight",
 ]
 
 #: Names accepted by :func:`make_predictor` and :func:`load_default_predictor`.
@@ -296,8 +297,8 @@ class GBMRetentionPredictor(RegressorMixin, BaseEstimator):
         trials, the blend ranked its other rows at 0.884, 0.886, 0.888, 0.889 in the tuned tier against the prior's
         0.891, 0.891, 0.891, 0.888 (worse by more than 0.02 on 2–3 tasks), the decisive pick at 0.890, 0.892, 0.892,
         0.891 (no task worse by 0.02); in the proxy's tier the pick is level with the prior after 5 and gains
-        after 20 and 40, where the blend also gains but is worse after 5 on 5 tasks
-        (``experiments/bench_adapt.py``, ``experiments/results/adapt.md``). Then the predictions are shifted by the mean residual.
+        after 20 and 40, where the blend also gains but is worse after 5 on 5 tasks (``experiments/bench_adapt.py``,
+        ``experiments/results/adapt.md``). Then the predictions are shifted by the mean residual.
         ``adapted_votes_`` keeps each tier's share. ``steps`` is accepted for symmetry with
         :meth:`ReptilePredictor.adapt` and ignored.
         """
