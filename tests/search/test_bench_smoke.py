@@ -42,6 +42,7 @@ def test_each_kind_of_benchmark_job_runs_and_is_labeled(bench):
     assert (bench.PROXY, bench.TUNED) == (PROXY_NAME, TUNED_PROXY_NAME)  # its copies of the names (lazy imports)
     assert {PROXY_NAME, TUNED_PROXY_NAME} <= set(runs[1]["trials"][0]["metrics"])  # every trial records both
     assert "propose_s" in runs[1]  # the sequential proposer's time is recorded; the batch's is not separated
+    assert runs[1]["setup_s"] > 0  # and its setup (the predictor's fit, the probes, the pool)
     for r in runs[:3]:
         assert len(r["trials"]) == budget and len(r["hv"]) == budget and r["kind"] == "real"
     warm = runs[1]
@@ -110,3 +111,20 @@ def test_the_bounding_box_peer_ranks_fronts_and_restricts_every_layer_to_the_box
     assert (out["epochs"].low, out["epochs"].high) == (2, 3)
     assert (out["lr"].low, out["lr"].high) == (1e-3, 1e-3) and out["lr"].log  # the box misses: nearest value
     assert (out["kd_lambda"].low, out["kd_lambda"].high) == (0.1, 0.5)
+
+
+def test_re_timed_runs_are_paired_with_cold_tpe_re_timed(bench):
+    """A method re-run on a later machine (``_retime``) is timed against cold TPE re-run there, never against the
+    cold runs of another machine, with its recorded setup counted, and has a row label."""
+    def run(method: str, trial_s: float, hv: list[float], propose_s: float | None = None) -> dict:
+        r = {"task": "t", "seed": 0, "method": method, "hv": hv, "trials": [{"s": trial_s}] * len(hv)}
+        return r | ({"propose_s": propose_s} if propose_s is not None else {})
+
+    runs = [run("cold_tpe", 5.0, [0.5, 0.9]), run("cold_tpe_retime", 1.0, [0.5, 0.9]),
+            run("warm", 1.0, [0.9, 0.9], 0.5), run("warm_retime", 1.0, [0.9, 0.9], 0.5) | {"setup_s": 3.0}]
+    t = bench.time_to_cold_hv(runs, 2)
+    assert t["warm"]["median_share"] == pytest.approx(1.5 / 10.0)  # one 1 s trial + 0.5 s against 2 × 5 s
+    assert t["warm"]["setup_s_median"] is None  # not recorded: not counted
+    assert t["warm_retime"]["median_share"] == pytest.approx(4.5 / 2.0)  # its setup counted, against 2 × 1 s
+    assert t["warm_retime"]["setup_s_median"] == 3.0
+    assert "warm" + bench.RETIME in bench.LABELS
