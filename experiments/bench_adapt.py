@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from bench_predictors import held_out_synthetic_tasks
 from bench_warmstart import RESULTS, _rank_scores
 from benchinfo import machine
 
@@ -61,12 +62,13 @@ def score_task(model: Any, X: np.ndarray, y: np.ndarray, tier: int, shots: int, 
     """Mean Spearman over ``draws`` supports of ``shots`` rows, on the other rows, of each rule for ``tier``."""
     out: dict[str, list[float]] = {}
     rng = np.random.default_rng(seed)
+    compared = rules()
     for _ in range(draws):
         order = rng.permutation(len(y))
         support, query = order[:shots], order[shots:]
         adapted = model.adapt(X[support], y[support])
         vote, prior = adapted.adapted_votes_[tier], model._proxy_weight(tier)
-        for name, rule in rules().items():
+        for name, rule in compared.items():
             m = adapted
             if rule is not None:
                 m = copy.copy(adapted)
@@ -77,7 +79,6 @@ def score_task(model: Any, X: np.ndarray, y: np.ndarray, tier: int, shots: int, 
 
 def main(argv: list[str] | None = None) -> None:
     from metacompress.learners.meta import History, make_predictor
-    from metacompress.learners.tasks import SYNTHETIC_TASKS
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tasks", type=int, default=24, help="held-out synthetic tasks (default 24)")
@@ -87,8 +88,7 @@ def main(argv: list[str] | None = None) -> None:
     t0 = time.perf_counter()
     shipped = History.shipped()
     X, y, g = shipped.X(), shipped.y(), shipped.groups()
-    held = np.random.default_rng(0).choice([t for t in shipped.tasks if t in SYNTHETIC_TASKS], args.tasks,
-                                           replace=False).tolist()
+    held = held_out_synthetic_tasks(shipped, args.tasks)
     per_task: dict[str, dict[str, dict[str, float]]] = {}
     for i, task in enumerate(held):
         test = g == task

@@ -182,16 +182,22 @@ TREES = {"the default (tuned_weight 1: the calibrated tuned proxy where measured
          "the trees, focused on the held-out task (similarity 1.0)": {"similarity": 1.0, **TREES_ONLY}}
 
 
+def held_out_synthetic_tasks(history: Any, n_tasks: int = 24) -> list[str]:
+    """The synthetic tasks the GBM's settings and ``adapt``'s rule are chosen on: ``n_tasks`` of them, seed 0."""
+    from metacompress.learners.tasks import SYNTHETIC_TASKS
+
+    return np.random.default_rng(0).choice([t for t in history.tasks if t in SYNTHETIC_TASKS], n_tasks,
+                                           replace=False).tolist()
+
+
 def synthetic_validation(n_tasks: int = 24, trees: dict[str, dict[str, Any]] | None = None) -> dict[str, float]:
     """Mean Spearman of each :data:`TREES` GBM on ``n_tasks`` held-out synthetic tasks (their shipped rows; a GBM
     with ``similarity`` is focused on the held-out task's meta-features, as a warm start focuses it)."""
     from metacompress.learners.meta import FEATURE_NAMES, History, make_predictor
-    from metacompress.learners.tasks import SYNTHETIC_TASKS
 
     shipped = History.shipped()
     X, y, g = shipped.X(), shipped.y(), shipped.groups()
-    held = np.random.default_rng(0).choice([t for t in shipped.tasks if t in SYNTHETIC_TASKS], n_tasks,
-                                           replace=False)
+    held = held_out_synthetic_tasks(shipped, n_tasks)
     out = {}
     for label, params in (trees or TREES).items():
         rhos = []
