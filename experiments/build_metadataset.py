@@ -7,7 +7,8 @@ Runs ``--n`` space-filling (scrambled Sobol) policies on every built-in task (fe
 * ``metadataset.csv.gz`` — one row per finished trial: task meta-features ⊕ policy encoding ⊕ outcomes;
 * ``metadataset_tasks.json`` — per task: meta-features, layers, sensitivity probes, teacher metrics (the same
   content a search logs as ``meta.json``);
-* ``reptile.safetensors`` + ``reptile.json`` and ``gbm.json`` — the predictors (no pickle);
+* ``reptile.safetensors`` + ``reptile.json`` and ``gbm.npz`` + ``gbm.json`` — the predictors (weights, trees
+  and isotonic maps as numeric arrays, no pickle);
 * ``predictor.json`` — the default predictor and why (:data:`DEFAULT_KIND`: the one whose warm starts win the
   warm-start benchmark), the leave-one-task-out scores of both (mean Spearman of predicted vs. real retention on
   each held-out zoo task) and the build's cost.

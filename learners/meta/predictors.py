@@ -2,8 +2,10 @@
 
 Two predictors map meta-features ⊕ policy encoding (:data:`~.history.INPUT_NAMES`) to accuracy retention:
 
-* :class:`GBMRetentionPredictor` — gradient-boosted trees; saved as a JSON config and refit from the shipped
-  meta-dataset at load time (a few seconds for its ~12 500 rows), so no tree is ever unpickled.
+* :class:`GBMRetentionPredictor` — gradient-boosted trees; saved as a JSON config and its fitted trees and
+  isotonic maps as numeric arrays (``.npz``, read without pickle: :mod:`.trees`), loaded in milliseconds. A config
+  without arrays (or one that focuses per task: ``similarity``) is refit from the shipped meta-dataset at load
+  time (a few seconds for its ~12 500 rows).
 * :class:`~.reptile.ReptilePredictor` — an MLP meta-trained with Reptile; saved as safetensors + JSON.
 
 :func:`load_predictor` reads only those safe formats (JSON and safetensors; never pickle or joblib) and
@@ -13,6 +15,7 @@ Two predictors map meta-features ⊕ policy encoding (:data:`~.history.INPUT_NAM
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -25,6 +28,7 @@ from metacompress.spaces import ConfigError, invalid_value, unknown_key
 
 from .history import INPUT_NAMES, MEASURED_NAMES, History, data_path
 from .reptile import ReptilePredictor, _check_xy
+from .trees import ArrayIsotonic, ArrayTrees
 
 __all__ = [
     "GBMRetentionPredictor",
@@ -36,6 +40,7 @@ __all__ = [
     "load_default_predictor",
     "default_kind",
     "pick_weight",
+    "rows_digest",
 ]
 
 #: Names accepted by :func:`make_predictor` and :func:`load_default_predictor`.
@@ -214,6 +219,7 @@ class GBMRetentionPredictor(RegressorMixin, BaseEstimator):
             iso = IsotonicRegression(out_of_bounds="clip").fit(X[known, base + t - 1], y[known], sample_weight=w)
             self.tiers_.append((models, iso))
         self.n_features_in_ = X.shape[1]
+        self.fit_digest_ = rows_digest(X, y, groups, weight)
         return self
 
     def task_weights(self, features: Any) -> dict[Any, float]:
@@ -327,6 +333,51 @@ class GBMRetentionPredictor(RegressorMixin, BaseEstimator):
         """Spread of the ensemble's predictions (zeros for a single model)."""
         return self._predictions(X).std(0)
 
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """The fitted models as named numeric arrays (:mod:`.trees`), for :func:`save_predictor`; see
+        :meth:`from_arrays`. An adapted or focused copy saves what it was fit on, not its adaptation."""
+        from sklearn.utils.validation import check_is_fitted  # noqa: PLC0415
+
+        check_is_fitted(self, "models_")
+        out: dict[str, np.ndarray] = {"layout": np.array(
+            [len(self.models_), len(self.tiers_), int(self.levels_ is not None), self.n_features_in_])}
+        for i, model in enumerate(self.models_):
+            out |= _as_trees(model).arrays(f"m{i}.")
+        for t, (models, iso) in enumerate(self.tiers_, start=1):
+            for i, model in enumerate(models):
+                out |= _as_trees(model).arrays(f"t{t}.m{i}.")
+            out |= (iso if isinstance(iso, ArrayIsotonic) else ArrayIsotonic.from_estimator(iso)).arrays(f"t{t}.iso.")
+        if self.levels_ is not None:
+            out |= _as_trees(self.levels_).arrays("levels.")
+        return out
+
+    @classmethod
+    def from_arrays(cls, params: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> GBMRetentionPredictor:
+        """A fitted predictor of ``params`` from :meth:`to_arrays`' arrays (its trees predict exactly as the
+        fitted ones did). It cannot :meth:`focus`: that refits on the training rows, which it does not keep.
+
+        Raises:
+            ConfigError: Missing or inconsistent arrays.
+        """
+        out = cls(**params)
+        layout = np.asarray(arrays.get("layout", np.zeros(0)))
+        if layout.shape != (4,) or layout.dtype.kind not in "iu" or (layout[:2] < 0).any():
+            raise invalid_value("predictor", "a trees file with its layout (models, tiers, levels, width)",
+                                str(layout))
+        n_models, n_tiers, levels, width = (int(v) for v in layout)
+        out.models_ = [ArrayTrees.from_arrays(arrays, f"m{i}.") for i in range(n_models)]
+        out.tiers_ = [([ArrayTrees.from_arrays(arrays, f"t{t}.m{i}.") for i in range(n_models)],
+                       ArrayIsotonic.from_arrays(arrays, f"t{t}.iso.")) for t in range(1, n_tiers + 1)]
+        out.levels_ = ArrayTrees.from_arrays(arrays, "levels.") if levels else None
+        out.rows_, out.n_features_in_ = None, width
+        m = out._measured_columns(width)
+        widths = [[tree.n_features_in_ for tree in out.models_]] + [
+            [tree.n_features_in_ for tree in models] for models, _ in out.tiers_]
+        if n_models < 1 or n_tiers > m or any(set(w) != {width - m + t} for t, w in enumerate(widths)):
+            raise invalid_value("predictor", f"trees on the first {width - m}.. columns of {width}",
+                                f"{n_models} models of widths {widths}")
+        return out
+
 
 #: What :class:`GBMRetentionPredictor`'s trees can fit (its ``target``).
 GBM_TARGETS = ("retention", "rank")
@@ -342,6 +393,18 @@ ADAPT_BOOTSTRAPS = 256
 ADAPT_DECISIVE = 0.8
 #: Rows per resample at most (a search with a long history of its task adapts in well under a second).
 ADAPT_VOTE_ROWS = 128
+
+
+def rows_digest(X: np.ndarray, y: np.ndarray, groups: Any, weight: np.ndarray | None = None) -> str:
+    """SHA-256 of a fit's rows (inputs, targets, tasks, weights): which data a saved predictor learned from."""
+    h = hashlib.sha256()
+    for a in (np.ascontiguousarray(X, dtype=np.float64), np.ascontiguousarray(y, dtype=np.float64)):
+        h.update(str(a.shape).encode())
+        h.update(a.tobytes())
+    h.update("\x1f".join(map(str, np.asarray(groups).tolist())).encode())
+    if weight is not None:
+        h.update(np.ascontiguousarray(weight, dtype=np.float64).tobytes())
+    return h.hexdigest()
 
 
 def within_task_rank(y: Any, groups: Any) -> np.ndarray:
@@ -385,6 +448,10 @@ def pick_weight(vote: float, prior: float, decisive: float = ADAPT_DECISIVE) -> 
     return float(prior)
 
 
+def _as_trees(model: Any) -> ArrayTrees:
+    return model if isinstance(model, ArrayTrees) else ArrayTrees.from_estimator(model)
+
+
 def make_predictor(kind: str, **params: Any) -> GBMRetentionPredictor | ReptilePredictor:
     """A new unfitted predictor of ``kind`` (one of :data:`PREDICTOR_KINDS`)."""
     if kind == "gbm":
@@ -397,15 +464,21 @@ def make_predictor(kind: str, **params: Any) -> GBMRetentionPredictor | ReptileP
 def save_predictor(predictor: Any, path: str | Path) -> Path:
     """Save without pickle; returns the JSON config path.
 
-    A Reptile predictor writes ``<stem>.safetensors`` + ``<stem>.json``; a GBM writes only ``<stem>.json`` (its
-    params): loading refits it on the shipped meta-dataset.
+    A Reptile predictor writes ``<stem>.safetensors`` + ``<stem>.json``; a fitted GBM ``<stem>.npz`` (its trees
+    and isotonic maps as arrays: :meth:`GBMRetentionPredictor.to_arrays`) + ``<stem>.json`` (its params and the
+    digest of the rows it was fit on); an unfitted GBM, or one that focuses per task (``similarity``: that needs
+    its training rows), only the JSON, and loading refits it on the shipped meta-dataset.
     """
     stem = Path(path).with_suffix("")
     if isinstance(predictor, ReptilePredictor):
         predictor.save(stem, INPUT_NAMES)
     elif isinstance(predictor, GBMRetentionPredictor):
-        config = {"class": "GBMRetentionPredictor", "params": predictor.get_params(),
-                  "input_names": list(INPUT_NAMES), "fit_on": "shipped"}
+        config: dict[str, Any] = {"class": "GBMRetentionPredictor", "params": predictor.get_params(),
+                                  "input_names": list(INPUT_NAMES), "fit_on": "shipped"}
+        if hasattr(predictor, "models_") and predictor.similarity is None:
+            np.savez_compressed(stem.with_suffix(".npz"), **predictor.to_arrays())
+            config |= {"fit_on": "saved", "trees": stem.with_suffix(".npz").name,
+                       "fit_digest": getattr(predictor, "fit_digest_", None)}
         stem.with_suffix(".json").write_text(json.dumps(config, indent=1), encoding="utf-8")
     else:
         raise invalid_value("predictor", "a GBMRetentionPredictor or ReptilePredictor", type(predictor).__name__)
@@ -429,18 +502,20 @@ def load_predictor(path: str | Path) -> GBMRetentionPredictor | ReptilePredictor
     """Load a predictor saved by :func:`save_predictor`, from safe formats only.
 
     Args:
-        path: The ``.json`` config or the ``.safetensors`` weights (the other file must sit next to it).
+        path: The ``.json`` config, or the ``.safetensors`` / ``.npz`` arrays (the config must sit next to them).
 
     Raises:
         ConfigError: Another extension (pickle, joblib, torch ``.pt`` ... are refused), an unreadable or foreign
             file, or a predictor of another input version.
     """
     path = Path(path)
-    if path.suffix not in (".json", ".safetensors"):
-        raise invalid_value("predictor", "a .json or .safetensors file (pickle is never loaded)", str(path))
+    if path.suffix not in (".json", ".safetensors", ".npz"):
+        raise invalid_value("predictor", "a .json, .safetensors or .npz file (pickle is never loaded)", str(path))
     config = _read_config(path.with_suffix(".json"))
     params = dict(config.get("params", {}))
     if config["class"] == "GBMRetentionPredictor":
+        if config.get("trees") and params.get("similarity") is None:
+            return _load_trees(path.parent, str(config["trees"]), params, config.get("fit_digest"))
         history = History.shipped()
         if not len(history):
             raise invalid_value("predictor", "a shipped meta-dataset to refit the GBM on", history.explain())
@@ -457,6 +532,26 @@ def load_predictor(path: str | Path) -> GBMRetentionPredictor | ReptilePredictor
         return ReptilePredictor.from_state(params, tensors)
     except (KeyError, RuntimeError, TypeError) as exc:
         raise invalid_value("predictor", "weights matching the config", f"{path} ({exc})") from None
+
+
+def _load_trees(folder: Path, name: str, params: Mapping[str, Any], digest: Any) -> GBMRetentionPredictor:
+    """The GBM saved as arrays in ``folder / name`` (``np.load`` with ``allow_pickle=False``: an object array is
+    refused)."""
+    if not name.endswith(".npz") or Path(name).name != name or name in (".", ".."):
+        raise invalid_value("predictor", "trees in an .npz file next to the config", name)
+    path = folder / name
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {name: npz[name] for name in npz.files}
+    except (OSError, ValueError, EOFError) as exc:  # missing, not a zip, or pickled arrays
+        raise invalid_value("predictor", "a readable .npz of numeric arrays", f"{path} ({exc})") from None
+    try:
+        predictor = GBMRetentionPredictor(**params)
+    except TypeError as exc:
+        raise invalid_value("predictor", "params of GBMRetentionPredictor", f"{path} ({exc})") from None
+    predictor = GBMRetentionPredictor.from_arrays(predictor.get_params(), arrays)
+    predictor.fit_digest_ = digest
+    return predictor
 
 
 def default_kind() -> str:

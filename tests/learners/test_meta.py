@@ -43,7 +43,7 @@ from metacompress.learners.meta import (
     warm_start_points,
 )
 from metacompress.learners.meta.encoding import scalar_arrays
-from metacompress.learners.meta.predictors import ADAPT_DECISIVE, pick_weight, within_task_rank
+from metacompress.learners.meta.predictors import ADAPT_DECISIVE, pick_weight, rows_digest, within_task_rank
 from metacompress.learners.meta.pool import CandidatePool, from_unit_array
 from metacompress.spaces import (
     Categorical,
@@ -381,6 +381,135 @@ def test_predictor_persistence_never_unpickles(tmp_path, monkeypatch):
     (tmp_path / "other.json").write_text(json.dumps({"class": "ReptilePredictor", "input_names": ["a"]}))
     with pytest.raises(ConfigError, match="version"):
         load_predictor(tmp_path / "other.json")
+
+
+def _measured_rows(n_tasks: int = 3, n: int = 40, seed: int = 0) -> History:
+    """:func:`_rows` with both proxies recorded on most rows (so the GBM fits its measured tiers)."""
+    rng = np.random.default_rng(seed)
+    rows = _rows(n_tasks, n, seed)
+    for row in rows:
+        row[PROXY_NAME] = float(np.clip(row["accuracy"] / 0.95 + rng.normal(0, 0.05), 0, 1.2))
+        row[TUNED_PROXY_NAME] = float(np.clip(row["accuracy"] / 0.95 + rng.normal(0, 0.02), 0, 1.2))
+        if rng.random() < 0.2:
+            row[TUNED_PROXY_NAME] = float("nan")
+    return History.from_rows(rows)
+
+
+@pytest.mark.parametrize("params", [{}, {"n_ensemble": 2, "target": "rank", "max_depth": 3}])
+def test_gbm_saves_its_fitted_trees_as_arrays_and_loads_them_exactly(tmp_path, monkeypatch, params):
+    history = _measured_rows()
+    X, y = history.X(), history.y()
+    model = GBMRetentionPredictor(max_iter=40, **params).fit(X, y, history.groups())
+    assert len(model.tiers_) == 2
+    config = save_predictor(model, tmp_path / "gbm")
+    saved = json.loads(config.read_text())
+    assert saved["trees"] == "gbm.npz" and saved["fit_digest"] == model.fit_digest_
+    with np.load(tmp_path / "gbm.npz", allow_pickle=False) as npz:  # numbers only: no object array to unpickle
+        assert all(npz[name].dtype.kind in "biuf" for name in npz.files)
+
+    def refuse(*_a, **_k):
+        raise AssertionError("a saved GBM must load without pickle or a refit")
+
+    monkeypatch.setattr(pickle, "load", refuse)
+    monkeypatch.setattr(pickle, "loads", refuse)
+    monkeypatch.setattr(GBMRetentionPredictor, "fit", refuse)
+    loaded = load_predictor(tmp_path / "gbm.npz")
+    assert loaded.get_params() == model.get_params() and loaded.fit_digest_ == model.fit_digest_
+    X_mixed = X.copy()
+    X_mixed[::3, P + 1] = np.nan  # rows of every tier: no proxy, the proxy only, both
+    X_mixed[::5, P:] = np.nan
+    np.testing.assert_array_equal(loaded.predict(X_mixed), model.predict(X_mixed))  # bit for bit
+    np.testing.assert_array_equal(loaded.predict_std(X_mixed), model.predict_std(X_mixed))
+    task = history.groups() == "task0"
+    a, b = model.adapt(X[task][:8], y[task][:8]), loaded.adapt(X[task][:8], y[task][:8])
+    assert a.adapted_votes_ == b.adapted_votes_
+    np.testing.assert_array_equal(a.predict(X), b.predict(X))
+
+
+def test_a_gbm_that_focuses_saves_its_params_and_refits_on_load(tmp_path):
+    history = _measured_rows(3, 20)
+    model = GBMRetentionPredictor(max_iter=5, similarity=1.0).fit(history.X(), history.y(), history.groups())
+    config = save_predictor(model, tmp_path / "gbm")
+    assert not (tmp_path / "gbm.npz").exists() and "trees" not in json.loads(config.read_text())
+    loaded = load_predictor(config)  # refit on the shipped meta-dataset: it keeps the rows focus() needs
+    assert loaded.rows_ is not None and loaded.fit_digest_ == rows_digest(
+        History.shipped().X(), History.shipped().y(), History.shipped().groups())
+
+
+def test_a_gbm_trees_file_is_checked_before_use(tmp_path):
+    history = _measured_rows(3, 20)
+    model = GBMRetentionPredictor(max_iter=5).fit(history.X(), history.y(), history.groups())
+    config = save_predictor(model, tmp_path / "gbm")
+    with np.load(tmp_path / "gbm.npz", allow_pickle=False) as npz:
+        arrays = {name: npz[name] for name in npz.files}
+
+    def load_with(**changed):
+        np.savez(tmp_path / "bad.npz", **(arrays | changed))
+        (tmp_path / "bad.json").write_text(config.read_text().replace("gbm.npz", "bad.npz"))
+        return load_predictor(tmp_path / "bad.json")
+
+    with pytest.raises(ConfigError, match="readable .npz"):  # a pickled object array is refused, not run
+        load_with(layout=np.array([{"x": 1}], dtype=object))
+    right = arrays["m0.right"].copy()
+    right[0] = 10**6
+    with pytest.raises(ConfigError, match="child index outside"):
+        load_with(**{"m0.right": right})
+    with pytest.raises(ConfigError, match=r"no 't\d\.m0\.meta'"):  # one tier more than the file holds
+        load_with(layout=arrays["layout"] + [0, 1, 0, 0])
+    with pytest.raises(ConfigError, match="trees on the first"):
+        load_with(layout=arrays["layout"] - [0, 0, 0, 1])
+    (tmp_path / "up.json").write_text(config.read_text().replace('"gbm.npz"', '"../gbm.npz"'))
+    with pytest.raises(ConfigError, match="next to the config"):
+        load_predictor(tmp_path / "up.json")
+    (tmp_path / "gone.json").write_text(config.read_text().replace('"gbm.npz"', '"gone.npz"'))
+    with pytest.raises(ConfigError, match="readable .npz"):
+        load_predictor(tmp_path / "gone.json")
+
+
+def test_array_trees_predict_as_the_estimator_deep_trees_and_missing_values(monkeypatch):
+    from sklearn.ensemble import HistGradientBoostingRegressor
+
+    from metacompress.learners.meta import trees
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(600, 5))
+    X[rng.random(X.shape) < 0.1] = np.nan  # missing values at fit time: the trees learn where they go
+    y = np.nan_to_num(X[:, 0]) * 2 + np.sin(np.nan_to_num(X[:, 1])) + rng.normal(0, 0.1, 600)
+    deep = HistGradientBoostingRegressor(max_iter=20, max_leaf_nodes=64, min_samples_leaf=2).fit(X, y)
+    fast = trees.ArrayTrees.from_estimator(deep)
+    assert fast._steps > 4 and fast._layout is not None
+    X_new = rng.normal(size=(700, 5)) * 2
+    X_new[rng.random(X_new.shape) < 0.2] = np.nan
+    np.testing.assert_array_equal(fast.predict(X_new), deep.predict(X_new))
+    monkeypatch.setattr(trees, "COMPLETE_MAX_DEPTH", 2)  # deeper trees: one tree at a time
+    slow = trees.ArrayTrees.from_arrays(fast.arrays("a."), "a.")
+    assert slow._layout is None
+    np.testing.assert_array_equal(slow.predict(X_new), deep.predict(X_new))
+    with pytest.raises(ConfigError, match="rows of 5 columns"):
+        fast.predict(X_new[:, :4])
+
+
+def test_the_shipped_gbm_is_the_fit_of_the_shipped_meta_dataset():
+    """The shipped trees were fit on exactly the shipped rows (a build that changed one without the other fails)."""
+    shipped = History.shipped()
+    gbm = load_default_predictor("gbm")
+    assert gbm.fit_digest_ == rows_digest(shipped.X(), shipped.y(), shipped.groups())
+    assert not hasattr(gbm.models_[0], "_predictors")  # the arrays, not a refit
+
+
+def test_the_shipped_history_is_read_once_per_file_version(tmp_path, monkeypatch):
+    from metacompress.learners.meta import history as history_module
+
+    path = tmp_path / "shipped.csv.gz"
+    History.from_rows(_rows(2, 5)).to_csv(path)
+    monkeypatch.setattr(history_module, "data_path", lambda name: path)
+    monkeypatch.setattr(history_module, "_SHIPPED", {})
+    first = History.shipped()
+    first.skipped["mine"] += 1  # a caller's skip count stays its own
+    second = History.shipped()
+    assert len(second) == 10 and second.n_skipped == 0 and second._frame is first._frame
+    History.from_rows(_rows(3, 5)).to_csv(path)  # a rebuilt meta-dataset is read again
+    assert len(History.shipped()) == 15
 
 
 # -------------------------------------------------------------------------------------------------- proposals
