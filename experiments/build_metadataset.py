@@ -59,6 +59,7 @@ from metacompress.learners.meta import (
     SizeModel,
     encode_policy,
     layer_sensitivity,
+    load_predictor,
     make_predictor,
     make_row,
     save_predictor,
@@ -219,6 +220,17 @@ SELECTION = ("warm-start benchmark, leave-one-task-out (experiments/results/warm
              "trials better before the tuned proxy joined the inputs; see the scores below)")
 
 
+def load_seconds(path: Path, repeats: int = 5) -> float:
+    """Median seconds of ``load_predictor(path)`` over ``repeats`` loads: what a warm start pays for the pretrained
+    predictor (``predictor_s`` in ``predictor.json``, next to the seconds a fit on the meta-dataset takes)."""
+    times = []
+    for _ in range(repeats):
+        a = time.perf_counter()
+        load_predictor(path)
+        times.append(time.perf_counter() - a)
+    return float(np.median(times))
+
+
 def train_and_save(history: History, seed: int, extra: dict[str, Any], kinds: tuple[str, ...] = ("gbm", "reptile")
                    ) -> dict[str, Any]:
     """Evaluate the predictors of ``kinds`` held-out, fit them on everything, save them and the choice (the other
@@ -229,14 +241,18 @@ def train_and_save(history: History, seed: int, extra: dict[str, Any], kinds: tu
         if k.split("+")[0] not in kinds}
     scores = {**kept, **evaluate(history, seed, kinds=kinds)}
     best = max(("gbm", "reptile"), key=lambda k: scores[k]["spearman"])
+    costs = {k: v for k, v in extra.pop("predictor_s", {}).items() if k not in kinds}
     for kind in kinds:
+        a = time.perf_counter()
         model = make_predictor(kind, random_state=seed).fit(history.X(), history.y(), history.groups())
+        fit_s = time.perf_counter() - a
         save_predictor(model, DATA / f"{kind}.json")
+        costs[kind] = {"fit_s": round(fit_s, 2), "load_s": round(load_seconds(DATA / f"{kind}.json"), 3)}
     for path in DATA.iterdir():
         path.chmod(0o644)  # package data: world-readable
     info = {"default": DEFAULT_KIND, "selection": SELECTION, "best_spearman": best, "scores": scores,
             "n_rows": len(history), "tasks": history.tasks, "seed": seed,
-            "train_s": round(time.perf_counter() - t0, 1), **extra}
+            "train_s": round(time.perf_counter() - t0, 1), "predictor_s": costs, **extra}
     (DATA / "predictor.json").write_text(json.dumps(info, indent=1), encoding="utf-8")
     return info
 
@@ -284,7 +300,7 @@ def previous_build() -> dict[str, Any]:
         return {}
     old = json.loads(path.read_text(encoding="utf-8"))
     return {k: old[k] for k in ("build_s", "n_per_task", "counts", "threads", "machine", "appended", "bench_runs",
-                                "add_tuned_s") if k in old}
+                                "add_tuned_s", "predictor_s") if k in old}
 
 
 def main() -> None:

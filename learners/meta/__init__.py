@@ -9,7 +9,7 @@ A predictor meta-learned from earlier compression searches proposes the first tr
 * :mod:`.history` / :mod:`.mlflow_source` — rows of (meta-features, encoding, outcomes) from the shipped
   meta-dataset and from MLflow.
 * :mod:`.predictors` / :mod:`.reptile` — gradient boosting and a Reptile-meta-trained MLP (scikit-learn
-  estimators, saved without pickle).
+  estimators, saved without pickle); :mod:`.trees` — fitted trees as numeric arrays, evaluated in numpy.
 * :mod:`.context` — what a warm start knows of a task: the (adapted) predictor, probes and meta-features.
 * :mod:`.pool` / :mod:`.propose` — score a candidate pool and choose k diverse points (the batch warm start).
 * :mod:`.sequential` — the warm points one at a time, each against the front the finished trials observed.

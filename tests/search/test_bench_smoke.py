@@ -127,4 +127,24 @@ def test_re_timed_runs_are_paired_with_cold_tpe_re_timed(bench):
     assert t["warm"]["setup_s_median"] is None  # not recorded: not counted
     assert t["warm_retime"]["median_share"] == pytest.approx(4.5 / 2.0)  # its setup counted, against 2 × 1 s
     assert t["warm_retime"]["setup_s_median"] == 3.0
+    assert t["warm_retime"]["median_share_steps"] == pytest.approx(1.5 / 2.0)  # the same without its setup
+    assert t["warm"]["median_share_steps"] == t["warm"]["median_share"]
     assert "warm" + bench.RETIME in bench.LABELS
+
+
+def test_a_warm_run_loads_its_held_out_predictor_as_a_search_loads_the_shipped_one(bench):
+    """The setup a re-timed run counts is loading the saved predictor (as the build ships it), not fitting it; a GBM
+    that focuses per task keeps its rows, so it is used as fitted."""
+    from metacompress.learners.meta import GBMRetentionPredictor, History
+
+    shipped = History.shipped()
+    rows = np.isin(shipped.groups(), shipped.tasks[:3])
+    X, y, g = shipped.X()[rows], shipped.y()[rows], shipped.groups()[rows]
+    s = {"predictors": {"warm": GBMRetentionPredictor(max_iter=10).fit(X, y, g),
+                        "focus": GBMRetentionPredictor(max_iter=10, similarity=1.0).fit(X, y, g)}}
+    loaded = bench.pretrained(s, "warm")
+    assert loaded is not s["predictors"]["warm"] and not hasattr(loaded.models_[0], "_predictors")  # the arrays
+    np.testing.assert_array_equal(loaded.predict(X), s["predictors"]["warm"].predict(X))
+    saved = s["saved"]["warm"]
+    assert bench.pretrained(s, "warm") is not loaded and s["saved"]["warm"] == saved  # saved once, loaded each run
+    assert bench.pretrained(s, "focus") is s["predictors"]["focus"]
