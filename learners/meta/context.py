@@ -45,7 +45,7 @@ def _is_shipped(history: History) -> bool:
 def predictor_plan(history: History, kind: str | None = None) -> str:
     """In words, the predictor a warm start on ``history`` uses (what :func:`_predictor_for` does, without doing
     it)."""
-    from .predictors import default_kind  # noqa: PLC0415
+    from .predictors import FLYWHEEL_TREES, default_kind  # noqa: PLC0415
     from .reptile import FLYWHEEL_EPOCHS  # noqa: PLC0415
 
     kind = kind or default_kind()
@@ -56,11 +56,11 @@ def predictor_plan(history: History, kind: str | None = None) -> str:
         return f"the pretrained {name}"
     if kind == "reptile":
         return f"the pretrained {name}, meta-trained {FLYWHEEL_EPOCHS} more epochs on the {len(history)} rows"
-    return f"a {name} fit on the {len(history)} rows (seconds, at each warm start)"
+    return f"the pretrained {name}, its boosting continued on the {len(history)} rows ({FLYWHEEL_TREES} more trees)"
 
 
 def _predictor_for(history: History, kind: str | None) -> tuple[Any, str]:
-    from .predictors import default_kind, load_default_predictor, make_predictor  # noqa: PLC0415
+    from .predictors import FLYWHEEL_TREES, default_kind, load_default_predictor, make_predictor  # noqa: PLC0415
     from .reptile import FLYWHEEL_EPOCHS, FLYWHEEL_META_LR  # noqa: PLC0415
 
     if _is_shipped(history):
@@ -72,6 +72,11 @@ def _predictor_for(history: History, kind: str | None) -> tuple[Any, str]:
                                                             meta_lr=FLYWHEEL_META_LR)
         predictor.fit(history.X(), history.y(), history.groups())
         return predictor, f"pretrained ReptilePredictor, meta-trained {FLYWHEEL_EPOCHS} more epochs on the history"
+    pretrained = load_default_predictor(kind).set_params(warm_start=True)
+    if pretrained._continues(history.X()):  # boost the pretrained trees on the grown history: a second, not a refit
+        pretrained.set_params(max_iter=pretrained.max_iter + FLYWHEEL_TREES)
+        pretrained.fit(history.X(), history.y(), history.groups())
+        return pretrained, "pretrained GBMRetentionPredictor, its boosting continued on the history"
     predictor = make_predictor(kind)
     predictor.fit(history.X(), history.y(), history.groups())
     return predictor, f"{type(predictor).__name__} fit on the history"

@@ -81,6 +81,18 @@ class ArrayTrees:
                    nodes["num_threshold"], nodes["missing_go_to_left"], left, right, leaf, nodes["value"],
                    model.n_features_in_)
 
+    @classmethod
+    def chain(cls, first: ArrayTrees, then: ArrayTrees) -> ArrayTrees:
+        """One ensemble of ``first``'s trees followed by ``then``'s (continued boosting): it predicts the sum."""
+        if first.n_features_in_ != then.n_features_in_:
+            raise invalid_value("X", f"trees of {first.n_features_in_} columns", then.n_features_in_)
+        n = len(first.value)
+        return cls(first.baseline + then.baseline, np.concatenate([first.roots, then.roots + n]),
+                   np.concatenate([first.feature, then.feature]), np.concatenate([first.threshold, then.threshold]),
+                   np.concatenate([first.missing_left, then.missing_left]), np.concatenate([first.left, then.left + n]),
+                   np.concatenate([first.right, then.right + n]), np.concatenate([first.is_leaf, then.is_leaf]),
+                   np.concatenate([first.value, then.value]), first.n_features_in_)
+
     def _check(self) -> None:
         n = len(self.value)
         sizes = {len(getattr(self, f)) for f in self.FIELDS if f != "roots"}

@@ -43,7 +43,13 @@ from metacompress.learners.meta import (
     warm_start_points,
 )
 from metacompress.learners.meta.encoding import scalar_arrays
-from metacompress.learners.meta.predictors import ADAPT_DECISIVE, pick_weight, rows_digest, within_task_rank
+from metacompress.learners.meta.predictors import (
+    ADAPT_DECISIVE,
+    FLYWHEEL_TREES,
+    pick_weight,
+    rows_digest,
+    within_task_rank,
+)
 from metacompress.learners.meta.pool import CandidatePool, from_unit_array
 from metacompress.spaces import (
     Categorical,
@@ -602,7 +608,33 @@ def test_a_grown_history_continues_the_pretrained_reptile_instead_of_refitting()
     err = [np.mean((m.predict(new.X()) - new.y()) ** 2) for m in (pretrained, predictor)]
     assert err[1] < err[0]  # it learned from the new rows
     predictor, source = _predictor_for(grown, "gbm")
-    assert source == "GBMRetentionPredictor fit on the history"
+    assert source == "pretrained GBMRetentionPredictor, its boosting continued on the history"
+    pretrained = load_default_predictor("gbm")
+    assert len(predictor.models_[0].roots) == len(pretrained.models_[0].roots) + FLYWHEEL_TREES
+    err = [np.mean((m.predict(new.X()) - new.y()) ** 2) for m in (pretrained, predictor)]
+    assert err[1] < err[0]  # it learned from the new rows
+
+
+def test_gbm_warm_start_continues_boosting_on_a_grown_history(tmp_path):
+    old, new = _measured_rows(3, 40, seed=0), _measured_rows(2, 40, seed=5)
+    new = History(new.frame.assign(task=new.frame["task"] + "-new"))
+    grown = old.concat(new)
+    model = GBMRetentionPredictor(max_iter=20).fit(old.X(), old.y(), old.groups())
+    before = model.predict(new.X())
+    assert model.set_params(warm_start=True, max_iter=30).fit(grown.X(), grown.y(), grown.groups()) is model
+    assert [len(m.roots) for m in model.models_] == [30] and len(model.tiers_) == 2
+    assert all(len(m.roots) == 30 for models, _ in model.tiers_ for m in models)
+    assert np.mean((model.predict(new.X()) - new.y()) ** 2) < np.mean((before - new.y()) ** 2)
+    assert model.fit_digest_ == rows_digest(grown.X(), grown.y(), grown.groups())
+    save_predictor(model, tmp_path / "gbm")  # the continued trees are one ensemble of arrays
+    np.testing.assert_array_equal(load_predictor(tmp_path / "gbm.json").predict(grown.X()), model.predict(grown.X()))
+    # what cannot continue fits afresh: another width, the rank target (its level model), focusing (its rows)
+    narrower = model.fit(grown.X()[:, :-1], grown.y(), grown.groups())
+    assert narrower.models_[0].n_iter_ == 30 and narrower.n_features_in_ == grown.X().shape[1] - 1
+    for params in ({"target": "rank"}, {"similarity": 1.0}):
+        fresh = GBMRetentionPredictor(max_iter=10, **params).fit(old.X(), old.y(), old.groups())
+        fresh.set_params(warm_start=True, max_iter=15).fit(grown.X(), grown.y(), grown.groups())
+        assert fresh.models_[0].n_iter_ <= 15 and hasattr(fresh.models_[0], "_predictors")  # a new estimator
 
 
 def test_hedged_and_front_strategies_both_give_k_distinct_valid_points(digits, digits_meta, fitted_gbm):

@@ -227,7 +227,7 @@ def test_history_shows_what_warm_starts_learn_from(search_yaml, tmp_path):
     summary = json.loads(result.output)
     assert summary["tracked"]["digits-mlp"]["rows"] == 2 and summary["tracked"]["digits-mlp"]["studies"] == 1
     assert summary["rows"] == summary["shipped"]["rows"] + 2 and "digits-mlp" in summary["shipped"]["tasks"]
-    assert "fit on the" in summary["predictor"]  # a grown history: the pretrained predictor no longer fits it
+    assert "boosting continued on the" in summary["predictor"]  # a grown history: the pretrained GBM goes on
     table = runner.invoke(app, ["history", "--tracking-uri", uri])
     assert table.exit_code == 0 and "2 rows of 1 task from 1 search" in table.output and "tracked" in table.output
     alone = json.loads(runner.invoke(app, ["history", "--tracking-uri", "none", "--json"]).output)
