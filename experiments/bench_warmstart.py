@@ -127,8 +127,9 @@ def pretrained(s: dict[str, Any], key: str) -> Any:
         return fitted
     saved = s.setdefault("saved", {})
     if key not in saved:
-        folder = s.setdefault("saved_in", tempfile.TemporaryDirectory(prefix="metacompress-loto-"))
-        saved[key] = save_predictor(fitted, Path(folder.name) / key)
+        if "saved_in" not in s:  # removed when the worker's state goes
+            s["saved_in"] = tempfile.TemporaryDirectory(prefix="metacompress-loto-")
+        saved[key] = save_predictor(fitted, Path(s["saved_in"].name) / key)
     return load_predictor(saved[key])
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -421,6 +422,9 @@ class GBMRetentionPredictor(RegressorMixin, BaseEstimator):
         if n_models < 1 or n_tiers > m or any(set(w) != {width - m + t} for t, w in enumerate(widths)):
             raise invalid_value("predictor", f"trees on the first {width - m}.. columns of {width}",
                                 f"{n_models} models of widths {widths}")
+        if out.levels_ is not None and out.levels_.n_features_in_ != out._feature_columns(width) + 1:
+            raise invalid_value("predictor", f"a level model on {out._feature_columns(width) + 1} columns",
+                                str(out.levels_.n_features_in_))
         return out
 
 
@@ -590,8 +594,8 @@ def _load_trees(folder: Path, name: str, params: Mapping[str, Any], digest: Any)
     path = folder / name
     try:
         with np.load(path, allow_pickle=False) as npz:
-            arrays = {name: npz[name] for name in npz.files}
-    except (OSError, ValueError, EOFError) as exc:  # missing, not a zip, or pickled arrays
+            arrays = {key: npz[key] for key in npz.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:  # missing, damaged, or pickled arrays
         raise invalid_value("predictor", "a readable .npz of numeric arrays", f"{path} ({exc})") from None
     try:
         predictor = GBMRetentionPredictor(**params)

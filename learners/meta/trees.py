@@ -68,11 +68,12 @@ class ArrayTrees:
         tables = [tree.nodes for tree in trees]
         if any(t["is_categorical"].any() for t in tables):
             raise invalid_value("predictor", "trees with numeric splits only", "a categorical split")
-        offsets = np.cumsum([0] + [len(t) for t in tables[:-1]]).astype(np.int64)
+        sizes = np.array([len(t) for t in tables], dtype=np.int64)
+        offsets = np.cumsum(sizes) - sizes  # each tree's first node in the flat table
         nodes = np.concatenate(tables) if tables else np.zeros(0, dtype=np.dtype([
             ("value", "f8"), ("feature_idx", "i8"), ("num_threshold", "f8"), ("missing_go_to_left", "u1"),
             ("left", "u4"), ("right", "u4"), ("is_leaf", "u1")]))
-        shift = np.repeat(offsets, [len(t) for t in tables])
+        shift = np.repeat(offsets, sizes)
         leaf = nodes["is_leaf"].astype(bool)
         # a leaf's children are 0 in the table: keep them pointing at the leaf itself
         left = np.where(leaf, np.arange(len(nodes)), nodes["left"].astype(np.int64) + shift)

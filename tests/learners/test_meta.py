@@ -470,6 +470,11 @@ def test_a_gbm_trees_file_is_checked_before_use(tmp_path):
     (tmp_path / "gone.json").write_text(config.read_text().replace('"gbm.npz"', '"gone.npz"'))
     with pytest.raises(ConfigError, match="readable .npz"):
         load_predictor(tmp_path / "gone.json")
+    for damaged in (b"PK\x03\x04" + b"\x00" * 64, (tmp_path / "gbm.npz").read_bytes()[:200], b"not a zip"):
+        (tmp_path / "bad.npz").write_bytes(damaged)
+        (tmp_path / "bad.json").write_text(config.read_text().replace("gbm.npz", "bad.npz"))
+        with pytest.raises(ConfigError, match="readable .npz"):
+            load_predictor(tmp_path / "bad.json")
 
 
 def test_array_trees_predict_as_the_estimator_deep_trees_and_missing_values(monkeypatch):
