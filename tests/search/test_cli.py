@@ -217,6 +217,20 @@ def test_help_labels_only_options_that_take_a_value(command):
         assert re.search(r"\*\s+--registered-model", text)
 
 
+def test_a_second_search_warm_starts_from_the_pretrained_gbm_continued_on_the_first(search_yaml, tmp_path):
+    """The flywheel end to end: a finished search joins the history, and the next search's warm start continues the
+    pretrained GBM's boosting on it instead of refitting it."""
+    assert runner.invoke(app, ["search", str(search_yaml(n_trials=2))]).exit_code == 0
+    second = search_yaml(n_trials=2, study_name="second", out=str(tmp_path / "second"),
+                         warm_start={"mode": "auto", "n_points": 2})
+    result = runner.invoke(app, ["search", str(second)])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "second" / "summary.json").read_text())
+    assert "the pretrained GBMRetentionPredictor, its boosting continued on the history" in \
+        summary["warm_start"]["reason"]
+    assert summary["warm_start"]["n_points"] == 2 and summary["n_complete"] == 2
+
+
 def test_history_shows_what_warm_starts_learn_from(search_yaml, tmp_path):
     """Every finished search joins the history: the command lists its rows by task, next to the shipped ones."""
     path = search_yaml(n_trials=2)
