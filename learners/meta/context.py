@@ -56,7 +56,8 @@ def predictor_plan(history: History, kind: str | None = None) -> str:
         return f"the pretrained {name}"
     if kind == "reptile":
         return f"the pretrained {name}, meta-trained {FLYWHEEL_EPOCHS} more epochs on the {len(history)} rows"
-    return f"the pretrained {name}, its boosting continued on the {len(history)} rows ({FLYWHEEL_TREES} more trees)"
+    return (f"the pretrained {name}, its boosting continued on the {len(history)} rows "
+            f"({FLYWHEEL_TREES} more iterations)")
 
 
 def _predictor_for(history: History, kind: str | None) -> tuple[Any, str]:
