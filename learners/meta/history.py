@@ -47,7 +47,7 @@ OUTCOME_NAMES: tuple[str, ...] = (
 _TEXT = ("task", "study", "policy")
 #: File name of the meta-dataset that ships with the package (under ``learners/meta/data/``).
 SHIPPED_CSV = "metadataset.csv.gz"
-#: The last read of the shipped meta-dataset: its file's (path, mtime, size), rows and skip counts.
+#: The last read of the shipped meta-dataset (``"read"``): its file's (path, mtime, size), rows and skip counts.
 _SHIPPED: dict[str, Any] = {}
 _COLUMNS: tuple[str, ...] = ("schema", *_TEXT, *INPUT_NAMES, *OUTCOME_NAMES)
 
@@ -170,12 +170,12 @@ class History:
             key: tuple[str, int, int] | None = (str(path), stat.st_mtime_ns, stat.st_size)
         except OSError:
             key = None
-        if key is None or _SHIPPED.get("key") != key:
+        last = _SHIPPED.get("read")
+        if key is None or last is None or last[0] != key:
             read = cls.from_csv(path)
-            _SHIPPED.clear()
-            _SHIPPED.update(key=key, frame=read._frame, skipped=dict(read.skipped))
+            last = _SHIPPED["read"] = (key, read._frame, dict(read.skipped))  # one assignment: thread-safe
         out = cls.__new__(cls)  # the checked rows as they are: no History method changes its frame in place
-        out._frame, out.skipped = _SHIPPED["frame"], Counter(_SHIPPED["skipped"])
+        out._frame, out.skipped = last[1], Counter(last[2])
         return out
 
     @classmethod
