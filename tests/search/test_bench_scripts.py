@@ -32,6 +32,8 @@ SCRIPTS = {
     "bench_tuned_steps.py": (["--tasks", "wine-mlp", "--runs-per-task", "1"],
                              {"mean_spearman", "per_task", "seconds_per_measurement", "machine"}),
     "bench_rnn_finetune.py": (["--repeats", "1", "--epochs", "1"], {"policies", "task", "machine"}),
+    "bench_pool.py": (["--tasks", "wine-mlp", "--repeats", "1", "--n", "500"],
+                      {"per_task", "load_s", "refit_s", "met", "machine", "wine-mlp"}),
     "bench_gpu.py": (["--tasks", "digits-mlp", "--devices", "cpu", "--policies", "1", "--repeats", "1",
                       "--searches", "cpu:1", "--search-trials", "2"],
                      {"settings", "tasks", "machine", "digits-mlp"}),
@@ -59,6 +61,9 @@ def test_benchmark_script_runs_at_its_smallest_settings(script, tmp_path):
     assert {p: p.stat().st_mtime_ns for p in (EXPERIMENTS / "results").iterdir()} == committed
     if script == "bench_faults.py":  # the fuzz cases: bad input gives one named line and exit 2, never a traceback
         assert result["fuzz"]["cases"] == 6 and result["fuzz"]["tracebacks"] == 0 and result["fuzz"]["ok"] == 6
+    if script == "bench_pool.py":  # the shipped arrays scored the pool exactly as scikit-learn's trees
+        timing = result["per_task"]["wine-mlp"]
+        assert timing["identical_predictions"] and timing["n_candidates"] == 500 and timing["total_s"] > 0
     if script == "bench_gpu.py":  # a real two-trial search ran and was timed
         search = result["tasks"]["digits-mlp"]["search"]["cpu:1"]
         assert search["trials"] == 2 and search["failed"] == 0 and search["trials_per_hour"] > 0
