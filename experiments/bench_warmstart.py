@@ -329,6 +329,7 @@ def run_one(job: tuple[str, int, str, int, int]) -> dict[str, Any]:
     if method.startswith("warm_k"):  # the default warm start with another number of points
         k = int(method.removeprefix("warm_k"))
     propose_module = importlib.import_module("metacompress.learners.meta.propose")  # the module, not the function
+    features_module = importlib.import_module("metacompress.learners.meta.features")
     propose_module.HEDGE_MAX_SIZE = int(method.removeprefix("warm_hi")) / 100 if method.startswith("warm_hi") else 0.5
     propose_module.PROBE_SHORTLIST = int(method.removeprefix("warm_sl")) if method.startswith("warm_sl") else 12
     t0 = time.perf_counter()
@@ -355,6 +356,7 @@ def run_one(job: tuple[str, int, str, int, int]) -> dict[str, Any]:
             a = time.perf_counter()
             s["predictors"][key] = loto_predictor(name, kind, zoo_only, **params)
             s.setdefault("fit_s", {})[key] = time.perf_counter() - a
+        features_module._SENSITIVITY_CACHE.clear()  # a search probes its teacher once: uncached (this worker keeps it)
         a = time.perf_counter()
         predictor = pretrained(s, key)
         proposer, reason = sequential_for_task(space, s["task"], history=loto_history(name, zoo_only), seed=seed,
@@ -942,11 +944,13 @@ NOTES = [
     "other: teacher training is not bit-identical across machines) and its trials run in about half the time, "
     "so its row in the time table is not comparable with the others. Re-run on one machine together with cold TPE "
     "(the table's last row; `--methods warm_retime cold_tpe_retime`, seeds 0–9) with the warm start's setup counted "
-    "too: since the pretrained GBM ships fitted (its trees as arrays, `gbm.npz`, loaded in 0.03–0.05 s instead of a "
-    "2.8–3.3 s refit: `predictor_s` in the shipped `predictor.json`, [pool.md](pool.md)), that setup is a median 0.60 s per run (loading the predictor, the task's probes, the candidate pool; "
-    "0.5–1.2 s on the MLP tasks, 1.5–2.2 s on digits-cnn), and the default reaches cold TPE's 40-trial hypervolume "
-    "in a median 3 trials, 34 % of cold TPE's time counting its steps and **68 %** counting its setup too (88 % of "
-    "the runs reached it), where a whole 40-trial cold search of these tasks takes a median 4.4 s of trials. With "
+    "too: since the pretrained GBM ships fitted (its trees as arrays, `gbm.npz`, loaded in 0.03 s instead of a "
+    "2.8 s refit: `predictor_s` in the shipped `predictor.json`, [pool.md](pool.md)), that setup is a median 0.78 s "
+    "per run (loading the predictor; the task's probes, uncached as in a search; the candidate pool: 0.5–1.2 s on "
+    "the MLP tasks, 0.9–1.6 s on the few-shot task, 1.5–2.2 s on digits-cnn), and the default reaches cold TPE's "
+    "40-trial hypervolume in a median 3 trials, 37 % of cold TPE's time counting its steps and **73 %** counting "
+    "its setup too (88 % of the runs reached it), where a whole 40-trial cold search of these tasks takes a median "
+    "4.4 s of trials. With "
     "the predictor refit at load (a median 4.1 s of setup, on the machine before) it took 1.8× cold TPE's time. "
     "This re-run ran on another machine than the runs before it (an Intel Xeon): trials take longer, "
     "digits-cnn's teacher differs and three other tasks' trials are not bit-identical, so its hypervolume curves "
@@ -1253,7 +1257,8 @@ def write_md(r: dict[str, Any]) -> None:
                   "and cold TPE together on one machine (methods `warm_retime` and `cold_tpe_retime`, seeds 0–9, 2 "
                   "runs at a time, as the others ran): the default's time share measured alike, and with the warm "
                   "start's setup counted too (loading the pretrained predictor, saved as the build ships it; the "
-                  "task's sensitivity probes; the candidate pool), which the other rows did not record.", "",
+                  "task's sensitivity probes, uncached as in a search; the candidate pool), which the other rows "
+                  "did not record.", "",
                   "| method | runs | time to cold TPE's HV@" + str(b) + " (median share; reached) | "
                   "without the setup (median share) | proposer's time per run (median, s) | "
                   "setup per run (median, s; counted) |", "|---|---|---|---|---|---|"]
