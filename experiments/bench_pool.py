@@ -56,9 +56,8 @@ def task_timings(name: str, gbm: Any, fitted: Any, n: int, repeats: int) -> dict
         pareto_indices,
         task_meta_features,
     )
-    from metacompress.learners.meta.propose import pool_inputs
-
     from metacompress.learners.meta import features as features_module
+    from metacompress.learners.meta.propose import pool_inputs
 
     s = _setup(name)
     task, space = s["task"], s["space"]
