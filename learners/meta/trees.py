@@ -11,7 +11,8 @@ milliseconds instead of refitting it for seconds) each fitted model becomes a fe
 * :class:`ArrayIsotonic` — an isotonic map's breakpoints, interpolated linearly and clipped at its ends.
 
 The arrays go into an ``.npz`` read with ``allow_pickle=False`` and checked (shapes, dtypes, child indices in
-range) before use, so a foreign or damaged file is refused with one line, never executed.
+range, a forest: no node reached from two places) before use, so a foreign or damaged file is refused with one
+line, never executed.
 """
 
 from __future__ import annotations
@@ -109,6 +110,10 @@ class ArrayTrees:
             problem = f"a split on a feature outside 0..{self.n_features_in_ - 1}"
         elif not (np.isfinite(self.value).all() and np.isfinite(self.baseline)):
             problem = "a leaf value that is not finite"
+        else:  # a forest: no node is the child of two splits, nor a root and a child (what keeps predict bounded)
+            children = np.concatenate([self.left[~self.is_leaf], self.right[~self.is_leaf]])
+            if len(np.unique(children)) != len(children) or np.isin(self.roots, children).any():
+                problem = "a node reached from two places (not a forest)"
         if problem is not None:
             raise invalid_value("predictor", "trees whose arrays are consistent", problem)
 

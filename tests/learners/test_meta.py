@@ -460,6 +460,11 @@ def test_a_gbm_trees_file_is_checked_before_use(tmp_path):
     right[0] = 10**6
     with pytest.raises(ConfigError, match="child index outside"):
         load_with(**{"m0.right": right})
+    inner = np.flatnonzero(~arrays["m0.is_leaf"].astype(bool))
+    shared = arrays["m0.left"].copy()
+    shared[inner[1]] = shared[inner[0]]  # two splits share a child: a graph that could blow up, not a tree
+    with pytest.raises(ConfigError, match="not a forest"):
+        load_with(**{"m0.left": shared})
     with pytest.raises(ConfigError, match=r"no 't\d\.m0\.meta'"):  # one tier more than the file holds
         load_with(layout=arrays["layout"] + [0, 1, 0, 0])
     with pytest.raises(ConfigError, match="trees on the first"):
