@@ -222,7 +222,7 @@ class GBMRetentionPredictor(RegressorMixin, BaseEstimator):
         for t in range(1, m + 1):
             known = depth >= t
             # a tier needs enough rows of more than one task to learn how its measurement transfers
-            if known.sum() < 50 or len(np.unique(groups[known])) < 2:
+            if known.sum() < TIER_MIN_ROWS or len(np.unique(groups[known])) < 2:
                 break
             w = None if weight is None else weight[known]
             models = self._ensemble(X[known][:, : base + t], fitted[known], groups[known], w)
@@ -258,7 +258,7 @@ class GBMRetentionPredictor(RegressorMixin, BaseEstimator):
         tiers = []
         for t, (models, iso) in enumerate(self.tiers_, start=1):
             known = depth >= t
-            if known.sum() >= 50:
+            if known.sum() >= TIER_MIN_ROWS:
                 w = None if weight is None else weight[known]
                 models = [self._boosted(model, X[known][:, : base + t], y[known], w, seed + i)
                           for i, model in enumerate(models)]
@@ -428,6 +428,8 @@ class GBMRetentionPredictor(RegressorMixin, BaseEstimator):
         return out
 
 
+#: Rows with a tier's measurements that the tier's models need before a fit (or a continued fit) learns from them.
+TIER_MIN_ROWS = 50
 #: What :class:`GBMRetentionPredictor`'s trees can fit (its ``target``).
 GBM_TARGETS = ("retention", "rank")
 #: Boosting iterations a grown history adds to the pretrained GBM's ``max_iter`` (300): ``warm_start`` then fits
@@ -598,10 +600,9 @@ def _load_trees(folder: Path, name: str, params: Mapping[str, Any], digest: Any)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:  # missing, damaged, or pickled arrays
         raise invalid_value("predictor", "a readable .npz of numeric arrays", f"{path} ({exc})") from None
     try:
-        predictor = GBMRetentionPredictor(**params)
-    except TypeError as exc:
+        predictor = GBMRetentionPredictor.from_arrays(params, arrays)
+    except TypeError as exc:  # params this class does not take
         raise invalid_value("predictor", "params of GBMRetentionPredictor", f"{path} ({exc})") from None
-    predictor = GBMRetentionPredictor.from_arrays(predictor.get_params(), arrays)
     predictor.fit_digest_ = digest
     return predictor
 

@@ -71,9 +71,7 @@ class ArrayTrees:
             raise invalid_value("predictor", "trees with numeric splits only", "a categorical split")
         sizes = np.array([len(t) for t in tables], dtype=np.int64)
         offsets = np.cumsum(sizes) - sizes  # each tree's first node in the flat table
-        nodes = np.concatenate(tables) if tables else np.zeros(0, dtype=np.dtype([
-            ("value", "f8"), ("feature_idx", "i8"), ("num_threshold", "f8"), ("missing_go_to_left", "u1"),
-            ("left", "u4"), ("right", "u4"), ("is_leaf", "u1")]))
+        nodes = np.concatenate(tables)  # a fitted estimator has at least one tree
         shift = np.repeat(offsets, sizes)
         leaf = nodes["is_leaf"].astype(bool)
         # a leaf's children are 0 in the table: keep them pointing at the leaf itself
@@ -88,12 +86,10 @@ class ArrayTrees:
         """One ensemble of ``first``'s trees followed by ``then``'s (continued boosting): it predicts the sum."""
         if first.n_features_in_ != then.n_features_in_:
             raise invalid_value("X", f"trees of {first.n_features_in_} columns", then.n_features_in_)
-        n = len(first.value)
-        return cls(first.baseline + then.baseline, np.concatenate([first.roots, then.roots + n]),
-                   np.concatenate([first.feature, then.feature]), np.concatenate([first.threshold, then.threshold]),
-                   np.concatenate([first.missing_left, then.missing_left]), np.concatenate([first.left, then.left + n]),
-                   np.concatenate([first.right, then.right + n]), np.concatenate([first.is_leaf, then.is_leaf]),
-                   np.concatenate([first.value, then.value]), first.n_features_in_)
+        n = len(first.value)  # ``then``'s node indices move past ``first``'s nodes
+        fields = {f: np.concatenate([getattr(first, f), getattr(then, f) + n if f in ("roots", "left", "right")
+                                     else getattr(then, f)]) for f in cls.FIELDS}
+        return cls(first.baseline + then.baseline, **fields, n_features=first.n_features_in_)
 
     def _check(self) -> None:
         n = len(self.value)
@@ -122,9 +118,7 @@ class ArrayTrees:
         while len(node) and not self.is_leaf[node].all():
             inner = node[~self.is_leaf[node]]
             node = np.concatenate([self.left[inner], self.right[inner]])
-            steps += 1
-            if steps > len(self.value):  # a cycle: the table is not a forest
-                raise invalid_value("predictor", "trees whose arrays are consistent", "a cycle in a tree")
+            steps += 1  # a forest (checked): every step goes one level down, so this ends
         return steps
 
     def _complete(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
