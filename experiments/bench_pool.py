@@ -51,12 +51,12 @@ def task_timings(name: str, gbm: Any, fitted: Any, n: int, repeats: int) -> dict
     """Median seconds of each step on ``name``'s space over ``repeats`` pools (one untimed warm-up first)."""
     from metacompress.learners.meta import (
         SizeModel,
+        clear_sensitivity_cache,
         hypervolume_order,
         layer_sensitivity,
         pareto_indices,
         task_meta_features,
     )
-    from metacompress.learners.meta import features as features_module
     from metacompress.learners.meta.propose import pool_inputs
 
     s = _setup(name)
@@ -64,7 +64,7 @@ def task_timings(name: str, gbm: Any, fitted: Any, n: int, repeats: int) -> dict
     layers = list(space.layers)
 
     def probes() -> tuple[dict[str, dict[str, float]], dict[str, float]]:
-        features_module._SENSITIVITY_CACHE.clear()  # a search probes its teacher once: uncached
+        clear_sensitivity_cache()  # a search probes its teacher once: uncached
         sensitivity = layer_sensitivity(task, layers, seed=0)
         return sensitivity, task_meta_features(task, seed=0, layers=layers, sensitivity=sensitivity)
 

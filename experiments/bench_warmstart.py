@@ -312,7 +312,7 @@ def run_one(job: tuple[str, int, str, int, int]) -> dict[str, Any]:
     import torch
     from optuna.trial import TrialState
 
-    from metacompress.learners.meta import propose_for_task
+    from metacompress.learners.meta import clear_sensitivity_cache, propose_for_task
     from metacompress.learners.meta.predictors import default_kind
     from metacompress.learners.meta.sequential import sequential_for_task
     from metacompress.search.warmstart import ATTR_PREDICTED, SequentialWarmStart, enqueue_next_warm_point
@@ -329,7 +329,6 @@ def run_one(job: tuple[str, int, str, int, int]) -> dict[str, Any]:
     if method.startswith("warm_k"):  # the default warm start with another number of points
         k = int(method.removeprefix("warm_k"))
     propose_module = importlib.import_module("metacompress.learners.meta.propose")  # the module, not the function
-    features_module = importlib.import_module("metacompress.learners.meta.features")
     propose_module.HEDGE_MAX_SIZE = int(method.removeprefix("warm_hi")) / 100 if method.startswith("warm_hi") else 0.5
     propose_module.PROBE_SHORTLIST = int(method.removeprefix("warm_sl")) if method.startswith("warm_sl") else 12
     t0 = time.perf_counter()
@@ -356,7 +355,7 @@ def run_one(job: tuple[str, int, str, int, int]) -> dict[str, Any]:
             a = time.perf_counter()
             s["predictors"][key] = loto_predictor(name, kind, zoo_only, **params)
             s.setdefault("fit_s", {})[key] = time.perf_counter() - a
-        features_module._SENSITIVITY_CACHE.clear()  # a search probes its teacher once: uncached (this worker keeps it)
+        clear_sensitivity_cache()  # a search probes its teacher once: uncached (this worker keeps it)
         a = time.perf_counter()
         predictor = pretrained(s, key)
         proposer, reason = sequential_for_task(space, s["task"], history=loto_history(name, zoo_only), seed=seed,

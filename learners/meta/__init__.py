@@ -16,7 +16,13 @@ A predictor meta-learned from earlier compression searches proposes the first tr
 """
 
 from .encoding import ENCODING_NAMES, encode_arrays, encode_policy
-from .features import FEATURE_NAMES, layer_sensitivity, task_meta_features, weight_statistics
+from .features import (
+    FEATURE_NAMES,
+    clear_sensitivity_cache,
+    layer_sensitivity,
+    task_meta_features,
+    weight_statistics,
+)
 from .history import INPUT_NAMES, MEASURED_NAMES, OUTCOME_NAMES, SCHEMA_VERSION, History, make_row
 from .mlflow_source import META_ARTIFACT, meta_artifact, policy_from_params
 from .pool import CandidatePool
@@ -51,6 +57,7 @@ __all__ = [
     "ReptilePredictor",
     "SCHEMA_VERSION",
     "SizeModel",
+    "clear_sensitivity_cache",
     "encode_arrays",
     "encode_policy",
     "exact_size_bytes",

@@ -28,6 +28,7 @@ __all__ = [
     "task_meta_features",
     "layer_sensitivity",
     "weight_statistics",
+    "clear_sensitivity_cache",
 ]
 
 #: Validation rows the sensitivity probes are computed on (a seeded subsample).
@@ -170,6 +171,12 @@ def layer_sensitivity(
 #: Probe results per teacher module (weakly held), keyed by layers, seed, data size and a weight checksum.
 _SENSITIVITY_CACHE: weakref.WeakKeyDictionary[nn.Module, dict[tuple, dict[str, dict[str, float]]]] = (
     weakref.WeakKeyDictionary())
+
+
+def clear_sensitivity_cache() -> None:
+    """Forget every cached :func:`layer_sensitivity` result, so the next call probes its teacher again (a long-lived
+    process that reuses one teacher object, e.g. a benchmark timing a fresh search's probes)."""
+    _SENSITIVITY_CACHE.clear()
 
 
 def _checksum(model: nn.Module) -> tuple[float, ...]:

@@ -140,15 +140,16 @@ def test_layer_sensitivity_restores_the_teacher(digits):
 
 
 def test_layer_sensitivity_is_computed_once_per_teacher_state(digits):
-    from metacompress.learners.meta import features
+    from metacompress.learners.meta import clear_sensitivity_cache, features
 
-    features._SENSITIVITY_CACHE.clear()
+    clear_sensitivity_cache()
     first = layer_sensitivity(digits)
     again = layer_sensitivity(digits)
     assert again == first and again is not first
     again["fc1"]["prune50"] = -1.0  # callers get copies: the cache is not theirs to change
     assert layer_sensitivity(digits)["fc1"]["prune50"] == first["fc1"]["prune50"]
-    features._SENSITIVITY_CACHE.clear()
+    clear_sensitivity_cache()
+    assert not features._SENSITIVITY_CACHE
     assert layer_sensitivity(digits) == first  # recomputed from scratch: deterministic
     weight = digits.teacher.fc1.weight
     original = weight.detach().clone()
