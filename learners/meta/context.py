@@ -10,8 +10,14 @@ and the sequential points of :mod:`.sequential`.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import shutil
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from metacompress.spaces import CompressionSpace, ConfigError, LayerInfo
@@ -76,11 +82,82 @@ def _predictor_for(history: History, kind: str | None) -> tuple[Any, str]:
     pretrained = load_default_predictor(kind).set_params(warm_start=True)
     if pretrained._continues(history.X()):  # boost the pretrained trees on the grown history: a second, not a refit
         pretrained.set_params(max_iter=pretrained.max_iter + FLYWHEEL_TREES)
-        pretrained.fit(history.X(), history.y(), history.groups())
-        return pretrained, "pretrained GBMRetentionPredictor, its boosting continued on the history"
+        return _continued(pretrained, history)
     predictor = make_predictor(kind)
     predictor.fit(history.X(), history.y(), history.groups())
     return predictor, f"{type(predictor).__name__} fit on the history"
+
+
+#: Continued GBMs kept in the cache folder (the most recently used; a few hundred kB each).
+CONTINUED_KEEP = 8
+
+
+def _continued(pretrained: Any, history: History) -> tuple[Any, str]:
+    """``pretrained`` (``warm_start`` set) boosted on ``history``, or the same predictor as an earlier call saved it
+    in the cache folder (``<cache>/predictors/<key>``: ``suggest`` then ``search``, and a resumed search, continue on
+    an unchanged history).
+
+    The key hashes the pretrained fit's digest, the history's rows, the predictor's params and scikit-learn's
+    version; the entry is the safe format of :func:`~.predictors.save_predictor` (never a pickle), and a loaded entry
+    must carry the digest of exactly these rows. The cache only saves time: an entry that is missing, damaged or
+    unwritable means continuing here, as without it.
+    """
+    import sklearn  # noqa: PLC0415
+
+    from metacompress.learners.teachers import resolve_cache_dir  # noqa: PLC0415
+
+    from .predictors import load_predictor, rows_digest  # noqa: PLC0415
+
+    source = "pretrained GBMRetentionPredictor, its boosting continued on the history"
+    X, y, groups = history.X(), history.y(), history.groups()
+    digest = rows_digest(X, y, groups)
+    key = hashlib.sha256(json.dumps(
+        {"pretrained": pretrained.fit_digest_, "rows": digest, "params": pretrained.get_params(),
+         "sklearn": sklearn.__version__}, sort_keys=True, default=str).encode()).hexdigest()[:32]
+    folder = resolve_cache_dir() / "predictors" / key
+    if pretrained.fit_digest_ is not None and (folder / "gbm.json").is_file():
+        try:
+            cached = load_predictor(folder / "gbm.json")
+        except ConfigError:
+            cached = None
+        if cached is not None and cached.fit_digest_ == digest:
+            _touch(folder)
+            return cached, f"{source} (read from the cache)"
+    pretrained.fit(X, y, groups)
+    if pretrained.fit_digest_ is not None:
+        _store(pretrained, folder)
+    return pretrained, source
+
+
+def _touch(folder: Path) -> None:
+    try:
+        os.utime(folder)
+    except OSError:
+        pass
+
+
+def _store(predictor: Any, folder: Path) -> None:
+    """Save ``predictor`` as the cache entry ``folder`` (written aside, then renamed into place) and drop all but
+    the :data:`CONTINUED_KEEP` most recently used entries; a cache that cannot be written is left alone."""
+    from .predictors import save_predictor  # noqa: PLC0415
+
+    aside = None
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        aside = tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent)
+        save_predictor(predictor, Path(aside) / "gbm.json")
+        shutil.rmtree(folder, ignore_errors=True)  # a damaged entry under this key
+        os.replace(aside, folder)
+        aside = None
+        entries = sorted((p for p in folder.parent.iterdir() if not p.name.startswith(".")),
+                         key=lambda p: p.stat().st_mtime, reverse=True)
+        for old in entries[CONTINUED_KEEP:]:
+            shutil.rmtree(old, ignore_errors=True)
+    except OSError:
+        pass  # another process wrote the same entry meanwhile, or the folder is not writable: nothing lost
+    finally:
+        if aside is not None:
+            shutil.rmtree(aside, ignore_errors=True)
 
 
 @dataclass

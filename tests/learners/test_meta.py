@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import pickle
 import random
 import time
@@ -605,8 +606,10 @@ def test_shipped_meta_dataset_and_default_predictor(digits, digits_meta):
         space.decode(params)
 
 
-def test_a_grown_history_continues_the_pretrained_reptile_instead_of_refitting():
+def test_a_grown_history_continues_the_pretrained_reptile_instead_of_refitting(monkeypatch, tmp_path):
     from metacompress.learners.meta.context import _predictor_for
+
+    monkeypatch.setenv("METACOMPRESS_CACHE", str(tmp_path))  # the GBM below continues here, not from a cache
     from metacompress.learners.meta.reptile import FLYWHEEL_EPOCHS
 
     shipped = History.shipped()
@@ -624,6 +627,54 @@ def test_a_grown_history_continues_the_pretrained_reptile_instead_of_refitting()
     assert len(predictor.models_[0].roots) == len(pretrained.models_[0].roots) + FLYWHEEL_TREES
     err = [np.mean((m.predict(new.X()) - new.y()) ** 2) for m in (pretrained, predictor)]
     assert err[1] < err[0]  # it learned from the new rows
+
+
+def test_a_continued_gbm_is_cached_for_the_next_warm_start_on_the_same_history(monkeypatch, tmp_path):
+    """suggest then search (or a resumed search) continue on an unchanged history: the second reads the first's
+    continued trees from the cache folder, bit for bit; a damaged entry is continued again and replaced; a cache
+    that cannot be written costs nothing but the time."""
+    from metacompress.learners.meta.context import _predictor_for
+
+    monkeypatch.setenv("METACOMPRESS_CACHE", str(tmp_path / "cache"))
+    grown = History.shipped().concat(_measured_rows(2, 30, seed=4))
+    first, source = _predictor_for(grown, "gbm")
+    assert source == "pretrained GBMRetentionPredictor, its boosting continued on the history"
+    entries = list((tmp_path / "cache" / "predictors").iterdir())
+    assert len(entries) == 1 and {p.name for p in entries[0].iterdir()} == {"gbm.json", "gbm.npz"}
+    again, source = _predictor_for(grown, "gbm")
+    assert source.endswith("continued on the history (read from the cache)") and again is not first
+    X = grown.X()
+    np.testing.assert_array_equal(again.predict(X), first.predict(X))
+    own = grown.subset(["task0"])
+    np.testing.assert_array_equal(again.adapt(own.X(), own.y()).predict(X), first.adapt(own.X(), own.y()).predict(X))
+    other = grown.concat(_measured_rows(1, 10, seed=9).subset(["task0"]))  # one more search: another entry
+    assert not _predictor_for(other, "gbm")[1].endswith("(read from the cache)")
+    assert len(list((tmp_path / "cache" / "predictors").iterdir())) == 2
+
+    (entries[0] / "gbm.npz").write_bytes(b"not a zip")  # damaged: continued again, the entry replaced
+    again, source = _predictor_for(grown, "gbm")
+    assert not source.endswith("(read from the cache)")
+    np.testing.assert_array_equal(again.predict(X), first.predict(X))
+    assert _predictor_for(grown, "gbm")[1].endswith("(read from the cache)")
+
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("METACOMPRESS_CACHE", str(tmp_path / "file"))  # not a folder: nothing cached, nothing lost
+    again, source = _predictor_for(grown, "gbm")
+    assert source == "pretrained GBMRetentionPredictor, its boosting continued on the history"
+    np.testing.assert_array_equal(again.predict(X), first.predict(X))
+
+
+def test_the_continued_gbm_cache_keeps_the_most_recently_used_entries(monkeypatch, tmp_path):
+    from metacompress.learners.meta import context
+
+    monkeypatch.setattr(context, "CONTINUED_KEEP", 2)
+    rows = _measured_rows(3, 40, seed=0)
+    model = GBMRetentionPredictor(max_iter=5).fit(rows.X(), rows.y(), rows.groups())
+    for i, name in enumerate(("a", "b", "c")):
+        context._store(model, tmp_path / name)
+        os.utime(tmp_path / name, (i, i))  # stored in this order
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b", "c"]
+    assert load_predictor(tmp_path / "c" / "gbm.json").fit_digest_ == model.fit_digest_
 
 
 def test_gbm_warm_start_continues_boosting_on_a_grown_history(tmp_path):
