@@ -10,6 +10,7 @@ and the sequential points of :mod:`.sequential`.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -130,10 +131,9 @@ def _continued(pretrained: Any, history: History) -> tuple[Any, str]:
 
 
 def _touch(folder: Path) -> None:
-    try:
+    """Mark a cache entry as just used (its folder's mtime orders what :func:`_store` keeps)."""
+    with contextlib.suppress(OSError):
         os.utime(folder)
-    except OSError:
-        pass
 
 
 def _store(predictor: Any, folder: Path) -> None:
