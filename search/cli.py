@@ -254,7 +254,7 @@ def suggest(
     tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="MLflow store whose finished searches "
                                                "join the history, or 'none' (the shipped meta-dataset only)."),
     tuned: int = typer.Option(0, "--tuned", min=0, max=12, help="Also measure the accuracy after the first "
-                              "fine-tuning steps (the tuned proxy, about a tenth of a trial each) of this many best "
+                              "fine-tuning steps (the tuned proxy: at most 20, half of a trial's) of this many best "
                               "candidates per size bin, and re-score them with it."),
     as_json: bool = _flag("--json", help="Print the proposals as JSON."),
     debug: bool = _flag("--debug", help="Show tracebacks."),

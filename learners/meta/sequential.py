@@ -4,8 +4,8 @@ The batch warm start (:func:`~.propose.propose`) fixes all k points before anyth
 overrated is followed by points planned as if it had succeeded. :class:`SequentialProposer` scores the same
 candidate pool once and, before each warm trial, takes the candidate with the largest predicted hypervolume gain
 over the observed front: the ``shortlist`` candidates of largest gain by the unmeasured prediction are measured
-(:mod:`.proxy`) and re-scored, the ``tuned`` best of those get their tuned proxy too (the first few fine-tuning
-steps, about a tenth of a trial each) and are re-scored again, and the best of them runs. Predictions are shifted by
+(:mod:`.proxy`) and re-scored, the ``tuned`` best of those get their tuned proxy too (the first fine-tuning
+steps, at most 20 and half of the trial's, each) and are re-scored again, and the best of them runs. Predictions are shifted by
 the shrunk mean residual of the warm trials already finished, so a predictor over-optimistic on this task stops
 proposing points the real front already beats. The proposer keeps no state between calls: the caller passes what the
 study holds, so a resumed search goes on where it stopped.
@@ -137,7 +137,7 @@ class SequentialProposer:
             ``(index, params, predicted)``: the pool index, the params (valid for ``space.decode``), and
             ``predicted``: ``accuracy_retention`` (shifted by the residuals), ``model_retention`` (the predictor's
             own value: residuals are taken against it), ``size_ratio``, the measured ``val_proxy_retention``
-            and ``val_tuned_proxy_retention`` (NaN when ``tuned`` is 0).
+            and ``val_tuned_proxy_retention_v2`` (NaN when ``tuned`` is 0).
         """
         n = len(residuals)
         offset = float(np.mean(residuals)) * n / (n + 2) if n else 0.0  # shrunk towards no shift

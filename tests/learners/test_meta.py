@@ -753,7 +753,7 @@ def test_tuned_proxy_is_the_first_fine_tuning_steps_of_the_very_trial(digits, di
     from metacompress.learners.meta import tuned_steps
     from metacompress.search.objective import Objective, teacher_metrics
 
-    assert tuned_steps(2, 1437, 64) == 10 and tuned_steps(1, 100, 64) == 1 and tuned_steps(3, 512, 64) == 6
+    assert tuned_steps(2, 1437, 64) == 20 and tuned_steps(1, 100, 64) == 1 and tuned_steps(3, 512, 64) == 12
     assert tuned_steps(0, 1437, 64) == 0  # no fine-tuning: the tuned proxy is the proxy
     layers = digits_meta[0]
     space = _space(layers, prune_method=Categorical(("unstructured", "structured")), epochs=Int(1, 3))
