@@ -59,7 +59,7 @@ CHEAP_EPOCHS = {"low": 1, "high": 2}
 #: Seeds kept out of every choice of defaults: the default warm start is checked on them after the fact.
 FRESH_SEEDS = (5, 6, 7, 8, 9)
 PROXY = "val_proxy_retention"  # metacompress.learners.meta.PROXY_NAME (imported lazily: spawned workers start light)
-TUNED = "val_tuned_proxy_retention"  # metacompress.learners.meta.TUNED_PROXY_NAME
+TUNED = "val_tuned_proxy_retention_v2"  # metacompress.learners.meta.TUNED_PROXY_NAME
 
 _CACHE: dict[str, Any] = {}
 #: Suffix of a method run again, with cold TPE, on one later machine: only the time table reads these runs (its
@@ -732,8 +732,8 @@ def summarize(runs: list[dict[str, Any]], budget: int,
 def calibration(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """How the warm points did against their predictions: predicted minus real retention of the enqueued trials."""
     out: dict[str, Any] = {}
-    for method in ("warm", "warm_tw0", "warm_trainrows", "warm_untuned", "warm_tw75", "warm_focus", "warm_rank",
-                   "warm_rank_trainrows", "warm_rep", "warm_batch", "warm_batch_trainrows", "warm_batch_tuned",
+    for method in ("warm", "warm_q", "warm_tw0", "warm_trainrows", "warm_untuned", "warm_tw75", "warm_focus",
+                   "warm_rank", "warm_rank_trainrows", "warm_rep", "warm_batch", "warm_batch_trainrows", "warm_batch_tuned",
                    "warm_batch_rep", "warm_zoo", "warm_batch_zoo", "warm_front_zoo", "warm_lcb_zoo", "warm_reptile_zoo"):
         gaps, per_task = [], {}
         for r in runs:
@@ -863,6 +863,8 @@ def aggregate(args: argparse.Namespace) -> dict[str, Any]:
 
 _LABELS = {"warm": "warm TPE (ours, default: k points one at a time against the observed front; proxy measured, "
                   "tuned proxy on the 3 best of each step, its calibrated value deciding: tuned_weight 1)",
+          "warm_q": "warm TPE (the default before the tuned proxy took up to half of the run: its first ≤ 10 "
+                    "steps, ≤ ¼ of the run)",
           "warm_tw0": "warm TPE (the default before the calibrated tuned proxy decided: the trees' tuned tier, "
                       "tuned_weight 0)",
           "warm_trainrows": "warm TPE (the default before the proxies moved to validation rows: measured on "
