@@ -1235,9 +1235,11 @@ def write_md(r: dict[str, Any]) -> None:
     if f["methods"]:
         lines += ["", f"## Fresh seeds {', '.join(map(str, f['seed_list']))}: the defaults checked after the fact", "",
                   "The defaults (sequential points, 12 measured per step, k = 8) were chosen on seeds 0–4 above; "
-                  "these seeds ran only afterwards. The tuned proxy (rows 'warm' and 'tuned_weight 0.75' here and "
+                  "these seeds ran only afterwards. The tuned proxy (rows 'warm_q' and 'tuned_weight 0.75' here and "
                   "above) was the planned default before any of its runs, but its runs on both seed sets were made "
-                  "at once and looked at together: for it these seeds are a second sample, not a held-out check.",
+                  "at once and looked at together: for it these seeds are a second sample, not a held-out check; so "
+                  "are they for its second version (row 'warm': ≤ 20 steps, ≤ ½ of the run), chosen on the rank "
+                  "of real and synthetic trials before its warm starts ran on both seed sets at once.",
                   "",
                   "| method | runs | HV@5 | HV@10 | HV@" + str(b) + " | trials to cold TPE's HV@" + str(b) +
                   " (median; reached) |", "|---|---|---|---|---|---|"]
@@ -1251,10 +1253,11 @@ def write_md(r: dict[str, Any]) -> None:
                   "Wall time until cold TPE's " + str(b) + "-trial HV, as a share of cold TPE's time for its " + str(b) +
                   " trials (same task and seed; seeds 0–9; every second of the proposer's steps counted, even where the "
                   "target came before its last warm point; not reached = infinite; its setup only where a run "
-                  "recorded it: the last row). The tuned proxy costs about a "
-                  "tenth of a trial per candidate, 3 candidates per warm step. The row of the default since the "
-                  "calibrated tuned proxy decides (tuned_weight 1) ran on a later, faster machine than the cold TPE "
-                  "runs it is measured against: not comparable with the other rows. Its last row re-runs the default "
+                  "recorded it: the last row). The tuned proxy costs at most half of a trial's fine-tuning per "
+                  "candidate (≤ 20 steps; ≤ 10 and a quarter of the run in the rows before 'warm'), 3 candidates "
+                  "per warm step. The rows of the default ('warm', run alongside other work) and of the default "
+                  "before it ('warm_q', on a later, faster machine) are not timed like the cold TPE runs they are "
+                  "measured against: not comparable with the other rows. The last row re-runs the default "
                   "and cold TPE together on one machine (methods `warm_retime` and `cold_tpe_retime`, seeds 0–9, 2 "
                   "runs at a time, as the others ran): the default's time share measured alike, and with the warm "
                   "start's setup counted too (loading the pretrained predictor, saved as the build ships it; the "
@@ -1315,7 +1318,9 @@ def write_md(r: dict[str, Any]) -> None:
                   if f["methods"] else "") + ", then `--aggregate`." + (
                   " Methods ending in `_trainrows` are earlier runs of the method without it, made before the "
                   "proxies moved to validation rows and relabeled in warmstart_runs.jsonl (no command reruns them)."
-                  if any(m.endswith("_trainrows") for m in order) else "")]
+                  if any(m.endswith("_trainrows") for m in order) else "") + (
+                  " `warm_q` is the earlier runs of `warm`, made with the first tuned proxy (≤ 10 steps, ≤ ¼ of the "
+                  "run) and relabeled (no command reruns them)." if "warm_q" in order else "")]
     (RESULTS / "warmstart.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
