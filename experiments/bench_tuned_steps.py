@@ -50,7 +50,8 @@ NOTES = [
     "The zoo's trials are the benchmark's own query sets, so the synthetic tasks are the check that does not peek "
     "at them. Its cost is the warm start's time (about twice the steps per tuned candidate; "
     "[warmstart.md](warmstart.md), section 'Time, not trials'). 20 steps with no cap but the whole run is no proxy: "
-    "on wine and breast-cancer (8–16 steps per run) that is the whole fine-tuning, the trial's outcome itself.",
+    "on wine (5–10 steps per run in the benchmark) and on breast-cancer's one-epoch runs (15 steps) that is the "
+    "whole fine-tuning, the trial's outcome itself.",
 ]
 
 
