@@ -2,12 +2,12 @@
 
 The tuned proxy (:meth:`metacompress.learners.meta.ProxyProbe.tuned`) is a candidate's probe-row retention after the
 first few optimizer steps of its own fine-tuning; the product takes :func:`~metacompress.learners.meta.proxy.
-tuned_steps` = min(20, ½ of the run's steps), at least 1 (min(10, ¼) before). This script measures it again with other step counts on
-the real trials of ``bench_warmstart.py``'s ``random`` runs (the query sets of its predictor quality: every
-trial but each run's first 5) and scores each setting alone as a ranker of the trials' fine-tuned retention:
-Spearman, mean over runs, then over tasks; and its cost, seconds per measurement (CPU, one torch thread). Each
-measurement replays the start of the trial as the run ran it (its seed, the task's batch size), so the default
-setting is the tuned proxy a search records (and ``bench_warmstart.py``'s ``tuned`` ranker scores).
+tuned_steps` = min(20, ½ of the run's steps), at least 1 (min(10, ¼) before). This script measures it again with
+other step counts on the real trials of ``bench_warmstart.py``'s ``random`` runs (the query sets of its predictor
+quality: every trial but each run's first 5) and scores each setting alone as a ranker of the trials' fine-tuned
+retention: Spearman, mean over runs, then over tasks; and its cost, seconds per measurement (CPU, one torch
+thread). Each measurement replays the start of the trial as the run ran it (its seed, the task's batch size), so
+the default setting is the tuned proxy a search records (and ``bench_warmstart.py``'s ``tuned`` ranker scores).
 
 Settings: 10 steps at most a quarter of the run (the default before); 20 steps at most a quarter, 0.35, half (the
 default) of the run; 10 steps at most half; 20 steps at most the whole run (on the small tasks that is the trial).

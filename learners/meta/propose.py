@@ -4,8 +4,8 @@
 size of :class:`~.size.SizeModel` and takes the best predicted point in each of ``k`` log-size bins (or ``k``
 points spread along the predicted Pareto set); the best candidates of each bin are measured first (the proxy of
 :mod:`.proxy`, milliseconds each) and re-scored with it; on request (``tuned``) the best few of each bin get
-their tuned proxy too (at most half of a trial's fine-tuning each) and are re-scored again. :func:`warm_start_points` does
-everything from a space and a task: it reads the history, loads or fits a predictor
+their tuned proxy too (at most half of a trial's fine-tuning each) and are re-scored again.
+:func:`warm_start_points` does everything from a space and a task: it reads the history, loads or fits a predictor
 (:func:`~.context.task_context`), computes the task's meta-features, and explains itself in one line.
 ``metacompress suggest`` shows this batch; a search chooses its points one at a time against the observed front
 instead (:mod:`.sequential`).
@@ -240,7 +240,8 @@ def propose(
         probe_budget_s: Time limit of the measuring, in seconds (the bins are measured round-robin); the tuned
             proxy has a limit of its own, the same.
         tuned: Of each bin's measured shortlist, how many best re-scored candidates get the tuned proxy too
-            (:meth:`~.proxy.ProxyProbe.tuned`, at most half of a trial's fine-tuning each) and are re-scored with it (0: none).
+            (:meth:`~.proxy.ProxyProbe.tuned`, at most half of a trial's fine-tuning each) and are re-scored with
+            it (0: none).
         batch_size: The search's fine-tuning batch size; with ``seed`` (the search's seed too) the tuned proxy is
             the first steps of the very trial the candidate would run.
 

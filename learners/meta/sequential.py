@@ -5,10 +5,10 @@ overrated is followed by points planned as if it had succeeded. :class:`Sequenti
 candidate pool once and, before each warm trial, takes the candidate with the largest predicted hypervolume gain
 over the observed front: the ``shortlist`` candidates of largest gain by the unmeasured prediction are measured
 (:mod:`.proxy`) and re-scored, the ``tuned`` best of those get their tuned proxy too (the first fine-tuning
-steps, at most 20 and half of the trial's, each) and are re-scored again, and the best of them runs. Predictions are shifted by
-the shrunk mean residual of the warm trials already finished, so a predictor over-optimistic on this task stops
-proposing points the real front already beats. The proposer keeps no state between calls: the caller passes what the
-study holds, so a resumed search goes on where it stopped.
+steps, at most 20 and half of the trial's, each) and are re-scored again, and the best of them runs. Predictions
+are shifted by the shrunk mean residual of the warm trials already finished, so a predictor over-optimistic on this
+task stops proposing points the real front already beats. The proposer keeps no state between calls: the caller
+passes what the study holds, so a resumed search goes on where it stopped.
 
 Measured in ``experiments/bench_warmstart.py`` (leave-one-task-out, real trials): cold TPE's 40-trial hypervolume
 in a median of 3 trials on seeds 0–4 and on seeds 5–9, reached in 100 % and 97 % of the runs (with the proxy
