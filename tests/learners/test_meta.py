@@ -608,9 +608,9 @@ def test_shipped_meta_dataset_and_default_predictor(digits, digits_meta):
 
 def test_a_grown_history_continues_the_pretrained_reptile_instead_of_refitting(monkeypatch, tmp_path):
     from metacompress.learners.meta.context import _predictor_for
+    from metacompress.learners.meta.reptile import FLYWHEEL_EPOCHS
 
     monkeypatch.setenv("METACOMPRESS_CACHE", str(tmp_path))  # the GBM below continues here, not from a cache
-    from metacompress.learners.meta.reptile import FLYWHEEL_EPOCHS
 
     shipped = History.shipped()
     grown = shipped.concat(History.from_rows(_rows(2, 30, seed=3)))  # two finished searches joined the history
