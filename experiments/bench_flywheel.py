@@ -28,15 +28,14 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import json
 import os
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import numpy as np
 import torch
@@ -79,35 +78,21 @@ def gbm_rows(held: str, grown_by: str, shipped: Any, sets: list[tuple[np.ndarray
     pretrained = make_predictor("gbm", random_state=0).fit(base.X(), base.y(), base.groups())
     t1 = time.perf_counter()
     pretrained.set_params(warm_start=True, max_iter=pretrained.max_iter + FLYWHEEL_TREES)
-    again = copy.deepcopy(pretrained)
-    with tempfile.TemporaryDirectory() as cache, _cache_env(cache):
+    again, rows = copy.deepcopy(pretrained), (grown.X(), grown.y(), grown.groups())
+    with tempfile.TemporaryDirectory() as cache, mock.patch.dict(os.environ, {"METACOMPRESS_CACHE": cache}):
         t2 = time.perf_counter()
-        continued, _ = _continued(copy.deepcopy(pretrained), grown)
+        continued, _ = _continued(copy.deepcopy(pretrained), *rows)
         t3 = time.perf_counter()
-        cached, source = _continued(again, grown)
+        cached, source = _continued(again, *rows)
         t4 = time.perf_counter()
     assert source.endswith("(read from the cache)"), source
-    assert np.array_equal(cached.predict(grown.X()), continued.predict(grown.X()))
+    assert np.array_equal(cached.predict(rows[0]), continued.predict(rows[0]))
     t5 = time.perf_counter()
-    refit = make_predictor("gbm", random_state=0).fit(grown.X(), grown.y(), grown.groups())
+    refit = make_predictor("gbm", random_state=0).fit(*rows)
     t6 = time.perf_counter()
     return {"grown_by": grown_by, "rows_added": len(grown) - len(base), "shipped": _score_gbm(pretrained, sets),
             "continued": _score_gbm(continued, sets), "refit": _score_gbm(refit, sets), "fit_s": round(t1 - t0, 2),
             "continue_s": round(t3 - t2, 2), "cached_s": round(t4 - t3, 2), "refit_s": round(t6 - t5, 2)}
-
-
-@contextlib.contextmanager
-def _cache_env(folder: str) -> Iterator[None]:
-    """``$METACOMPRESS_CACHE`` set to ``folder`` for the block (the user's own cache left alone)."""
-    old = os.environ.get("METACOMPRESS_CACHE")
-    os.environ["METACOMPRESS_CACHE"] = folder
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("METACOMPRESS_CACHE", None)
-        else:
-            os.environ["METACOMPRESS_CACHE"] = old
 
 
 def gbm_lines(part: dict[str, Any]) -> list[str]:

@@ -75,17 +75,18 @@ def _predictor_for(history: History, kind: str | None) -> tuple[Any, str]:
         predictor = load_default_predictor(kind)
         return predictor, f"pretrained {type(predictor).__name__}"
     kind = kind or default_kind()
+    X, y, groups = history.X(), history.y(), history.groups()
     if kind == "reptile":  # continue the pretrained meta-training on the grown history: seconds, not a refit
         predictor = load_default_predictor(kind).set_params(warm_start=True, meta_epochs=FLYWHEEL_EPOCHS,
                                                             meta_lr=FLYWHEEL_META_LR)
-        predictor.fit(history.X(), history.y(), history.groups())
+        predictor.fit(X, y, groups)
         return predictor, f"pretrained ReptilePredictor, meta-trained {FLYWHEEL_EPOCHS} more epochs on the history"
     pretrained = load_default_predictor(kind).set_params(warm_start=True)
-    if pretrained._continues(history.X()):  # boost the pretrained trees on the grown history: a second, not a refit
+    if pretrained._continues(X):  # boost the pretrained trees on the grown history: a second, not a refit
         pretrained.set_params(max_iter=pretrained.max_iter + FLYWHEEL_TREES)
-        return _continued(pretrained, history)
+        return _continued(pretrained, X, y, groups)
     predictor = make_predictor(kind)
-    predictor.fit(history.X(), history.y(), history.groups())
+    predictor.fit(X, y, groups)
     return predictor, f"{type(predictor).__name__} fit on the history"
 
 
@@ -93,8 +94,8 @@ def _predictor_for(history: History, kind: str | None) -> tuple[Any, str]:
 CONTINUED_KEEP = 8
 
 
-def _continued(pretrained: Any, history: History) -> tuple[Any, str]:
-    """``pretrained`` (``warm_start`` set) boosted on ``history``, or the same predictor as an earlier call saved it
+def _continued(pretrained: Any, X: Any, y: Any, groups: Any) -> tuple[Any, str]:
+    """``pretrained`` (``warm_start`` set) boosted on a grown history's rows, or the same predictor as an earlier call saved it
     in the cache folder (``<cache>/predictors/<key>``: ``suggest`` then ``search``, and a resumed search, continue on
     an unchanged history).
 
@@ -110,7 +111,6 @@ def _continued(pretrained: Any, history: History) -> tuple[Any, str]:
     from .predictors import load_predictor, rows_digest  # noqa: PLC0415
 
     source = "pretrained GBMRetentionPredictor, its boosting continued on the history"
-    X, y, groups = history.X(), history.y(), history.groups()
     digest = rows_digest(X, y, groups)
     key = hashlib.sha256(json.dumps(
         {"pretrained": pretrained.fit_digest_, "rows": digest, "params": pretrained.get_params(),
