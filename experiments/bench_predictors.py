@@ -24,7 +24,7 @@ on their space-filling rows. And, as a reference for the targets,
 tree models that learn from the held-out task's own trials (:func:`in_task_references`): how well these inputs
 rank a task when hundreds of its own trials teach the model.
 
-Seed 0 for every fit; CPU, one torch thread. Writes ``results/predictors.json`` and ``.md`` (about 10 minutes on 2
+Seed 0 for every fit; CPU, one torch thread. Writes ``results/predictors.json`` and ``.md`` (about 25 minutes on 2
 cores).
 
 Usage::
