@@ -19,7 +19,7 @@ task's GBM (the default settings, seed 0) is fit on the shipped meta-dataset wit
 40 shots, 20 random draws of that many of the task's 96 rows adapt it (draws seeded 1 + task index), and Spearman
 is scored on the task's other rows: the tuned tier on rows with both proxies, the proxy's tier on the same rows with
 the tuned proxy left out. Mean over draws, then over tasks; ``harmed`` counts the tasks a rule ranks worse than the
-prior by more than 0.02. CPU; about 5 minutes on 2 cores. Writes ``results/adapt.json`` and ``.md``.
+prior by more than 0.02. CPU; about 8 minutes on 2 cores. Writes ``results/adapt.json`` and ``.md``.
 
 Usage::
 
