@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 from bench_warmstart import RESULTS, RUNS, TASKS, _rank_scores, load_runs, real_trial_sets
+from benchinfo import machine
 
 
 def _score(model: Any, sets: list[tuple[np.ndarray, np.ndarray]]) -> float:
@@ -95,6 +96,12 @@ def gbm_rows(held: str, grown_by: str, shipped: Any, sets: list[tuple[np.ndarray
             "continue_s": round(t3 - t2, 2), "cached_s": round(t4 - t3, 2), "refit_s": round(t6 - t5, 2)}
 
 
+def _ran_on(part: dict[str, Any]) -> str:
+    """' Ran on CPU (load ...).' for a part that recorded its machine (the parts run separately, ``--kinds``)."""
+    m = part.get("machine")
+    return f" Ran on {m['cpu']} (load {m['loadavg'][0]:.2f} at its end)." if m else ""
+
+
 def gbm_lines(part: dict[str, Any]) -> list[str]:
     rows, mean = part["per_task"], part["mean"]
     ways = ("shipped", "continued", "refit")
@@ -107,8 +114,8 @@ def gbm_lines(part: dict[str, Any]) -> list[str]:
             "tuned proxy (the shortlist) and without either (the candidate pool, where only the trees rank). "
             "Seconds: continue = the first warm start on the grown history (boosting, then saving the continued "
             "trees in the cache folder); cached = the next warm start on the same history (`suggest` then `search`, "
-            "a resumed search), which reads them (checked to predict bit for bit the same); refit = from scratch.",
-            "",
+            "a resumed search), which reads them (checked to predict bit for bit the same); refit = from scratch."
+            + _ran_on(part), "",
             f"| held-out task | grown by (rows) | {head} | continue s | cached s | refit s |",
             "|---|---|" + "---|" * (3 * len(GBM_QUERIES)) + "---|---|---|"] + [
         f"| {t} | {r['grown_by']} ({r['rows_added']}) | {cells(r)} | {r['continue_s']} | {r['cached_s']} | "
@@ -167,12 +174,14 @@ def main(argv: list[str] | None = None) -> None:
         mean = {k: float(np.mean([r[k] for r in rows.values()])) for k in ("shipped", "continued", "refit",
                                                                             "continue_s", "refit_s")}
         out |= {"per_task": rows, "mean": mean, "flywheel_epochs": FLYWHEEL_EPOCHS,
-                "flywheel_meta_lr": FLYWHEEL_META_LR, "seed": 0, "threads": 1, "meta_epochs": args.meta_epochs}
+                "flywheel_meta_lr": FLYWHEEL_META_LR, "seed": 0, "threads": 1, "meta_epochs": args.meta_epochs,
+                "machine": machine()}
     if "gbm" in args.kinds:
         gmean = {w: {q: float(np.mean([r[w][q] for r in gbm.values()])) for q in GBM_QUERIES}
                  for w in ("shipped", "continued", "refit")}
         gmean |= {k: float(np.mean([r[k] for r in gbm.values()])) for k in ("continue_s", "cached_s", "refit_s")}
-        out["gbm"] = {"per_task": gbm, "mean": gmean, "flywheel_trees": FLYWHEEL_TREES, "seed": 0, "threads": 1}
+        out["gbm"] = {"per_task": gbm, "mean": gmean, "flywheel_trees": FLYWHEEL_TREES, "seed": 0, "threads": 1,
+                      "machine": machine()}
     args.out.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=1), encoding="utf-8")
     rows, mean = out.get("per_task", {}), out.get("mean", {})
@@ -185,7 +194,7 @@ def main(argv: list[str] | None = None) -> None:
         lines += ["## The Reptile predictor", "",
                   f"Continued = the shipped predictor meta-trained {out['flywheel_epochs']} more epochs (initial step "
                   f"{out['flywheel_meta_lr']}) on the grown history, what a search does; refit = from scratch "
-                  f"({out['meta_epochs']} epochs).", "",
+                  f"({out['meta_epochs']} epochs).{_ran_on(out)}", "",
                   "| held-out task | grown by (rows) | shipped | continued | refit | continue s | refit s |",
                   "|---|---|---|---|---|---|---|"]
         lines += [f"| {t} | {r['grown_by']} ({r['rows_added']}) | {r['shipped']:.3f} | {r['continued']:.3f} | "
