@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -88,26 +89,44 @@ def measure_task(name: str, runs: list[dict[str, Any]], max_runs: int | None) ->
             "seconds_per_measurement": {k: v / max(count, 1) for k, v in seconds.items()}}
 
 
-def measure_synthetic(n_tasks: int, rows_per_task: int | None) -> dict[str, Any]:
-    """Each setting's tuned proxy on the shipped rows of the ``n_tasks`` held-out synthetic tasks the GBM's settings
-    and ``adapt``'s rule are chosen on (``bench_predictors.held_out_synthetic_tasks``: none is a zoo task, so
-    choosing a setting there does not peek at the zoo), measured as the build's trials ran them (the build's seed 0,
-    batch size 64), ranked against each row's fine-tuned retention: Spearman per task, then the mean."""
+def synthetic_sets(n_tasks: int, rows_per_task: int | None) -> Iterator[tuple[str, Any, list[Any], np.ndarray]]:
+    """(name, proxy probe, policies, fine-tuned retention) of the shipped rows (at most ``rows_per_task``) of each
+    of the ``n_tasks`` held-out synthetic tasks the GBM's settings and ``adapt``'s rule are chosen on
+    (``bench_predictors.held_out_synthetic_tasks``: none is a zoo task, so choosing there does not peek at the
+    zoo). Their trials ran with the build's seed 0 and batch size 64."""
     from bench_predictors import held_out_synthetic_tasks
     from metacompress.learners import describe_layers, load_task
-    from metacompress.learners.meta import History, ProxyProbe, tuned_steps
+    from metacompress.learners.meta import History, ProxyProbe
     from metacompress.spaces import CompressionPolicy
 
     shipped = History.shipped()
     frame = shipped.frame
-    rho: dict[str, dict[str, float]] = {label: {} for label in SETTINGS}
     for name in held_out_synthetic_tasks(shipped, n_tasks):
         task = load_task(name)
-        probe = ProxyProbe(task)
         names = [i.name for i in describe_layers(task.teacher, task.example_input(2))]
         rows = frame[(frame["task"] == name) & (frame["policy"] != "")].head(rows_per_task)
-        policies = [CompressionPolicy.from_dict(json.loads(p), names) for p in rows["policy"]]
-        y = rows["retention"].to_numpy(dtype=float)
+        yield (name, ProxyProbe(task), [CompressionPolicy.from_dict(json.loads(p), names) for p in rows["policy"]],
+               rows["retention"].to_numpy(dtype=float))
+
+
+def add_query_arguments(ap: argparse.ArgumentParser) -> None:
+    """The query-set options this script and ``bench_tuned_signals.py`` share."""
+    ap.add_argument("--tasks", nargs="+", default=TASKS, choices=TASKS, metavar="TASK")
+    ap.add_argument("--runs-per-task", type=int, default=None, help="at most this many random runs per task")
+    ap.add_argument("--synthetic", type=int, default=24, metavar="N",
+                    help="held-out synthetic tasks to check the settings on as well (0: none)")
+    ap.add_argument("--synthetic-rows", type=int, default=None, metavar="N", help="at most N rows of each")
+    ap.add_argument("--out", type=Path, default=RESULTS)
+
+
+def measure_synthetic(n_tasks: int, rows_per_task: int | None) -> dict[str, Any]:
+    """Each setting's tuned proxy on the held-out synthetic tasks' rows (:func:`synthetic_sets`), measured as the
+    build's trials ran them, ranked against each row's fine-tuned retention: Spearman per task, then the mean."""
+    from metacompress.learners.meta import tuned_steps
+
+    rho: dict[str, dict[str, float]] = {label: {} for label in SETTINGS}
+    for name, probe, policies, y in synthetic_sets(n_tasks, rows_per_task):
+        task = probe.task
         for label, (cap, share) in SETTINGS.items():
             values = [probe.tuned(p, seed=0, batch_size=64,
                                   steps=tuned_steps(p.epochs, len(task.train), 64, cap=cap, share=share))
@@ -124,12 +143,7 @@ def measure_synthetic(n_tasks: int, rows_per_task: int | None) -> dict[str, Any]
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--tasks", nargs="+", default=TASKS, choices=TASKS, metavar="TASK")
-    ap.add_argument("--runs-per-task", type=int, default=None, help="at most this many random runs per task")
-    ap.add_argument("--synthetic", type=int, default=24, metavar="N",
-                    help="held-out synthetic tasks to check the settings on as well (0: none)")
-    ap.add_argument("--synthetic-rows", type=int, default=None, metavar="N", help="at most N rows of each")
-    ap.add_argument("--out", type=Path, default=RESULTS)
+    add_query_arguments(ap)
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     runs = load_runs(RUNS)

@@ -123,6 +123,12 @@ class ProxyProbe:
         fine-tuning exactly as a search trial of seed ``seed`` and batch size ``batch_size`` runs them (CPU), and
         return the student's proxy. ``steps`` overrides how many (``experiments/bench_tuned_steps.py`` compares
         them)."""
+        return self.student_retention(self.tuned_student(policy, seed=seed, batch_size=batch_size, steps=steps))
+
+    def tuned_student(self, policy: CompressionPolicy, *, seed: int = 0, batch_size: int = 64,
+                      steps: int | None = None) -> nn.Module:
+        """The student behind :meth:`tuned` (compressed, after those steps of its fine-tuning), for a look at more
+        than its accuracy (``experiments/bench_tuned_signals.py``)."""
         from metacompress.learners import compress  # noqa: PLC0415 (avoid an import cycle)
         from metacompress.learners.distill import FinetuneConfig, finetune  # noqa: PLC0415
         from metacompress.learners.measure import predict_logits  # noqa: PLC0415
@@ -136,7 +142,7 @@ class ProxyProbe:
                     if hasattr(self.task.train, "tensors") else None
             cfg = FinetuneConfig(batch_size=batch_size, seed=int(seed), stop_after=steps, eval_every_epoch=False)
             finetune(student, self.teacher, self.task.train, policy, config=cfg, teacher_logits=self._teacher_logits)
-        return self.student_retention(student)
+        return student
 
     def many(self, policies: Sequence[CompressionPolicy], *, budget_s: float | None = None,
              tuned: bool = False, seed: int = 0, batch_size: int = 64) -> np.ndarray:

@@ -767,6 +767,12 @@ def test_tuned_proxy_is_the_first_fine_tuning_steps_of_the_very_trial(digits, di
     # steps overrides the count: the default's own count gives the same value, none gives the untrained proxy
     assert probe.tuned(out.policy, seed=3, batch_size=32, steps=probe.steps(out.policy, 32)) == tuned
     assert probe.tuned(out.policy, seed=3, batch_size=32, steps=0) == probe(out.policy)
+    # the student behind it, for other looks than its accuracy: the same student, and it did train
+    student = probe.tuned_student(out.policy, seed=3, batch_size=32)
+    assert probe.student_retention(student) == tuned
+    untrained = probe.tuned_student(out.policy, seed=3, batch_size=32, steps=0)
+    assert any(not torch.equal(a, b) for a, b in zip(student.state_dict().values(),
+                                                      untrained.state_dict().values(), strict=True))
     # stop_after: the full run's student after its first steps (the schedule spans the full run), steps counted
     policy = CompressionPolicy.uniform([i.name for i in layers], 0.6, 3, epochs=2, lr=3e-3)
     seen, snapshot = [], {}

@@ -32,6 +32,8 @@ SCRIPTS = {
     "bench_tuned_steps.py": (["--tasks", "wine-mlp", "--runs-per-task", "1", "--synthetic", "1",
                               "--synthetic-rows", "8"],
                              {"mean_spearman", "per_task", "seconds_per_measurement", "machine", "synthetic"}),
+    "bench_tuned_signals.py": (["--tasks", "wine-mlp", "--runs-per-task", "1", "--synthetic", "1",
+                                "--synthetic-rows", "8"], {"mean_spearman", "per_task", "machine", "synthetic"}),
     "bench_rnn_finetune.py": (["--repeats", "1", "--epochs", "1"], {"policies", "task", "machine"}),
     "bench_pool.py": (["--tasks", "wine-mlp", "--repeats", "1", "--n", "500"],
                       {"per_task", "load_s", "refit_s", "met", "machine", "wine-mlp"}),

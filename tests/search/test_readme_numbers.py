@@ -85,3 +85,14 @@ def test_pool_and_flywheel_costs_are_the_benchmarks(readme: str) -> None:
     reptile = _results("flywheel.json")["mean"]
     assert f"({reptile['continued']:.3f} against a refit's {reptile['refit']:.3f}" in readme
     assert f"{reptile['continue_s']:.1f} s against {reptile['refit_s']:.1f} s)" in readme
+
+
+def test_the_tuned_proxys_other_signals_are_the_benchmarks(readme: str) -> None:
+    readme = _prose(readme)
+    result = _results("tuned_signals.json")
+    for scores, where in ((result["mean_spearman"], "the zoo's trials"),
+                          (result["synthetic"]["mean_spearman"], "the synthetic tasks")):
+        others = [v for k, v in scores.items() if k != "accuracy (the tuned proxy)"]
+        default = scores["accuracy (the tuned proxy)"]
+        assert max(others) < default  # what the README concludes from them
+        assert f"{min(others):.2f}–{max(others):.2f} against {default:.3f} on {where}" in readme
