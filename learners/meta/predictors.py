@@ -350,7 +350,8 @@ class GBMRetentionPredictor(RegressorMixin, BaseEstimator):
         0.933, 0.933, 0.932, 0.929 (worse by more than 0.02 on 3 tasks), the decisive pick at 0.932, 0.931, 0.931,
         0.929 (no task worse by 0.02): no rule beats the measurement there, even after 40 trials. In the proxy's
         tier the pick is level with the prior after 5 and gains after 20 and 40, where the blend also gains but is
-        worse after 5 on 5 tasks (``experiments/bench_adapt.py``, ``experiments/results/adapt.md``). Then the predictions are shifted by the mean residual.
+        worse after 5 on 5 tasks (``experiments/bench_adapt.py``, ``experiments/results/adapt.md``). Then the
+        predictions are shifted by the mean residual.
         ``adapted_votes_`` keeps each tier's share. ``steps`` is accepted for symmetry with
         :meth:`ReptilePredictor.adapt` and ignored.
         """
