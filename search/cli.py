@@ -330,8 +330,8 @@ def history(
     console.print(f"shipped meta-dataset: {len(shipped)} rows of {len(shipped.tasks)} tasks ({builtin} built-in, "
                   f"{len(shipped.tasks) - builtin} synthetic)", highlight=False)
     if store is None:
-        console.print(f"{uri}: " + ("not read" if uri == "none" else "no store there yet (nothing tracked)"),
-                      highlight=False)
+        console.print("tracking store: none (--tracking-uri none), so the shipped meta-dataset alone" if uri == "none"
+                      else f"{uri}: no store there yet (nothing tracked)", highlight=False)
     else:
         studies = tracked.frame["study"].nunique() if len(tracked) else 0
         console.print(f"{uri}: {_count(len(tracked), 'row')} of {_count(len(tracked.tasks), 'task')} from "

@@ -246,6 +246,8 @@ def test_history_shows_what_warm_starts_learn_from(search_yaml, tmp_path):
     assert table.exit_code == 0 and "2 rows of 1 task from 1 search" in table.output and "tracked" in table.output
     alone = json.loads(runner.invoke(app, ["history", "--tracking-uri", "none", "--json"]).output)
     assert alone["tracked"] == {} and alone["predictor"].startswith("the pretrained")
+    untracked = runner.invoke(app, ["history", "--tracking-uri", "none"])
+    assert untracked.exit_code == 0 and "tracking store: none" in untracked.output
     missing = runner.invoke(app, ["history", "--tracking-uri", "sqlite:///" + str(tmp_path / "nothing.db")])
     assert missing.exit_code == 0 and "no store there yet" in missing.output
     assert not (tmp_path / "nothing.db").exists()  # reading does not create a store
