@@ -734,7 +734,8 @@ def calibration(runs: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for method in ("warm", "warm_q", "warm_tw0", "warm_trainrows", "warm_untuned", "warm_tw75", "warm_focus",
                    "warm_rank", "warm_rank_trainrows", "warm_rep", "warm_batch", "warm_batch_trainrows",
-                   "warm_batch_tuned", "warm_batch_rep", "warm_zoo", "warm_batch_zoo", "warm_front_zoo", "warm_lcb_zoo", "warm_reptile_zoo"):
+                   "warm_batch_tuned", "warm_batch_rep", "warm_zoo", "warm_batch_zoo", "warm_front_zoo", "warm_lcb_zoo",
+                   "warm_reptile_zoo"):
         gaps, per_task = [], {}
         for r in runs:
             if r["method"] != method or r.get("kind") != "real":

@@ -303,6 +303,13 @@ def previous_build() -> dict[str, Any]:
                                 "add_tuned_s", "predictor_s") if k in old}
 
 
+def ship(history: History) -> History:
+    """Write ``history`` as the shipped CSV and return it as read back: the predictors learn the rows as they ship
+    (the CSV keeps 10 significant digits), so the shipped ``fit_digest`` is the CSV's."""
+    history.to_csv(CSV)
+    return History.from_csv(CSV)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=48, help="space-filling policies per task")
@@ -365,24 +372,19 @@ def main() -> None:
         console.print(f"{len(rows)} rows in {build_s} s; failures/size mismatches: {counts}")
     history = History.from_csv(CSV)
     if args.train_only and args.reencode:
-        history = reencode(history, args.seed)
-        history.to_csv(CSV)
+        history = ship(reencode(history, args.seed))
     if args.train_only and args.add_runs:  # first: its rows measure their own proxies
         frame = history.frame
         kept = History(frame[~frame["study"].astype(str).str.startswith("bench:")].reset_index(drop=True))
-        history = kept.concat(History.from_rows(rows_from_runs(args.add_runs, args.run_methods)))
-        history.to_csv(CSV)
+        history = ship(kept.concat(History.from_rows(rows_from_runs(args.add_runs, args.run_methods))))
         extra["bench_runs"] = {"file": str(args.add_runs.name), "methods": args.run_methods,
                                "rows": len(history) - len(kept)}
     if args.train_only and args.add_proxy:
-        history = add_proxy(history)
-        history.to_csv(CSV)
+        history = ship(add_proxy(history))
     if args.train_only and args.add_tuned:
         t0 = time.perf_counter()
-        history = add_tuned(history, args.seed)
-        history.to_csv(CSV)
+        history = ship(add_tuned(history, args.seed))
         extra["add_tuned_s"] = round(time.perf_counter() - t0, 1)
-    history = History.from_csv(CSV)  # the predictors learn the rows as they ship (the CSV keeps 10 digits)
     info = train_and_save(history, args.seed, extra, tuple(args.kinds))
     for kind, s in info["scores"].items():
         console.print(f"{kind:>14}: held-out Spearman {s['spearman']:.3f}, MAE {s['mae']:.3f}")

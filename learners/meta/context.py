@@ -95,9 +95,9 @@ CONTINUED_KEEP = 8
 
 
 def _continued(pretrained: Any, X: Any, y: Any, groups: Any) -> tuple[Any, str]:
-    """``pretrained`` (``warm_start`` set) boosted on a grown history's rows, or the same predictor as an earlier call saved it
-    in the cache folder (``<cache>/predictors/<key>``: ``suggest`` then ``search``, and a resumed search, continue on
-    an unchanged history).
+    """``pretrained`` (``warm_start`` set) boosted on a grown history's rows, or the same predictor as an earlier
+    call saved it in the cache folder (``<cache>/predictors/<key>``: ``suggest`` then ``search``, and a resumed
+    search, continue on an unchanged history).
 
     The key hashes the pretrained fit's digest, the history's rows, the predictor's params and scikit-learn's
     version; the entry is the safe format of :func:`~.predictors.save_predictor` (never a pickle), and a loaded entry
