@@ -7,18 +7,21 @@ A config section is a dataclass whose fields carry their check in their metadata
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import re
+import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from metacompress.spaces.errors import invalid_value, unknown_key
 
 __all__ = [
     "Check", "FloatRange", "IntRange", "boolean", "choice", "mapping", "number", "option", "section", "string",
-    "subset", "validate", "value_range",
+    "subset", "validate", "value_range", "write_problem", "writable_folder",
 ]
 
 Check = Callable[[str, Any], Any]
@@ -152,3 +155,40 @@ def subset(allowed: Sequence[Any], *, nullable: bool = False, sort: bool = False
         return tuple(sorted(set(v)) if sort else dict.fromkeys(v))
 
     return check
+
+
+def write_problem(folder: str | Path) -> str | None:
+    """Why no file can be created in the existing ``folder`` (None: one can), found by creating one: permission
+    bits say nothing to root, and some file systems (``/proc``, a read-only mount) refuse every write."""
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            return None
+    except OSError as exc:
+        return exc.strerror or type(exc).__name__
+
+
+def writable_folder(name: str, path: str | Path) -> Path:
+    """Check, before any work, that the folder ``path`` can be created (parents too) and written.
+
+    The folders it had to create to find out are removed again: a command that fails later (a tracking server
+    down, a bad Ray address) leaves no empty folder behind; each writer creates it when it writes.
+
+    Raises:
+        ConfigError: naming ``name``.
+    """
+    path = Path(path)
+    missing = [p for p in (path, *path.parents) if not p.exists()]  # deepest first
+    try:
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise invalid_value(name, "a folder that can be created and written",
+                                f"{path} ({exc.strerror or type(exc).__name__})") from None
+        problem = write_problem(path)
+        if problem is not None:
+            raise invalid_value(name, "a folder this user can write", f"{path} ({problem})")
+    finally:
+        for folder in missing:
+            with contextlib.suppress(OSError):  # another process may have written into it meanwhile
+                folder.rmdir()
+    return path

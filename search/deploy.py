@@ -35,6 +35,7 @@ from metacompress.learners.data import dataset_tensors
 from metacompress.learners.measure import _freeze, _Frozen
 from metacompress.spaces import ConfigError, MetacompressError, invalid_value
 
+from .checks import writable_folder
 from .config import SearchConfig
 from .study import ATTR_SPACE, counted_trials, make_storage, storage_file
 
@@ -97,6 +98,7 @@ def _output_path(cfg: SearchConfig, number: int, output: str | Path | None, int8
     if int8 and path.suffix == ".pt2":
         raise ConfigError(f"The 'output' value must end in .pt for int8 kernels (torch.export cannot hold "
                           f"torch.ao's dynamic int8 Linear; --no-int8 writes .pt2). Got '{path}'.", "output")
+    writable_folder("output" if output is not None else "out", path.parent)  # before the trial is rebuilt
     return path
 
 

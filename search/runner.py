@@ -8,7 +8,6 @@ ends with exactly one child run per counted trial.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import functools
 import json
@@ -29,9 +28,10 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 
 from metacompress.learners import Task, describe_layers, load_task
-from metacompress.spaces import CompressionSpace, invalid_value
+from metacompress.spaces import CompressionSpace
 from metacompress.spaces.adapters import to_optuna
 
+from .checks import writable_folder
 from .config import SearchConfig
 from .local import file_lock, lock_path, run_worker
 from .objective import Objective, resolve_device, teacher_metrics
@@ -306,29 +306,13 @@ def write_outputs(p: Prepared, summary: dict[str, Any], trials: list[FrozenTrial
 
 
 def check_out(out: str | Path) -> Path:
-    """Check, before any work, that the output folder ``out`` can be created (parents too) and written.
-
-    The folders it had to create to find out are removed again: a search that fails later (a tracking server
-    down, a bad Ray address) leaves no empty output folder behind; each writer creates it when it writes.
+    """Check, before any work, that the output folder ``out`` can be created and written
+    (:func:`~.checks.writable_folder`).
 
     Raises:
         ConfigError: naming ``out``.
     """
-    path = Path(out)
-    missing = [p for p in (path, *path.parents) if not p.exists()]  # deepest first
-    try:
-        try:
-            path.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise invalid_value("out", "a folder that can be created and written",
-                                f"{out} ({exc.strerror or type(exc).__name__})") from None
-        if not os.access(path, os.W_OK | os.X_OK):
-            raise invalid_value("out", "a folder this user can write", str(out))
-    finally:
-        for folder in missing:
-            with contextlib.suppress(OSError):  # another process may have written into it meanwhile
-                folder.rmdir()
-    return path
+    return writable_folder("out", out)
 
 
 def run_search(

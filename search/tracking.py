@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 
 from metacompress.spaces.errors import ConfigError, invalid_value
 
+from .checks import write_problem
 from .mlflow_entities import create_sqlite_store, log_torch_model, metrics_of, param_value, params_of
 
 __all__ = ["Tracker", "NullTracker", "StoreUnreachable", "make_tracker", "flatten"]
@@ -201,9 +202,10 @@ class Tracker:
                 raise invalid_value("tracking_uri", "a sqlite URL naming a sqlite database file (this is a folder "
                                     "or another kind of file)", uri)
             # sqlite writes a journal next to the database, so the directory must be writable too
-            if not all(os.access(p, os.R_OK | os.W_OK) for p in (db.parent, *([db] if db.exists() else []))):
+            problem = write_problem(db.parent)
+            if problem is not None or (db.exists() and not os.access(db, os.R_OK | os.W_OK)):
                 raise invalid_value("tracking_uri", "a sqlite URL whose database and directory this user can write",
-                                    uri)
+                                    uri + (f" ({problem})" if problem else ""))
         elif _is_file_store(uri):
             from mlflow.environment_variables import MLFLOW_ALLOW_FILE_STORE  # noqa: PLC0415
 

@@ -114,6 +114,17 @@ def test_a_search_that_fails_before_any_work_leaves_no_empty_output_folder(tmp_p
     assert not (tmp_path / "runs").exists() and (tmp_path / "kept").is_dir()
 
 
+def test_a_sqlite_tracking_store_no_file_can_be_written_beside_is_refused_before_any_work(tmp_path, monkeypatch):
+    """/proc passes a permission check as root but refuses every new file: MLflow would retry for minutes."""
+    monkeypatch.chdir(tmp_path)
+    path = _write(tmp_path, BASE)
+    result = runner.invoke(app, ["search", str(path), "--tracking-uri", "sqlite:////proc/mlflow.db"])
+    assert result.exit_code == 2, result.output
+    line = _one_error_line(result)
+    assert "'tracking_uri'" in line and "/proc/mlflow.db" in line
+    assert not (tmp_path / "metacompress.db").exists()  # refused before the study was created
+
+
 def test_a_toml_config_is_named_as_such(tmp_path):
     path = tmp_path / "search.toml"
     path.write_text('task = "digits-mlp"\n')  # YAML would read it as one string
@@ -384,7 +395,11 @@ def test_export_writes_a_trial_that_loads_with_torch_alone(search_yaml, tmp_path
     assert _load_in_a_fresh_interpreter(tmp_path / "i8.pt") == "(3, 10)"
     for flags, field in ((["--trial", "99"], "'trial'"), (["--trial", "0", "--study-name", "nope"], "'study_name'"),
                          (["--trial", "0", "--output", str(tmp_path / "model.onnx")], "'output'"),
-                         (["--trial", "0", "--int8", "--output", str(tmp_path / "i8.pt2")], "'output'")):
+                         (["--trial", "0", "--int8", "--output", str(tmp_path / "i8.pt2")], "'output'"),
+                         # folders no file can be written in: /proc refuses even root; a file where a folder goes
+                         (["--trial", "0", "--output", "/proc/model.pt2"], "'output'"),
+                         (["--trial", "0", "--output", str(tmp_path / "f32.pt" / "model.pt")], "'output'"),
+                         (["--trial", "0", "--out", "/proc/exports"], "'out'")):
         bad = runner.invoke(app, ["export", str(path), *flags])
         assert bad.exit_code == 2, bad.output
         assert field in _one_error_line(bad)
