@@ -12,6 +12,7 @@ import functools
 import json
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from metacompress.spaces import ConfigError, MetacompressError, Terminated
 
@@ -73,9 +75,9 @@ def _friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
         except ConfigError as exc:
             if _DEBUG["on"]:
                 raise
-            err_console.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False, soft_wrap=True)
+            err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
-        except KeyboardInterrupt as exc:  # Ctrl-C; SIGTERM on Ray (Terminated)
+        except KeyboardInterrupt as exc:  # Ctrl-C; SIGTERM (Terminated: main's handler, the Ray driver's)
             err_console.print("interrupted: finished trials are saved; rerun the same command to resume.")
             raise typer.Exit(143 if isinstance(exc, Terminated) else 130) from None
         except (typer.Exit, typer.Abort):
@@ -87,7 +89,7 @@ def _friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
             if _DEBUG["on"]:
                 raise
             kind = "error" if isinstance(exc, MetacompressError) else f"internal error ({type(exc).__name__})"
-            err_console.print(f"[bold red]{kind}:[/] {exc} (rerun with --debug for the traceback)",
+            err_console.print(f"[bold red]{kind}:[/] {escape(str(exc))} (rerun with --debug for the traceback)",
                               highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
 
@@ -485,7 +487,7 @@ def retrain(
         result = run_job(cfg, registered_model, constraints, run_key=run_key, tolerance=tol,
                          say=lambda line: console.print(line, highlight=False))
     except StoreUnreachable as exc:  # a server down for a while: the scheduler retries (exit 1), unlike bad input
-        err_console.print(f"[bold red]error:[/] {exc} (exit 1: retry when it is back)", highlight=False,
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))} (exit 1: retry when it is back)", highlight=False,
                           soft_wrap=True)
         raise typer.Exit(1) from None
     cand = result.candidate
@@ -503,8 +505,24 @@ def retrain(
         raise typer.Exit(result.exit_code)
 
 
+def _end_on_sigterm() -> None:
+    """SIGTERM (a scheduler, ``kill``, ``timeout``) ends a command as Ctrl-C does: the finished trials saved, one
+    line that says so, exit 143. A forked local worker that gets it dies as it would have without the handler."""
+    pid = os.getpid()
+
+    def terminate(signum: int, _frame: Any) -> None:
+        if os.getpid() != pid:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        raise Terminated
+
+    signal.signal(signal.SIGTERM, terminate)
+
+
 def main() -> None:
     """Console-script entry point: a usage error (unknown flag, bad flag value) is one line and exit code 2 too."""
+    _end_on_sigterm()
     try:  # typer >= 0.26 vendors click
         from typer._click.exceptions import ClickException, NoArgsIsHelpError
     except ImportError:  # pragma: no cover - typer on top of click
@@ -518,7 +536,7 @@ def main() -> None:
     except ClickException as exc:
         if "--debug" in sys.argv:
             raise
-        err_console.print(f"[bold red]error:[/] {exc.format_message()}", highlight=False, soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {escape(exc.format_message())}", highlight=False, soft_wrap=True)
         code = exc.exit_code
     except typer.Abort:
         code = 130

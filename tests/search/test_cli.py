@@ -125,6 +125,13 @@ def test_a_sqlite_tracking_store_no_file_can_be_written_beside_is_refused_before
     assert not (tmp_path / "metacompress.db").exists()  # refused before the study was created
 
 
+def test_an_error_line_shows_its_brackets(tmp_path):
+    """The allowed values in brackets are text, not console markup that would swallow them."""
+    result = runner.invoke(app, ["search", str(_write(tmp_path, {**BASE, "space": {"prune_method": ["foo"]}}))])
+    assert result.exit_code == 2
+    assert "drawn from [unstructured, structured]. Got 'foo'." in _one_error_line(result)
+
+
 def test_a_toml_config_is_named_as_such(tmp_path):
     path = tmp_path / "search.toml"
     path.write_text('task = "digits-mlp"\n')  # YAML would read it as one string
@@ -353,6 +360,42 @@ def test_an_unexpected_error_or_an_interrupt_is_one_line_too(tmp_path, monkeypat
     if code == 1:  # --debug shows the traceback instead
         debug = runner.invoke(app, ["search", str(path), "--debug"])
         assert debug.exit_code != 0 and isinstance(debug.exception, RuntimeError)
+
+
+def test_sigterm_ends_a_local_search_like_ctrl_c_and_the_rerun_resumes(search_yaml, tmp_path):
+    """A scheduler's SIGTERM: one line saying the finished trials are saved, exit 143; the rerun finishes the budget
+    with no trial lost or repeated."""
+    import signal
+    import time
+
+    from optuna.trial import TrialState
+
+    path = search_yaml(n_trials=60, tracking_uri="none")
+    exe = Path(sys.executable).with_name("metacompress")
+    proc = subprocess.Popen([str(exe), "search", str(path)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env={**os.environ, "COLUMNS": "200"})
+    storage, done = f"sqlite:///{tmp_path}/study.db", 0
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None and done < 2:
+        time.sleep(0.5)
+        try:
+            done = len(counted_trials(optuna.load_study(study_name="search", storage=storage)))
+        except KeyError:  # not created yet
+            continue
+    proc.send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 143, output
+    assert "interrupted: finished trials are saved; rerun the same command to resume." in output
+    assert "Traceback" not in output and "Wrote" not in output
+    saved = len(counted_trials(optuna.load_study(study_name="search", storage=storage)))
+    assert 2 <= saved < 60
+    rerun = subprocess.run([str(exe), "search", str(path)], capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert f"resuming with {saved} of 60 trials finished" in rerun.stdout
+    study = optuna.load_study(study_name="search", storage=storage)
+    trials = counted_trials(study)
+    assert len(trials) == 60 and len({json.dumps(t.params, sort_keys=True) for t in trials}) == 60
+    assert not study.get_trials(states=(TrialState.RUNNING, TrialState.WAITING))
 
 
 def _load_in_a_fresh_interpreter(file: Path) -> str:
