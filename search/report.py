@@ -159,9 +159,8 @@ def proposals_table(proposals: Sequence[Any], space: Any, title: str) -> Any:
 
     table = Table(title=title, caption="the batch, in run order (each adds the most predicted hypervolume); a search "
                                        "picks its points from the same predictor one at a time, against the front "
-                                       "its trials observed. '–': not measured (a size bin with no candidate is "
-                                       "filled from the predicted front unmeasured, or the measuring ran out of "
-                                       "time; the tuned proxy only with --tuned)")
+                                       "its trials observed. '–': not measured (the measuring ran out of time; "
+                                       "the tuned proxy only with --tuned)")
     for col in ("#", "pred. accuracy retention", "before fine-tuning", "after its first steps", "size", "ratio",
                 "policy"):
         table.add_column(col)

@@ -718,6 +718,45 @@ def test_hedged_and_front_strategies_both_give_k_distinct_valid_points(digits, d
         propose(space, layers, feats, fitted_gbm, k=2, size_model=size_model, sensitivity=sens, strategy="best")
 
 
+def test_hedged_batch_fills_an_empty_bin_with_a_measured_point(digits_meta):
+    """A size bin no candidate falls in is filled from the predicted front, and, when the batch measures, by the
+    measured front candidates that add the most re-scored hypervolume: every point of a measured batch was
+    measured."""
+    from metacompress.learners.meta.propose import _hedge_bins, _select_hedged
+    from metacompress.learners.meta.sequential import hv_gain
+
+    space = _space(digits_meta[0])
+    pool = CandidatePool.sobol(space, 400, 0)
+    rng = np.random.default_rng(0)
+    # two clusters of sizes, 1-2 % and 30-50 % of the teacher's: the bins between them are empty
+    size = np.where(np.arange(400) < 200, rng.uniform(0.01, 0.02, 400), rng.uniform(0.3, 0.5, 400)) * 1e6
+    logs = np.log(size)
+    retention = np.clip(0.6 + 0.4 * (logs - logs.min()) / np.ptp(logs) + rng.normal(0, 0.02, 400), 0, 1)
+    bins = _hedge_bins(retention, size, 6, 0.5, 1e6)
+    assert 0 < sum(len(b) == 0 for b in bins) < 6
+    rescored = retention - 0.03 * (np.arange(400) % 5)  # what measuring says, another order than the prediction
+    calls: list[np.ndarray] = []
+
+    def measure(idx: np.ndarray) -> np.ndarray:
+        calls.append(idx)
+        return rescored[idx]
+
+    chosen = _select_hedged(pool, retention.copy(), size, 6, 0.5, 1e6, measure, shortlist=4)
+    assert len({pool.key(i) for i in chosen}) == len(chosen) == 6
+    assert set(chosen) <= set(np.concatenate(calls).tolist())  # no point of the batch is an unchecked guess
+    missing = sum(len(b) == 0 for b in bins)
+    assert len(calls) == 2 and len(calls[1]) == 4 * missing  # the bins' shortlists, then the fill's
+    binned = chosen[:-missing]  # each fill point adds the most re-scored hypervolume to the points before it
+    for j, point in enumerate(chosen[-missing:]):
+        before = np.array([(1 - retention[i], size[i] / 1e6) for i in binned] +
+                          [(1 - rescored[i], size[i] / 1e6) for i in chosen[len(binned):len(binned) + j]])
+        left = [i for i in calls[1] if i not in chosen[len(binned):len(binned) + j]]
+        gains = hv_gain(before, np.array([(1 - rescored[i], size[i] / 1e6) for i in left]))
+        assert point == left[int(np.argmax(gains))] and gains.max() > 0
+    plain = _select_hedged(pool, retention.copy(), size, 6, 0.5, 1e6)  # not measuring: the front as predicted
+    assert len(plain) == 6 and plain[-missing:] != chosen[-missing:]
+
+
 # ------------------------------------------------------------------------------------------ the measured proxy
 def test_proxy_probe_measures_accuracy_before_fine_tuning(digits, digits_meta):
     names = [i.name for i in digits_meta[0]]
