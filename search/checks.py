@@ -109,7 +109,7 @@ def validate(name: str, raw: Any, cls: type) -> dict[str, Any]:
     for key, value in ({} if raw is None else mapping(name or "config", raw)).items():
         dotted = f"{name}.{key}" if name else str(key)
         if key not in checks:
-            raise unknown_key(dotted, key, checks)
+            raise unknown_key(dotted, key, checks, what="key")
         values[key] = checks[key](dotted, value)
     return values
 

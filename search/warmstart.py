@@ -26,17 +26,21 @@ _LOG = logging.getLogger(__name__)
 
 
 def load_points(path: str | Path, space: CompressionSpace) -> list[dict[str, Any]]:
-    """Read a JSON list of points: each either space params or a flat policy dict (``layers.<name>.bits`` ...)."""
+    """Read a JSON list of points: each either space params, a flat policy dict (``layers.<name>.bits`` ...), or
+    an entry holding its params under ``params`` (``metacompress suggest --json``; a ``summary.json``, whose
+    Pareto entries are read)."""
     try:
         data = json.loads(Path(path).read_text())
     except (OSError, ValueError) as exc:
         raise invalid_value("warm_start.file", "a readable JSON file holding a list of policies", str(path)) from exc
     if isinstance(data, dict) and "pareto" in data:  # a previous summary.json: its Pareto policies
-        data = [e["params"] for e in data["pareto"]]
+        data = data["pareto"]
     if not isinstance(data, list):
         raise invalid_value("warm_start.file", "a JSON list of policies or params", type(data).__name__)
     points = []
     for i, entry in enumerate(data):
+        if isinstance(entry, dict) and isinstance(entry.get("params"), dict):  # suggest --json, summary.json
+            entry = entry["params"]
         if not isinstance(entry, dict):
             raise invalid_value(f"warm_start.file[{i}]", "a mapping", entry)
         try:
@@ -185,7 +189,8 @@ def resolve_warm_start(
         return [], {"mode": "off", "n_points": 0}
     if file:
         points = load_points(file, space)[:n_points] if mode != "file" else load_points(file, space)
-        return points, {"mode": "file", "n_points": len(points), "source": str(file)}
+        info = {"mode": "file", "n_points": len(points), "source": str(file)}
+        return points, info | ({} if points else {"reason": f"cold start: {file} holds no policies"})
     from metacompress.learners.meta import History, warm_start_points
 
     if sequential and not all((reference or {}).get(key) for key in ("accuracy", "size_bytes")):

@@ -150,7 +150,7 @@ class Domain(abc.ABC):
         allowed = [f.name for f in cls.__dataclass_fields__.values()]
         for key in kwargs:
             if key not in allowed:
-                raise unknown_key(field, key, allowed)
+                raise unknown_key(field, key, allowed, what="keys")
         for key in ("values", "choices"):
             if isinstance(kwargs.get(key), list):
                 kwargs[key] = tuple(kwargs[key])

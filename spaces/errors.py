@@ -38,13 +38,17 @@ def invalid_value(field: str, allowed: str, got: Any) -> ConfigError:
     return ConfigError(f"The '{field}' value must be {allowed}. Got {got!r}.", field=field)
 
 
-def unknown_key(field: str, got: str, choices: Iterable[str]) -> ConfigError:
-    """Build the error for an unknown name, with a "did you mean" hint when one is close."""
+def unknown_key(field: str, got: str, choices: Iterable[str], *, what: str = "value") -> ConfigError:
+    """Build the error for an unknown name, with a "did you mean" hint when one is close.
+
+    ``what`` names what ``field`` is: ``value`` (a name given as a value), ``key`` (a key of a mapping, ``field``
+    its dotted path) or ``keys`` (``field`` is the mapping whose keys must be ``choices``).
+    """
     choices = sorted(str(c) for c in choices)
     close = difflib.get_close_matches(str(got), choices, n=1, cutoff=0.6)
     hint = f" Did you mean {close[0]!r}?" if close else ""
     shown = ", ".join(repr(c) for c in choices[:20]) + (", ..." if len(choices) > 20 else "")
-    return ConfigError(f"The '{field}' value must be one of {shown}. Got {got!r}.{hint}", field=field)
+    return ConfigError(f"The '{field}' {what} must be one of {shown}. Got {got!r}.{hint}", field=field)
 
 
 def missing_key(field: str) -> ConfigError:

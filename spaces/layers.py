@@ -76,7 +76,7 @@ class LayerInfo:
         allowed = ("name", "kind", "n_params", "shape", "structured")
         for key in d:
             if key not in allowed:
-                raise unknown_key(field, str(key), allowed)
+                raise unknown_key(field, str(key), allowed, what="keys")
         for key in allowed[:4]:
             if key not in d:
                 raise missing_key(f"{field}.{key}")

@@ -196,7 +196,8 @@ class CompressionPolicy:
             if len(parts) == 2 and parts[1] in ("prune", "bits"):
                 layers.setdefault(parts[0], {})[parts[1]] = value
                 continue
-            raise unknown_key("policy", str(key), [*POLICY_SCALARS, "layers.<name>.prune", "layers.<name>.bits"])
+            raise unknown_key("policy", str(key), [*POLICY_SCALARS, "layers.<name>.prune", "layers.<name>.bits"],
+                              what="keys")
         plans = {name: LayerPolicy(**kw) for name, kw in layers.items()}
         return cls(layers=plans, **scalars).validate(layer_names)
 
@@ -215,7 +216,7 @@ class CompressionPolicy:
         names = list(layer_names)
         unknown = [k for k in kw if k not in POLICY_SCALARS]
         if unknown:
-            raise unknown_key("policy", unknown[0], POLICY_SCALARS)
+            raise unknown_key("policy", unknown[0], POLICY_SCALARS, what="keys")
         return cls(layers={n: LayerPolicy(prune, bits) for n in names}, **kw).validate(names)
 
     def replace(self, **kw: Any) -> CompressionPolicy:
@@ -224,7 +225,7 @@ class CompressionPolicy:
             return dataclasses.replace(self, **kw)
         except TypeError:
             unknown = next(k for k in kw if k not in ("layers", *POLICY_SCALARS))
-            raise unknown_key("policy", unknown, ("layers", *POLICY_SCALARS)) from None
+            raise unknown_key("policy", unknown, ("layers", *POLICY_SCALARS), what="keys") from None
 
     def mean_bits(self, weights: Mapping[str, int]) -> float:
         """Parameter-weighted mean weight bit width over ``weights`` (layer name -> n_params).

@@ -161,7 +161,7 @@ class CompressionSpace:
             raise invalid_value("params", "a mapping of parameter name to value", params)
         for key, value in params.items():
             if key not in self._sources:
-                raise unknown_key("params", str(key), self._sources)
+                raise unknown_key("params", str(key), self._sources, what="keys")
             domain = self._domains[self._sources[key][0]]
             if not domain.contains(value):
                 raise invalid_value(key, domain.describe(), value)
@@ -290,7 +290,7 @@ class CompressionSpace:
             raise invalid_value("space", "a mapping with keys layers, grouping, domains", d)
         for key in d:
             if key not in ("layers", "grouping", "domains"):
-                raise unknown_key("space", str(key), ("layers", "grouping", "domains"))
+                raise unknown_key("space", str(key), ("layers", "grouping", "domains"), what="keys")
         if "layers" not in d:
             raise missing_key("space.layers")
         domains = d.get("domains", {})
@@ -298,7 +298,7 @@ class CompressionSpace:
             raise invalid_value("space.domains", "a mapping of domain name to domain", domains)
         for name in domains:
             if name not in DOMAIN_NAMES:
-                raise unknown_key("space.domains", str(name), DOMAIN_NAMES)
+                raise unknown_key("space.domains", str(name), DOMAIN_NAMES, what="keys")
         return cls(d["layers"], grouping=d.get("grouping", "per-layer"), **domains)
 
     def fingerprint(self) -> str:

@@ -125,6 +125,16 @@ def test_a_sqlite_tracking_store_no_file_can_be_written_beside_is_refused_before
     assert not (tmp_path / "metacompress.db").exists()  # refused before the study was created
 
 
+def test_a_bad_policies_file_is_one_line_before_the_study_line(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    policies = tmp_path / "policies.json"
+    policies.write_text(json.dumps([{"params": {"foo": 1}}]))
+    result = runner.invoke(app, ["search", str(_write(tmp_path, BASE)), "--warm-start", str(policies),
+                                 "--tracking-uri", "none"])
+    assert result.exit_code == 2
+    assert "warm_start.file[0]: The 'params' keys must be one of" in _one_error_line(result)
+
+
 def test_an_error_line_shows_its_brackets(tmp_path):
     """The allowed values in brackets are text, not console markup that would swallow them."""
     result = runner.invoke(app, ["search", str(_write(tmp_path, {**BASE, "space": {"prune_method": ["foo"]}}))])
@@ -142,6 +152,7 @@ def test_a_toml_config_is_named_as_such(tmp_path):
 
 def test_unknown_key_suggests_the_close_one(tmp_path):
     result = runner.invoke(app, ["search", str(_write(tmp_path, {**BASE, "n_trails": 3}))])
+    assert "The 'n_trails' key must be one of" in _one_error_line(result)  # a key, not a value
     assert "Did you mean 'n_trials'" in _one_error_line(result)
 
 

@@ -367,7 +367,7 @@ def test_a_finished_search_joins_the_history_the_next_warm_start_learns_from(sea
 def test_a_previous_summary_or_a_list_of_params_can_seed_a_search(search_yaml, tmp_path):
     """warm_start.file takes a previous summary.json (its Pareto policies) or space params; a bad entry is named."""
     from metacompress.search.runner import prepare
-    from metacompress.search.warmstart import load_points
+    from metacompress.search.warmstart import load_points, resolve_warm_start
 
     first = load_config(search_yaml(n_trials=2, tracking_uri="none", study_name="first"))
     summary = run_search(first)
@@ -378,6 +378,15 @@ def test_a_previous_summary_or_a_list_of_params_can_seed_a_search(search_yaml, t
     params = tmp_path / "params.json"
     params.write_text(json.dumps(from_summary[:1]))
     assert load_points(params, p.space) == from_summary[:1]
+    # what `metacompress suggest --json` prints: entries with their params and predictions
+    params.write_text(json.dumps([{"params": from_summary[0], "predicted": {"accuracy_retention": 0.9}}]))
+    assert load_points(params, p.space) == from_summary[:1]
+    params.write_text(json.dumps([{"foo": 1}]))
+    with pytest.raises(ConfigError, match=r"warm_start.file\[0\]: The 'params' keys must be one of .* Got 'foo'"):
+        load_points(params, p.space)
+    params.write_text("[]")  # nothing to seed with: a cold start that says so
+    points, info = resolve_warm_start(str(params), p.space, p.task, n_points=4, seed=0)
+    assert points == [] and info["reason"] == f"cold start: {params} holds no policies"
     for content, field in (("{not json", "warm_start.file"), ('{"a": 1}', "warm_start.file"),
                            ("[3]", "warm_start.file[0]"), (json.dumps([{**from_summary[0], "kd_lambda": 7}]),
                                                            "warm_start.file[0]")):

@@ -102,7 +102,7 @@ def test_validate_returns_self_and_construct_is_free() -> None:
 def test_from_dict_validates_and_rejects_unknown_keys() -> None:
     with pytest.raises(ConfigError, match="Did you mean 'kd_lambda'"):
         CompressionPolicy.from_dict({"kd_lamda": 0.3})
-    with pytest.raises(ConfigError, match="'policy' value must be one of"):
+    with pytest.raises(ConfigError, match="'policy' keys must be one of"):
         CompressionPolicy.from_dict({"layers.fc.bit": 4})
     with pytest.raises(ConfigError, match="'layers.fc.bits'"):
         CompressionPolicy.from_dict({"layers.fc.bits": 9})

@@ -77,7 +77,7 @@ def test_decode_errors() -> None:
     missing = {k: v for k, v in params.items() if k != "bits.features.3"}
     with pytest.raises(ConfigError, match="The 'bits.features.3' value must be given. Got nothing."):
         space.decode(missing)
-    with pytest.raises(ConfigError, match="The 'params' value must be one of .* Got 'kd_lamda'. Did you mean 'kd_lambda'"):
+    with pytest.raises(ConfigError, match="The 'params' keys must be one of .* Got 'kd_lamda'. Did you mean 'kd_lambda'"):
         space.decode({**params, "kd_lamda": 0.1})
     with pytest.raises(ConfigError, match=r"The 'prune.features.0' value must be in \[0.0, 0.95\]. Got 0.99."):
         space.decode({**params, "prune.features.0": 0.99})
@@ -240,7 +240,7 @@ def test_from_dict_errors_and_defaults() -> None:
     assert "epochs" not in space.params
     with pytest.raises(ConfigError, match="Did you mean 'domains'"):
         CompressionSpace.from_dict({"layers": layers, "domain": {}})
-    with pytest.raises(ConfigError, match="The 'space.domains' value must be one of .* Did you mean 'kd_lambda'"):
+    with pytest.raises(ConfigError, match="The 'space.domains' keys must be one of .* Did you mean 'kd_lambda'"):
         CompressionSpace.from_dict({"layers": layers, "domains": {"kd_lamda": 0.5}})
     with pytest.raises(ConfigError, match="The 'space.layers' value must be given"):
         CompressionSpace.from_dict({"domains": {}})
