@@ -254,7 +254,8 @@ def layers(
 @_friendly
 def suggest(
     config: Path = typer.Argument(..., help="Experiment YAML."),
-    n: int = typer.Option(8, "--n", min=1, max=MAX_WARM_POINTS, help="How many policies."),
+    n: Optional[int] = typer.Option(None, "--n", min=1, max=MAX_WARM_POINTS, help="How many policies (default: "
+                                    "the config's warm_start.n_points, 8 unless set)."),
     seed: Optional[int] = typer.Option(None, help="Seed of the candidate pool (default: the config's)."),
     tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="MLflow store whose finished searches "
                                                "join the history, or 'none' (the shipped meta-dataset only)."),
@@ -280,7 +281,8 @@ def suggest(
 
     with contextlib.nullcontext() if as_json else console.status("Scoring candidates, measuring the best ones..."):
         proposals, reason = propose_for_task(space, task, history=History.collect(history_store(cfg.tracking_uri)),
-                                             k=n, seed=cfg.seed, objectives=cfg.objectives, tuned=tuned,
+                                             k=n or cfg.warm_start.n_points, seed=cfg.seed,
+                                             objectives=cfg.objectives, tuned=tuned,
                                              batch_size=cfg.train.batch_size)
     if as_json:
         print(json.dumps([{"params": pr.params, "predicted": pr.predicted} for pr in proposals], indent=2))

@@ -30,7 +30,8 @@ class SearchProgress:
     def __enter__(self) -> SearchProgress:
         self.progress.start()
         done = len(counted_trials(self.p.study))
-        self.task_id = self.progress.add_task("trials", total=self.p.cfg.n_trials, completed=done,
+        # a study may hold more trials than this run's budget (--trials lowered): the bar is then full, not 6/3
+        self.task_id = self.progress.add_task("trials", total=max(self.p.cfg.n_trials, done), completed=done,
                                               best=self._best())
         return self
 

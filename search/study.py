@@ -114,9 +114,11 @@ def study_line(study: optuna.Study, n_trials: int, storage: str, created_folder:
         where += f" (created {created_folder})"
     if not study.get_trials(deepcopy=False):
         return f"study {study.study_name!r}: new, in {where}"
-    left = max(n_trials - done, 0)
+    if done >= n_trials:
+        return (f"study {study.study_name!r}: {done} trials finished, the budget of {n_trials} is spent (nothing to "
+                f"run), in {where}")
     return (f"study {study.study_name!r}: resuming with {done} of {n_trials} trials finished "
-            f"({left} to run), in {where}")
+            f"({n_trials - done} to run), in {where}")
 
 
 def _without_password(url: str) -> str:

@@ -185,8 +185,11 @@ def test_suggest_shows_the_proposals_with_their_measured_proxies(search_yaml):
     for name in (PROXY_NAME, TUNED_PROXY_NAME):  # measured before and after the first steps
         measured = [p["predicted"][name] for p in proposals if name in p["predicted"]]
         assert measured and all(0.0 <= v <= 1.5 for v in measured), name
-    table = runner.invoke(app, ["suggest", str(path), "--n", "4"])  # the default: the proxy alone
+    path = search_yaml(tracking_uri="none", warm_start={"mode": "auto", "n_points": 3})
+    table = runner.invoke(app, ["suggest", str(path)])  # the default: the proxy alone, the config's n_points
     assert table.exit_code == 0 and "run order" in table.output
+    numbers = [ln.split("│")[1].strip() for ln in table.output.splitlines() if ln.startswith("│")]
+    assert [n for n in numbers if n] == ["0", "1", "2"]  # rows may wrap onto more lines
     assert "before fine-tuning" in table.output and "after its first" in table.output
     bad = runner.invoke(app, ["suggest", str(path), "--tuned", "20"])
     assert bad.exit_code == 2 and "--tuned" in bad.output
@@ -226,6 +229,9 @@ def test_search_says_whether_it_starts_or_resumes_a_study_and_where(search_yaml,
     assert again.exit_code == 0, again.output
     assert "resuming with 2 of 3 trials finished (1 to run)" in again.output.splitlines()[0]
     assert "created" not in again.output.splitlines()[0]
+    spent = runner.invoke(app, ["search", str(path), "--trials", "2"])  # fewer than the study holds
+    assert spent.exit_code == 0, spent.output
+    assert "'search': 3 trials finished, the budget of 2 is spent (nothing to run)" in spent.output.splitlines()[0]
 
 
 def test_a_printed_storage_url_hides_its_password():
