@@ -206,7 +206,7 @@ def retrain(
         raise invalid_value("tracking_uri", "an MLflow tracking URI with a model registry (retrain compares with "
                             "and promotes in it)", "none")
     job = job_config(cfg, run_key)
-    tracker = make_tracker(job)
+    tracker = make_tracker(job, registry=True)
     _ = tracker.client  # a new sqlite store is created atomically before anything else opens it
     lock = lock_path(cfg.storage, f"retrain-{cfg.study_name}-{registered_model}", "job")
     with file_lock(lock, blocking=False) as owned:

@@ -47,14 +47,15 @@ def sync_tracking(tracker: Any, trials: list[FrozenTrial], synced: set[int]) -> 
     return n
 
 
-def make_tracker(cfg: SearchConfig) -> Any:
-    """The MLflow tracker of ``cfg``, checked to be reachable (fails fast, before any training)."""
+def make_tracker(cfg: SearchConfig, *, registry: bool = False) -> Any:
+    """The MLflow tracker of ``cfg``, checked to be reachable (fails fast, before any training); ``registry``: the
+    caller needs a model registry, so an unreachable server's message does not offer ``none``."""
     from .tracking import NullTracker, Tracker
 
     if cfg.tracking_uri == "none":
         return NullTracker()
     tracker = Tracker(cfg.tracking_uri, cfg.experiment_name)
-    tracker.check_reachable()
+    tracker.check_reachable(instead="sqlite:///mlflow.db" if registry else "sqlite:///mlflow.db or none")
     return tracker
 
 

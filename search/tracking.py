@@ -168,8 +168,8 @@ class Tracker:
             self._client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
         return self._client
 
-    def check_reachable(self, timeout_s: float = 3.0) -> None:
-        """Fail fast when the tracking store cannot be used.
+    def check_reachable(self, timeout_s: float = 3.0, instead: str = "sqlite:///mlflow.db or none") -> None:
+        """Fail fast when the tracking store cannot be used; an unreachable server's message offers ``instead``.
 
         ``http(s)://``: GET ``<uri>/health`` (served by ``mlflow server``); any HTTP answer, even 401 or 404 from a
         proxy, counts as reachable; a refused connection, DNS failure or no answer within ``timeout_s`` does not.
@@ -192,7 +192,7 @@ class Tracker:
                 reason = getattr(exc, "reason", exc)
                 error = invalid_value("tracking_uri", f"a reachable MLflow tracking server (no answer within "
                                       f"{timeout_s:g} s: {reason}; start one with `mlflow server` or pass "
-                                      f"--tracking-uri sqlite:///mlflow.db or none)", uri)
+                                      f"--tracking-uri {instead})", uri)
                 raise StoreUnreachable(str(error), error.field) from None
         elif uri.startswith("sqlite:///"):
             db = Path(uri[len("sqlite:///"):])
@@ -417,7 +417,7 @@ class NullTracker(Tracker):
         self.parent_run_id = None
         self._client, self._experiment_id, self._children = None, None, {}
 
-    def check_reachable(self, timeout_s: float = 3.0) -> None:
+    def check_reachable(self, timeout_s: float = 3.0, instead: str = "") -> None:
         """Nothing to check."""
 
 

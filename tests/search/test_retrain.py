@@ -195,6 +195,7 @@ def test_a_tracking_server_that_does_not_answer_is_a_retry_for_retrain(tmp_path)
     assert result.exit_code == 1, result.output
     lines = [ln for ln in result.output.splitlines() if ln.strip()]
     assert len(lines) == 1 and "'tracking_uri'" in lines[0] and "retry" in lines[0]
+    assert "pass --tracking-uri sqlite:///mlflow.db)" in lines[0]  # not 'or none': retrain needs a registry
 
 
 # ------------------------------------------------------------------------------------ job examples (not run)
