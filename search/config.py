@@ -285,7 +285,12 @@ def config_from_dict(data: Mapping[str, Any], *, stem: str = "search",
     values["study_name"] = values.get("study_name") or stem
     task_name = values["task"].name or str(values["task"].factory).rsplit(":", 1)[-1]
     values["experiment_name"] = values.get("experiment_name") or f"metacompress-{task_name}"
-    values["out"] = values.get("out") or str(Path("out") / values["study_name"])
+    if not values.get("out"):  # out/<study_name>: a name that stays one folder inside out/
+        name = values["study_name"]
+        if Path(name).is_absolute() or ".." in Path(name).parts or name.strip(" ./") == "":
+            raise invalid_value("study_name", "a name that stays inside out/ when 'out' is not given (the default "
+                                "out is out/<study_name>: no '..', no leading '/')", name)
+        values["out"] = str(Path("out") / name)
     train, ray = values.get("train") or TrainConfig(), values.get("ray") or RayConfig()
     if values.get("backend") == "ray" and train.device.startswith("cuda") and ray.gpus_per_trial <= 0:
         raise invalid_value("ray.gpus_per_trial", "> 0 when train.device is 'cuda' (Ray hides the GPUs from a "

@@ -140,6 +140,7 @@ BAD: list[tuple[str, dict[str, Any], str]] = [
     ("warm_start.file", {"warm_start": {"file": "/nonexistent/policies.json"}}, "existing JSON file"),
     ("task.factory", {"task": {"factory": "my_pkg.tasks.make_task"}}, "import path"),
     ("task.name", {"task": {"name": "nope"}}, "'wine-mlp'"),
+    ("study_name", {"study_name": "../../elsewhere"}, "stays inside out/"),  # the default out: out/<study_name>
 ]
 
 
