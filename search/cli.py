@@ -162,7 +162,7 @@ def search(
     with SearchProgress(console, p) as bar:
         summary = run_search(cfg, warm_points=points, warm_info=info, on_trial_end=bar.update, prepared=p,
                              tracker=tracker)
-    console.print(pareto_table(summary))
+    console.print(pareto_table(summary, width=console.width))
     print_outcome(console, summary)
     console.print(f"Wrote [bold]{Path(cfg.out) / 'summary.json'}[/] (+ pareto.md, pareto.png, hypervolume.png).")
     if (cfg.tracking_uri != "none"):
@@ -400,7 +400,7 @@ def report(
     if problem is not None:
         raise ConfigError(f"The 'path' value must be a summary.json written by `metacompress search` ({problem}). "
                           f"Got '{file}'.", "path")
-    console.print(pareto_table(summary))
+    console.print(pareto_table(summary, width=console.width))
     print_outcome(console, summary)
 
 

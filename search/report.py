@@ -117,20 +117,33 @@ def pareto_markdown(summary: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def pareto_table(summary: Mapping[str, Any]) -> Any:
-    """The Pareto table as a ``rich.table.Table``."""
+#: Below this many terminal columns the policy column would shrink to a few letters per line: the policies are
+#: listed under the table instead, one line per trial.
+WIDE_TABLE = 120
+
+
+def pareto_table(summary: Mapping[str, Any], width: int | None = None) -> Any:
+    """The Pareto table as a ``rich`` renderable: a table, and under it the policies when ``width`` (the
+    terminal's columns) is below :data:`WIDE_TABLE`."""
+    from rich.console import Group
     from rich.table import Table
+    from rich.text import Text
 
     t = summary.get("teacher", {})
     table = Table(title=f"Pareto front — {summary['study_name']} ({summary['n_complete']} complete trials, "
                         f"HV {_hv_text(summary)})",
                   caption=f"teacher: acc {t.get('accuracy', float('nan')):.4f}, "
                           f"{format_bytes(t.get('size_bytes', 0))}, {t.get('latency_ms', float('nan')):.3f} ms")
-    for col in _COLUMNS:
+    narrow = width is not None and width < WIDE_TABLE
+    columns = _COLUMNS[:-1] if narrow else _COLUMNS
+    for col in columns:
         table.add_column(col, justify="left" if col == "policy" else "right", no_wrap=col != "policy")
-    for row in pareto_rows(summary):
-        table.add_row(*row)
-    return table
+    rows = pareto_rows(summary)
+    for row in rows:
+        table.add_row(*row[:len(columns)])
+    if not narrow or not rows:
+        return table
+    return Group(table, Text("policies:\n" + "\n".join(f"  trial {row[0]}: {row[-1]}" for row in rows)))
 
 
 def warm_start_line(summary: Mapping[str, Any]) -> str | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -174,6 +175,20 @@ def test_report_prints_the_pareto_table_of_a_finished_search(search_yaml, tmp_pa
     assert result.exit_code == 0 and "Pareto front" in result.output
     bad = runner.invoke(app, ["report", str(tmp_path / "nowhere")])
     assert bad.exit_code == 2 and "'path'" in _one_error_line(bad)
+    from rich.console import Console
+
+    from metacompress.search.report import pareto_rows, pareto_table
+
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    rows = pareto_rows(summary)
+    for width in (80, 132):  # a narrow terminal gets the policies under the table, each on one line
+        console = Console(width=width, record=True, file=io.StringIO())
+        console.print(pareto_table(summary, width=width))
+        text = console.export_text()
+        assert all(len(line) <= width for line in text.splitlines())
+        assert ("policies:" in text) == (width == 80)
+        for row in rows:
+            assert (f"trial {row[0]}: {row[-1]}" in text) == (width == 80) and row[-1] in text
 
 
 def test_suggest_shows_the_proposals_with_their_measured_proxies(search_yaml):
