@@ -198,7 +198,9 @@ def retrain(
     """
     from .local import file_lock, lock_path
     from .runner import prepare, run_search
+    from .study import study_line
     from .sync import make_tracker
+    from .warmstart import resumed_warm_start
 
     validate_name("registered_model", registered_model)
     run_key = validate_name("run_key", default_run_key() if run_key is None else run_key)  # "" is a typo, not today
@@ -218,8 +220,13 @@ def retrain(
 
             check_ray(job)
         p = prepare(job)
-        points, info = _warm_start(job, p, cfg.study_name)
-        say(f"study {job.study_name}: {info['n_points']} warm-start points ({info.get('reason', info['mode'])})")
+        say(study_line(p.study, job.n_trials, job.storage))  # new, resumed, or its budget spent
+        points = []
+        info = resumed_warm_start(p.study, job.n_trials, job.warm_start.n_points, sequential=True)
+        if info is None:  # a rerun of a finished run fits no predictor
+            points, info = _warm_start(job, p, cfg.study_name)
+            info["reason"] = f"warm start: {info['n_points']} points ({info.get('reason', info['mode'])})"
+        say(info["reason"])
         if not any(c.metric == "accuracy" for c in constraints):
             say("no accuracy constraint: the smallest Pareto model may be promoted, whatever its accuracy "
                 "(e.g. --constraint 'accuracy>=0.97')")
@@ -238,12 +245,11 @@ def _warm_start(job: Any, p: Any, base: str) -> tuple[list[dict[str, Any]] | Any
     time against the front the earlier policies observed (as a search does)."""
     from .warmstart import SequentialWarmStart, resolve_warm_start
 
-    mode = job.warm_start.mode
+    mode, n_points = job.warm_start.mode, min(job.warm_start.n_points, job.n_trials)  # no more than can run
     if mode == "off" or job.warm_start.file:
-        return resolve_warm_start(mode, p.space, p.task, n_points=job.warm_start.n_points, seed=job.seed,
-                                  file=job.warm_start.file)
-    previous = _previous_pareto(p, base)[: job.warm_start.n_points]
-    k = job.warm_start.n_points - len(previous)
+        return resolve_warm_start(mode, p.space, p.task, n_points=n_points, seed=job.seed, file=job.warm_start.file)
+    previous = _previous_pareto(p, base)[:n_points]
+    k = n_points - len(previous)
     if k <= 0:
         return previous, {"mode": "auto", "n_points": len(previous),
                           "reason": f"{len(previous)} from the previous run; no predictor points needed"}

@@ -111,6 +111,8 @@ def test_retrain_promotes_only_a_better_model_once(tmp_path):
 
     again = _retrain(_job(tmp_path, [4]), "r1")  # the crash-rerun of the same run: resumes, never twice
     assert again.exit_code == 0 and "champion unchanged" in again.output
+    assert "is spent (nothing to run)" in again.output and "nothing left to run" in again.output
+    assert "warm start:" not in again.output  # no predictor fitted for points that would never run
     assert len(client.search_model_versions("name = 'digits'")) == 1
 
     worse = _retrain(_job(tmp_path, [8], name="wide"), "r2")  # 8-bit: twice the size
