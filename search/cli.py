@@ -135,6 +135,9 @@ def search(
     check_warm_start_mode(mode)
     check_out(cfg.out)
     tracker = make_tracker(cfg)  # an unreachable tracking server fails here, before any training
+    if address and cfg.backend != "ray":
+        console.print(f"--address is the ray backend's; backend {cfg.backend!r} runs here (--backend ray to use "
+                      "it)", style="yellow", highlight=False)
     if cfg.backend == "ray":  # an address where nothing answers, resources the local Ray lacks
         from .ray_backend import check_ray
 
@@ -223,7 +226,11 @@ def layers(
     if not Path(config).exists() and config in BUILTIN_TASKS:
         task, title = load_task(config), config
     elif not Path(config).is_file():
-        raise invalid_value("config", "an existing YAML file or a built-in task name (`metacompress tasks`)", config)
+        import difflib
+
+        close = difflib.get_close_matches(config, list(BUILTIN_TASKS), n=1, cutoff=0.6)
+        error = invalid_value("config", "an existing YAML file or a built-in task name (`metacompress tasks`)", config)
+        raise ConfigError(f"{error}" + (f" Did you mean {close[0]!r}?" if close else ""), "config")
     else:
         from .config import load_config
         from .runner import _task_spec

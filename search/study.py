@@ -79,10 +79,16 @@ def make_storage(url: str) -> optuna.storages.BaseStorage:
         return optuna.storages.RDBStorage(url, heartbeat_interval=5, grace_period=20,
                                           heartbeat_stale_trial_callback=retry,
                                           engine_kwargs=_engine_kwargs(url))
-    except (ImportError, ValueError, OSError) as exc:
-        raise invalid_value("storage", "a reachable Optuna storage (RDB URL, *.log journal file)", url) from exc
-    except Exception as exc:  # sqlalchemy OperationalError and friends: unreachable database
-        raise invalid_value("storage", "a reachable Optuna storage (RDB URL, *.log journal file)", url) from exc
+    except Exception as exc:  # a bad URL, a missing driver, sqlalchemy's OperationalError: unreachable database
+        raise invalid_value("storage", f"a reachable Optuna storage (RDB URL, *.log journal file; here: "
+                            f"{_cause(exc)})", _without_password(url)) from exc
+
+
+def _cause(exc: BaseException) -> str:
+    """The first line of what went wrong, the database driver's own message where sqlalchemy wraps one."""
+    inner = getattr(exc, "orig", None) or exc
+    text = (str(inner).strip().splitlines() or [""])[0]
+    return f"{type(inner).__name__}: {text[:160]}" if text else type(inner).__name__
 
 
 def _is_journal(url: str) -> bool:

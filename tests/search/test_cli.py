@@ -52,6 +52,8 @@ def test_layers_shows_what_structured_pruning_removes_from_each_layer_or_why_not
     assert "Compressible layers of digits-mlp" in table.output and "2 of 3 layers" in table.output
     bad = runner.invoke(app, ["layers", "digits-nope"])
     assert bad.exit_code == 2 and "'config'" in _one_error_line(bad)
+    close = runner.invoke(app, ["layers", "wine"])
+    assert close.exit_code == 2 and "Did you mean 'wine-mlp'?" in _one_error_line(close)
 
 
 def _write(tmp_path: Path, data) -> Path:
@@ -134,6 +136,24 @@ def test_a_bad_policies_file_is_one_line_before_the_study_line(tmp_path, monkeyp
                                  "--tracking-uri", "none"])
     assert result.exit_code == 2
     assert "warm_start.file[0]: The 'params' keys must be one of" in _one_error_line(result)
+
+
+def test_a_storage_that_cannot_be_opened_says_why_and_hides_a_password(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = _write(tmp_path, BASE)
+    for storage, cause in (("sqlite:////proc/study.db", "OperationalError: unable to open database file"),
+                           ("postgresql://me:s3cret@127.0.0.1:9/db", "postgresql://me:***@127.0.0.1:9/db")):
+        result = runner.invoke(app, ["search", str(path), "--storage", storage, "--tracking-uri", "none"])
+        assert result.exit_code == 2
+        line = _one_error_line(result)
+        assert "'storage'" in line and cause in line and "s3cret" not in line
+
+
+def test_a_ray_address_on_the_optuna_backend_is_said_to_be_unused(search_yaml):
+    result = runner.invoke(app, ["search", str(search_yaml(n_trials=1, tracking_uri="none")), "--address",
+                                 "127.0.0.1:1"])
+    assert result.exit_code == 0, result.output
+    assert "--address is the ray backend's; backend 'optuna' runs here" in result.output
 
 
 def test_an_error_line_shows_its_brackets(tmp_path):
