@@ -925,7 +925,7 @@ NOTES = [
     "mnist1d-mlp and on wine, 0.94 on the few-shot task, 0.89 on digits-cnn and 0.65 on breast-cancer, whose "
     "replicate ceiling is 0.63–0.70: 0.92 after 5 asks for the ceiling of the other five tasks (0.97 mean) and "
     "breast-cancer's at once. What changed is the tuned proxy's fidelity (next bullet).",
-    "- **The batch measures every point it holds** (`metacompress suggest`, row 'warm_batch'; `propose.py`, "
+    "- **The batch measures its fill too** (`metacompress suggest`, row 'warm_batch'; `propose.py`, "
     "`_measured_fill`): a log-size bin that no candidate falls in used to be filled from the predicted front "
     "unmeasured, 53 of the 480 points of the batch's runs (20 of 80 on the few-shot task, 10 of 80 on wine and on "
     "breast-cancer), shown by `suggest` with '–' for its proxy. Now the fill measures 12 front candidates per "
