@@ -117,7 +117,7 @@ class WarmStartConfig:
     """Meta-learned warm start: ``mode`` auto|off, ``n_points`` enqueued trials, optional JSON ``file``."""
 
     mode: str = option("auto", _warm_mode)
-    n_points: int = option(8, number("int", 0, MAX_WARM_POINTS))
+    n_points: int = option(8, number("int", 1, MAX_WARM_POINTS))  # none: mode off
     file: str | None = option(None, _warm_file)
 
 

@@ -87,7 +87,7 @@ def _task_spec(cfg: SearchConfig) -> dict[str, Any]:
     if not t.factory:
         return {"name": t.name, "seed": t.seed}
     _make_importable([Path(cfg.config_path).parent] if cfg.config_path else [])
-    return {"factory": t.factory, "kwargs": t.kwargs}
+    return {"factory": t.factory, "kwargs": t.kwargs, "seed": t.seed}  # a factory with a seed parameter gets it
 
 
 def _make_importable(folders: list[Path]) -> None:

@@ -75,7 +75,8 @@ def make_task(weights: str = "digits_net.pt", seed: int = 0) -> Task:
 
     Args:
         weights: The teacher's ``state_dict`` (relative paths are next to this file); trained and saved when missing.
-        seed: The split's seed (metacompress passes the config's ``seed`` to a factory that has this parameter).
+        seed: The split's seed (metacompress passes the task's ``seed``, ``task: {factory: ..., seed: 3}``, to a
+            factory that has this parameter; 0 unless set).
     """
     train, val = _data(seed)
     path = Path(weights) if Path(weights).is_absolute() else Path(__file__).with_name(weights)

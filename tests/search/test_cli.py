@@ -604,6 +604,31 @@ def make_task(seed: int = 0) -> Task:
 """
 
 
+_SEEDED_FACTORY = """
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+from metacompress.learners import Task
+
+
+def make_task(seed: int = 0) -> Task:  # the seed shows in the first layer's width
+    x, y = torch.randn(40, 6), torch.arange(40) % 3
+    model = nn.Sequential(nn.Linear(6, 10 + seed), nn.ReLU(), nn.Linear(10 + seed, 3)).eval()
+    return Task("seeded", model, TensorDataset(x[:30], y[:30]), TensorDataset(x[30:], y[30:]), 3)
+"""
+
+
+def test_a_factory_with_a_seed_parameter_receives_the_tasks_seed(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "seeded_task.py").write_text(_SEEDED_FACTORY)
+    for task, seed in (({"factory": "seeded_task:make_task", "seed": 3}, 3),
+                       ({"factory": "seeded_task:make_task"}, 0),
+                       ({"factory": "seeded_task:make_task", "seed": 3, "kwargs": {"seed": 5}}, 5)):  # kwargs win
+        result = runner.invoke(app, ["layers", str(_write(tmp_path, {"task": task})), "--json"])
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.output)[0]["shape"] == [10 + seed, 6]
+
+
 def test_failed_trials_are_named_with_their_reason_by_search_and_report(tmp_path, monkeypatch):
     """A search whose trials all fail must not end on an empty table alone: it says why, and report repeats it."""
     monkeypatch.chdir(tmp_path)

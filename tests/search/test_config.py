@@ -140,7 +140,8 @@ BAD: list[tuple[str, dict[str, Any], str]] = [
     ("warm_start.file", {"warm_start": {"file": "/nonexistent/policies.json"}}, "existing JSON file"),
     ("task.factory", {"task": {"factory": "my_pkg.tasks.make_task"}}, "import path"),
     ("task.name", {"task": {"name": "nope"}}, "'wine-mlp'"),
-    ("study_name", {"study_name": "../../elsewhere"}, "stays inside out/"),  # the default out: out/<study_name>
+    ("study_name", {"study_name": "../../elsewhere"}, "stays inside out/"),
+    ("warm_start.n_points", {"warm_start": {"n_points": 0}}, "Got 0."),  # none: mode off  # the default out: out/<study_name>
 ]
 
 
