@@ -76,8 +76,14 @@ def _registered(tracker: Any, name: str) -> dict[int, str]:
     return out
 
 
+#: Model version tag: whether the version's trial is on its study's Pareto front now ("true"/"false"). A resumed
+#: search can push a registered trial off the front; its version stays (it may be served) and says so.
+PARETO_TAG = "metacompress.pareto"
+
+
 def log_pareto_models(p: Prepared, tracker: Any, summary: dict[str, Any]) -> None:
-    """Load each Pareto trial's packed export, log it with ``mlflow.pytorch`` and register it."""
+    """Load each Pareto trial's packed export, log it with ``mlflow.pytorch`` and register it; tag every version
+    of this study with :data:`PARETO_TAG`."""
     if p.cfg.tracking_uri == "none":
         return
     name = f"{p.cfg.experiment_name}-pareto"
@@ -90,8 +96,11 @@ def log_pareto_models(p: Prepared, tracker: Any, summary: dict[str, Any]) -> Non
         if not artifact or not Path(artifact).exists():
             continue
         model = load_compressed(artifact, p.task.teacher)
-        entry["model_uri"] = tracker.log_pareto_model(entry["number"], model, entry["metrics"], name,
-                                                      extra_artifacts=[artifact])
+        entry["model_uri"] = done[entry["number"]] = tracker.log_pareto_model(
+            entry["number"], model, entry["metrics"], name, extra_artifacts=[artifact])
+    front = {entry["number"] for entry in summary["pareto"]}
+    for number, uri in done.items():
+        tracker.client.set_model_version_tag(name, uri.rsplit("/", 1)[-1], PARETO_TAG, str(number in front).lower())
 
 
 def flush_tracking(tracker: Any, step: Callable[[], None], restart: Callable[[], Any], timeout_s: float) -> bool:

@@ -60,7 +60,7 @@ def test_search_writes_the_summary_contract_and_mlflow_layout(search_yaml):
         assert "kd_lambda" in run.data.params and any(k.endswith(".bits") for k in run.data.params)
     client = mlflow.MlflowClient(cfg.tracking_uri, registry_uri=cfg.tracking_uri)
     versions = client.search_model_versions(f"name = '{cfg.experiment_name}-pareto'")
-    assert len(versions) == len(pareto_numbers)
+    assert len(versions) == len(pareto_numbers) and all(v.tags["metacompress.pareto"] == "true" for v in versions)
     artifacts = {a.path for a in client.list_artifacts(parents[0].info.run_id)}
     assert {"summary.json", "pareto.png", "hypervolume.png", "meta.json"} <= artifacts
 
@@ -96,6 +96,10 @@ def test_rerun_with_a_larger_budget_continues_without_repeating(search_yaml):
     versions = mlflow.MlflowClient(cfg.tracking_uri, registry_uri=cfg.tracking_uri).search_model_versions(f"name = '{cfg.experiment_name}-pareto'")
     numbers = [v.tags["metacompress.trial_number"] for v in versions]
     assert len(numbers) == len(set(numbers))  # a Pareto model is registered once, however often we resume
+    front = {str(e["number"]) for e in summary["pareto"]}
+    assert front <= set(numbers)  # a version pushed off the front by the later trials stays, and says so
+    assert {v.tags["metacompress.trial_number"]: v.tags["metacompress.pareto"] for v in versions} == \
+        {n: str(n in front).lower() for n in numbers}
 
 
 def test_warm_start_file_points_run_first_and_only_once(search_yaml, tmp_path):
