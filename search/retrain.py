@@ -392,11 +392,19 @@ def _finish_promotion(client: Any, name: str, versions: list[Any], champ: Any, r
 
 
 def _record(p: Any, tracker: Any, result: RetrainResult) -> None:
-    """``retrain.json`` in the output folder and on the parent run; ``metacompress.retrain.*`` tags."""
+    """``retrain.json`` in the output folder and on the parent run; ``metacompress.retrain.*`` tags.
+
+    A rerun of a run that promoted (``already_promoted``) keeps the record of that decision: it writes only what the
+    first run did not get to (a crash between the promotion and its record).
+    """
     path = Path(p.cfg.out) / "retrain.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result.to_dict(), indent=2, default=float))
+    rerun = result.outcome == "already_promoted"
+    if not (rerun and path.is_file()):
+        path.write_text(json.dumps(result.to_dict(), indent=2, default=float))
     if tracker.parent_run_id is None:
+        return
+    if rerun and "metacompress.retrain.outcome" in tracker.client.get_run(tracker.parent_run_id).data.tags:
         return
     tags = {"outcome": result.outcome, "reason": result.reason, "registered_model": result.registered_model,
             "version": result.version or "", "trial": "" if not result.candidate else result.candidate["number"]}

@@ -113,6 +113,11 @@ def test_retrain_promotes_only_a_better_model_once(tmp_path):
     assert again.exit_code == 0 and "champion unchanged" in again.output
     assert "is spent (nothing to run)" in again.output and "nothing left to run" in again.output
     assert "warm start:" not in again.output  # no predictor fitted for points that would never run
+    record = json.loads((tmp_path / "out" / "r1" / "retrain.json").read_text())
+    assert record["outcome"] == "promoted" and record["version"] == "1"  # the rerun keeps the decision's record
+    parent = client.search_runs([client.get_experiment_by_name("metacompress-digits-mlp").experiment_id],
+                                filter_string="tags.`metacompress.study_name` = 'job-r1'")[0]
+    assert parent.data.tags["metacompress.retrain.outcome"] == "promoted"
     assert len(client.search_model_versions("name = 'digits'")) == 1
 
     worse = _retrain(_job(tmp_path, [8], name="wide"), "r2")  # 8-bit: twice the size
