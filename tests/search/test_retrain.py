@@ -263,4 +263,13 @@ def test_airflow_example_is_valid_python_calling_the_cli():
     words = shlex.split(ast.literal_eval(command).replace("{{ ds_nodash }}", "20260101"))
     assert words[0] == "metacompress"
     _parses(words[1:])
-    assert "skip_on_exit_code=3" in source and "max_active_runs=1" in source
+    assert "max_active_runs=1" in source and 'op_kwargs={"command": RETRAIN}' in source
+    callable_ = next(node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name == "run_retrain")
+    raised = {}  # exit code -> what the callable raises for it: 3 skips, 2 fails without retries, others retry
+    for node in ast.walk(callable_):
+        if isinstance(node, ast.If) and isinstance(node.test, ast.Compare):
+            code = node.test.comparators[0].value
+            op = type(node.test.ops[0]).__name__
+            raised[(op, code)] = node.body[0].exc.func.id
+    assert raised == {("Eq", 3): "AirflowSkipException", ("Eq", 2): "AirflowFailException",
+                      ("NotEq", 0): "RuntimeError"}
