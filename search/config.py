@@ -14,6 +14,7 @@ directions), a scalar for a range (``epochs: 2`` = ``{low: 2, high: 2}``). The f
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import logging
 import re
@@ -55,8 +56,12 @@ _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 _STORAGE_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://.+|.+\.log)$")
 _STORAGE_WANT = "an RDB URL like 'sqlite:///metacompress.db', a path ending in '.log', or 'journal:///path'"
 def _grouping(name: str, v: Any) -> str | dict[str, str]:
+    if isinstance(v, str) and v in ("per-layer", "auto"):
+        return v
     if isinstance(v, str):
-        return choice("per-layer", "auto")(name, v)
+        close = difflib.get_close_matches(v, ["per-layer", "auto"], n=1, cutoff=0.6)
+        raise ConfigError(f"The '{name}' value must be 'per-layer', 'auto' or a non-empty mapping {{group_name: "
+                          f"regex}}. Got {v!r}." + (f" Did you mean {close[0]!r}?" if close else ""), name)
     if not isinstance(v, Mapping) or not v:
         raise invalid_value(name, "'per-layer', 'auto' or a non-empty mapping {group_name: regex}", v)
     for group, pattern in v.items():

@@ -599,8 +599,10 @@ class Fragile(nn.Module):
 
 
 def make_task(seed: int = 0) -> Task:
-    x, y = torch.randn(40, 6), torch.arange(40) % 3
-    return Task("fragile", Fragile().eval(), TensorDataset(x[:30], y[:30]), TensorDataset(x[30:], y[30:]), 3)
+    teacher, x = Fragile().eval(), torch.randn(40, 6)
+    with torch.no_grad():
+        y = teacher(x).argmax(1)  # labels the teacher gets right: a teacher must be better than nothing
+    return Task("fragile", teacher, TensorDataset(x[:30], y[:30]), TensorDataset(x[30:], y[30:]), 3)
 """
 
 
@@ -612,9 +614,19 @@ from metacompress.learners import Task
 
 
 def make_task(seed: int = 0) -> Task:  # the seed shows in the first layer's width
-    x, y = torch.randn(40, 6), torch.arange(40) % 3
+    x = torch.randn(40, 6)
     model = nn.Sequential(nn.Linear(6, 10 + seed), nn.ReLU(), nn.Linear(10 + seed, 3)).eval()
+    with torch.no_grad():
+        y = model(x).argmax(1)  # labels the teacher gets right
     return Task("seeded", model, TensorDataset(x[:30], y[:30]), TensorDataset(x[30:], y[30:]), 3)
+
+
+def make_untrained_task() -> Task:  # no validation row right: nothing to compare a student with
+    x = torch.randn(40, 6)
+    model = nn.Linear(6, 3).eval()
+    with torch.no_grad():
+        y = (model(x).argmax(1) + 1) % 3
+    return Task("untrained", model, TensorDataset(x[:30], y[:30]), TensorDataset(x[30:], y[30:]), 3)
 """
 
 
@@ -627,6 +639,16 @@ def test_a_factory_with_a_seed_parameter_receives_the_tasks_seed(tmp_path, monke
         result = runner.invoke(app, ["layers", str(_write(tmp_path, {"task": task})), "--json"])
         assert result.exit_code == 0, result.output
         assert json.loads(result.output)[0]["shape"] == [10 + seed, 6]
+
+
+def test_a_teacher_that_gets_nothing_right_is_refused_before_the_study(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "seeded_task.py").write_text(_SEEDED_FACTORY)
+    untrained = _write(tmp_path, {"task": {"factory": "seeded_task:make_untrained_task"}})
+    result = runner.invoke(app, ["search", str(untrained), "--tracking-uri", "none"])
+    assert result.exit_code == 2  # refused before the study, not after the first trials
+    assert "The 'task.teacher' value must be a trained model" in _one_error_line(result)
+    assert not (tmp_path / "metacompress.db").exists()
 
 
 def test_failed_trials_are_named_with_their_reason_by_search_and_report(tmp_path, monkeypatch):

@@ -124,7 +124,8 @@ BAD: list[tuple[str, dict[str, Any], str]] = [
     ("space.bits", {"space": {"bits": [4, 9]}}, "Got 9."),
     ("space.bits", {"space": {"bits": []}}, "non-empty list"),
     ("space.prune_method", {"space": {"prune_method": ["magnitude"]}}, "unstructured"),
-    ("space.grouping", {"space": {"grouping": "per_layer"}}, "Did you mean 'per-layer'?"),
+    ("space.grouping", {"space": {"grouping": "per_layer"}},
+     "or a non-empty mapping {group_name: regex}. Got 'per_layer'. Did you mean 'per-layer'?"),
     ("space.grouping.g", {"space": {"grouping": {"g": "("}}}, "regular expression"),
     ("n_trials", {"n_trials": 0}, "an integer >= 1. Got 0."),
     ("n_trials", {"n_trials": "6"}, "an integer >= 1. Got '6'."),
@@ -140,8 +141,8 @@ BAD: list[tuple[str, dict[str, Any], str]] = [
     ("warm_start.file", {"warm_start": {"file": "/nonexistent/policies.json"}}, "existing JSON file"),
     ("task.factory", {"task": {"factory": "my_pkg.tasks.make_task"}}, "import path"),
     ("task.name", {"task": {"name": "nope"}}, "'wine-mlp'"),
-    ("study_name", {"study_name": "../../elsewhere"}, "stays inside out/"),
-    ("warm_start.n_points", {"warm_start": {"n_points": 0}}, "Got 0."),  # none: mode off  # the default out: out/<study_name>
+    ("study_name", {"study_name": "../../elsewhere"}, "stays inside out/"),  # the default out: out/<study_name>
+    ("warm_start.n_points", {"warm_start": {"n_points": 0}}, "Got 0."),  # none: mode off
 ]
 
 
