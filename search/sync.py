@@ -96,11 +96,13 @@ def log_pareto_models(p: Prepared, tracker: Any, summary: dict[str, Any]) -> Non
         if not artifact or not Path(artifact).exists():
             continue
         model = load_compressed(artifact, p.task.teacher)
-        entry["model_uri"] = done[entry["number"]] = tracker.log_pareto_model(
-            entry["number"], model, entry["metrics"], name, extra_artifacts=[artifact])
+        entry["model_uri"] = tracker.log_pareto_model(entry["number"], model, entry["metrics"], name,
+                                                      extra_artifacts=[artifact])
+        if entry["model_uri"] is not None:  # None: the store went down (a rerun registers it)
+            done[entry["number"]] = entry["model_uri"]
     front = {entry["number"] for entry in summary["pareto"]}
-    for number, uri in done.items():
-        tracker.client.set_model_version_tag(name, uri.rsplit("/", 1)[-1], PARETO_TAG, str(number in front).lower())
+    tracker.tag_model_versions(name, PARETO_TAG, {uri.rsplit("/", 1)[-1]: str(number in front).lower()
+                                                  for number, uri in done.items()})
 
 
 def flush_tracking(tracker: Any, step: Callable[[], None], restart: Callable[[], Any], timeout_s: float) -> bool:

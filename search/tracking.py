@@ -385,6 +385,12 @@ class Tracker:
             self.client.set_model_version_tag(registered_model_name, version, key, str(value))
         return f"models:/{registered_model_name}/{version}"
 
+    @_soft
+    def tag_model_versions(self, name: str, key: str, values: Mapping[str, str]) -> None:
+        """Set tag ``key`` of registered model ``name``'s versions: version -> value."""
+        for version, value in values.items():
+            self.client.set_model_version_tag(name, version, key, value)
+
     @contextlib.contextmanager
     def _fluent_uri(self) -> Iterator[None]:
         """Point MLflow's fluent API at this tracker's store for the duration of the block."""
