@@ -222,15 +222,13 @@ def layers(
 
     from metacompress.learners import BUILTIN_TASKS, load_task, structure_report
     from metacompress.spaces import invalid_value
+    from metacompress.spaces.errors import close_hint
 
     if not Path(config).exists() and config in BUILTIN_TASKS:
         task, title = load_task(config), config
     elif not Path(config).is_file():
-        import difflib
-
-        close = difflib.get_close_matches(config, list(BUILTIN_TASKS), n=1, cutoff=0.6)
         error = invalid_value("config", "an existing YAML file or a built-in task name (`metacompress tasks`)", config)
-        raise ConfigError(f"{error}" + (f" Did you mean {close[0]!r}?" if close else ""), "config")
+        raise ConfigError(f"{error}{close_hint(config, BUILTIN_TASKS)}", "config")
     else:
         from .config import load_config
         from .runner import _task_spec

@@ -14,7 +14,6 @@ directions), a scalar for a range (``epochs: 2`` = ``{low: 2, high: 2}``). The f
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
 import logging
 import re
@@ -38,7 +37,7 @@ from metacompress.search.checks import (
     value_range,
 )
 from metacompress.search.pareto import check_objectives
-from metacompress.spaces.errors import ConfigError, invalid_value, unknown_key
+from metacompress.spaces.errors import ConfigError, close_hint, invalid_value, unknown_key
 from metacompress.spaces.policy import ALLOWED_BITS, PRUNE_METHODS
 
 _LOG = logging.getLogger(__name__)
@@ -59,9 +58,8 @@ def _grouping(name: str, v: Any) -> str | dict[str, str]:
     if isinstance(v, str) and v in ("per-layer", "auto"):
         return v
     if isinstance(v, str):
-        close = difflib.get_close_matches(v, ["per-layer", "auto"], n=1, cutoff=0.6)
         raise ConfigError(f"The '{name}' value must be 'per-layer', 'auto' or a non-empty mapping {{group_name: "
-                          f"regex}}. Got {v!r}." + (f" Did you mean {close[0]!r}?" if close else ""), name)
+                          f"regex}}. Got {v!r}.{close_hint(v, ('per-layer', 'auto'))}", name)
     if not isinstance(v, Mapping) or not v:
         raise invalid_value(name, "'per-layer', 'auto' or a non-empty mapping {group_name: regex}", v)
     for group, pattern in v.items():

@@ -10,7 +10,8 @@ import difflib
 from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["MetacompressError", "ConfigError", "Terminated", "invalid_value", "unknown_key", "missing_key", "prefixed"]
+__all__ = ["MetacompressError", "ConfigError", "Terminated", "close_hint", "invalid_value", "unknown_key", "missing_key",
+           "prefixed"]
 
 
 class MetacompressError(Exception):
@@ -45,10 +46,15 @@ def unknown_key(field: str, got: str, choices: Iterable[str], *, what: str = "va
     its dotted path) or ``keys`` (``field`` is the mapping whose keys must be ``choices``).
     """
     choices = sorted(str(c) for c in choices)
-    close = difflib.get_close_matches(str(got), choices, n=1, cutoff=0.6)
-    hint = f" Did you mean {close[0]!r}?" if close else ""
     shown = ", ".join(repr(c) for c in choices[:20]) + (", ..." if len(choices) > 20 else "")
-    return ConfigError(f"The '{field}' {what} must be one of {shown}. Got {got!r}.{hint}", field=field)
+    return ConfigError(f"The '{field}' {what} must be one of {shown}. Got {got!r}.{close_hint(got, choices)}",
+                       field=field)
+
+
+def close_hint(got: Any, choices: Iterable[str]) -> str:
+    """`` Did you mean 'x'?`` for the choice closest to ``got``, or ``""`` when none is close."""
+    close = difflib.get_close_matches(str(got), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f" Did you mean {close[0]!r}?" if close else ""
 
 
 def missing_key(field: str) -> ConfigError:
