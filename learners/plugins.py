@@ -96,9 +96,11 @@ def from_factory(path: str, kwargs: Any, seed: int) -> Task:
     task.info.setdefault("n_params", count_parameters(task.teacher))
     if "teacher_accuracy" not in task.info:
         task.info["teacher_accuracy"] = evaluate_accuracy(task.teacher, task.val)
-    if not task.info["teacher_accuracy"] > 0:  # every student is scored relative to it: nothing to compare with
+    accuracy = task.info["teacher_accuracy"]
+    if isinstance(accuracy, bool) or not isinstance(accuracy, (int, float)) or not accuracy > 0:
+        # every student is scored relative to it: nothing to compare with
         raise invalid_value("task.teacher", "a trained model: its accuracy on the validation data is 0, so no "
-                            "student can be compared with it", f"{path} (accuracy {task.info['teacher_accuracy']})")
+                            "student can be compared with it", f"{path} (accuracy {accuracy})")
     return task
 
 
