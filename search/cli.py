@@ -124,7 +124,7 @@ def search(
     from .runner import check_out, prepare, run_search
     from .study import storage_folder, study_line
     from .sync import make_tracker
-    from .warmstart import check_warm_start_mode, load_points, resolve_warm_start, resumed_warm_start
+    from .warmstart import check_warm_start_mode, load_points, policies_file, resolve_warm_start, resumed_warm_start
 
     cfg = load_config(config, _overrides(
         n_trials=_number_flag("n_trials", trials, int), backend=backend, sampler=sampler,
@@ -150,7 +150,7 @@ def search(
     new_folder = folder if folder is not None and not folder.exists() else None
     with console.status(f"Preparing {cfg.task_name} (teacher, search space, study)..."):
         p = prepare(cfg, progress=False)
-        file = mode if mode not in ("auto", "off") else cfg.warm_start.file if mode == "auto" else None
+        file = policies_file(mode, cfg.warm_start.file)
         if file:  # a bad policies file is the one line, before the study's
             load_points(file, p.space)
         console.print(study_line(p.study, cfg.n_trials, cfg.storage, new_folder), highlight=False, soft_wrap=True)

@@ -17,7 +17,7 @@ from metacompress.spaces import CompressionPolicy, CompressionSpace, ConfigError
 from .study import ATTR_WARM, ATTR_WARM_SOURCE, remaining_budget
 
 __all__ = ["ATTR_INDEX", "ATTR_PREDICTED", "SequentialWarmStart", "check_warm_start_mode", "enqueue_next_warm_point",
-           "history_store", "load_points", "resolve_warm_start", "resumed_warm_start"]
+           "history_store", "load_points", "policies_file", "resolve_warm_start", "resumed_warm_start"]
 
 #: Trial user attributes of a sequential warm point: its candidate index and the predictor's retention.
 ATTR_INDEX, ATTR_PREDICTED = "metacompress.warm_index", "metacompress.warm_predicted"
@@ -149,6 +149,12 @@ def resumed_warm_start(study: optuna.Study, n_trials: int, k: int, *, sequential
     return {"mode": mode, "n_points": n_warm, "reason": reason}
 
 
+def policies_file(mode: str, file: str | None) -> str | None:
+    """The policies file a warm start reads: ``--warm-start FILE`` (``mode``), else ``warm_start.file`` with mode
+    ``auto``; None with ``off`` or no file."""
+    return mode if mode not in ("auto", "off") else file if mode == "auto" else None
+
+
 def check_warm_start_mode(mode: str) -> None:
     """``--warm-start``: ``auto``, ``off`` or the path of a JSON file of policies (read later, by
     :func:`load_points`), so a mistyped mode is named as such rather than as a missing file.
@@ -183,12 +189,11 @@ def resolve_warm_start(
         batch_size: The search's fine-tuning batch size (with ``seed``, the sequential warm start's tuned proxy
             replays the first steps of the trial a candidate would run).
     """
-    if mode not in ("auto", "off"):
-        file, mode = mode, "file"
     if mode == "off":
         return [], {"mode": "off", "n_points": 0}
+    file = policies_file(mode, file)
     if file:
-        points = load_points(file, space)[:n_points] if mode != "file" else load_points(file, space)
+        points = load_points(file, space)[:n_points] if mode == "auto" else load_points(file, space)
         info = {"mode": "file", "n_points": len(points), "source": str(file)}
         return points, info | ({} if points else {"reason": f"cold start: {file} holds no policies"})
     from metacompress.learners.meta import History, warm_start_points
