@@ -23,6 +23,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from metacompress.spaces import ConfigError, MetacompressError, Terminated
+from metacompress.spaces.errors import close_hint
 
 from .config import MAX_WARM_POINTS
 
@@ -222,7 +223,6 @@ def layers(
 
     from metacompress.learners import BUILTIN_TASKS, load_task, structure_report
     from metacompress.spaces import invalid_value
-    from metacompress.spaces.errors import close_hint
 
     if not Path(config).exists() and config in BUILTIN_TASKS:
         task, title = load_task(config), config
@@ -530,13 +530,22 @@ def _end_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, terminate)
 
 
+def _unknown_flag(exc: Any) -> str:
+    """``No such option: --trails. Did you mean '--trials'?``: click compares whole flags, so the shared ``--``
+    makes ``--bogus`` look like ``--out``; the names alone decide here, with the config errors' cutoff."""
+    command = exc.ctx.command if exc.ctx is not None else None
+    flags = [o for p in getattr(command, "params", []) for o in (*p.opts, *p.secondary_opts) if o.startswith("--")]
+    hint = close_hint(exc.option_name.lstrip("-"), [f[2:] for f in flags], show=lambda name: f"--{name}")
+    return f"{exc.message}.{hint}"
+
+
 def main() -> None:
     """Console-script entry point: a usage error (unknown flag, bad flag value) is one line and exit code 2 too."""
     _end_on_sigterm()
     try:  # typer >= 0.26 vendors click
-        from typer._click.exceptions import ClickException, NoArgsIsHelpError
+        from typer._click.exceptions import ClickException, NoArgsIsHelpError, NoSuchOption
     except ImportError:  # pragma: no cover - typer on top of click
-        from click.exceptions import ClickException, NoArgsIsHelpError
+        from click.exceptions import ClickException, NoArgsIsHelpError, NoSuchOption
 
     try:
         code = app(standalone_mode=False)
@@ -546,7 +555,8 @@ def main() -> None:
     except ClickException as exc:
         if "--debug" in sys.argv:
             raise
-        err_console.print(f"[bold red]error:[/] {escape(exc.format_message())}", highlight=False, soft_wrap=True)
+        message = _unknown_flag(exc) if isinstance(exc, NoSuchOption) else exc.format_message()
+        err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
         code = exc.exit_code
     except typer.Abort:
         code = 130

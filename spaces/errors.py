@@ -7,7 +7,7 @@ print them as one line and exit with code 2.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 __all__ = ["MetacompressError", "ConfigError", "Terminated", "close_hint", "invalid_value", "unknown_key", "missing_key",
@@ -51,10 +51,13 @@ def unknown_key(field: str, got: str, choices: Iterable[str], *, what: str = "va
                        field=field)
 
 
-def close_hint(got: Any, choices: Iterable[str]) -> str:
-    """`` Did you mean 'x'?`` for the choice closest to ``got``, or ``""`` when none is close."""
+def close_hint(got: Any, choices: Iterable[str], show: Callable[[str], str] = str) -> str:
+    """`` Did you mean 'x'?`` for the choice closest to ``got``, or ``""`` when none is close.
+
+    ``show`` turns the closest choice into what the line names (the name ``trials`` compared, ``--trials`` shown).
+    """
     close = difflib.get_close_matches(str(got), [str(c) for c in choices], n=1, cutoff=0.6)
-    return f" Did you mean {close[0]!r}?" if close else ""
+    return f" Did you mean {show(close[0])!r}?" if close else ""
 
 
 def missing_key(field: str) -> ConfigError:

@@ -239,7 +239,8 @@ def test_console_script_runs_without_a_traceback_on_bad_input(tmp_path):
 
 
 @pytest.mark.parametrize(("command", "flags", "needle"), [
-    ("search", ["--trails", "3"], "--trails"), ("search", ["--trials", "abc"], "'n_trials'"),
+    ("search", ["--trails", "3"], "--trails. Did you mean '--trials'?"), ("search", ["--trials", "abc"], "'n_trials'"),
+    ("search", ["--bogus"], "No such option: --bogus."),  # nothing close by name: no suggestion (click's: --out)
     ("retrain", [], "--registered-model"),  # a required option left out
 ])
 def test_console_script_usage_errors_are_one_line_too(tmp_path, command, flags, needle):
@@ -250,6 +251,7 @@ def test_console_script_usage_errors_are_one_line_too(tmp_path, command, flags, 
     assert result.returncode == 2
     lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and needle in lines[0] and "Traceback" not in result.stderr
+    assert "Possible options" not in lines[0] and ("--bogus" not in flags or "Did you mean" not in lines[0])
 
 
 def test_search_says_whether_it_starts_or_resumes_a_study_and_where(search_yaml, tmp_path):
