@@ -539,13 +539,27 @@ def _unknown_flag(exc: Any) -> str:
     return f"{exc.message}.{hint}"
 
 
+def _out_of_range(exc: Any) -> str | None:
+    """``The '--n' value must be an integer in [1, 256]. Got '0'.``, as a config value's line reads, for a bad value
+    of a flag with bounds (typer's own line names only the bound that was crossed); ``None`` for other flags."""
+    low, high = getattr(exc.param, "min", None), getattr(exc.param, "max", None)
+    if low is None and high is None:
+        return None
+    allowed = f"in [{low}, {high}]" if low is not None and high is not None else (
+        f">= {low}" if low is not None else f"<= {high}")
+    flag = max(exc.param.opts, key=len)
+    errors = getattr(exc.__cause__, "errors", None)
+    got = f" Got {errors()[0]['input']!r}." if callable(errors) and errors() and "input" in errors()[0] else ""
+    return f"The '{flag}' value must be an integer {allowed}.{got}"
+
+
 def main() -> None:
     """Console-script entry point: a usage error (unknown flag, bad flag value) is one line and exit code 2 too."""
     _end_on_sigterm()
     try:  # typer >= 0.26 vendors click
-        from typer._click.exceptions import ClickException, NoArgsIsHelpError, NoSuchOption
+        from typer._click.exceptions import BadParameter, ClickException, NoArgsIsHelpError, NoSuchOption
     except ImportError:  # pragma: no cover - typer on top of click
-        from click.exceptions import ClickException, NoArgsIsHelpError, NoSuchOption
+        from click.exceptions import BadParameter, ClickException, NoArgsIsHelpError, NoSuchOption
 
     try:
         code = app(standalone_mode=False)
@@ -555,7 +569,11 @@ def main() -> None:
     except ClickException as exc:
         if "--debug" in sys.argv:
             raise
-        message = _unknown_flag(exc) if isinstance(exc, NoSuchOption) else exc.format_message()
+        message = exc.format_message()
+        if isinstance(exc, NoSuchOption):
+            message = _unknown_flag(exc)
+        elif isinstance(exc, BadParameter) and exc.param is not None:
+            message = _out_of_range(exc) or message
         err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
         code = exc.exit_code
     except typer.Abort:

@@ -241,6 +241,8 @@ def test_console_script_runs_without_a_traceback_on_bad_input(tmp_path):
 @pytest.mark.parametrize(("command", "flags", "needle"), [
     ("search", ["--trails", "3"], "--trails. Did you mean '--trials'?"), ("search", ["--trials", "abc"], "'n_trials'"),
     ("search", ["--bogus"], "No such option: --bogus."),  # nothing close by name: no suggestion (click's: --out)
+    ("suggest", ["--n", "0"], "The '--n' value must be an integer in [1, 256]. Got '0'."),  # both bounds named
+    ("export", ["--trial", "x"], "The '--trial' value must be an integer >= 0. Got 'x'."),
     ("retrain", [], "--registered-model"),  # a required option left out
 ])
 def test_console_script_usage_errors_are_one_line_too(tmp_path, command, flags, needle):
