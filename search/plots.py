@@ -120,9 +120,6 @@ def pareto_plot(points: Sequence[Mapping[str, float] | None], pareto_idx: Sequen
             ax.scatter([points[i][x] for i in rest], [points[i][y] for i in rest], s=36,  # type: ignore
                        c="lightsteelblue", edgecolors="tab:blue", linewidths=0.6, zorder=4,
                        label=f"  of them better on another objective ({len(rest)})")
-        for i in front:
-            ax.annotate(f"#{i if numbers is None else numbers[i]}", (points[i][x], points[i][y]),  # type: ignore
-                        textcoords="offset points", xytext=(4, 4), fontsize=7, color="tab:blue")
     _warm_markers(ax, points, [i for i in (warm or {}) if i in valid], warm or {}, x, y)
     if teacher is not None and _finite(teacher, x, y):
         ax.scatter([teacher[x]], [teacher[y]], marker="*", s=220, c="tab:orange", edgecolors="black",
@@ -133,8 +130,60 @@ def pareto_plot(points: Sequence[Mapping[str, float] | None], pareto_idx: Sequen
     ax.set_ylabel(_LABELS.get(y, y))
     ax.set_title(title or f"Pareto front: {_LABELS.get(y, y)} vs {_LABELS.get(x, x)}")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
+    legend = ax.legend(loc="lower right", fontsize=8)
+    _place_labels(fig, ax, [(points[i][x], points[i][y], f"#{i if numbers is None else numbers[i]}")  # type: ignore
+                            for i in front], legend)
     return _save(fig, path)
+
+
+# Where a label may go, in points from its marker: up-right first, then around it, then further out.
+_LABEL_OFFSETS = ((4, 4), (4, -11), (-6, 4), (-6, -11), (6, -3.5), (-8, -3.5), (0, 9), (0, -16), (10, 12),
+                  (10, -19), (-14, 12), (-14, -19))
+
+
+def _place_labels(fig: Any, ax: Any, labels: Sequence[tuple[float, float, str]], legend: Any) -> None:
+    """Write each label next to its point where it covers no other label, no marker (of any scatter, at its drawn
+    size) and not the legend: the first free place of ``_LABEL_OFFSETS``, else the one that covers the least.
+    Front points crowd (many near-equal sizes), and one fixed offset stacks their numbers on each other."""
+    fig.tight_layout()
+    fig.canvas.draw()  # fixes the limits and transforms the boxes below are measured in
+    renderer = fig.canvas.get_renderer()
+    taken = [legend.get_window_extent(renderer)] if legend is not None else []
+    for markers in ax.collections:
+        offsets, sizes = markers.get_offsets(), markers.get_sizes()
+        for k, (px, py) in enumerate(markers.get_offset_transform().transform(offsets) if len(offsets) else []):
+            pad = math.sqrt(float(sizes[k % len(sizes)] if len(sizes) else 36)) / 2 * fig.dpi / 72
+            taken.append(_box(px - pad, py - pad, px + pad, py + pad))
+    inside, scale = ax.get_window_extent(renderer), fig.dpi / 72  # points to pixels
+    for x, y, text in sorted(labels, key=lambda label: (label[0], -label[1])):
+        note = ax.annotate(text, (x, y), textcoords="offset points", xytext=_LABEL_OFFSETS[0], fontsize=7,
+                           color="tab:blue")
+        first = note.get_window_extent(renderer)  # a label's box moves with its offset; its size does not
+        best: tuple[float, Any, tuple[float, float]] | None = None
+        for dx, dy in _LABEL_OFFSETS:
+            shift_x = (dx - _LABEL_OFFSETS[0][0]) * scale - (first.width if dx < 0 else 0.0)
+            box = first.translated(shift_x, (dy - _LABEL_OFFSETS[0][1]) * scale)
+            cover = sum(_overlap(box, other) for other in taken) + box.width * box.height * (
+                not inside.contains(box.x0, box.y0) or not inside.contains(box.x1, box.y1))
+            if best is None or cover < best[0]:
+                best = (cover, box, (dx, dy))
+            if cover == 0:
+                break
+        assert best is not None
+        note.set_position(best[2])
+        note.set_horizontalalignment("left" if best[2][0] >= 0 else "right")
+        taken.append(best[1])
+
+
+def _box(x0: float, y0: float, x1: float, y1: float) -> Any:
+    from matplotlib.transforms import Bbox
+
+    return Bbox([[x0, y0], [x1, y1]])
+
+
+def _overlap(a: Any, b: Any) -> float:
+    """The area two display boxes share."""
+    return max(0.0, min(a.x1, b.x1) - max(a.x0, b.x0)) * max(0.0, min(a.y1, b.y1) - max(a.y0, b.y0))
 
 
 def _warm_markers(ax: Any, points: Sequence[Mapping[str, float] | None], ringed: list[int],

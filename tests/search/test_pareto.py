@@ -167,3 +167,24 @@ def test_the_progress_bar_says_when_no_trial_is_within_1_pp_yet() -> None:
     assert best_text(lossy, teacher, AS).endswith("none within 1 pp yet")  # was "best 0.0× within 1 pp"
     close = lossy + [{"accuracy": 0.955, "size_bytes": 8000.0, "compression_ratio": 8.0}]
     assert best_text(close, teacher, AS).endswith("best 8.0× within 1 pp")
+
+
+def test_front_labels_of_crowded_points_cover_no_other_label_or_marker() -> None:
+    """Seven front points within a few pixels of each other (near-equal sizes, as a converged front has): one fixed
+    offset would stack their numbers; the placement finds each a free place."""
+    from metacompress.search.plots import _overlap, _place_labels, _pyplot
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    crowd = [(1000.0 * (1 + 0.03 * k), 0.95 + 0.002 * (k % 3)) for k in range(7)] + [(100.0, 0.5), (9000.0, 0.99)]
+    ax.scatter(*zip(*crowd), s=42)
+    ax.set_xscale("log")
+    _place_labels(fig, ax, [(x, y, f"#{k}") for k, (x, y) in enumerate(crowd)], ax.legend(["trials"]))
+    renderer = fig.canvas.get_renderer()
+    boxes = [text.get_window_extent(renderer) for text in ax.texts]
+    assert sorted(text.get_text() for text in ax.texts) == sorted(f"#{k}" for k in range(9))  # one each, no leftover
+    assert all(_overlap(a, b) == 0 for i, a in enumerate(boxes) for b in boxes[i + 1:])
+    naive = [ax.annotate(f"#{k}", xy, textcoords="offset points", xytext=(4, 4), fontsize=7).get_window_extent(
+        renderer) for k, xy in enumerate(crowd)]
+    assert any(_overlap(a, b) > 0 for i, a in enumerate(naive) for b in naive[i + 1:])  # the case is crowded
+    plt.close(fig)
