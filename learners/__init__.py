@@ -1,7 +1,7 @@
 """Everything that learns: compression ops, fine-tuning with distillation, measurement, export and the task zoo.
 
 The verbs follow one shape: ``compress(teacher, policy) -> student``, ``finetune(student, teacher, data, policy)``,
-``evaluate(student, val, example_input) -> metrics``, ``export_compressed(student, path)``.
+``evaluate(student, val, example_input) -> metrics``, ``export_compressed(student, path, input_shape)``.
 """
 
 from .attention import SplitAttention, split_attention

@@ -24,7 +24,7 @@ from torch.utils.data import Dataset
 from metacompress.spaces import CompressionPolicy, MetacompressError
 
 from .compress import compressible_layers
-from .measure import _tensors, accuracy, on_device, predict_logits
+from .measure import _tensors, accuracy, in_eval_mode, on_device, predict_logits
 
 __all__ = ["FinetuneConfig", "NonFiniteLossError", "attention_map", "feature_map", "finetune", "kd_loss",
            "similarity_map"]
@@ -223,6 +223,7 @@ def finetune(
         taps = None
         if layers:  # the frozen teacher runs on the device for the feature term, and goes back afterwards
             stack.enter_context(on_device(teacher, device))
+            stack.enter_context(in_eval_mode(teacher))  # a teacher handed over in train mode stays unchanged
             taps = (_FeatureTap(student, layers), _FeatureTap(teacher, layers))
             for tap in taps:
                 stack.callback(tap.close)

@@ -9,6 +9,7 @@ parameter or buffer needed at inference (biases, BatchNorm statistics) in fp32.
 from __future__ import annotations
 
 import copy
+import math
 import statistics
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -20,7 +21,7 @@ from torch.utils.data import Dataset
 
 from .data import dataset_tensors as _tensors
 from .quant import QUANTIZABLE, effective_weight, is_compressed
-from .recurrent import fuse_recurrent
+from .recurrent import SplitRNN, fuse_recurrent
 
 __all__ = [
     "accuracy",
@@ -87,6 +88,19 @@ def on_device(model: nn.Module, device: str | torch.device) -> Iterator[nn.Modul
 
 
 @contextmanager
+def in_eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Run ``model`` in eval mode inside the block (BatchNorm reads its running statistics and does not update
+    them, dropout is off) and give every submodule back its own mode afterwards."""
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
+@contextmanager
 def layer_forwards() -> Iterator[None]:
     """Run every layer's own ``forward`` while a model is scored: in eval mode without gradients,
     ``nn.TransformerEncoderLayer`` and ``nn.MultiheadAttention`` take a fused fast path that reads their Linear
@@ -103,15 +117,8 @@ def layer_forwards() -> Iterator[None]:
 @torch.no_grad()
 def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 1024, device: str = "cpu") -> torch.Tensor:
     """Logits of ``model`` on ``x``, computed on ``device`` in eval mode (mode and device restored afterwards)."""
-    was_training = model.training
-    model.eval()
-    try:
-        with on_device(model, device), layer_forwards():
-            out = torch.cat([model(x[i : i + batch_size].to(device)).float().cpu()
-                             for i in range(0, len(x), batch_size)])
-    finally:
-        model.train(was_training)
-    return out
+    with in_eval_mode(model), on_device(model, device), layer_forwards():
+        return torch.cat([model(x[i : i + batch_size].to(device)).float().cpu() for i in range(0, len(x), batch_size)])
 
 
 def accuracy(model: nn.Module, dataset: Dataset, device: str = "cpu") -> float:
@@ -207,7 +214,10 @@ def _macs(model: nn.Module, example_input: torch.Tensor) -> dict[str, int]:
 
 
 def bitops(model: nn.Module, example_input: torch.Tensor) -> int:
-    """Σ over layers of MACs per sample × weight bits × activation bits (32 for float)."""
+    """Σ over layers of MACs per sample × weight bits × activation bits (32 for float).
+
+    The MACs are those of the layers' dense shapes: structured pruning (narrower layers) lowers them, unstructured
+    sparsity (zeros in a dense weight, which dense kernels still multiply) does not."""
     total = 0
     modules = dict(model.named_modules())
     for name, n in _macs(model, example_input).items():
@@ -223,15 +233,16 @@ def deployable(model: nn.Module, int8: bool = True, example_input: torch.Tensor 
 
     BatchNorm layers are folded into the convolutions before them (``torch.fx`` fusion) when the model traces, and
     split recurrent layers (:class:`~.recurrent.SplitRNN`) become the fused ``nn.LSTM`` / ``nn.GRU`` / ``nn.RNN``
-    again. With ``int8=True``, when a Linear layer has 8 bits or fewer, Linear, LSTM and GRU layers run as dynamic
-    int8 (``torch.ao`` quantized kernels).
+    again. With ``int8=True``, the layers the policy keeps at 8 bits or fewer run as dynamic int8 (``torch.ao``
+    quantized kernels): such a Linear layer, and a fused LSTM (without a projection) or GRU whose every weight
+    matrix has 8 bits or fewer. Every other layer keeps its float weights, as its policy says.
     With ``example_input`` (a batch of inputs, CPU), the copy is also traced and frozen with TorchScript
     (``torch.jit.trace`` + ``torch.jit.freeze``: constants folded, no Python per layer), which is much faster for
     small models at small batches; it falls back to the eager copy when tracing fails or the traced copy does not
     reproduce the eager outputs on ``example_input``.
     """
     out = copy.deepcopy(model).eval()
-    low_bit_linear = set()
+    low_bit_linear = _int8_layers(out)
     effective: dict[int, nn.Parameter] = {}  # tied layers keep sharing one (effective) weight
     for name, mod in list(out.named_modules()):
         if is_compressed(mod):
@@ -240,8 +251,6 @@ def deployable(model: nn.Module, int8: bool = True, example_input: torch.Tensor 
                     effective[id(mod.weight)] = nn.Parameter(effective_weight(mod).detach().clone(),
                                                              requires_grad=False)
             w = effective[id(mod.weight)]
-            if isinstance(mod, nn.Linear) and mod.w_bits <= 8:
-                low_bit_linear.add(name)
             mod.__class__ = next(base for base in QUANTIZABLE if isinstance(mod, base))
             mod.weight = w
             for attr in ("weight_mask", "w_bits", "act_quant"):
@@ -259,8 +268,8 @@ def deployable(model: nn.Module, int8: bool = True, example_input: torch.Tensor 
         import warnings
 
         # torch.ao has no dynamic int8 LSTM with a projection (proj_size): that one keeps float kernels
-        spec = {name: default_dynamic_qconfig for name, m in out.named_modules()
-                if type(m) in (nn.Linear, nn.GRU) or (type(m) is nn.LSTM and not m.proj_size)}
+        spec = {name: default_dynamic_qconfig for name, m in out.named_modules() if name in low_bit_linear and (
+            type(m) in (nn.Linear, nn.GRU) or (type(m) is nn.LSTM and not m.proj_size))}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             out = quantize_dynamic(out, spec, dtype=torch.qint8)
@@ -305,58 +314,112 @@ def _fuse_bn(model: nn.Module) -> nn.Module:
         return model
 
 
+def _int8_layers(model: nn.Module) -> set[str]:
+    """The names of the layers :func:`deployable` may run as dynamic int8: a compressed Linear layer of 8 bits or
+    fewer outside a recurrent layer, and a split recurrent layer (fused under its own name) whose every weight
+    matrix is compressed to 8 bits or fewer."""
+    names: set[str] = set()
+    inside: set[str] = set()
+    for name, mod in model.named_modules():
+        if isinstance(mod, SplitRNN):
+            linears = [m for m in mod.modules() if isinstance(m, nn.Linear)]
+            inside.update(f"{name}.{sub}" for sub, m in mod.named_modules() if isinstance(m, nn.Linear))
+            if linears and all(is_compressed(m) and m.w_bits <= 8 for m in linears):
+                names.add(name)
+    return names | {name for name, mod in model.named_modules() if name not in inside and is_compressed(mod)
+                    and isinstance(mod, nn.Linear) and mod.w_bits <= 8}
+
+
 def _has_low_bit_linear(model: nn.Module) -> bool:
-    return any(is_compressed(m) and isinstance(m, nn.Linear) and m.w_bits <= 8 for m in model.modules())
+    return bool(_int8_layers(model))
+
+
+#: A timed block calls the model until it has taken at least this long (a 0.05 ms model: 4 calls). Short, so that
+#: on a busy machine most blocks run without being preempted (``experiments/bench_latency.py`` compares lengths).
+BLOCK_S = 2e-4
+
+
+def _batch(sample: torch.Tensor, size: int) -> torch.Tensor:
+    return sample[:1].expand(size, *sample.shape[1:]).contiguous()
+
+
+def _latency_key(batch_size: int) -> str:
+    return "latency_ms" if batch_size == 1 else f"latency_ms_b{batch_size}"
 
 
 @torch.inference_mode()
+def time_blocks(models: Sequence[nn.Module], x: torch.Tensor, repeats: int = 20, warmup: int = 3) -> list[list[float]]:
+    """Milliseconds per call of each model, one value per timed block, the models interleaved block by block.
+
+    Each round times one block of every model in turn, so load that comes and goes (another process, a trial
+    training on the next core) falls on all of them alike, and the ratio of two models' blocks of one round is
+    nearly free of it. A block repeats the call until :data:`BLOCK_S` has passed (calibrated once per model).
+    """
+    calls = []
+    for model in models:
+        model.eval()
+        for _ in range(max(warmup, 1)):
+            model(x)
+        t0 = time.perf_counter()
+        model(x)
+        calls.append(max(1, min(1000, math.ceil(BLOCK_S / max(time.perf_counter() - t0, 1e-7)))))
+    times: list[list[float]] = [[] for _ in models]
+    for _ in range(repeats):
+        for model, number, out in zip(models, calls, times):
+            t0 = time.perf_counter()
+            for _ in range(number):
+                model(x)
+            out.append((time.perf_counter() - t0) * 1e3 / number)
+    return times
+
+
 def measure_latency(
     model: nn.Module, sample: torch.Tensor, batch_sizes: Sequence[int] = (1, 256), repeats: int = 20,
     warmup: int = 3,
 ) -> dict[str, float]:
-    """Median wall-clock milliseconds per forward pass at each batch size (``latency_ms`` is batch 1)."""
-    model.eval()
-    out: dict[str, float] = {}
-    for bs in batch_sizes:
-        x = sample[:1].expand(bs, *sample.shape[1:]).contiguous()
-        for _ in range(warmup):
-            model(x)
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            model(x)
-            times.append((time.perf_counter() - t0) * 1e3)
-        key = "latency_ms" if bs == 1 else f"latency_ms_b{bs}"
-        out[key] = statistics.median(times)
-    return out
+    """Wall-clock milliseconds per forward pass at each batch size (``latency_ms`` is batch 1): the median of
+    ``repeats`` timed blocks (:func:`time_blocks`)."""
+    return {_latency_key(bs): statistics.median(time_blocks([model], _batch(sample, bs), repeats, warmup)[0])
+            for bs in batch_sizes}
+
+
+def _paired_ratio(slow: Sequence[float], fast: Sequence[float]) -> float:
+    """How many times faster ``fast`` ran than ``slow`` in the same rounds: the ratio of their fastest blocks. A
+    preempted block only ever runs slower, and each model needs one clean block of the rounds, not most of them."""
+    return min(slow) / max(min(fast), 1e-9)
 
 
 def _best_runtime(
-    model: nn.Module, sample: torch.Tensor, batch_sizes: Sequence[int], repeats: int
+    model: nn.Module, sample: torch.Tensor, batch_sizes: Sequence[int], repeats: int,
+    baseline: nn.Module | None = None,
 ) -> dict[str, float]:
-    """Latency of the faster deployment: float kernels, or dynamic int8 Linear (LSTM, GRU) kernels for <= 8-bit
-    layers.
+    """Latency of the faster deployment: float kernels, or dynamic int8 kernels for the layers of 8 bits or fewer.
 
-    The runtime is chosen by ``latency_ms`` (the first batch size, timed for both), the metric searches optimize;
-    the other batch sizes are then timed for the chosen runtime only (timing a large batch twice was half of a
-    trial's evaluation). Adds ``int8_runtime`` (1.0 when int8 was chosen). A model whose int8 form fails to run
-    is timed in float.
+    The runtime is chosen at the first batch size (``latency_ms``, the metric searches optimize), both timed in the
+    same rounds; the other batch sizes are then timed for the chosen runtime only (timing a large batch twice was
+    half of a trial's evaluation). Adds ``int8_runtime`` (1.0 when int8 was chosen). A model whose int8 form fails
+    to run is timed in float. With ``baseline`` (an inference-ready model, e.g. the teacher's
+    ``deployable(teacher, int8=False)``) timed in the same rounds at the first batch size, adds
+    ``paired_speedup``: how many times faster the chosen runtime ran than the baseline in the same rounds.
     """
-    first, rest = tuple(batch_sizes[:1]), tuple(batch_sizes[1:])
-    runtimes = {0.0: deployable(model, int8=False).cpu()}
-    timed = {0.0: measure_latency(runtimes[0.0], sample, first, repeats)}
+    first, rest = batch_sizes[0], tuple(batch_sizes[1:])
+    x = _batch(sample, first)
+    runtimes = [deployable(model, int8=False).cpu()]
     if _has_low_bit_linear(model):
         try:
-            runtimes[1.0] = deployable(model, int8=True).cpu()
-            timed[1.0] = measure_latency(runtimes[1.0], sample, first, repeats)
+            int8 = deployable(model, int8=True).cpu().eval()
+            with torch.inference_mode():
+                int8(x)
+            runtimes.append(int8)
         except Exception:  # noqa: BLE001 - int8 kernels that do not run here are no option (e.g. nn.Transformer's
-            runtimes.pop(1.0, None)  # fast path reads Linear.weight, a method on a dynamic int8 Linear)
-    key = next(iter(timed[0.0]))
-    flag = 1.0 if 1.0 in timed and timed[1.0][key] < timed[0.0][key] else 0.0
-    out = dict(timed[flag])
-    if rest:
-        out.update(measure_latency(runtimes[flag], sample, rest, repeats))
-    return {**out, "int8_runtime": flag}
+            pass  # fast path reads Linear.weight, a method on a dynamic int8 Linear)
+    timed = time_blocks([*runtimes, *([baseline] if baseline is not None else [])], x, repeats)
+    flag = 1.0 if len(runtimes) > 1 and _paired_ratio(timed[0], timed[1]) > 1.0 else 0.0
+    out = {_latency_key(first): statistics.median(timed[int(flag)]), "int8_runtime": flag}
+    if baseline is not None:
+        out["paired_speedup"] = _paired_ratio(timed[-1], timed[int(flag)])
+    out.update(measure_latency(runtimes[int(flag)], sample, rest, repeats) if rest else {})
+    return out
 
 
 def evaluate(
@@ -368,6 +431,7 @@ def evaluate(
     latency_repeats: int = 20,
     batch_sizes: Sequence[int] = (1, 256),
     device: str = "cpu",
+    baseline: nn.Module | None = None,
 ) -> dict[str, float]:
     """All metrics of one model as a flat dict.
 
@@ -380,6 +444,12 @@ def evaluate(
         batch_sizes: Batch sizes timed; batch 1 is reported as ``latency_ms``.
         device: Where accuracy is computed (the model is moved there for it and back). Latency is measured on
             the CPU whatever the device: a search on a GPU still optimizes the CPU deployment.
+        baseline: The teacher's inference form (``deployable(teacher, int8=False)``), with ``reference``: it is
+            timed at batch 1 in the same rounds as the model, and ``latency_ms`` is the reference's divided by
+            how many times faster than it the model ran in those rounds (``speedup``, fastest block to fastest
+            block). A busy machine slows both
+            alike, so trials timed at different moments, or on different machines, stay comparable. Without it,
+            and at the other batch sizes, a latency is the model's own median.
     """
     metrics: dict[str, float] = {
         "accuracy": accuracy(model, val, device=device),
@@ -387,9 +457,13 @@ def evaluate(
         "bitops": float(bitops(model, example_input)),
     }
     if latency_repeats > 0:
-        metrics.update(_best_runtime(model, example_input.cpu(), batch_sizes, latency_repeats))
+        paired = reference is not None and "latency_ms" in reference and tuple(batch_sizes[:1]) == (1,)
+        metrics.update(_best_runtime(model, example_input.cpu(), batch_sizes, latency_repeats,
+                                     baseline.cpu() if paired and baseline is not None else None))
     if reference:
         metrics["compression_ratio"] = reference["size_bytes"] / metrics["size_bytes"]
+        if "paired_speedup" in metrics:  # the teacher's latency, as fast as the model ran beside it
+            metrics["latency_ms"] = reference["latency_ms"] / max(metrics.pop("paired_speedup"), 1e-9)
         if "latency_ms" in reference and "latency_ms" in metrics:
             metrics["speedup"] = reference["latency_ms"] / max(metrics["latency_ms"], 1e-9)
     return metrics

@@ -23,6 +23,7 @@ from metacompress.learners import (
     NonFiniteLossError,
     Task,
     compress,
+    deployable,
     evaluate,
     export_compressed,
     finetune,
@@ -114,6 +115,16 @@ class Objective:
         # The teacher is frozen and the data fixed: its logits are computed once for all trials.
         self.teacher_logits = None if x is None else predict_logits(task.teacher, x, device=self.device)
         self.proxy = ProxyProbe(task)  # the history's measured input: accuracy before fine-tuning (fixed rows)
+        self._baseline: nn.Module | None = None  # the teacher's inference form, timed beside each student
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_baseline": None}  # built again where the objective runs (a Ray worker)
+
+    def baseline(self) -> nn.Module:
+        """The teacher's float inference form, built once: each trial's student is timed in rounds with it."""
+        if self._baseline is None:
+            self._baseline = deployable(self.task.teacher, int8=False).cpu()
+        return self._baseline
 
     def __call__(self, params: Mapping[str, Any], report: Reporter | None = None) -> TrialOutcome:
         """Run one trial; ``report`` is called after each epoch and may stop it early."""
@@ -144,7 +155,8 @@ class Objective:
                                config=cfg, teacher_logits=self.teacher_logits, callback=on_epoch)
             t1 = time.perf_counter()
             metrics = evaluate(student.cpu(), self.task.val, self.example, reference=self.reference,
-                               latency_repeats=self.latency_repeats)
+                               latency_repeats=self.latency_repeats,
+                               baseline=self.baseline() if self.latency_repeats > 0 else None)
             metrics[PROXY_NAME] = proxy
             metrics.update(tuned if policy.epochs else {TUNED_PROXY_NAME: proxy})  # no fine-tuning: the proxy
         except TrialFailed:

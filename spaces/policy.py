@@ -107,7 +107,8 @@ class CompressionPolicy:
         layers: Per-layer plan keyed by exact module name (e.g. ``features.0``); a missing layer is left alone.
         prune_method: ``unstructured`` or ``structured``.
         act_bits: Activation bit width, or None for float activations.
-        kd_lambda: Weight of the distillation loss, in [0, 1] (1 - kd_lambda weighs the label loss).
+        kd_lambda: Weight of the label (cross-entropy) loss, in [0, 1]; 1 - kd_lambda weighs the distillation loss
+            (``λ·CE + (1−λ)·T²·KL``: 1 trains on the labels alone, 0 on the teacher alone).
         temperature: Distillation temperature, > 0.
         epochs: Fine-tuning epochs, >= 0.
         lr: Fine-tuning learning rate, > 0.

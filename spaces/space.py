@@ -74,7 +74,7 @@ class CompressionSpace:
         bits: Weight bit width of each group, values in ``ALLOWED_BITS``.
         prune_method: ``unstructured`` and/or ``structured``.
         act_bits: Activation bits; None (the default) keeps float activations.
-        kd_lambda: Distillation loss weight, in [0, 1].
+        kd_lambda: Weight λ of the label loss against the distillation loss (``λ·CE + (1−λ)·T²·KL``), in [0, 1].
         temperature: Distillation temperature, > 0.
         epochs: Fine-tuning epochs, integers >= 0.
         lr: Fine-tuning learning rate, > 0.

@@ -278,6 +278,17 @@ def test_deployable_int8_model_keeps_accuracy(teacher, digits):
     assert abs(accuracy(fast, val) - accuracy(student, val)) <= 0.01
 
 
+def test_an_int8_deployment_quantizes_only_the_layers_the_policy_keeps_at_8_bits_or_fewer(teacher, digits):
+    """fc1 kept at 16 bits stays a float layer with its own weights; fc2 at 8 bits runs the int8 kernel."""
+    _, val = digits
+    policy = CompressionPolicy(layers={name: LayerPolicy(0.0, 8 if name == "fc2" else 16) for name in LAYERS})
+    student = compress(teacher, policy).eval()
+    int8 = deployable(student, int8=True)
+    assert type(int8.fc1) is nn.Linear and "quantized.dynamic" in type(int8.fc2).__module__
+    assert torch.equal(int8.fc1.weight, deployable(student, int8=False).fc1.weight)
+    assert abs(accuracy(int8, val) - accuracy(student, val)) <= 0.01
+
+
 def test_deployable_can_be_frozen_for_any_batch_size(teacher, digits):
     _, val = digits
     x = val.tensors[0]
@@ -298,6 +309,50 @@ def test_evaluate_reports_every_metric(teacher, digits):
     m = evaluate(student, val, torch.zeros(2, 1, 8, 8), reference=ref, latency_repeats=3, batch_sizes=(1, 32))
     assert {"accuracy", "size_bytes", "bitops", "latency_ms", "latency_ms_b32", "compression_ratio"} <= set(m)
     assert m["compression_ratio"] > 5 and math.isfinite(m["latency_ms"]) and m["latency_ms"] > 0
+
+
+def test_evaluate_with_the_teachers_inference_form_times_both_in_rounds(teacher, digits):
+    """With a baseline, ``latency_ms`` is the reference's over the paired speedup; nothing extra is left behind."""
+    _, val = digits
+    ref = evaluate(teacher, val, torch.zeros(2, 1, 8, 8), latency_repeats=3, batch_sizes=(1,))
+    student = compress(teacher, CompressionPolicy.uniform(LAYERS, prune=0.5, bits=4))
+    m = evaluate(student, val, torch.zeros(2, 1, 8, 8), reference=ref, latency_repeats=3, batch_sizes=(1,),
+                 baseline=deployable(teacher, int8=False))
+    assert set(m) == {"accuracy", "size_bytes", "bitops", "latency_ms", "int8_runtime", "compression_ratio",
+                      "speedup"}
+    assert m["latency_ms"] == pytest.approx(ref["latency_ms"] / m["speedup"]) and m["speedup"] > 0
+
+
+class _Busy(nn.Module):
+    """Spins ``ms`` per call, five times as long once the shared call count passes ``clock['slow_after']``: load
+    that arrives while a search runs (a trial training on the next core)."""
+
+    def __init__(self, ms: float, clock: dict[str, float]) -> None:
+        super().__init__()
+        self.ms, self.clock = ms, clock
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        import time
+
+        self.clock["calls"] += 1
+        end = time.perf_counter() + self.ms / 1e3 * (5 if self.clock["calls"] > self.clock["slow_after"] else 1)
+        while time.perf_counter() < end:
+            pass
+        return x
+
+
+def test_models_timed_in_rounds_keep_their_ratio_when_the_load_changes_and_apart_they_do_not():
+    from metacompress.learners.measure import _paired_ratio, measure_latency, time_blocks
+
+    clock = {"calls": 0, "slow_after": 30}  # about halfway through the 20 rounds below (68 calls)
+    slow, fast = _Busy(0.2, clock), _Busy(0.1, clock)
+    x = torch.zeros(1, 1)
+    assert 1.8 <= _paired_ratio(*time_blocks([slow, fast], x, repeats=20)) <= 2.2
+    assert clock["calls"] > clock["slow_after"] + 20  # the load came, and the rounds went on under it
+    clock.update(calls=0, slow_after=10**9)
+    alone = measure_latency(slow, x, (1,))["latency_ms"]
+    clock["slow_after"] = 0  # the load arrives between the two measurements
+    assert alone / measure_latency(fast, x, (1,))["latency_ms"] < 0.5  # 2x faster, timed apart: "2.5x slower"
 
 
 def test_activation_quantizer_tracks_an_ema_of_the_range_in_training_and_freezes_it_in_eval():
@@ -348,6 +403,21 @@ def test_feature_distillation_matches_every_hidden_layer_by_default(teacher, dig
         hooks = [m._forward_hooks for m in (*student.modules(), *teacher.modules())]
         assert not any(hooks)
     assert math.isfinite(losses[5.0]) and losses[5.0] > losses[0.0]  # the feature term is in the loss
+
+
+def test_the_feature_term_runs_a_teacher_given_in_train_mode_in_eval_mode_and_leaves_it_as_it_was(teacher, digits):
+    """BatchNorm's running statistics are the teacher's; a feature pass in train mode would overwrite them."""
+    import copy
+
+    train, _ = digits
+    policy = CompressionPolicy.uniform(LAYERS, prune=0.5, bits=8, epochs=1, feature_beta=1.0)
+    student = compress(teacher, policy, torch.zeros(2, 1, 8, 8))
+    given = copy.deepcopy(teacher).train()
+    given.fc1.eval()  # a mixed mode comes back as it was, module by module
+    stats = given.bn1.running_mean.clone()
+    finetune(student, given, train, policy, config=FinetuneConfig(max_steps_per_epoch=3))
+    assert torch.equal(given.bn1.running_mean, stats)
+    assert given.training and given.bn1.training and not given.fc1.training
 
 
 def test_the_proximal_term_defaults_to_the_students_starting_weights(teacher, digits):

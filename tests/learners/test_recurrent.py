@@ -27,7 +27,7 @@ from metacompress.learners import (
 )
 from metacompress.learners.meta import SizeModel
 from metacompress.learners.quant import ActQuant, to_quantized
-from metacompress.spaces import CompressionPolicy
+from metacompress.spaces import CompressionPolicy, LayerPolicy
 
 _CONSTRUCTIONS = [
     (cls, extra, layers, bidirectional, batch_first, bias)
@@ -172,6 +172,10 @@ def test_a_factory_teacher_gets_searchable_recurrent_layers_compressed_measured_
     assert torch.allclose(predict_logits(plain, x), predict_logits(float_acts, x), atol=1e-5)
     int8 = deployable(student, int8=True)
     assert type(int8.rnn).__name__ == fused.__name__ and "quantized.dynamic" in type(int8.rnn).__module__
+    wide = [i.name for i in layers if i.name.startswith("rnn.")][0]  # one of its matrices at 16 bits: float kernel
+    mixed = compress(task.teacher, CompressionPolicy(layers={i.name: LayerPolicy(0.0, 16 if i.name == wide else 8)
+                                                             for i in layers}), example)
+    assert type(deployable(mixed, int8=True).rnn) is fused
     agree = (predict_logits(int8, x).argmax(1) == predict_logits(student, x).argmax(1)).float().mean()
     assert agree >= 0.9
 

@@ -35,6 +35,7 @@ SCRIPTS = {
     "bench_tuned_signals.py": (["--tasks", "wine-mlp", "--runs-per-task", "1", "--synthetic", "1",
                                 "--synthetic-rows", "8"], {"mean_spearman", "per_task", "machine", "synthetic"}),
     "bench_rnn_finetune.py": (["--repeats", "1", "--epochs", "1"], {"policies", "task", "machine"}),
+    "bench_latency.py": (["--tasks", "digits-mlp", "--repeats", "1", "--load", "1"], {"tasks", "blocks", "machine"}),
     "bench_pool.py": (["--tasks", "wine-mlp", "--repeats", "1", "--n", "500"],
                       {"per_task", "load_s", "refit_s", "met", "machine", "wine-mlp"}),
     "bench_gpu.py": (["--tasks", "digits-mlp", "--devices", "cpu", "--policies", "1", "--repeats", "1",
