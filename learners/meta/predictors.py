@@ -197,7 +197,7 @@ class GBMRetentionPredictor(RegressorMixin, BaseEstimator):
         :meth:`focus`; ``sample_weight`` weighs the rows (None: alike)."""
         from sklearn.isotonic import IsotonicRegression  # noqa: PLC0415
 
-        X, y = _check_xy(X, y)
+        X, y = _check_xy(X, y, fitting=True)
         for name in ("proxy_weight", "tuned_weight"):
             if not 0.0 <= float(getattr(self, name)) <= 1.0:
                 raise invalid_value(name, "a number in [0, 1]", str(getattr(self, name)))
@@ -303,7 +303,7 @@ class GBMRetentionPredictor(RegressorMixin, BaseEstimator):
 
     def _predictions(self, X: Any) -> np.ndarray:
         """``(n_ensemble, n)`` predictions, each row by the deepest tier whose measured columns it knows."""
-        X, _ = _check_xy(X)
+        X, _ = _check_xy(X, fitted=self)
         m = self._measured_columns(X.shape[1])
         base = X.shape[1] - m
         out = self._levels(X, np.array([model.predict(X[:, :base]) for model in self.models_]))
@@ -355,7 +355,8 @@ class GBMRetentionPredictor(RegressorMixin, BaseEstimator):
         ``adapted_votes_`` keeps each tier's share. ``steps`` is accepted for symmetry with
         :meth:`ReptilePredictor.adapt` and ignored.
         """
-        X_task, y_task = _check_xy(X_task, y_task)
+        _check_xy(X_task, fitted=self)
+        X_task, y_task = _check_xy(X_task, y_task, fitting=True)
         out = copy.deepcopy(self)
         if not len(y_task):
             return out

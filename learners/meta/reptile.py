@@ -41,12 +41,26 @@ def _net(n_in: int, hidden: Sequence[int]) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def _check_xy(X: Any, y: Any | None = None) -> tuple[np.ndarray, np.ndarray | None]:
-    """``X`` as a 2-D float array (NaN = not measured; infinities refused) and ``y`` as finite floats."""
+def _check_xy(X: Any, y: Any | None = None, *, fitted: Any = None,
+              fitting: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    """``X`` as a 2-D float array (NaN = not measured; infinities refused) and ``y`` as finite floats.
+
+    ``fitting``: ``y`` is required. ``fitted``: a predictor that must be fitted (scikit-learn's ``NotFittedError``
+    otherwise) on rows of ``X``'s width.
+    """
+    if fitted is not None:
+        from sklearn.utils.validation import check_is_fitted  # noqa: PLC0415
+
+        check_is_fitted(fitted, "n_features_in_")
     X = np.asarray(X, dtype=np.float64)
     if X.ndim != 2 or np.isinf(X).any():
         raise invalid_value("X", "a 2-D array without infinite values (NaN = not measured)", f"shape {X.shape}")
+    if fitted is not None and X.shape[1] != fitted.n_features_in_:
+        raise invalid_value("X", f"rows of {fitted.n_features_in_} columns, as the predictor was fitted on",
+                            f"{X.shape[1]} columns")
     if y is None:
+        if fitting:
+            raise invalid_value("y", "one target per row of X (accuracy retention)", None)
         return X, None
     y = np.asarray(y, dtype=np.float64).ravel()
     if len(y) != len(X) or not np.isfinite(y).all():
@@ -107,12 +121,16 @@ class ReptilePredictor(RegressorMixin, BaseEstimator):
         Without ``groups`` all rows form one task (plain SGD training). A missing input (NaN) takes the column's
         training mean.
         """
-        X, y = _check_xy(X, y)
+        X, y = _check_xy(X, y, fitting=True)
         groups = np.zeros(len(y)) if groups is None else np.asarray(groups)
         if len(groups) != len(y):
             raise invalid_value("groups", f"{len(y)} task labels", len(groups))
+        with torch.random.fork_rng(devices=[]):  # seeded from random_state; the caller's torch RNG is left as it was
+            torch.manual_seed(int(self.random_state))
+            return self._meta_train(X, y, groups)
+
+    def _meta_train(self, X: np.ndarray, y: np.ndarray, groups: np.ndarray) -> ReptilePredictor:
         rng = np.random.default_rng(self.random_state)
-        torch.manual_seed(int(self.random_state))
         if not (self.warm_start and getattr(self, "n_features_in_", None) == X.shape[1]):
             measured = np.isfinite(X).any(0)
             mean = np.nanmean(np.where(measured, X, 0.0), 0)
@@ -139,13 +157,14 @@ class ReptilePredictor(RegressorMixin, BaseEstimator):
 
     def predict(self, X: Any) -> np.ndarray:
         """Predicted accuracy retention of each row."""
-        X, _ = _check_xy(X)
+        X, _ = _check_xy(X, fitted=self)
         with torch.no_grad():
             return self.net_(self._tensor(X)).squeeze(1).double().numpy()
 
     def adapt(self, X_task: Any, y_task: Any, steps: int | None = None) -> ReptilePredictor:  # noqa: N803
         """Return a copy fine-tuned with ``steps`` full-batch SGD steps on one task's finished trials."""
-        X_task, y_task = _check_xy(X_task, y_task)
+        _check_xy(X_task, fitted=self)
+        X_task, y_task = _check_xy(X_task, y_task, fitting=True)
         out = copy.deepcopy(self)
         if len(y_task):
             out.net_.train()

@@ -327,6 +327,30 @@ def test_predictors_are_sklearn_estimators(cls):
     assert adapted is not model and adapted.predict(history.X()[:2]).shape == (2,)
 
 
+@pytest.mark.parametrize("make", [lambda: GBMRetentionPredictor(max_iter=5),
+                                  lambda: ReptilePredictor(hidden=(8,), meta_epochs=2, random_state=3)])
+def test_the_predictors_keep_scikit_learns_contract_on_bad_calls(make):
+    """predict before fit: NotFittedError; fit without targets, or predict on rows of another width: one error
+    naming the argument; fitting leaves the caller's torch RNG as it was."""
+    from sklearn.exceptions import NotFittedError
+
+    rng = np.random.default_rng(0)
+    X, y, groups = rng.uniform(size=(60, 5)), rng.uniform(0.5, 1.0, size=60), np.repeat([0, 1, 2], 20)
+    with pytest.raises(NotFittedError):
+        make().predict(X)
+    with pytest.raises(ConfigError) as no_y:
+        make().fit(X, None)
+    assert no_y.value.field == "y"
+    state = torch.get_rng_state()
+    model = make().fit(X, y, groups)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert model.predict(X).shape == (60,) and clone(model).get_params() == model.get_params()
+    for call in (lambda: model.predict(X[:, :3]), lambda: model.adapt(X[:5, :4], y[:5])):
+        with pytest.raises(ConfigError) as narrow:
+            call()
+        assert narrow.value.field == "X" and "5 columns" in str(narrow.value)
+
+
 def test_reptile_adaptation_reduces_error_on_a_held_out_task():
     rng = np.random.default_rng(0)
 
