@@ -62,6 +62,10 @@ app = typer.Typer(cls=_Group, add_completion=False, no_args_is_help=True, pretty
 console = Console(width=None if sys.stdout.isatty() else 132)
 err_console = Console(stderr=True)
 _DEBUG = {"on": False}
+#: What an interrupted command (Ctrl-C, SIGTERM) leaves, by command; any other changed nothing.
+_INTERRUPTED = {"search": "finished trials are saved; rerun the same command to resume.",
+                "retrain": "finished trials are saved; rerun the same command to resume.",
+                "export": "nothing was written (a file of that name from before is as it was)."}
 
 
 def _friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -79,7 +83,7 @@ def _friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
             err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt as exc:  # Ctrl-C; SIGTERM (Terminated: main's handler, the Ray driver's)
-            err_console.print("interrupted: finished trials are saved; rerun the same command to resume.")
+            err_console.print(f"interrupted: {_INTERRUPTED.get(fn.__name__, 'nothing was changed.')}")
             raise typer.Exit(143 if isinstance(exc, Terminated) else 130) from None
         except (typer.Exit, typer.Abort):
             raise
@@ -122,7 +126,7 @@ def search(
     from .config import load_config
     from .progress import SearchProgress
     from .report import pareto_table, print_outcome
-    from .runner import check_out, prepare, run_search
+    from .runner import check_not_running, check_out, prepare, run_search
     from .study import storage_folder, study_line
     from .sync import make_tracker
     from .warmstart import check_warm_start_mode, load_points, policies_file, resolve_warm_start, resumed_warm_start
@@ -135,6 +139,7 @@ def search(
     mode = warm_start or cfg.warm_start.mode
     check_warm_start_mode(mode)
     check_out(cfg.out)
+    check_not_running(cfg)
     tracker = make_tracker(cfg)  # an unreachable tracking server fails here, before any training
     if address and cfg.backend != "ray":
         console.print(f"--address is the ray backend's; backend {cfg.backend!r} runs here (--backend ray to use "

@@ -20,6 +20,7 @@ larger than the trial's ``size_bytes`` (the packed storage form).
 
 from __future__ import annotations
 
+import os
 import warnings
 
 from dataclasses import dataclass
@@ -158,14 +159,20 @@ def export_trial(cfg: SearchConfig, number: int, output: str | Path | None = Non
                           f"task, model and space; this one builds another, e.g. another task or a changed "
                           f"model). Got '{cfg.config_path or cfg.task_name}'.", "config")
     model = load_compressed(artifact, task.teacher).eval()
-    reloaded = _write(deployable(model, int8=bool(int8)), task.example_input(2), path, number, bool(int8))
-    x, y = dataset_tensors(task.val)
-    with torch.no_grad():  # a frozen graph is not an nn.Module (no train/eval mode): called as a plain function
-        theirs = torch.cat([reloaded(x[i : i + 1024]) for i in range(0, len(x), 1024)]).argmax(1)
-    agreement = float((predict_logits(model, x).argmax(1) == theirs).float().mean())
-    if agreement < MIN_AGREEMENT and not int8:
-        path.unlink(missing_ok=True)
-        raise MetacompressError(f"the exported file of trial {number} agreed with the packed model on only "
-                                f"{agreement:.1%} of the validation predictions; nothing was written")
+    # written next to its place and moved there once checked: an export stopped half-way (Ctrl-C, kill) or refused
+    # leaves any earlier file of that name as it was
+    part = path.with_name(f".{path.name}.part{path.suffix}")  # the suffix still names the format
+    try:
+        reloaded = _write(deployable(model, int8=bool(int8)), task.example_input(2), part, number, bool(int8))
+        x, y = dataset_tensors(task.val)
+        with torch.no_grad():  # a frozen graph is not an nn.Module (no train/eval mode): called as a plain function
+            theirs = torch.cat([reloaded(x[i : i + 1024]) for i in range(0, len(x), 1024)]).argmax(1)
+        agreement = float((predict_logits(model, x).argmax(1) == theirs).float().mean())
+        if agreement < MIN_AGREEMENT and not int8:
+            raise MetacompressError(f"the exported file of trial {number} agreed with the packed model on only "
+                                    f"{agreement:.1%} of the validation predictions; nothing was written")
+        os.replace(part, path)
+    finally:
+        part.unlink(missing_ok=True)
     return ExportResult(path, path.stat().st_size, float(metrics["accuracy"]), float((theirs == y).float().mean()),
                         agreement, bool(int8), "torch.export" if path.suffix == ".pt2" else "TorchScript")

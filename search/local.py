@@ -20,7 +20,7 @@ import optuna
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 from .objective import Objective, TrialFailed, TrialOutcome
-from .study import remaining_budget
+from .study import remaining_budget, storage_file
 
 __all__ = ["file_lock", "lock_path", "record_outcome", "run_worker", "run_trial"]
 
@@ -32,8 +32,11 @@ except ImportError:  # pragma: no cover - older/newer Optuna without it
 
 
 def lock_path(storage_url: str, study_name: str, kind: str) -> Path:
-    """A lock file per (storage, study): next to a sqlite/journal file, else in the user cache."""
-    key = hashlib.sha1(f"{storage_url}|{study_name}".encode()).hexdigest()[:16]
+    """A lock file per (storage, study), in the user cache. A sqlite or journal storage is known by its file's
+    resolved path, so ``sqlite:///s.db`` and ``sqlite:////abs/s.db`` naming one file share a lock."""
+    file = storage_file(storage_url)
+    where = f"file:{file.resolve()}" if file is not None else storage_url
+    key = hashlib.sha1(f"{where}|{study_name}".encode()).hexdigest()[:16]
     base = Path(os.environ.get("METACOMPRESS_CACHE", Path.home() / ".cache" / "metacompress")) / "locks"
     base.mkdir(parents=True, exist_ok=True)
     return base / f"{study_name[:40].replace('/', '_')}-{key}.{kind}.lock"

@@ -288,11 +288,11 @@ def _previous_pareto(p: Any, base: str) -> list[dict[str, Any]]:
 
 def _measure(p: Any, path: str | Path) -> dict[str, float]:
     """Load a packed export on the task's teacher skeleton and measure it on this run's validation data."""
-    from metacompress.learners import evaluate, load_compressed
+    from metacompress.learners import deployable, evaluate, load_compressed
 
     model = load_compressed(path, p.task.teacher)
     return evaluate(model, p.task.val, p.task.example_input(1), reference=p.reference,
-                    latency_repeats=p.cfg.train.latency_repeats)
+                    latency_repeats=p.cfg.train.latency_repeats, baseline=deployable(p.task.teacher, int8=False))
 
 
 def _champion(p: Any, client: Any, name: str) -> tuple[Any, dict[str, float] | None, str]:
@@ -329,10 +329,10 @@ def _decide(p: Any, tracker: Any, summary: Mapping[str, Any], name: str, constra
     champ, champ_metrics, note = _champion(p, client, name)
     result.champion = None if champ is None else {"version": str(champ.version), "metrics": champ_metrics,
                                                   "note": note}
-    if done:
-        return _finish_promotion(client, name, done, champ, result)
     better, why = is_better(chosen["metrics"], champ_metrics, constraints, tolerance)
     result.reason = why if champ_metrics is not None or champ is None else f"{why} ({note})"
+    if done:  # registered before a crash: finish the promotion, for the reason it was decided (same champion)
+        return _finish_promotion(client, name, done, champ, result)
     if not better:
         result.outcome = "kept"
         return result
@@ -387,7 +387,6 @@ def _finish_promotion(client: Any, name: str, versions: list[Any], champ: Any, r
         client.set_registered_model_alias(name, PREVIOUS, str(champ.version))
     client.set_registered_model_alias(name, CHAMPION, str(version.version))
     result.outcome = "promoted"
-    result.reason = result.reason or "promotion of this run finished after an interruption"
     return result
 
 
@@ -399,15 +398,19 @@ def _record(p: Any, tracker: Any, result: RetrainResult) -> None:
     """
     path = Path(p.cfg.out) / "retrain.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    rerun = result.outcome == "already_promoted"
-    if not (rerun and path.is_file()):
-        path.write_text(json.dumps(result.to_dict(), indent=2, default=float))
+    record = result.to_dict()
+    if result.outcome == "already_promoted" and path.is_file():
+        record = json.loads(path.read_text())  # the decision, as the run that made it recorded it
+    else:
+        path.write_text(json.dumps(record, indent=2, default=float))
     if tracker.parent_run_id is None:
         return
-    if rerun and "metacompress.retrain.outcome" in tracker.client.get_run(tracker.parent_run_id).data.tags:
+    if result.outcome == "already_promoted" and \
+            "metacompress.retrain.outcome" in tracker.client.get_run(tracker.parent_run_id).data.tags:
         return
-    tags = {"outcome": result.outcome, "reason": result.reason, "registered_model": result.registered_model,
-            "version": result.version or "", "trial": "" if not result.candidate else result.candidate["number"]}
+    tags = {"outcome": record["outcome"], "reason": record["reason"], "registered_model": record["registered_model"],
+            "version": record.get("version") or "",
+            "trial": "" if not record.get("candidate") else record["candidate"]["number"]}
     for key, value in tags.items():
         tracker.client.set_tag(tracker.parent_run_id, f"metacompress.retrain.{key}", str(value)[:5000])
     tracker.client.log_artifact(tracker.parent_run_id, str(path))

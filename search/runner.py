@@ -28,7 +28,7 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 
 from metacompress.learners import Task, describe_layers, load_task
-from metacompress.spaces import CompressionSpace
+from metacompress.spaces import CompressionSpace, ConfigError
 from metacompress.spaces.adapters import to_optuna
 
 from .checks import writable_folder
@@ -40,6 +40,7 @@ from .pareto import hypervolume, hypervolume_history, max_hypervolume, pareto_fr
 from .study import (
     ATTR_REFERENCE,
     ATTR_WARM_SOURCE,
+    check_setup,
     counted_trials,
     enqueue_points,
     make_sampler,
@@ -108,6 +109,14 @@ def build_space(cfg: SearchConfig, task: Task) -> CompressionSpace:
     return cfg.space.build(describe_layers(task.teacher, task.example_input(2)))
 
 
+def study_setup(cfg: SearchConfig) -> dict[str, Any]:
+    """What a study's trials depend on besides its space and objectives, by config field (``study.ATTR_SETUP``):
+    the task (its data and teacher) and the fine-tuning's seed and batch size."""
+    task = {"task.factory": cfg.task.factory, "task.kwargs": cfg.task.kwargs} if cfg.task.factory else {
+        "task.name": cfg.task.name}
+    return {**task, "task.seed": cfg.task.seed, "seed": cfg.seed, "train.batch_size": cfg.train.batch_size}
+
+
 def sampler_seed(seed: int, n_existing: int, worker: int) -> int:
     """The sampler seed of one worker: a resumed study or a second worker must not replay the same draws."""
     return seed if n_existing == 0 and worker == 0 else (seed * 1_000_003 + n_existing * 7919 + worker) % 2**31
@@ -116,7 +125,7 @@ def sampler_seed(seed: int, n_existing: int, worker: int) -> int:
 def open_worker_study(cfg: SearchConfig, space: CompressionSpace, worker: int = 0) -> optuna.Study:
     """Open (or create) the config's study with a sampler seeded for this worker and the trials already in it."""
     study = open_study(cfg.storage, cfg.study_name, cfg.objectives, make_sampler(cfg.sampler, cfg.seed),
-                       space.fingerprint())
+                       space.fingerprint(), study_setup(cfg))
     n_existing = len(study.get_trials(deepcopy=False))
     if n_existing or worker:
         study.sampler = make_sampler(cfg.sampler, sampler_seed(cfg.seed, n_existing, worker))
@@ -135,6 +144,7 @@ def prepare(cfg: SearchConfig, *, progress: bool = False, worker: int = 0) -> Pr
     # a local search trains here: a device this machine lacks stops it now, before the teacher; on Ray each trial
     # resolves the device in its worker, and this process only computes the teacher's logits, where it can
     device = resolve_device(cfg.train.device) if cfg.backend == "optuna" else "auto"
+    check_setup(cfg.storage, cfg.study_name, study_setup(cfg))
     task = load_task(_task_spec(cfg), progress=progress)
     space = build_space(cfg, task)
     study = open_worker_study(cfg, space, worker)
@@ -305,6 +315,19 @@ def write_outputs(p: Prepared, summary: dict[str, Any], trials: list[FrozenTrial
     return paths
 
 
+def _in_use(cfg: SearchConfig) -> ConfigError:
+    return ConfigError(f"The 'study_name' value must not be in use by another running search (one search per "
+                       f"study and storage at a time). Got {cfg.study_name!r}.", "study_name")
+
+
+def check_not_running(cfg: SearchConfig) -> None:
+    """Refuse, before any work, a study another search is running now (its run lock is held). The search itself
+    takes the lock for good; this only says so before the study line, the teacher and the warm start."""
+    with file_lock(lock_path(cfg.storage, cfg.study_name, "run"), blocking=False) as free:
+        if not free:
+            raise _in_use(cfg)
+
+
 def check_out(out: str | Path) -> Path:
     """Check, before any work, that the output folder ``out`` can be created and written
     (:func:`~.checks.writable_folder`).
@@ -351,13 +374,9 @@ def run_search(
 
         check_ray(cfg)
     p = prepared or prepare(cfg)
-    run_lock = lock_path(cfg.storage, cfg.study_name, "run")
-    with file_lock(run_lock, blocking=False) as owned:
+    with file_lock(lock_path(cfg.storage, cfg.study_name, "run"), blocking=False) as owned:
         if not owned:
-            from metacompress.spaces import ConfigError
-
-            raise ConfigError(f"The 'study_name' value must not be in use by another running search. Got "
-                              f"{cfg.study_name!r}.", "study_name")
+            raise _in_use(cfg)
         recover_interrupted(p.study)
         if isinstance(warm_points, SequentialWarmStart):
             enqueue_points(p.study, warm_points.first, source=(warm_info or {}).get("mode", "auto"))
@@ -378,12 +397,16 @@ def run_search(
             if on_trial_end is not None:
                 on_trial_end(trial, p)
 
-        if cfg.backend == "ray":
-            from .ray_backend import run_ray
+        try:
+            if cfg.backend == "ray":
+                from .ray_backend import run_ray
 
-            run_ray(p, on_trial_end=after_trial)
-        else:
-            run_local(p, on_trial_end=after_trial)
+                run_ray(p, on_trial_end=after_trial)
+            else:
+                run_local(p, on_trial_end=after_trial)
+        except KeyboardInterrupt:  # Ctrl-C, SIGTERM: the parent run says so until a rerun resumes it
+            tracker.finish("KILLED")
+            raise
         trials = counted_trials(p.study)
         summary = summarize(p, trials, warm_info or {"mode": "off", "n_points": 0})
 

@@ -11,6 +11,7 @@ count against the budget. The budget counts finished trials (complete, or failed
 
 from __future__ import annotations
 
+import json
 import logging
 import warnings
 from collections.abc import Mapping, Sequence
@@ -24,6 +25,7 @@ from metacompress.spaces import ConfigError, invalid_value, unknown_key
 
 __all__ = [
     "SAMPLERS",
+    "check_setup",
     "counted_trials",
     "enqueue_points",
     "make_sampler",
@@ -42,6 +44,9 @@ ATTR_OBJECTIVES = "metacompress.objectives"
 ATTR_REFERENCE = "metacompress.teacher"
 ATTR_INTERRUPTED = "metacompress.interrupted"
 ATTR_WARM = "metacompress.warm_start_done"
+#: What a study's trials ran with beyond its space and objectives (the task's data and teacher, the fine-tuning
+#: seed and batch size): a resume with other values would mix trials that cannot be compared on one front.
+ATTR_SETUP = "metacompress.setup"
 #: Trial user attribute of an enqueued warm-start point: where it came from (``auto``, ``file``...).
 ATTR_WARM_SOURCE = "metacompress.warm_start"
 
@@ -150,8 +155,10 @@ def open_study(
     objectives: Mapping[str, str],
     sampler: optuna.samplers.BaseSampler,
     fingerprint: str,
+    setup: Mapping[str, Any] | None = None,
 ) -> optuna.Study:
-    """Create the study or load it to resume; refuse one made for another space or other objectives."""
+    """Create the study or load it to resume; refuse one made for another space, other objectives or another
+    ``setup`` (config field -> value; a study from before it was recorded takes the resuming one's)."""
     store = make_storage(storage) if isinstance(storage, str) else storage
     directions = list(objectives.values())
     try:
@@ -160,6 +167,8 @@ def open_study(
         study = optuna.create_study(study_name=study_name, storage=store, sampler=sampler, directions=directions)
         study.set_user_attr(ATTR_SPACE, fingerprint)
         study.set_user_attr(ATTR_OBJECTIVES, dict(objectives))
+        if setup is not None:
+            study.set_user_attr(ATTR_SETUP, _as_stored(setup))
         return study
     if study.user_attrs.get(ATTR_SPACE) != fingerprint:
         raise ConfigError(
@@ -169,7 +178,39 @@ def open_study(
         raise ConfigError(
             f"The 'study_name' value must name a study with the objectives "
             f"{study.user_attrs.get(ATTR_OBJECTIVES)}. Got {study_name!r} with {dict(objectives)}.", "study_name")
+    if setup is not None:
+        _check_setup(study, _as_stored(setup))
     return study
+
+
+def check_setup(storage: str, study_name: str, setup: Mapping[str, Any]) -> None:
+    """Refuse, before the teacher is loaded, to resume a study whose trials ran with another ``setup`` (see
+    :func:`open_study`, which checks again); nothing to check for a new study (nor a file created for it)."""
+    file = storage_file(storage)
+    if file is not None and not file.exists():
+        return
+    try:
+        study = optuna.load_study(study_name=study_name, storage=make_storage(storage))
+    except KeyError:
+        return
+    _check_setup(study, _as_stored(setup))
+
+
+def _as_stored(setup: Mapping[str, Any]) -> dict[str, Any]:
+    """``setup`` as the study stores it (JSON: tuples become lists), so that a comparison is exact."""
+    return json.loads(json.dumps(dict(setup), default=str))
+
+
+def _check_setup(study: optuna.Study, setup: dict[str, Any]) -> None:
+    stored = study.user_attrs.get(ATTR_SETUP)
+    if stored is None:
+        study.set_user_attr(ATTR_SETUP, setup)
+        return
+    for field, value in setup.items():
+        if field in stored and stored[field] != value:
+            raise ConfigError(
+                f"The '{field}' value must be {stored[field]!r}, as when study {study.study_name!r} began (its "
+                f"trials ran with it; a new --study-name starts a study with another). Got {value!r}.", field)
 
 
 def _interrupted(t: FrozenTrial) -> bool:

@@ -19,6 +19,7 @@ from optuna.trial import FrozenTrial, TrialState
 from metacompress.learners import load_compressed
 
 from .config import SearchConfig
+from .tracking import TRIAL_TAG
 
 if TYPE_CHECKING:
     from .runner import Prepared
@@ -59,21 +60,26 @@ def make_tracker(cfg: SearchConfig, *, registry: bool = False) -> Any:
     return tracker
 
 
-def _registered(tracker: Any, name: str) -> dict[int, str]:
+def _registered(tracker: Any, name: str) -> tuple[dict[int, str], set[int]]:
     """Trial number -> model URI of the versions of ``name`` already registered for *this* study (resume: never
-    twice). Several studies share one experiment and its ``-pareto`` model: a version counts only when it was
-    logged from this study's child run of that trial."""
+    twice), and the trials whose version lacks its tags. Several studies share one experiment and its ``-pareto``
+    model: a version counts when it was logged from this study's child run of a trial, tagged or not (a search
+    stopped between registering a version and tagging it; the lowest such version of a trial counts)."""
     try:
         versions = tracker.client.search_model_versions(f"name = '{name}'")
     except Exception:  # noqa: BLE001 - no such model yet
-        return {}
-    out = {}
-    for v in versions:
-        number = (v.tags or {}).get("metacompress.trial_number")
-        child = tracker._children.get(int(number)) if number is not None else None
-        if child is not None and v.run_id == child[0]:
-            out[int(number)] = f"models:/{name}/{v.version}"
-    return out
+        return {}, set()
+    trial_of_run = {child[0]: number for number, child in tracker._children.items()}
+    out: dict[int, str] = {}
+    untagged: set[int] = set()
+    for v in sorted(versions, key=lambda v: int(v.version)):
+        number = trial_of_run.get(v.run_id)
+        if number is None or number in out:
+            continue
+        out[number] = f"models:/{name}/{v.version}"
+        if (v.tags or {}).get(TRIAL_TAG) != str(number):
+            untagged.add(number)
+    return out, untagged
 
 
 #: Model version tag: whether the version's trial is on its study's Pareto front now ("true"/"false"). A resumed
@@ -87,10 +93,14 @@ def log_pareto_models(p: Prepared, tracker: Any, summary: dict[str, Any]) -> Non
     if p.cfg.tracking_uri == "none":
         return
     name = f"{p.cfg.experiment_name}-pareto"
-    done = _registered(tracker, name)
+    done, untagged = _registered(tracker, name)
     for entry in summary["pareto"]:
         if entry["number"] in done:
             entry["model_uri"] = done[entry["number"]]
+            if entry["number"] in untagged:  # registered by a search stopped before it tagged the version
+                tracker.tag_model_version(name, done[entry["number"]].rsplit("/", 1)[-1],
+                                          {TRIAL_TAG: str(entry["number"]), **entry["metrics"]})
+                untagged.discard(entry["number"])
             continue
         artifact = entry.get("artifact")
         if not artifact or not Path(artifact).exists():
@@ -100,6 +110,8 @@ def log_pareto_models(p: Prepared, tracker: Any, summary: dict[str, Any]) -> Non
                                                       extra_artifacts=[artifact])
         if entry["model_uri"] is not None:  # None: the store went down (a rerun registers it)
             done[entry["number"]] = entry["model_uri"]
+    for number in untagged:  # off the front now: its number at least
+        tracker.tag_model_version(name, done[number].rsplit("/", 1)[-1], {TRIAL_TAG: str(number)})
     front = {entry["number"] for entry in summary["pareto"]}
     tracker.tag_model_versions(name, PARETO_TAG, {uri.rsplit("/", 1)[-1]: str(number in front).lower()
                                                   for number, uri in done.items()})

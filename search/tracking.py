@@ -381,9 +381,14 @@ class Tracker:
         for path in extra_artifacts:
             self.client.log_artifact(run_id, str(path), artifact_path="export")
         version = str(info.registered_model_version)
-        for key, value in {TRIAL_TAG: str(number), **metrics}.items():
-            self.client.set_model_version_tag(registered_model_name, version, key, str(value))
+        self.tag_model_version(registered_model_name, version, {TRIAL_TAG: str(number), **metrics})
         return f"models:/{registered_model_name}/{version}"
+
+    @_soft
+    def tag_model_version(self, name: str, version: str, tags: Mapping[str, Any]) -> None:
+        """Set the tags of registered model ``name``'s ``version`` (values as strings)."""
+        for key, value in tags.items():
+            self.client.set_model_version_tag(name, version, key, str(value))
 
     @_soft
     def tag_model_versions(self, name: str, key: str, values: Mapping[str, str]) -> None:

@@ -14,7 +14,7 @@ from optuna.trial import TrialState
 from metacompress.learners import Task
 from metacompress.spaces import CompressionPolicy, CompressionSpace, ConfigError, invalid_value
 
-from .study import ATTR_WARM, ATTR_WARM_SOURCE, remaining_budget
+from .study import ATTR_WARM, ATTR_WARM_SOURCE, counted_trials
 
 __all__ = ["ATTR_INDEX", "ATTR_PREDICTED", "SequentialWarmStart", "check_warm_start_mode", "enqueue_next_warm_point",
            "history_store", "load_points", "policies_file", "resolve_warm_start", "resumed_warm_start"]
@@ -140,12 +140,12 @@ def resumed_warm_start(study: optuna.Study, n_trials: int, k: int, *, sequential
         complete = n_warm >= k
     else:
         n_warm, complete = len(warm), bool(study.user_attrs.get(ATTR_WARM))
-    left = remaining_budget(study, n_trials)
-    if left > 0 and not complete:
+    done = len(counted_trials(study))  # a trial left running by a stopped search runs again: it is not done
+    if done < n_trials and not complete:
         return None
     mode = study.user_attrs.get(ATTR_WARM) or ("auto" if n_warm else "off")
-    reason = (f"resumed: {n_trials - left} of {n_trials} trials exist, nothing left to run (raise --trials to go on)"
-              if left <= 0 else f"resumed: the study's {n_warm} warm-start points already exist")
+    reason = (f"resumed: {done} of {n_trials} trials finished, nothing left to run (raise --trials to go on)"
+              if done >= n_trials else f"resumed: the study's {n_warm} warm-start points already exist")
     return {"mode": mode, "n_points": n_warm, "reason": reason}
 
 

@@ -177,6 +177,18 @@ def test_unknown_key_suggests_the_close_one(tmp_path):
     assert "Did you mean 'n_trials'" in _one_error_line(result)
 
 
+def test_a_study_another_search_is_running_is_refused_in_one_line_before_any_work(search_yaml, tmp_path):
+    from metacompress.search.config import load_config
+    from metacompress.search.local import file_lock, lock_path
+
+    path = search_yaml(n_trials=1, tracking_uri="none", storage=f"sqlite:///{tmp_path}/busy.db")
+    cfg = load_config(path)
+    with file_lock(lock_path(cfg.storage, cfg.study_name, "run")):  # as a running search holds it
+        result = runner.invoke(app, ["search", str(path)])
+    assert result.exit_code == 2 and "'study_name'" in _one_error_line(result)
+    assert not (tmp_path / "busy.db").exists()  # refused before the study was opened
+
+
 def test_reusing_a_study_name_with_another_space_is_refused_and_overwrites_nothing(search_yaml, tmp_path):
     first = search_yaml(n_trials=1, tracking_uri="none")
     assert runner.invoke(app, ["search", str(first)]).exit_code == 0
@@ -488,6 +500,19 @@ def test_export_writes_a_trial_that_loads_with_torch_alone(search_yaml, tmp_path
     moved = runner.invoke(app, ["export", str(path), "--trial", str(best["number"]), "--no-int8",
                                 "--out", str(tmp_path / "elsewhere")])  # a search run with --out: the file joins it
     assert moved.exit_code == 0 and (tmp_path / "elsewhere" / f"trial-{best['number']}.pt2").is_file(), moved.output
+    before = (tmp_path / "f32.pt2").read_bytes()
+
+    def stopped(model, example, part, number, int8):  # Ctrl-C or a kill half-way through the write
+        part.write_bytes(b"half a file")
+        raise KeyboardInterrupt
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("metacompress.search.deploy._write", stopped)
+        cut = runner.invoke(app, ["export", str(path), "--trial", str(best["number"]), "--no-int8", "--output",
+                                  str(tmp_path / "f32.pt2")])
+    assert cut.exit_code == 130 and "nothing was written" in cut.output, cut.output
+    assert (tmp_path / "f32.pt2").read_bytes() == before  # the earlier export is whole
+    assert sorted(p.name for p in tmp_path.glob(".*part*")) == []
     ints = runner.invoke(app, ["export", str(path), "--trial", str(best["number"]), "--int8",
                                "--output", str(tmp_path / "i8.pt")])
     assert ints.exit_code == 0 and "int8 kernels" in ints.output

@@ -119,6 +119,12 @@ def test_retrain_promotes_only_a_better_model_once(tmp_path):
                                 filter_string="tags.`metacompress.study_name` = 'job-r1'")[0]
     assert parent.data.tags["metacompress.retrain.outcome"] == "promoted"
     assert len(client.search_model_versions("name = 'digits'")) == 1
+    for key in [k for k in parent.data.tags if k.startswith("metacompress.retrain.")]:
+        client.delete_tag(parent.info.run_id, key)  # as if killed between retrain.json and the run's tags
+    assert _retrain(_job(tmp_path, [4]), "r1").exit_code == 0
+    tags = client.get_run(parent.info.run_id).data.tags
+    assert tags["metacompress.retrain.outcome"] == "promoted" and tags["metacompress.retrain.reason"] == \
+        record["reason"]  # the decision's record, not the rerun's "already promoted"
 
     worse = _retrain(_job(tmp_path, [8], name="wide"), "r2")  # 8-bit: twice the size
     assert worse.exit_code == 0 and "champion kept: not better: size +" in worse.output, worse.output
@@ -129,6 +135,13 @@ def test_retrain_promotes_only_a_better_model_once(tmp_path):
     assert _alias(client, "champion") == "2" and _alias(client, "previous") == "1"
     record = json.loads((tmp_path / "out" / "r3" / "retrain.json").read_text())
     assert record["outcome"] == "promoted" and record["champion"]["version"] == "1"
+    assert record["reason"].startswith("smaller by")
+    client.set_registered_model_alias("digits", "champion", "1")  # as if killed after registering version 2,
+    client.delete_registered_model_alias("digits", "previous")     # before the aliases moved
+    finished = _retrain(_job(tmp_path, [3], name="narrow", kd_lambda=0.5, lr=0.003, epochs=3), "r3")
+    assert finished.exit_code == 0 and "promoted: version 2 of digits is now 'champion' (smaller by" in \
+        finished.output, finished.output  # for the reason it was decided, not "finished after an interruption"
+    assert _alias(client, "champion") == "2" and _alias(client, "previous") == "1"
     assert record["candidate"]["metrics"]["size_bytes"] < record["champion"]["metrics"]["size_bytes"]
     assert record["candidate"]["metrics"]["accuracy"] >= record["champion"]["metrics"]["accuracy"] - 0.005
 

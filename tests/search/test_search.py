@@ -102,6 +102,66 @@ def test_rerun_with_a_larger_budget_continues_without_repeating(search_yaml):
         {n: str(n in front).lower() for n in numbers}
 
 
+def test_a_version_registered_by_a_search_stopped_before_it_tagged_it_is_tagged_by_the_rerun_not_registered_again(
+        search_yaml):
+    """A kill between registering a Pareto model and tagging the version left a version with no tags, which the
+    rerun did not recognise as its trial's and registered once more."""
+    cfg = load_config(search_yaml(n_trials=2))
+    run_search(cfg)
+    client = mlflow.MlflowClient(cfg.tracking_uri, registry_uri=cfg.tracking_uri)
+    name = f"{cfg.experiment_name}-pareto"
+    before = {v.version: dict(v.tags) for v in client.search_model_versions(f"name = '{name}'")}
+    stripped = min(before, key=int)
+    for key in before[stripped]:
+        client.delete_model_version_tag(name, stripped, key)
+    run_search(cfg)  # the budget is spent: only the end-of-search sync runs
+    after = {v.version: dict(v.tags) for v in client.search_model_versions(f"name = '{name}'")}
+    assert after == before
+
+
+@pytest.mark.parametrize(("overrides", "field"), [
+    ({"task": {"name": "digits-mlp", "seed": 3}}, "task.seed"),  # another split of the data, another teacher
+    ({"seed": 1}, "seed"),
+    ({"train": {"latency_repeats": 2, "batch_size": 64}}, "train.batch_size"),
+])
+def test_a_resume_with_another_task_seed_or_fine_tuning_is_refused_naming_the_field(search_yaml, overrides, field):
+    """Trials of one study share one front and one teacher's reference: a resume that changes what they ran with
+    (the space and objectives were already checked) is one line naming the field, before any work."""
+    cfg = load_config(search_yaml(n_trials=1, tracking_uri="none"))
+    run_search(cfg)
+    changed = load_config(search_yaml(n_trials=2, tracking_uri="none", **overrides))
+    with pytest.raises(ConfigError) as refused:
+        run_search(changed)
+    assert refused.value.field == field and "as when study" in str(refused.value)
+    assert len(_study(cfg).get_trials()) == 1
+    assert run_search(load_config(search_yaml(n_trials=2, tracking_uri="none")))["n_complete"] == 2  # unchanged: on
+
+
+def test_an_interrupted_search_leaves_its_mlflow_run_killed_not_running_and_the_rerun_finishes_it(search_yaml):
+    cfg = load_config(search_yaml(n_trials=3))
+
+    def stop(trial, prepared):  # Ctrl-C (SIGTERM raises the same) after the first trial
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_search(cfg, on_trial_end=stop)
+    parents, _ = _children(cfg.tracking_uri, cfg.experiment_name)
+    assert [run.info.status for run in parents] == ["KILLED"]
+    assert run_search(cfg)["n_complete"] == 3
+    parents, _ = _children(cfg.tracking_uri, cfg.experiment_name)
+    assert [run.info.status for run in parents] == ["FINISHED"]
+
+
+def test_the_run_lock_knows_one_sqlite_file_however_its_url_spells_it(tmp_path, monkeypatch):
+    """``sqlite:///s.db`` in the file's folder and ``sqlite:////abs/s.db`` are one study: one lock."""
+    from metacompress.search.local import lock_path
+
+    monkeypatch.chdir(tmp_path)
+    relative = lock_path("sqlite:///s.db", "study", "run")
+    assert relative == lock_path(f"sqlite:///{tmp_path}/s.db", "study", "run")
+    assert relative != lock_path(f"sqlite:///{tmp_path}/other.db", "study", "run")
+
+
 def test_warm_start_file_points_run_first_and_only_once(search_yaml, tmp_path):
     points = tmp_path / "points.json"
     cfg0 = load_config(search_yaml())
@@ -200,7 +260,7 @@ def test_resumed_warm_start_needs_no_proposals_once_the_budget_or_the_warm_point
     entry = resumed_warm_start(study_with(3, 1), 8, 3, sequential=True)
     assert entry["mode"] == "auto" and entry["n_points"] == 3 and "warm-start points already exist" in entry["reason"]
     entry = resumed_warm_start(study_with(0, 4), 4, 3, sequential=True)  # a cold study at its budget
-    assert entry["mode"] == "off" and entry["n_points"] == 0 and "4 of 4 trials exist" in entry["reason"]
+    assert entry["mode"] == "off" and entry["n_points"] == 0 and "4 of 4 trials finished" in entry["reason"]
     assert resumed_warm_start(study_with(0, 2), 8, 3, sequential=False) is None
     entry = resumed_warm_start(study_with(3, 0, batch=True), 8, 3, sequential=False)
     assert entry["n_points"] == 3 and entry["mode"] == "auto"
