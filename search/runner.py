@@ -110,11 +110,13 @@ def build_space(cfg: SearchConfig, task: Task) -> CompressionSpace:
 
 
 def study_setup(cfg: SearchConfig) -> dict[str, Any]:
-    """What a study's trials depend on besides its space and objectives, by config field (``study.ATTR_SETUP``):
-    the task (its data and teacher) and the fine-tuning's seed and batch size."""
+    """What a study's trials depend on, by config field (``study.ATTR_SETUP``): the task (its data and teacher),
+    the space's bounds, and the fine-tuning's seed and batch size. (The model's layers and the objectives are
+    checked by their own attributes.)"""
     task = {"task.factory": cfg.task.factory, "task.kwargs": cfg.task.kwargs} if cfg.task.factory else {
         "task.name": cfg.task.name}
-    return {**task, "task.seed": cfg.task.seed, "seed": cfg.seed, "train.batch_size": cfg.train.batch_size}
+    space = {f"space.{key}": value for key, value in cfg.to_dict()["space"].items()}
+    return {**task, "task.seed": cfg.task.seed, **space, "seed": cfg.seed, "train.batch_size": cfg.train.batch_size}
 
 
 def sampler_seed(seed: int, n_existing: int, worker: int) -> int:

@@ -193,7 +193,7 @@ def check_setup(storage: str, study_name: str, setup: Mapping[str, Any]) -> None
         study = optuna.load_study(study_name=study_name, storage=make_storage(storage))
     except KeyError:
         return
-    _check_setup(study, _as_stored(setup))
+    _check_setup(study, _as_stored(setup), record=False)
 
 
 def _as_stored(setup: Mapping[str, Any]) -> dict[str, Any]:
@@ -201,10 +201,13 @@ def _as_stored(setup: Mapping[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(dict(setup), default=str))
 
 
-def _check_setup(study: optuna.Study, setup: dict[str, Any]) -> None:
+def _check_setup(study: optuna.Study, setup: dict[str, Any], record: bool = True) -> None:
+    """Refuse a ``setup`` that differs from the study's, naming the first field that does; a study from before
+    setups were recorded takes this one (``record``, once its space and objectives have passed)."""
     stored = study.user_attrs.get(ATTR_SETUP)
     if stored is None:
-        study.set_user_attr(ATTR_SETUP, setup)
+        if record:
+            study.set_user_attr(ATTR_SETUP, setup)
         return
     for field, value in setup.items():
         if field in stored and stored[field] != value:

@@ -192,10 +192,13 @@ def test_a_study_another_search_is_running_is_refused_in_one_line_before_any_wor
 def test_reusing_a_study_name_with_another_space_is_refused_and_overwrites_nothing(search_yaml, tmp_path):
     first = search_yaml(n_trials=1, tracking_uri="none")
     assert runner.invoke(app, ["search", str(first)]).exit_code == 0
-    other = search_yaml(n_trials=1, tracking_uri="none", space={"bits": [4, 8]})
+    other = search_yaml(n_trials=1, tracking_uri="none", space={"bits": [4, 8], "epochs": {"low": 1, "high": 1},
+                                                                "prune_method": ["unstructured", "structured"]})
     result = runner.invoke(app, ["search", str(other)])
     assert result.exit_code == 2
-    assert "'study_name'" in _one_error_line(result)
+    line = _one_error_line(result)  # the field that changed, what the study holds, and the way out
+    assert "The 'space.bits' value must be [2, 4, 8], as when study 'search' began" in line
+    assert "a new --study-name" in line and "Got [4, 8]" in line
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["n_complete"] + summary["n_failed"] == 1
 
