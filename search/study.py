@@ -44,8 +44,8 @@ ATTR_OBJECTIVES = "metacompress.objectives"
 ATTR_REFERENCE = "metacompress.teacher"
 ATTR_INTERRUPTED = "metacompress.interrupted"
 ATTR_WARM = "metacompress.warm_start_done"
-#: What a study's trials ran with beyond its space and objectives (the task's data and teacher, the fine-tuning
-#: seed and batch size): a resume with other values would mix trials that cannot be compared on one front.
+#: What a study's trials ran with, by config field (the task's data and teacher, the space's bounds, the
+#: fine-tuning's seed and batch size): a resume with other values would mix trials that cannot share one front.
 ATTR_SETUP = "metacompress.setup"
 #: Trial user attribute of an enqueued warm-start point: where it came from (``auto``, ``file``...).
 ATTR_WARM_SOURCE = "metacompress.warm_start"
