@@ -192,12 +192,17 @@ class GBMRetentionPredictor(RegressorMixin, BaseEstimator):
         proxy): the tier that predicts it."""
         return np.cumprod(np.isfinite(X[:, X.shape[1] - m:]), axis=1).sum(1)  # m = 0: zeros
 
+    def __sklearn_tags__(self) -> Any:
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = True  # NaN marks a measurement a row does not have (see fit)
+        return tags
+
     def fit(self, X: Any, y: Any, groups: Any = None, sample_weight: Any = None) -> GBMRetentionPredictor:
         """Fit on rows ``X``, targets ``y``; ``groups`` (task of each row) drives the ensemble's resampling and
         :meth:`focus`; ``sample_weight`` weighs the rows (None: alike)."""
         from sklearn.isotonic import IsotonicRegression  # noqa: PLC0415
 
-        X, y = _check_xy(X, y, fitting=True)
+        X, y = _check_xy(self, X, y, fitting=True)
         for name in ("proxy_weight", "tuned_weight"):
             if not 0.0 <= float(getattr(self, name)) <= 1.0:
                 raise invalid_value(name, "a number in [0, 1]", str(getattr(self, name)))
@@ -208,7 +213,7 @@ class GBMRetentionPredictor(RegressorMixin, BaseEstimator):
         groups = np.zeros(len(y)) if groups is None else np.asarray(groups)
         weight = None if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
         if weight is not None and (weight.shape != y.shape or not np.all(weight >= 0) or not weight.sum() > 0):
-            raise invalid_value("sample_weight", f"{len(y)} non-negative weights, not all 0", str(weight.shape))
+            raise invalid_value("sample_weight", f"{len(y)} non-negative weights, not all zero", str(weight.shape))
         if self._continues(X):
             return self._continue(X, y, groups, weight)
         self.rows_ = (X, y, groups) if self.similarity is not None else None  # what focus() refits on
@@ -230,6 +235,7 @@ class GBMRetentionPredictor(RegressorMixin, BaseEstimator):
             self.tiers_.append((models, iso))
         self.n_features_in_ = X.shape[1]
         self.fit_digest_ = rows_digest(X, y, groups, weight)
+        self.n_iter_ = max(int(getattr(model, "n_iter_", 0)) for model in self.models_)  # boosting rounds run
         return self
 
     def _continues(self, X: np.ndarray) -> bool:
@@ -266,6 +272,7 @@ class GBMRetentionPredictor(RegressorMixin, BaseEstimator):
             tiers.append((models, iso))
         self.tiers_, self.rows_ = tiers, None
         self.fit_digest_ = rows_digest(X, y, groups, weight)
+        self.n_iter_ = max(int(getattr(model, "n_iter_", 0)) for model in self.models_)  # boosting rounds run
         return self
 
     def task_weights(self, features: Any) -> dict[Any, float]:
@@ -303,7 +310,7 @@ class GBMRetentionPredictor(RegressorMixin, BaseEstimator):
 
     def _predictions(self, X: Any) -> np.ndarray:
         """``(n_ensemble, n)`` predictions, each row by the deepest tier whose measured columns it knows."""
-        X, _ = _check_xy(X, fitted=self)
+        X, _ = _check_xy(self, X)
         m = self._measured_columns(X.shape[1])
         base = X.shape[1] - m
         out = self._levels(X, np.array([model.predict(X[:, :base]) for model in self.models_]))
@@ -355,8 +362,8 @@ class GBMRetentionPredictor(RegressorMixin, BaseEstimator):
         ``adapted_votes_`` keeps each tier's share. ``steps`` is accepted for symmetry with
         :meth:`ReptilePredictor.adapt` and ignored.
         """
-        _check_xy(X_task, fitted=self)
-        X_task, y_task = _check_xy(X_task, y_task, fitting=True)
+        _check_xy(self, X_task)
+        X_task, y_task = _check_xy(self, X_task, y_task, fitting=True)
         out = copy.deepcopy(self)
         if not len(y_task):
             return out

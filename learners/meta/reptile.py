@@ -19,7 +19,7 @@ import torch
 from sklearn.base import BaseEstimator, RegressorMixin
 from torch import nn
 
-from metacompress.spaces import invalid_value
+from metacompress.spaces import ConfigError, invalid_value
 
 __all__ = ["ReptilePredictor", "FLYWHEEL_EPOCHS", "FLYWHEEL_META_LR"]
 
@@ -41,30 +41,36 @@ def _net(n_in: int, hidden: Sequence[int]) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def _check_xy(X: Any, y: Any | None = None, *, fitted: Any = None,
-              fitting: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
-    """``X`` as a 2-D float array (NaN = not measured; infinities refused) and ``y`` as finite floats.
+def _check_xy(estimator: Any, X: Any, y: Any | None = None, *, fitting: bool = False,
+              ) -> tuple[np.ndarray, np.ndarray | None]:
+    """``X`` as a 2-D float array (NaN = not measured) and ``y`` as finite floats, with scikit-learn's checks and
+    messages (dense, real, not empty, finite but for NaN in ``X``).
 
-    ``fitting``: ``y`` is required. ``fitted``: a predictor that must be fitted (scikit-learn's ``NotFittedError``
-    otherwise) on rows of ``X``'s width.
+    ``fitting``: ``y`` is required. Otherwise ``estimator`` must be fitted (``NotFittedError``) on rows of ``X``'s
+    width. The errors are :class:`~metacompress.spaces.ConfigError` (a ``ValueError``) naming ``X`` or ``y``.
     """
-    if fitted is not None:
-        from sklearn.utils.validation import check_is_fitted  # noqa: PLC0415
+    from sklearn.utils.validation import check_array, check_is_fitted, column_or_1d  # noqa: PLC0415
 
-        check_is_fitted(fitted, "n_features_in_")
-    X = np.asarray(X, dtype=np.float64)
-    if X.ndim != 2 or np.isinf(X).any():
-        raise invalid_value("X", "a 2-D array without infinite values (NaN = not measured)", f"shape {X.shape}")
-    if fitted is not None and X.shape[1] != fitted.n_features_in_:
-        raise invalid_value("X", f"rows of {fitted.n_features_in_} columns, as the predictor was fitted on",
-                            f"{X.shape[1]} columns")
+    name = type(estimator).__name__
+    if not fitting:
+        check_is_fitted(estimator, "n_features_in_")
+    try:
+        X = check_array(X, dtype=np.float64, ensure_all_finite="allow-nan", estimator=estimator)
+    except ValueError as exc:  # a TypeError (objects that are no numbers) stays one
+        raise ConfigError(str(exc), "X") from None
+    if not fitting and X.shape[1] != estimator.n_features_in_:
+        raise ConfigError(f"X has {X.shape[1]} features, but {name} is expecting {estimator.n_features_in_} "
+                          "features as input.", "X")
     if y is None:
         if fitting:
-            raise invalid_value("y", "one target per row of X (accuracy retention)", None)
+            raise ConfigError(f"{name} requires y to be passed, but the target y is None.", "y")
         return X, None
-    y = np.asarray(y, dtype=np.float64).ravel()
-    if len(y) != len(X) or not np.isfinite(y).all():
-        raise invalid_value("y", f"{len(X)} finite values", f"{len(y)} values")
+    try:
+        y = column_or_1d(check_array(y, dtype=np.float64, ensure_2d=False, estimator=estimator), warn=True)
+    except ValueError as exc:
+        raise ConfigError(str(exc), "y") from None
+    if len(y) != len(X):
+        raise invalid_value("y", f"{len(X)} finite values, one per row of X", f"{len(y)} values")
     return X, y
 
 
@@ -115,13 +121,18 @@ class ReptilePredictor(RegressorMixin, BaseEstimator):
             loss.backward()
             opt.step()
 
+    def __sklearn_tags__(self) -> Any:
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = True  # NaN marks a measurement a row does not have (see fit)
+        return tags
+
     def fit(self, X: Any, y: Any, groups: Any = None) -> ReptilePredictor:
         """Meta-train on rows ``X`` (meta-features ⊕ encoding), targets ``y``; ``groups`` names each row's task.
 
         Without ``groups`` all rows form one task (plain SGD training). A missing input (NaN) takes the column's
         training mean.
         """
-        X, y = _check_xy(X, y, fitting=True)
+        X, y = _check_xy(self, X, y, fitting=True)
         groups = np.zeros(len(y)) if groups is None else np.asarray(groups)
         if len(groups) != len(y):
             raise invalid_value("groups", f"{len(y)} task labels", len(groups))
@@ -157,14 +168,14 @@ class ReptilePredictor(RegressorMixin, BaseEstimator):
 
     def predict(self, X: Any) -> np.ndarray:
         """Predicted accuracy retention of each row."""
-        X, _ = _check_xy(X, fitted=self)
+        X, _ = _check_xy(self, X)
         with torch.no_grad():
             return self.net_(self._tensor(X)).squeeze(1).double().numpy()
 
     def adapt(self, X_task: Any, y_task: Any, steps: int | None = None) -> ReptilePredictor:  # noqa: N803
         """Return a copy fine-tuned with ``steps`` full-batch SGD steps on one task's finished trials."""
-        _check_xy(X_task, fitted=self)
-        X_task, y_task = _check_xy(X_task, y_task, fitting=True)
+        _check_xy(self, X_task)
+        X_task, y_task = _check_xy(self, X_task, y_task, fitting=True)
         out = copy.deepcopy(self)
         if len(y_task):
             out.net_.train()
