@@ -237,7 +237,7 @@ def test_a_two_worker_cli_search_runs_the_sequential_warm_start(search_yaml, tmp
     # the same command again: the budget is spent, so no predictor is fit and no point is announced
     again = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-2000:]
-    assert "resumed: 6 of 6 trials exist" in again.stdout and "observed front" not in again.stdout
+    assert "resumed: 6 of 6 trials finished" in again.stdout and "observed front" not in again.stdout
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["warm_start"]["n_points"] == len(indices) and summary["n_complete"] == 6
 
