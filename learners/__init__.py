@@ -5,7 +5,14 @@ The verbs follow one shape: ``compress(teacher, policy) -> student``, ``finetune
 """
 
 from .attention import SplitAttention, split_attention
-from .compress import LayerStructure, compress, compressible_layers, describe_layers, structure_report
+from .compress import (
+    LayerStructure,
+    compress,
+    compressible_layers,
+    describe_layers,
+    structure_report,
+    unsearched_weights,
+)
 from .distill import FinetuneConfig, NonFiniteLossError, attention_map, feature_map, finetune, kd_loss
 from .export import export_compressed, load_compressed
 from .measure import accuracy, bitops, deployable, evaluate, measure_latency, predict_logits, size_bytes
@@ -33,6 +40,7 @@ __all__ = [
     "deployable",
     "describe_layers",
     "structure_report",
+    "unsearched_weights",
     "evaluate",
     "export_compressed",
     "fake_quant_weight",

@@ -14,7 +14,8 @@ from .prune import channel_groups, magnitude_mask, shrink
 from .quant import compressible, tied_layers, to_quantized
 from .recurrent import SplitRNN
 
-__all__ = ["LayerStructure", "compress", "compressible_layers", "describe_layers", "structure_report"]
+__all__ = ["LayerStructure", "compress", "compressible_layers", "describe_layers", "structure_report",
+           "unsearched_weights"]
 
 _KINDS = {nn.Linear: "linear", nn.Conv1d: "conv1d", nn.Conv2d: "conv2d", nn.Embedding: "embedding"}
 
@@ -30,6 +31,18 @@ def compressible_layers(model: nn.Module) -> dict[str, nn.Module]:
     followers, excluded = tied_layers(model)
     return {n: m for n, m in model.named_modules()
             if n and compressible(m) and n not in followers and n not in excluded}
+
+
+def unsearched_weights(model: nn.Module) -> dict[str, int]:
+    """Weight matrices and kernels of ``model`` (parameters of 2 or more dimensions) that no compressible layer holds,
+    by parameter name -> element count: they stay float in every student (a Conv3d, a custom module's own
+    ``nn.Parameter``, an LSTM whose forward reads its weights). Biases and normalization parameters are not listed."""
+    held = {id(m.weight) for m in compressible_layers(model).values()}
+    out: dict[str, int] = {}
+    for name, param in model.named_parameters():  # each Parameter once, under its first name
+        if param.dim() >= 2 and id(param) not in held:
+            out[name] = param.numel()
+    return out
 
 
 def describe_layers(model: nn.Module, example_input: torch.Tensor) -> list[LayerInfo]:

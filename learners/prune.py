@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import operator
 import weakref
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -257,6 +258,9 @@ def channel_groups(model: nn.Module, example_input: torch.Tensor) -> list[Channe
         if node_in in space:
             blocked.setdefault(space[node_in][0], why)
 
+    # a layer that forward calls more than once reads every call's input with the same columns: its channels and
+    # those of what feeds it would have to be cut alike in every call (not followed: neither is cut)
+    calls = Counter(node.target for node in gm.graph.nodes if node.op == "call_module")
     for node in gm.graph.nodes:
         ins = [a for a in node.all_input_nodes if a in space]
         mod = modules.get(node.target) if node.op == "call_module" else None
@@ -276,6 +280,10 @@ def channel_groups(model: nn.Module, example_input: torch.Tensor) -> list[Channe
             grouped = getattr(mod, "groups", 1) != 1
             space[node] = (node.target, 1)
             axis[node] = 1 if conv else _ndim(node) - 1
+            if calls[node.target] > 1:
+                blocked.setdefault(node.target, "a layer forward calls more than once")
+                for a in ins:
+                    block(a, f"read by `{node.target}`, which forward calls more than once")
             if grouped:
                 blocked.setdefault(node.target, "a grouped convolution")
                 for a in ins:

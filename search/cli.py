@@ -227,6 +227,8 @@ def layers(
     from rich.table import Table
 
     from metacompress.learners import BUILTIN_TASKS, load_task, structure_report
+
+    from .runner import unsearched_line
     from metacompress.spaces import invalid_value
 
     if not Path(config).exists() and config in BUILTIN_TASKS:
@@ -257,7 +259,11 @@ def layers(
     held = sum(r.n_params for r in report if r.structured)
     console.print(f"{sum(r.structured for r in report)} of {_count(len(report), 'layer')} "
                   f"({held / max(total, 1):.0%} of the weights) can lose whole outputs; every layer can be pruned "
-                  "unstructured and quantized.", highlight=False)
+                  "unstructured and quantized (a structured trial prunes only the layers that can lose whole "
+                  "outputs; the others keep every weight, quantized).", highlight=False)
+    line = unsearched_line(task.teacher)
+    if line:
+        console.print(line, style="yellow", highlight=False)
 
 
 @app.command(cls=_Command)

@@ -165,9 +165,19 @@ class SpaceConfig:
             raise ConfigError("The 'space.prune_method' value must include 'unstructured' for this model: none of "
                               "its layers can lose whole output channels, so structured pruning would prune nothing. "
                               "Got ['structured'].", "space.prune_method")
-        _LOG.warning("space.prune_method: no layer of this model can lose whole output channels; 'structured' is "
-                     "left out (it would prune nothing)")
+        warn_once(_LOG, "space.prune_method: no layer of this model can lose whole output channels; 'structured' "
+                        "is left out (it would prune nothing)")
         return tuple(m for m in methods if m != "structured")
+
+
+_SAID: set[str] = set()
+
+
+def warn_once(logger: logging.Logger, message: str) -> None:
+    """Log ``message`` as a warning the first time this process meets it (some commands build a space twice)."""
+    if message not in _SAID:
+        _SAID.add(message)
+        logger.warning(message)
 
 
 @dataclass

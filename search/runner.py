@@ -26,13 +26,14 @@ from typing import Any
 import optuna
 import torch
 from optuna.trial import FrozenTrial, TrialState
+from torch import nn
 
-from metacompress.learners import Task, describe_layers, load_task
+from metacompress.learners import Task, compressible_layers, describe_layers, load_task, unsearched_weights
 from metacompress.spaces import CompressionSpace, ConfigError
 from metacompress.spaces.adapters import to_optuna
 
 from .checks import writable_folder
-from .config import SearchConfig
+from .config import SearchConfig, warn_once
 from .local import file_lock, lock_path, run_worker
 from .objective import Objective, resolve_device, teacher_metrics
 from .warmstart import ATTR_PREDICTED, SequentialWarmStart, enqueue_next_warm_point
@@ -48,6 +49,8 @@ from .study import (
     recover_interrupted,
 )
 from .sync import flush_tracking, log_meta, log_pareto_models, make_tracker, parent_tags, sync_tracking
+
+_LOG = logging.getLogger(__name__)
 
 # flush_tracking, make_tracker and sync_tracking live in .sync; re-exported for callers of this module
 __all__ = ["Prepared", "flush_tracking", "make_tracker", "prepare", "run_search", "summarize", "sync_tracking"]
@@ -105,8 +108,26 @@ def _make_importable(folders: list[Path]) -> None:
 
 
 def build_space(cfg: SearchConfig, task: Task) -> CompressionSpace:
-    """The search space over the teacher's compressible layers, bounded by the config."""
+    """The search space over the teacher's compressible layers, bounded by the config; says once which weights it
+    leaves float when they are 5 % or more of the model's (:func:`unsearched_line`; `layers` lists any)."""
+    line = unsearched_line(task.teacher, at_least=0.05)
+    if line:
+        warn_once(_LOG, line)
     return cfg.space.build(describe_layers(task.teacher, task.example_input(2)))
+
+
+def unsearched_line(teacher: nn.Module, at_least: float = 0.0) -> str | None:
+    """One line naming the weights no searched layer holds (they stay float in every student), or None when there
+    are none or they are less than ``at_least`` of the weights."""
+    left = unsearched_weights(teacher)
+    searched = sum(m.weight.numel() for m in compressible_layers(teacher).values())
+    share = sum(left.values()) / max(sum(left.values()) + searched, 1)
+    if not left or share < at_least:
+        return None
+    names = ", ".join(f"{name} ({count:,})" for name, count in list(left.items())[:4])
+    more = f" and {len(left) - 4} more" if len(left) > 4 else ""
+    return (f"not searched, kept float in every student: {names}{more}, {share:.0%} of the weights (searched are "
+            "Linear, Conv1d, Conv2d and Embedding layers; see `metacompress layers`)")
 
 
 def study_setup(cfg: SearchConfig) -> dict[str, Any]:

@@ -362,8 +362,7 @@ class GBMRetentionPredictor(RegressorMixin, BaseEstimator):
         ``adapted_votes_`` keeps each tier's share. ``steps`` is accepted for symmetry with
         :meth:`ReptilePredictor.adapt` and ignored.
         """
-        _check_xy(self, X_task)
-        X_task, y_task = _check_xy(self, X_task, y_task, fitting=True)
+        X_task, y_task = _check_xy(self, X_task, y_task, adapting=True)
         out = copy.deepcopy(self)
         if not len(y_task):
             return out

@@ -309,6 +309,8 @@ def propose(
         """Measures input ``name`` of candidates ``idx`` into ``values`` (``probe.many(**how)``) and re-scores
         them with it: NaN where the time budget ran out."""
         def measure(idx: np.ndarray) -> np.ndarray:
+            if not len(idx):  # nothing to measure (no candidate in reach): scikit-learn refuses an empty batch
+                return np.empty(0)
             values[idx] = probe.many([space.decode(pool.params(int(i))) for i in idx], budget_s=probe_budget_s, **how)
             X[idx, INPUT_NAMES.index(name)] = values[idx]
             scored = np.clip(np.asarray(predictor.predict(X[idx]), dtype=np.float64), 0.0, 1.0)
@@ -324,7 +326,7 @@ def propose(
                                 if probe is not None else None, tuned)
     else:
         chosen = _select(pool, retention, size, k, min_retention)
-    std = predictor.predict_std(X[chosen]) if hasattr(predictor, "predict_std") else None
+    std = predictor.predict_std(X[chosen]) if hasattr(predictor, "predict_std") and chosen else None
     std = std if std is not None and np.any(std > 0) else None
     out = []
     for j, i in enumerate(chosen):

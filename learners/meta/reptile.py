@@ -41,13 +41,14 @@ def _net(n_in: int, hidden: Sequence[int]) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def _check_xy(estimator: Any, X: Any, y: Any | None = None, *, fitting: bool = False,
+def _check_xy(estimator: Any, X: Any, y: Any | None = None, *, fitting: bool = False, adapting: bool = False,
               ) -> tuple[np.ndarray, np.ndarray | None]:
     """``X`` as a 2-D float array (NaN = not measured) and ``y`` as finite floats, with scikit-learn's checks and
-    messages (dense, real, not empty, finite but for NaN in ``X``).
+    messages (dense, real, finite but for NaN in ``X``).
 
     ``fitting``: ``y`` is required. Otherwise ``estimator`` must be fitted (``NotFittedError``) on rows of ``X``'s
-    width. The errors are :class:`~metacompress.spaces.ConfigError` (a ``ValueError``) naming ``X`` or ``y``.
+    width. ``adapting``: ``y`` is required and no rows is allowed (a task with no finished trial yet).
+    The errors are :class:`~metacompress.spaces.ConfigError` (a ``ValueError``) naming ``X`` or ``y``.
     """
     from sklearn.utils.validation import check_array, check_is_fitted, column_or_1d  # noqa: PLC0415
 
@@ -55,18 +56,20 @@ def _check_xy(estimator: Any, X: Any, y: Any | None = None, *, fitting: bool = F
     if not fitting:
         check_is_fitted(estimator, "n_features_in_")
     try:
-        X = check_array(X, dtype=np.float64, ensure_all_finite="allow-nan", estimator=estimator)
+        X = check_array(X, dtype=np.float64, ensure_all_finite="allow-nan", estimator=estimator,
+                        ensure_min_samples=0 if adapting else 1)
     except ValueError as exc:  # a TypeError (objects that are no numbers) stays one
         raise ConfigError(str(exc), "X") from None
     if not fitting and X.shape[1] != estimator.n_features_in_:
         raise ConfigError(f"X has {X.shape[1]} features, but {name} is expecting {estimator.n_features_in_} "
                           "features as input.", "X")
     if y is None:
-        if fitting:
+        if fitting or adapting:
             raise ConfigError(f"{name} requires y to be passed, but the target y is None.", "y")
         return X, None
     try:
-        y = column_or_1d(check_array(y, dtype=np.float64, ensure_2d=False, estimator=estimator), warn=True)
+        y = column_or_1d(check_array(y, dtype=np.float64, ensure_2d=False, estimator=estimator,
+                                     ensure_min_samples=0 if adapting else 1), warn=True)
     except ValueError as exc:
         raise ConfigError(str(exc), "y") from None
     if len(y) != len(X):
@@ -174,8 +177,7 @@ class ReptilePredictor(RegressorMixin, BaseEstimator):
 
     def adapt(self, X_task: Any, y_task: Any, steps: int | None = None) -> ReptilePredictor:  # noqa: N803
         """Return a copy fine-tuned with ``steps`` full-batch SGD steps on one task's finished trials."""
-        _check_xy(self, X_task)
-        X_task, y_task = _check_xy(self, X_task, y_task, fitting=True)
+        X_task, y_task = _check_xy(self, X_task, y_task, adapting=True)
         out = copy.deepcopy(self)
         if len(y_task):
             out.net_.train()

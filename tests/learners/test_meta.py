@@ -348,6 +348,7 @@ def test_the_predictors_keep_scikit_learns_contract_on_bad_calls(make):
     from sklearn.utils import get_tags
 
     assert get_tags(model).input_tags.allow_nan  # NaN: a measurement the row does not have
+    assert model.adapt(X[:0], y[:0]).predict(X[:2]).shape == (2,)  # a task with no finished trial yet
     for call in (lambda: model.predict(X[:, :3]), lambda: model.adapt(X[:5, :4], y[:5])):
         with pytest.raises(ConfigError) as narrow:
             call()

@@ -118,3 +118,52 @@ def test_a_weight_also_held_by_a_layer_that_is_not_compressed_is_left_alone():
     assert list(compressible_layers(model)) == ["2"]
     with pytest.raises(ConfigError, match="'3'"):
         compress(model, CompressionPolicy(layers={"3": LayerPolicy(0.5, 4)}))
+
+
+class _CalledTwice(nn.Module):
+    """One Linear applied twice in forward: its weights serve both calls."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp, self.shared, self.head = nn.Linear(8, 6), nn.Linear(6, 6), nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.shared(torch.relu(self.shared(torch.relu(self.inp(x)))))))
+
+
+def test_a_layer_called_twice_and_what_feeds_it_lose_no_whole_channels_and_structured_trials_run():
+    """Cutting `shared`'s outputs would cut its own inputs in the second call, and `inp`'s outputs its inputs in
+    the first: the two would have to be cut alike. Neither is, and a structured policy builds a working student."""
+    torch.manual_seed(0)
+    model, x = _CalledTwice().eval(), torch.randn(5, 8)
+    groups = {g.producers[0]: g for g in channel_groups(model, x)}
+    assert not groups["inp"].prunable and "calls more than once" in groups["inp"].reason
+    assert not groups["shared"].prunable and "calls more than once" in groups["shared"].reason
+    policy = CompressionPolicy.uniform(["inp", "shared", "head"], 0.5, 8, prune_method="structured")
+    student = compress(model, policy, x).eval()
+    assert student(x).shape == (5, 3) and size_bytes(student) == SizeModel(model, x).policy_bytes(policy)
+
+
+class _OwnParameter(nn.Module):
+    """A custom layer holding its weight as a bare Parameter (applied with F.linear), next to a searched Linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Parameter(torch.randn(16, 8))
+        self.norm = nn.LayerNorm(16)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.norm(torch.nn.functional.linear(x, self.proj)))
+
+
+def test_weights_no_searched_layer_holds_are_named_so_a_search_does_not_skip_them_silently():
+    from metacompress.learners import unsearched_weights
+    from metacompress.search.runner import unsearched_line
+
+    model = _OwnParameter()
+    assert unsearched_weights(model) == {"proj": 128}  # the LayerNorm's vectors and the biases are not weights
+    line = unsearched_line(model)
+    assert line.startswith("not searched, kept float in every student: proj (128), 73% of the weights")
+    assert unsearched_line(model, at_least=0.8) is None
+    assert unsearched_weights(nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))) == {}

@@ -12,6 +12,15 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 
+@pytest.fixture(autouse=True)
+def _fresh_warnings():
+    """A warning said once per process (``config.warn_once``) is said again in each test, which may look for it."""
+    from metacompress.search import config
+
+    config._SAID.clear()
+    yield
+
+
 @pytest.fixture
 def search_yaml(tmp_path: Path):
     """Write a small digits-mlp search config into ``tmp_path`` and return its path (kwargs override keys)."""
