@@ -98,7 +98,7 @@ def structure_report(model: nn.Module, example_input: torch.Tensor) -> list[Laye
             coupled = tuple(p for p in g.producers if p != name)
         else:
             removes, coupled = "", ()
-            reason = ("an embedding table (pruned and quantized element-wise)" if isinstance(m, nn.Embedding)
+            reason = ("an embedding table (pruned element-wise, quantized per row)" if isinstance(m, nn.Embedding)
                       else "an LSTM projection: its outputs are the recurrent state" if name in rnn_inner
                       else "its outputs are read where they cannot be followed")
         structured = g is not None and g.prunable
