@@ -126,7 +126,7 @@ def test_a_version_registered_by_a_search_stopped_before_it_tagged_it_is_tagged_
 ])
 def test_a_resume_with_another_task_seed_or_fine_tuning_is_refused_naming_the_field(search_yaml, overrides, field):
     """Trials of one study share one front and one teacher's reference: a resume that changes what they ran with
-    (the space and objectives were already checked) is one line naming the field, before any work."""
+    is one line naming the field, before the teacher is loaded (a changed space bound: test_cli)."""
     cfg = load_config(search_yaml(n_trials=1, tracking_uri="none"))
     run_search(cfg)
     changed = load_config(search_yaml(n_trials=2, tracking_uri="none", **overrides))
@@ -261,6 +261,9 @@ def test_resumed_warm_start_needs_no_proposals_once_the_budget_or_the_warm_point
     assert entry["mode"] == "auto" and entry["n_points"] == 3 and "warm-start points already exist" in entry["reason"]
     entry = resumed_warm_start(study_with(0, 4), 4, 3, sequential=True)  # a cold study at its budget
     assert entry["mode"] == "off" and entry["n_points"] == 0 and "4 of 4 trials finished" in entry["reason"]
+    left_running = study_with(0, 4)  # and a trial a killed search left running, which the rerun re-queues
+    left_running.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.RUNNING))
+    assert "4 of 4 trials finished" in resumed_warm_start(left_running, 4, 3, sequential=True)["reason"]
     assert resumed_warm_start(study_with(0, 2), 8, 3, sequential=False) is None
     entry = resumed_warm_start(study_with(3, 0, batch=True), 8, 3, sequential=False)
     assert entry["n_points"] == 3 and entry["mode"] == "auto"
