@@ -1,8 +1,8 @@
 """The README's benchmark numbers are the committed results' (``experiments/results/*.json``), not typed by hand.
 
 A benchmark re-run that moves a number fails here until the README says the new one. Only the headline numbers
-are checked (the warm-start table, the predictor's targets, the pool and the flywheel's costs); the prose around
-them is the authors'.
+are checked (the warm-start table, the predictor's targets, the pool and the flywheel's costs, latency under
+load); the prose around them is the authors'.
 """
 
 from __future__ import annotations
@@ -96,3 +96,18 @@ def test_the_tuned_proxys_other_signals_are_the_benchmarks(readme: str) -> None:
         default = scores["accuracy (the tuned proxy)"]
         assert max(others) < default  # what the README concludes from them
         assert f"{min(others):.2f}–{max(others):.2f} against {default:.3f} on {where}" in readme
+
+
+def test_latency_under_load_is_the_benchmarks(readme: str) -> None:
+    readme = _prose(readme)
+    tasks = _results("latency.json")["tasks"]
+
+    def cell(task: str, method: str) -> str:
+        c = tasks[task]["unstructured 50 %"]["loaded"][method]
+        return f"{c['median']:.2f}× [{c['min']:.2f}–{c['max']:.2f}]"
+
+    assert (f"reads {cell('digits-cnn', 'paired')} on digits-cnn and {cell('digits-mlp', 'paired')} on digits-mlp "
+            f"under load; timed apart, as before, {cell('digits-cnn', 'apart')} and "
+            f"{cell('digits-mlp', 'apart')}") in readme
+    assert f"reads {cell('digits-cnn', 'paired')} over 10 measurements under load, against " \
+           f"{cell('digits-cnn', 'apart')} timed apart" in readme
