@@ -559,8 +559,8 @@ def _out_of_range(exc: Any) -> str | None:
     allowed = f"in [{low}, {high}]" if low is not None and high is not None else (
         f">= {low}" if low is not None else f"<= {high}")
     flag = max(exc.param.opts, key=len)
-    errors = getattr(exc.__cause__, "errors", None)
-    got = f" Got {errors()[0]['input']!r}." if callable(errors) and errors() and "input" in errors()[0] else ""
+    errors = exc.__cause__.errors() if callable(getattr(exc.__cause__, "errors", None)) else []
+    got = f" Got {errors[0]['input']!r}." if errors and "input" in errors[0] else ""
     return f"The '{flag}' value must be an integer {allowed}.{got}"
 
 

@@ -288,11 +288,11 @@ def _previous_pareto(p: Any, base: str) -> list[dict[str, Any]]:
 
 def _measure(p: Any, path: str | Path) -> dict[str, float]:
     """Load a packed export on the task's teacher skeleton and measure it on this run's validation data."""
-    from metacompress.learners import deployable, evaluate, load_compressed
+    from metacompress.learners import evaluate, load_compressed
 
     model = load_compressed(path, p.task.teacher)
     return evaluate(model, p.task.val, p.task.example_input(1), reference=p.reference,
-                    latency_repeats=p.cfg.train.latency_repeats, baseline=deployable(p.task.teacher, int8=False))
+                    latency_repeats=p.cfg.train.latency_repeats, baseline=p.objective.baseline())
 
 
 def _champion(p: Any, client: Any, name: str) -> tuple[Any, dict[str, float] | None, str]:

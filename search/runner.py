@@ -28,7 +28,7 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 from torch import nn
 
-from metacompress.learners import Task, compressible_layers, describe_layers, load_task, unsearched_weights
+from metacompress.learners import Task, describe_layers, load_task, unsearched_weights
 from metacompress.spaces import CompressionSpace, ConfigError
 from metacompress.spaces.adapters import to_optuna
 
@@ -120,8 +120,8 @@ def unsearched_line(teacher: nn.Module, at_least: float = 0.0) -> str | None:
     """One line naming the weights no searched layer holds (they stay float in every student), or None when there
     are none or they are less than ``at_least`` of the weights."""
     left = unsearched_weights(teacher)
-    searched = sum(m.weight.numel() for m in compressible_layers(teacher).values())
-    share = sum(left.values()) / max(sum(left.values()) + searched, 1)
+    weights = sum(p.numel() for p in teacher.parameters() if p.dim() >= 2)  # each Parameter once, tied or not
+    share = sum(left.values()) / max(weights, 1)
     if not left or share < at_least:
         return None
     names = ", ".join(f"{name} ({count:,})" for name, count in list(left.items())[:4])
