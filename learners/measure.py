@@ -338,6 +338,10 @@ def _has_low_bit_linear(model: nn.Module) -> bool:
 #: on a busy machine most blocks run without being preempted (``experiments/bench_latency.py`` compares lengths).
 BLOCK_S = 2e-4
 
+#: How :func:`evaluate` times a student beside a baseline; a study records it, so that a resume can say when its
+#: earlier trials were timed another way (their latencies are then not comparable with the new ones').
+LATENCY_TIMING = "paired with the teacher, every batch size"
+
 
 def _batch(sample: torch.Tensor, size: int) -> torch.Tensor:
     return sample[:1].expand(size, *sample.shape[1:]).contiguous()
@@ -392,15 +396,15 @@ def _paired_ratio(slow: Sequence[float], fast: Sequence[float]) -> float:
 def _best_runtime(
     model: nn.Module, sample: torch.Tensor, batch_sizes: Sequence[int], repeats: int,
     baseline: nn.Module | None = None,
-) -> dict[str, float]:
+) -> tuple[dict[str, float], dict[str, float]]:
     """Latency of the faster deployment: float kernels, or dynamic int8 kernels for the layers of 8 bits or fewer.
 
     The runtime is chosen at the first batch size (``latency_ms``, the metric searches optimize), both timed in the
     same rounds; the other batch sizes are then timed for the chosen runtime only (timing a large batch twice was
     half of a trial's evaluation). Adds ``int8_runtime`` (1.0 when int8 was chosen). A model whose int8 form fails
     to run is timed in float. With ``baseline`` (an inference-ready model, e.g. the teacher's
-    ``deployable(teacher, int8=False)``) timed in the same rounds at the first batch size, adds
-    ``paired_speedup``: how many times faster the chosen runtime ran than the baseline in the same rounds.
+    ``deployable(teacher, int8=False)``) timed in the same rounds at every batch size, the second dict holds, per
+    latency key, how many times faster the chosen runtime ran than the baseline in those rounds.
     """
     first, rest = batch_sizes[0], tuple(batch_sizes[1:])
     x = _batch(sample, first)
@@ -413,13 +417,17 @@ def _best_runtime(
             runtimes.append(int8)
         except Exception:  # noqa: BLE001 - int8 kernels that do not run here are no option (e.g. nn.Transformer's
             pass  # fast path reads Linear.weight, a method on a dynamic int8 Linear)
-    timed = time_blocks([*runtimes, *([baseline] if baseline is not None else [])], x, repeats)
+    partner = [baseline] if baseline is not None else []
+    timed = time_blocks([*runtimes, *partner], x, repeats)
     flag = 1.0 if len(runtimes) > 1 and _paired_ratio(timed[0], timed[1]) > 1.0 else 0.0
     out = {_latency_key(first): statistics.median(timed[int(flag)]), "int8_runtime": flag}
-    if baseline is not None:
-        out["paired_speedup"] = _paired_ratio(timed[-1], timed[int(flag)])
-    out.update(measure_latency(runtimes[int(flag)], sample, rest, repeats) if rest else {})
-    return out
+    speedups = {_latency_key(first): _paired_ratio(timed[-1], timed[int(flag)])} if partner else {}
+    for bs in rest:
+        timed = time_blocks([runtimes[int(flag)], *partner], _batch(sample, bs), repeats)
+        out[_latency_key(bs)] = statistics.median(timed[0])
+        if partner:
+            speedups[_latency_key(bs)] = _paired_ratio(timed[-1], timed[0])
+    return out, speedups
 
 
 def evaluate(
@@ -445,11 +453,11 @@ def evaluate(
         device: Where accuracy is computed (the model is moved there for it and back). Latency is measured on
             the CPU whatever the device: a search on a GPU still optimizes the CPU deployment.
         baseline: The teacher's inference form (``deployable(teacher, int8=False)``), with ``reference``: it is
-            timed at batch 1 in the same rounds as the model, and ``latency_ms`` is the reference's divided by
-            how many times faster than it the model ran in those rounds (``speedup``, fastest block to fastest
-            block). A busy machine slows both
-            alike, so trials timed at different moments, or on different machines, stay comparable. Without it,
-            and at the other batch sizes, a latency is the model's own median.
+            timed at each batch size in the same rounds as the model, and each latency (``latency_ms``,
+            ``latency_ms_b256``, ...) is the reference's at that batch size divided by how many times faster than
+            it the model ran in those rounds (fastest block to fastest block; ``speedup`` is batch 1's). A busy
+            machine slows both alike, so trials timed at different moments, or on different machines, stay
+            comparable. Without it (or for a batch size the reference lacks) a latency is the model's own median.
     """
     metrics: dict[str, float] = {
         "accuracy": accuracy(model, val, device=device),
@@ -457,13 +465,15 @@ def evaluate(
         "bitops": float(bitops(model, example_input)),
     }
     if latency_repeats > 0:
-        paired = reference is not None and "latency_ms" in reference and tuple(batch_sizes[:1]) == (1,)
-        metrics.update(_best_runtime(model, example_input.cpu(), batch_sizes, latency_repeats,
-                                     baseline.cpu() if paired and baseline is not None else None))
+        paired = reference is not None and baseline is not None
+        timed, speedups = _best_runtime(model, example_input.cpu(), batch_sizes, latency_repeats,
+                                        baseline.cpu() if paired else None)
+        metrics.update(timed)
+        for key, ratio in speedups.items():  # the teacher's latency, as fast as the model ran beside it
+            if key in reference:
+                metrics[key] = reference[key] / max(ratio, 1e-9)
     if reference:
         metrics["compression_ratio"] = reference["size_bytes"] / metrics["size_bytes"]
-        if "paired_speedup" in metrics:  # the teacher's latency, as fast as the model ran beside it
-            metrics["latency_ms"] = reference["latency_ms"] / max(metrics.pop("paired_speedup"), 1e-9)
         if "latency_ms" in reference and "latency_ms" in metrics:
             metrics["speedup"] = reference["latency_ms"] / max(metrics["latency_ms"], 1e-9)
     return metrics

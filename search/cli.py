@@ -122,7 +122,11 @@ def search(
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (auto, ray://...)."),
     debug: bool = _flag("--debug", help="Show tracebacks."),
 ) -> None:
-    """Search compression policies for a model; resume when the study exists."""
+    """Search compression policies for a model; resume when the study exists.
+
+    Exit codes: 0 done; 1 no trial finished (each failure reason is named), or another error; 2 bad input;
+    130 / 143 interrupted (rerun to resume).
+    """
     from .config import load_config
     from .progress import SearchProgress
     from .report import pareto_table, print_outcome
@@ -178,6 +182,10 @@ def search(
         ui = cfg.tracking_uri if cfg.tracking_uri.startswith("http") else None
         console.print("Review in MLflow: " + (f"open {ui}" if ui else
                                               f"{_mlflow_command()} ui --backend-store-uri {cfg.tracking_uri}"))
+    if summary["n_complete"] == 0 and summary.get("n_failed"):  # a scheduler must not read this as success
+        err_console.print(f"[bold red]error:[/] no trial finished: all {summary['n_failed']} failed (the reasons "
+                          "above), so the search has no model (exit 1)", highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
 
 
 def _mlflow_command() -> str:
@@ -489,7 +497,7 @@ def retrain(
     """Scheduled job: search the retrained model (warm), promote the best constrained model only when better.
 
     Exit codes: 0 promoted or champion kept (the last line says which);
-    3 no model met the constraints (nothing promoted, everything logged);
+    3 no model met the constraints, or no trial finished (nothing promoted, everything logged);
     2 bad input, or another run of this job is running; 1 other errors (rerun).
     """
     from .config import load_config

@@ -322,6 +322,11 @@ def _decide(p: Any, tracker: Any, summary: Mapping[str, Any], name: str, constra
     if chosen is None:
         shown = ", ".join(map(str, constraints)) or "none"
         result.reason = f"none of {len(measured)} Pareto models meets the constraints ({shown})"
+        if not summary.get("n_complete"):  # not a question of constraints: the search has no model at all
+            failed = summary.get("failures") or {}
+            first = next(iter(failed), "no reason recorded")
+            result.reason = (f"no trial finished: all {summary.get('n_failed', 0)} failed ({len(failed)} "
+                             f"{'reason' if len(failed) == 1 else 'reasons'}; the most frequent: {first})")
         return result
     result.candidate = {"number": chosen["number"], "metrics": chosen["metrics"], "model_uri": chosen["model_uri"]}
     client = tracker.client

@@ -29,6 +29,7 @@ from optuna.trial import FrozenTrial, TrialState
 from torch import nn
 
 from metacompress.learners import Task, describe_layers, load_task, unsearched_weights
+from metacompress.learners.measure import LATENCY_TIMING
 from metacompress.spaces import CompressionSpace, ConfigError
 from metacompress.spaces.adapters import to_optuna
 
@@ -40,6 +41,7 @@ from .warmstart import ATTR_PREDICTED, SequentialWarmStart, enqueue_next_warm_po
 from .pareto import hypervolume, hypervolume_history, max_hypervolume, pareto_front
 from .study import (
     ATTR_REFERENCE,
+    ATTR_TIMING,
     ATTR_WARM_SOURCE,
     check_setup,
     counted_trials,
@@ -175,10 +177,30 @@ def prepare(cfg: SearchConfig, *, progress: bool = False, worker: int = 0) -> Pr
     if reference is None:  # measured once per study, so every worker and every resume compares the same way
         reference = teacher_metrics(task, latency_repeats=cfg.train.latency_repeats)
         study.set_user_attr(ATTR_REFERENCE, reference)
+    if worker == 0:
+        check_timing(study)
     objective = Objective(task, space, reference, batch_size=cfg.train.batch_size, device=device,
                           latency_repeats=cfg.train.latency_repeats,
                           trial_timeout_s=cfg.train.trial_timeout_s or float("inf"), seed=cfg.seed)
     return Prepared(cfg, task, space, reference, study, objective)
+
+
+def check_timing(study: optuna.Study) -> None:
+    """Record how this version times latency on a study with no trial yet; on a study whose trials were timed
+    another way (an older version timed each student alone, so load on the machine moved its latency), say once
+    that its earlier latencies and the new ones are not comparable."""
+    recorded = study.user_attrs.get(ATTR_TIMING)
+    if recorded == LATENCY_TIMING:
+        return
+    timed = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+             if "latency_ms" in (t.user_attrs.get("metrics") or {})]
+    if not timed:
+        study.set_user_attr(ATTR_TIMING, LATENCY_TIMING)
+        return
+    how = f"timed {recorded!r}" if recorded else "timed by an older metacompress (each student alone)"
+    warn_once(_LOG, f"study {study.study_name!r}: its {len(timed)} earlier trials' latencies were {how}; new trials "
+                    f"are {LATENCY_TIMING}, so latencies of the two are not comparable (a new --study-name starts a "
+                    "front timed alike)")
 
 
 def _die_with_parent(parent: int) -> None:  # pragma: no cover - runs in a child process

@@ -47,6 +47,8 @@ ATTR_WARM = "metacompress.warm_start_done"
 #: What a study's trials ran with, by config field (the task's data and teacher, the space's bounds, the
 #: fine-tuning's seed and batch size): a resume with other values would mix trials that cannot share one front.
 ATTR_SETUP = "metacompress.setup"
+#: How the study's trials were timed (``learners.measure.LATENCY_TIMING``); absent in studies from before.
+ATTR_TIMING = "metacompress.latency_timing"
 #: Trial user attribute of an enqueued warm-start point: where it came from (``auto``, ``file``...).
 ATTR_WARM_SOURCE = "metacompress.warm_start"
 

@@ -311,16 +311,32 @@ def test_evaluate_reports_every_metric(teacher, digits):
     assert m["compression_ratio"] > 5 and math.isfinite(m["latency_ms"]) and m["latency_ms"] > 0
 
 
-def test_evaluate_with_the_teachers_inference_form_times_both_in_rounds(teacher, digits):
-    """With a baseline, ``latency_ms`` is the reference's over the paired speedup; nothing extra is left behind."""
+def test_evaluate_with_the_teachers_inference_form_times_both_in_rounds(teacher, digits, monkeypatch):
+    """With a baseline, each latency is the reference's at that batch size over the speedup measured in rounds
+    with the baseline at that batch size; nothing extra is left behind."""
+    from metacompress.learners import measure
+
     _, val = digits
-    ref = evaluate(teacher, val, torch.zeros(2, 1, 8, 8), latency_repeats=3, batch_sizes=(1,))
+    ref = evaluate(teacher, val, torch.zeros(2, 1, 8, 8), latency_repeats=3, batch_sizes=(1, 32))
     student = compress(teacher, CompressionPolicy.uniform(LAYERS, prune=0.5, bits=4))
-    m = evaluate(student, val, torch.zeros(2, 1, 8, 8), reference=ref, latency_repeats=3, batch_sizes=(1,),
-                 baseline=deployable(teacher, int8=False))
-    assert set(m) == {"accuracy", "size_bytes", "bitops", "latency_ms", "int8_runtime", "compression_ratio",
-                      "speedup"}
+    baseline = deployable(teacher, int8=False)
+    rounds = []
+    timer = measure.time_blocks
+    monkeypatch.setattr(measure, "time_blocks", lambda models, x, *a: rounds.append((models, len(x))) or timer(
+        models, x, *a))
+    m = evaluate(student, val, torch.zeros(2, 1, 8, 8), reference=ref, latency_repeats=3, batch_sizes=(1, 32),
+                 baseline=baseline)
+    assert set(m) == {"accuracy", "size_bytes", "bitops", "latency_ms", "latency_ms_b32", "int8_runtime",
+                      "compression_ratio", "speedup"}
     assert m["latency_ms"] == pytest.approx(ref["latency_ms"] / m["speedup"]) and m["speedup"] > 0
+    assert [n for _, n in rounds] == [1, 32] and all(models[-1] is baseline for models, _ in rounds)
+    monkeypatch.setattr(measure, "_paired_ratio", lambda slow, fast: 2.0)  # "twice as fast as the teacher"
+    m = evaluate(student, val, torch.zeros(2, 1, 8, 8), reference=ref, latency_repeats=3, batch_sizes=(1, 32),
+                 baseline=baseline)
+    assert m["latency_ms"] == ref["latency_ms"] / 2 and m["latency_ms_b32"] == ref["latency_ms_b32"] / 2
+    without = evaluate(student, val, torch.zeros(2, 1, 8, 8), reference={"size_bytes": ref["size_bytes"]},
+                       latency_repeats=3, batch_sizes=(1, 32), baseline=baseline)  # no teacher latency: own medians
+    assert {"latency_ms", "latency_ms_b32"} <= set(without) and "speedup" not in without
 
 
 class _Busy(nn.Module):

@@ -684,19 +684,26 @@ def test_a_teacher_that_gets_nothing_right_is_refused_before_the_study(tmp_path,
 
 
 def test_failed_trials_are_named_with_their_reason_by_search_and_report(tmp_path, monkeypatch):
-    """A search whose trials all fail must not end on an empty table alone: it says why, and report repeats it."""
+    """A search whose trials all fail must not end on an empty table alone: it says why, exits 1, and report
+    repeats the reasons."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / "fragile_task.py").write_text(_FAILING_FACTORY)
     path = _write(tmp_path, {"task": {"factory": "fragile_task:make_task"}, "n_trials": 2, "warm_start": "off",
                              "tracking_uri": "none", "storage": f"sqlite:///{tmp_path}/s.db",
                              "out": str(tmp_path / "out"), "train": {"latency_repeats": 1}})
     result = runner.invoke(app, ["search", str(path)])
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 1, result.output  # no model came of it: a scheduler must not see success
     assert "2 trials failed: RuntimeError: boom while training (trials 0, 1)" in result.output
+    assert "no trial finished: all 2 failed" in result.output.splitlines()[-1]
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["failures"] == {"RuntimeError: boom while training": [0, 1]} and summary["n_failed"] == 2
     again = runner.invoke(app, ["report", str(tmp_path / "out")])
     assert again.exit_code == 0 and "2 trials failed: RuntimeError: boom while training" in again.output
+    job = runner.invoke(app, ["retrain", str(path), "--registered-model", "fragile", "--tracking-uri",
+                              f"sqlite:///{tmp_path}/mlflow.db", "--storage", f"sqlite:///{tmp_path}/job.db"])
+    assert job.exit_code == 3, job.output  # nothing promoted, and it says why: not a constraint, no model at all
+    assert ("nothing promoted: no trial finished: all 2 failed (1 reason; the most frequent: RuntimeError: boom "
+            "while training)") in job.output
 
 
 def test_a_file_tracking_store_is_refused_before_training_unless_mlflow_is_told_to_allow_it(

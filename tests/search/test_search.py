@@ -137,6 +137,27 @@ def test_a_resume_with_another_task_seed_or_fine_tuning_is_refused_naming_the_fi
     assert run_search(load_config(search_yaml(n_trials=2, tracking_uri="none")))["n_complete"] == 2  # unchanged: on
 
 
+def test_a_resume_of_a_study_timed_the_old_way_says_its_latencies_are_not_comparable(search_yaml, caplog):
+    """A study from before students were timed beside the teacher mixes two kinds of latency once resumed: one
+    warning says so; a study timed this way from its start says nothing."""
+    from metacompress.learners.measure import LATENCY_TIMING
+    from metacompress.search import config
+    from metacompress.search.study import ATTR_TIMING
+
+    cfg = load_config(search_yaml(n_trials=1, tracking_uri="none"))
+    with caplog.at_level("WARNING"):
+        run_search(cfg)
+        assert _study(cfg).user_attrs[ATTR_TIMING] == LATENCY_TIMING
+        run_search(load_config(search_yaml(n_trials=2, tracking_uri="none")))
+    assert "not comparable" not in caplog.text
+    _study(cfg)._storage.set_study_user_attr(_study(cfg)._study_id, ATTR_TIMING, None)  # as an older version left it
+    config._SAID.clear()
+    with caplog.at_level("WARNING"):
+        assert run_search(load_config(search_yaml(n_trials=3, tracking_uri="none")))["n_complete"] == 3
+    assert "its 2 earlier trials' latencies were timed by an older metacompress" in caplog.text
+    assert _study(cfg).user_attrs[ATTR_TIMING] is None  # it stays mixed: every later resume says so too
+
+
 def test_an_interrupted_search_leaves_its_mlflow_run_killed_not_running_and_the_rerun_finishes_it(search_yaml):
     cfg = load_config(search_yaml(n_trials=3))
 
