@@ -2,7 +2,9 @@
 
 Structured pruning traces the model with :mod:`torch.fx` and groups *coupled* channels: the output channels of a
 Linear/Conv layer flow through shape-preserving ops (BatchNorm, activations, pooling, dropout) into the inputs of
-the next layers; a residual ``a + b`` couples the channels of both branches, so they are pruned together. Where the
+the next layers; a residual ``a + b`` couples the channels of both branches, so they are pruned together, and a
+depthwise convolution (``groups == in_channels == out_channels``) makes its output channels one group with its
+input's (its filter ``c`` reads channel ``c`` alone; other grouped convolutions keep their channels whole). Where the
 channels lie is followed too (a conv's on dimension 1, a Linear's on the last one: ``(batch, tokens, features)``):
 they pass indexing and means, sums or maxima over the other dimensions (``x.mean((2, 3))``, ``out[:, 0]``) and
 transposes and permutes (a conv's output as ``(batch, length, channels)`` for a Linear or an LSTM). A flatten to
@@ -189,6 +191,11 @@ def _describe(node: fx.Node, modules: Mapping[str, nn.Module]) -> str:
     return f"`{getattr(node.target, '__name__', node.target)}`"
 
 
+def _depthwise(mod: nn.Module) -> bool:
+    """A depthwise convolution: one filter per input channel (``groups == in_channels == out_channels``)."""
+    return isinstance(mod, (nn.Conv1d, nn.Conv2d)) and 1 < mod.groups == mod.in_channels == mod.out_channels
+
+
 def _ndim(node: fx.Node) -> int:
     meta = node.meta.get("tensor_meta")
     return len(meta.shape) if meta is not None and hasattr(meta, "shape") else -1
@@ -272,7 +279,12 @@ def channel_groups(model: nn.Module, example_input: torch.Tensor) -> list[Channe
             continue
         if isinstance(mod, _PRODUCERS):
             conv = not isinstance(mod, nn.Linear)
+            # a depthwise conv's channel c reads its input's channel c alone: the two are removed together
+            follows = (_depthwise(mod) and len(ins) == 1 and axis[ins[0]] == 1 and _ndim(ins[0]) >= 3
+                       and space[ins[0]][1] == 1 and calls[node.target] == 1)
             for a in ins:  # a Linear reads the last dimension, a conv dimension 1 of a batch
+                if follows:
+                    continue
                 if axis[a] == (1 if conv else _ndim(a) - 1) and (_ndim(a) >= 3 or not conv):
                     consumers.setdefault(space[a][0], []).append((node.target, space[a][1]))
                 else:
@@ -280,12 +292,16 @@ def channel_groups(model: nn.Module, example_input: torch.Tensor) -> list[Channe
             grouped = getattr(mod, "groups", 1) != 1
             space[node] = (node.target, 1)
             axis[node] = 1 if conv else _ndim(node) - 1
+            if follows:
+                uf.union(node.target, space[ins[0]][0])
             if calls[node.target] > 1:
                 blocked.setdefault(node.target, "a layer forward calls more than once")
                 for a in ins:
                     block(a, f"read by `{node.target}`, which forward calls more than once")
-            if grouped:
-                blocked.setdefault(node.target, "a grouped convolution")
+            if grouped and not follows:
+                why = ("a depthwise convolution whose input channels cannot be followed" if _depthwise(mod)
+                       else "a grouped convolution")
+                blocked.setdefault(node.target, why)
                 for a in ins:
                     block(a, f"read by the grouped convolution `{node.target}`")
         elif len(ins) == 1 and len(node.all_input_nodes) == 1 and (
@@ -588,6 +604,8 @@ def _shrink_group(mods: Mapping[str, nn.Module], group: ChannelGroup, keep: torc
         if isinstance(m, nn.Linear):
             m.out_features = len(rows)
         else:
+            if _depthwise(m):  # its filter c reads input channel c, removed with it
+                m.in_channels = m.groups = len(keep)
             m.out_channels = len(keep)
     for name in group.norms:
         bn = mods[name]

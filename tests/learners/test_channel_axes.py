@@ -277,3 +277,49 @@ def test_the_structure_report_says_what_each_layer_loses_with_which_others_or_wh
     conv = {r.name: r for r in structure_report(_model(ConvMeanHead), torch.randn(2, 1, 6, 6))}
     assert [(r.name, r.structured, r.removes) for r in conv.values()] == [
         ("conv1", True, "output channels"), ("conv2", True, "output channels"), ("head", False, "")]
+
+
+class DepthwiseSeparable(nn.Module):
+    """MobileNet's block twice: a depthwise conv's channel c reads its input's channel c alone, so the channels of
+    the layer before it and its own are one group (``stem`` with ``dw``, ``pw`` with ``dw2``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.bn0 = nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.dw, self.bn1 = nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.BatchNorm2d(8)
+        self.pw, self.bn2 = nn.Conv2d(8, 16, 1), nn.BatchNorm2d(16)
+        self.dw2 = nn.Conv2d(16, 16, 3, padding=1, groups=16, bias=False)
+        self.mult = nn.Conv2d(16, 32, 3, padding=1, groups=16)  # two filters per channel: not followed
+        self.head = nn.Linear(32, 5)
+
+    def forward(self, x):
+        x = torch.relu(self.bn1(self.dw(torch.relu(self.bn0(self.stem(x))))))
+        return self.head(self.mult(self.dw2(torch.relu(self.bn2(self.pw(x))))).mean((2, 3)))
+
+
+def test_a_depthwise_conv_loses_the_channels_of_the_layer_before_it_and_the_result_is_exact(tmp_path):
+    model, x = _model(DepthwiseSeparable), torch.randn(4, 1, 6, 6)
+    groups = {g.producers[0]: g for g in channel_groups(model, x)}
+    assert groups["stem"].producers == ["stem", "dw"] and groups["stem"].prunable
+    assert groups["stem"].consumers == [("pw", 1)] and groups["stem"].norms == ["bn0", "bn1"]
+    assert groups["pw"].producers == ["pw", "dw2"] and not groups["pw"].prunable  # dw2 feeds the 2-per-channel conv
+    assert groups["pw"].reason == "read by the grouped convolution `mult`"
+    student = copy.deepcopy(model)
+    assert shrink(student, {"dw": 0.5}, x) == {"stem": 4, "dw": 4}  # the group takes its producers' largest ratio
+    assert (student.dw.in_channels, student.dw.groups, student.pw.in_channels) == (4, 4, 4)
+    removed = _removed(model.stem, student.stem)
+    assert removed == _removed(model.dw, student.dw)  # the same channels, in both layers
+    silenced = copy.deepcopy(model)
+    with torch.no_grad():
+        silenced.pw.weight[:, removed] = 0
+    assert torch.allclose(student(x), silenced(x), atol=1e-5)
+    assert not torch.allclose(student(x), model(x), atol=1e-3)
+    report = {r.name: r for r in structure_report(model, x)}
+    assert report["dw"].structured and report["dw"].coupled == ("stem",)
+    names = [i.name for i in describe_layers(model, x)]
+    policy = CompressionPolicy.uniform(names, 0.5, 4, prune_method="structured")
+    compressed = compress(model, policy, x)
+    assert size_bytes(compressed) == SizeModel(model, x).policy_bytes(policy)
+    export_compressed(compressed, tmp_path / "s.mcz", tuple(x.shape[1:]))
+    back = load_compressed(tmp_path / "s.mcz", model)
+    assert torch.allclose(predict_logits(back, x), predict_logits(compressed, x), atol=1e-5)
