@@ -181,14 +181,18 @@ def _channels(node: fx.Node) -> int | None:
 
 
 def _describe(node: fx.Node, modules: Mapping[str, nn.Module]) -> str:
-    """``node`` in words, for the reason a group is not prunable: ``BatchNorm1d `bn```, ```cat```, the output."""
+    """``node`` in words, for the reason a group is not prunable: ``BatchNorm1d `bn```, ```cat```, ```linear`` in
+    MyLayer `custom``` (an op of a module's own forward), the output."""
     if node.op == "output":
         return "the model's output"
     if node.op == "call_module":
         return f"{type(modules[node.target]).__name__} `{node.target}`"
-    if node.op == "call_method":
-        return f"`.{node.target}()`"
-    return f"`{getattr(node.target, '__name__', node.target)}`"
+    what = f"`.{node.target}()`" if node.op == "call_method" else f"`{getattr(node.target, '__name__', node.target)}`"
+    stack = node.meta.get("nn_module_stack") or {}
+    if stack:  # an op of a module's own forward (a custom layer): the module is what the user knows
+        path, cls = list(stack.values())[-1]
+        return f"{what} in {getattr(cls, '__name__', cls)} `{path}`"
+    return what
 
 
 def _depthwise(mod: nn.Module) -> bool:

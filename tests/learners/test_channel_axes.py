@@ -323,3 +323,28 @@ def test_a_depthwise_conv_loses_the_channels_of_the_layer_before_it_and_the_resu
     export_compressed(compressed, tmp_path / "s.mcz", tuple(x.shape[1:]))
     back = load_compressed(tmp_path / "s.mcz", model)
     assert torch.allclose(predict_logits(back, x), predict_logits(compressed, x), atol=1e-5)
+
+
+class OwnLinear(nn.Module):
+    """A layer of the user's own: its forward calls ``F.linear`` on its own parameter."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(4, 8))
+
+    def forward(self, x):
+        return nn.functional.linear(x, self.w)
+
+
+class WithOwnLayer(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc, self.custom, self.head = nn.Linear(6, 8), OwnLinear(), nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.custom(torch.relu(self.fc(x)))))
+
+
+def test_channels_stopped_inside_a_custom_layer_name_the_layer_not_only_the_function_it_calls():
+    report = {r.name: r for r in structure_report(_model(WithOwnLayer), torch.randn(2, 6))}
+    assert report["fc"].reason == "they reach `linear` in OwnLinear `custom`"
