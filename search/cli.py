@@ -177,7 +177,8 @@ def search(
                              tracker=tracker)
     console.print(pareto_table(summary, width=console.width))
     print_outcome(console, summary)
-    console.print(f"Wrote [bold]{Path(cfg.out) / 'summary.json'}[/] (+ pareto.md, pareto.png, hypervolume.png).")
+    plots = ["pareto.md", "pareto.png", *(["policies.png"] if summary["pareto"] else []), "hypervolume.png"]
+    console.print(f"Wrote [bold]{Path(cfg.out) / 'summary.json'}[/] (+ {', '.join(plots)}).")
     if (cfg.tracking_uri != "none"):
         ui = cfg.tracking_uri if cfg.tracking_uri.startswith("http") else None
         console.print("Review in MLflow: " + (f"open {ui}" if ui else

@@ -1,4 +1,5 @@
-"""Figures of a search: the Pareto front, the hypervolume history, and anytime-hypervolume comparisons.
+"""Figures of a search: the Pareto front, the per-layer policies of its models, the hypervolume history, and
+anytime-hypervolume comparisons.
 
 matplotlib is imported inside each function with the non-interactive Agg backend, so importing this module is cheap
 and plotting works on headless machines. Every function writes a PNG and returns its path.
@@ -12,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["pareto_plot", "hypervolume_plot", "anytime_hv_plot"]
+__all__ = ["pareto_plot", "policy_matrix", "policy_plot", "hypervolume_plot", "anytime_hv_plot"]
 
 _LABELS = {
     "accuracy": "accuracy",
@@ -202,6 +203,100 @@ def _warm_markers(ax: Any, points: Sequence[Mapping[str, float] | None], ringed:
                 zorder=4)
     ax.scatter([points[i][x] for i in guessed], [predicted[i] for i in guessed], marker="x", s=30,  # type: ignore
                c="tab:green", linewidths=1.0, label="  predicted before it ran", zorder=5)
+
+
+#: Above this many layers the cells are too narrow for their prune ratio: the colours alone are drawn.
+_ANNOTATED_LAYERS = 40
+
+
+def policy_plot(pareto: Sequence[Mapping[str, Any]], layers: Sequence[Any], path: str | os.PathLike[str],
+                title: str | None = None, *, teacher: Mapping[str, float] | None = None) -> Path:
+    """What each Pareto model does to each layer: one row per model (smallest first), one column per layer (model
+    order); a cell's colour is the layer's weight bits and its text the share of its weights pruned. In a
+    structured model a layer that cannot lose whole outputs keeps every weight: its cell says so (``–``).
+
+    Args:
+        pareto: ``summary.json``'s ``pareto`` entries (``number``, ``params`` with ``layers.<name>.bits`` /
+            ``.prune``, ``metrics``).
+        layers: The searched layers in model order (``LayerInfo``: ``name``, ``n_params``, ``structured``).
+        path: Where to write the PNG.
+        title: Figure title.
+        teacher: The teacher's metrics: a row's label gives its accuracy change against it.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+    """
+    import numpy as np
+    from matplotlib.colors import BoundaryNorm, ListedColormap
+
+    plt = _pyplot()
+    names = [info.name for info in layers]
+    rows, bits, text = policy_matrix(pareto, layers)
+    levels = sorted({int(b) for b in bits[np.isfinite(bits)]}) or [32]
+    colours = plt.get_cmap("viridis", max(len(levels), 2))(np.linspace(0.15, 0.95, len(levels)))
+    cmap = ListedColormap(colours).with_extremes(bad="0.92")  # grey: a layer the policy leaves alone
+    edges = [levels[0] - 0.5] + [(a + b) / 2 for a, b in zip(levels, levels[1:])] + [levels[-1] + 0.5]
+    norm = BoundaryNorm(edges, cmap.N)
+    width = min(max(6.4, 0.42 * len(names) + 3.2), 24.0)
+    fig, ax = plt.subplots(figsize=(width, max(2.4, 0.34 * len(rows) + 1.9)))
+    image = ax.imshow(np.ma.masked_invalid(bits), cmap=cmap, norm=norm, aspect="auto")
+    if len(names) <= _ANNOTATED_LAYERS:
+        for i in range(len(rows)):
+            for j in range(len(names)):
+                if text[i][j]:
+                    level = levels.index(int(bits[i, j])) if np.isfinite(bits[i, j]) else -1
+                    dark = level >= 0 and level >= len(levels) / 2  # light cells (yellow end) take dark text
+                    ax.text(j, i, text[i][j], ha="center", va="center", fontsize=7,
+                            color="black" if dark or level < 0 else "white")
+    ax.set_xticks(range(len(names)))
+    ax.set_xticklabels(names, rotation=45, ha="right", fontsize=7 if len(names) > 12 else 8)
+    ax.set_yticks(range(len(rows)))
+    ax.set_yticklabels([_row_label(e, teacher) for e in rows], fontsize=8)
+    bar = fig.colorbar(image, ax=ax, ticks=levels, fraction=0.04, pad=0.02)
+    bar.set_label("weight bits")
+    ax.set_title(title or "Per-layer policy of each Pareto model (cell text: share pruned)", fontsize=10)
+    return _save(fig, path)
+
+
+def policy_matrix(pareto: Sequence[Mapping[str, Any]], layers: Sequence[Any]
+                  ) -> tuple[list[Mapping[str, Any]], Any, list[list[str]]]:
+    """What :func:`policy_plot` draws: the entries with a policy, smallest first; their ``(rows, layers)`` bits
+    (NaN where the policy leaves a layer alone); and each cell's text (the share pruned, ``–`` where a structured
+    model cannot prune the layer, empty where the policy leaves it alone)."""
+    import numpy as np
+
+    def size(entry: Mapping[str, Any]) -> float:
+        metrics = entry.get("metrics")
+        return float(metrics["size_bytes"]) if _finite(metrics, "size_bytes") else math.inf  # type: ignore[index]
+
+    rows = sorted((e for e in pareto if isinstance(e.get("params"), Mapping)), key=size)
+    bits = np.full((len(rows), len(layers)), np.nan)
+    text = [["" for _ in layers] for _ in rows]
+    for i, entry in enumerate(rows):
+        params = entry["params"]
+        structured = params.get("prune_method") == "structured"
+        for j, info in enumerate(layers):
+            b, prune = params.get(f"layers.{info.name}.bits"), params.get(f"layers.{info.name}.prune")
+            if isinstance(b, (int, float)) and not isinstance(b, bool):
+                bits[i, j] = float(b)
+            if isinstance(prune, (int, float)) and not isinstance(prune, bool):
+                text[i][j] = "–" if structured and not getattr(info, "structured", True) else f"{prune:.0%}"
+    return rows, bits, text
+
+
+def _row_label(entry: Mapping[str, Any], teacher: Mapping[str, float] | None) -> str:
+    """``#3  15.2 KiB  acc 0.986 (-0.8 pt)``: the trial, its size as the Pareto table gives it, its accuracy."""
+    from .report import format_bytes
+
+    m = entry.get("metrics", {})
+    label = f"#{entry.get('number', '?')}"
+    if _finite(m, "size_bytes"):
+        label += f"  {format_bytes(float(m['size_bytes']))}"
+    if _finite(m, "accuracy"):
+        label += f"  acc {float(m['accuracy']):.3f}"
+        if teacher is not None and _finite(teacher, "accuracy"):
+            label += f" ({100 * (float(m['accuracy']) - float(teacher['accuracy'])):+.1f} pt)"
+    return label
 
 
 def hypervolume_plot(history: Sequence[float], path: str | os.PathLike[str], title: str | None = None, *,

@@ -340,8 +340,9 @@ def failures(trials: list[FrozenTrial]) -> dict[str, list[int]]:
 
 
 def write_outputs(p: Prepared, summary: dict[str, Any], trials: list[FrozenTrial]) -> list[Path]:
-    """``summary.json``, the Pareto table (Markdown), the Pareto and hypervolume plots; returns their paths."""
-    from .plots import hypervolume_plot, pareto_plot
+    """``summary.json``, the Pareto table (Markdown), the Pareto, per-layer policy and hypervolume plots; returns
+    their paths."""
+    from .plots import hypervolume_plot, pareto_plot, policy_plot
     from .report import pareto_markdown
 
     out = Path(p.cfg.out)
@@ -357,6 +358,10 @@ def write_outputs(p: Prepared, summary: dict[str, Any], trials: list[FrozenTrial
                 f"{p.cfg.task_name}", numbers=[t.number for t in trials], warm=warm)
     hypervolume_plot(summary["hypervolume_history"], paths[3], warm=list(warm),
                      maximum=max_hypervolume(p.cfg.objectives))
+    if summary["pareto"]:
+        paths.append(policy_plot(summary["pareto"], p.space.layers, out / "policies.png",
+                                 title=f"Per-layer policy of each Pareto model of {name} (cell text: share pruned)",
+                                 teacher=p.reference))
     return paths
 
 

@@ -188,3 +188,28 @@ def test_front_labels_of_crowded_points_cover_no_other_label_or_marker() -> None
         renderer) for k, xy in enumerate(crowd)]
     assert any(_overlap(a, b) > 0 for i, a in enumerate(naive) for b in naive[i + 1:])  # the case is crowded
     plt.close(fig)
+
+
+def test_the_policy_plot_shows_each_pareto_models_layers_smallest_first(tmp_path: Path) -> None:
+    from metacompress.search.plots import policy_matrix, policy_plot
+    from metacompress.spaces import LayerInfo
+
+    layers = [LayerInfo("conv", "conv2d", 72, (8, 1, 3, 3), structured=True),
+              LayerInfo("head", "linear", 80, (10, 8), structured=False)]
+    pareto = [
+        {"number": 4, "metrics": {"accuracy": 0.97, "size_bytes": 900.0},
+         "params": {"prune_method": "structured", "layers.conv.bits": 4, "layers.conv.prune": 0.5,
+                    "layers.head.bits": 8, "layers.head.prune": 0.3}},
+        {"number": 1, "metrics": {"accuracy": 0.90, "size_bytes": 300.0},
+         "params": {"prune_method": "unstructured", "layers.conv.bits": 2, "layers.conv.prune": 0.81}},
+        {"number": 7, "metrics": {"accuracy": 0.95}},  # no policy recorded: left out
+    ]
+    rows, bits, text = policy_matrix(pareto, layers)
+    assert [e["number"] for e in rows] == [1, 4]
+    assert bits[0, 0] == 2 and math.isnan(bits[0, 1]) and list(bits[1]) == [4, 8]
+    assert text == [["81%", ""], ["50%", "–"]]  # the structured model cannot prune its head: it keeps it whole
+    out = policy_plot(pareto, layers, tmp_path / "policies.png", teacher=TEACHER)
+    assert out.read_bytes()[:4] == b"\x89PNG"
+    many = [LayerInfo(f"l{i}", "linear", 10, (2, 5)) for i in range(60)]  # too many to annotate: colours only
+    wide = [{"number": 0, "metrics": {"size_bytes": 1.0}, "params": {f"layers.l{i}.bits": 8 for i in range(60)}}]
+    assert policy_plot(wide, many, tmp_path / "wide.png").is_file()

@@ -48,7 +48,7 @@ def test_search_writes_the_summary_contract_and_mlflow_layout(search_yaml):
     for entry in on_disk["pareto"]:
         assert {"accuracy", "size_bytes", "compression_ratio", "latency_ms"} <= set(entry["metrics"])
         assert entry["model_uri"].startswith("models:/")
-    for name in ("pareto.md", "pareto.png", "hypervolume.png"):
+    for name in ("pareto.md", "pareto.png", "policies.png", "hypervolume.png"):
         assert (Path(cfg.out) / name).stat().st_size > 0
 
     parents, children = _children(cfg.tracking_uri, cfg.experiment_name)
@@ -62,7 +62,7 @@ def test_search_writes_the_summary_contract_and_mlflow_layout(search_yaml):
     versions = client.search_model_versions(f"name = '{cfg.experiment_name}-pareto'")
     assert len(versions) == len(pareto_numbers) and all(v.tags["metacompress.pareto"] == "true" for v in versions)
     artifacts = {a.path for a in client.list_artifacts(parents[0].info.run_id)}
-    assert {"summary.json", "pareto.png", "hypervolume.png", "meta.json"} <= artifacts
+    assert {"summary.json", "pareto.png", "policies.png", "hypervolume.png", "meta.json"} <= artifacts
 
 
 def test_feature_distillation_and_the_proximal_term_are_searched_for_real(search_yaml):
