@@ -10,6 +10,7 @@ from .compress import (
     compress,
     compressible_layers,
     describe_layers,
+    pruned_share,
     structure_report,
     unsearched_weights,
 )
@@ -39,6 +40,7 @@ __all__ = [
     "compressible_layers",
     "deployable",
     "describe_layers",
+    "pruned_share",
     "structure_report",
     "unsearched_weights",
     "evaluate",

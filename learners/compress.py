@@ -14,8 +14,8 @@ from .prune import channel_groups, magnitude_mask, shrink
 from .quant import compressible, tied_layers, to_quantized
 from .recurrent import SplitRNN
 
-__all__ = ["LayerStructure", "compress", "compressible_layers", "describe_layers", "structure_report",
-           "unsearched_weights"]
+__all__ = ["LayerStructure", "compress", "compressible_layers", "describe_layers", "pruned_share",
+           "structure_report", "unsearched_weights"]
 
 _KINDS = {nn.Linear: "linear", nn.Conv1d: "conv1d", nn.Conv2d: "conv2d", nn.Embedding: "embedding"}
 
@@ -142,3 +142,20 @@ def compress(
             mod = to_quantized(modules[name], modules[leader].w_bits, policy.act_bits)
             mod.weight_mask = modules[leader].weight_mask
     return student
+
+
+def pruned_share(teacher: nn.Module, policy: CompressionPolicy, example_input: torch.Tensor | None = None
+                 ) -> dict[str, float]:
+    """The share of each compressible layer's weights that the student of ``policy`` no longer holds: masked
+    weights (unstructured), or removed outputs and the inputs removed with the layers feeding it (structured, where
+    a group takes its largest ratio and a layer that cannot lose outputs may still lose inputs)."""
+    student = compress(teacher, policy, example_input)
+    after = dict(student.named_modules())
+    out = {}
+    for name, m in compressible_layers(teacher).items():
+        s = after[name]
+        mask = getattr(s, "weight_mask", None)
+        kept = int(torch.count_nonzero(mask)) if mask is not None else s.weight.numel()
+        out[name] = 1.0 - kept / max(m.weight.numel(), 1)
+    return out
+

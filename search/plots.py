@@ -210,18 +210,21 @@ _ANNOTATED_LAYERS = 40
 
 
 def policy_plot(pareto: Sequence[Mapping[str, Any]], layers: Sequence[Any], path: str | os.PathLike[str],
-                title: str | None = None, *, teacher: Mapping[str, float] | None = None) -> Path:
+                title: str | None = None, *, teacher: Mapping[str, float] | None = None,
+                pruned: Mapping[int, Mapping[str, float]] | None = None) -> Path:
     """What each Pareto model does to each layer: one row per model (smallest first), one column per layer (model
-    order); a cell's colour is the layer's weight bits and its text the share of its weights pruned. In a
-    structured model a layer that cannot lose whole outputs keeps every weight: its cell says so (``–``).
+    order); a cell's colour is the layer's weight bits and its text the share of its weights pruned (see
+    :func:`policy_matrix`).
 
     Args:
         pareto: ``summary.json``'s ``pareto`` entries (``number``, ``params`` with ``layers.<name>.bits`` /
             ``.prune``, ``metrics``).
         layers: The searched layers in model order (``LayerInfo``: ``name``, ``n_params``, ``structured``).
         path: Where to write the PNG.
-        title: Figure title.
+        title: Figure title (a second line says what colour and text mean).
         teacher: The teacher's metrics: a row's label gives its accuracy change against it.
+        pruned: Trial number -> layer -> the share of its weights the student lost
+            (``learners.pruned_share``); without it, the policy's ratios.
 
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
@@ -231,7 +234,7 @@ def policy_plot(pareto: Sequence[Mapping[str, Any]], layers: Sequence[Any], path
 
     plt = _pyplot()
     names = [info.name for info in layers]
-    rows, bits, text = policy_matrix(pareto, layers)
+    rows, bits, text = policy_matrix(pareto, layers, pruned)
     levels = sorted({int(b) for b in bits[np.isfinite(bits)]}) or [32]
     colours = plt.get_cmap("viridis", max(len(levels), 2))(np.linspace(0.15, 0.95, len(levels)))
     cmap = ListedColormap(colours).with_extremes(bad="0.92")  # grey: a layer the policy leaves alone
@@ -254,15 +257,19 @@ def policy_plot(pareto: Sequence[Mapping[str, Any]], layers: Sequence[Any], path
     ax.set_yticklabels([_row_label(e, teacher) for e in rows], fontsize=8)
     bar = fig.colorbar(image, ax=ax, ticks=levels, fraction=0.04, pad=0.02)
     bar.set_label("weight bits")
-    ax.set_title(title or "Per-layer policy of each Pareto model (cell text: share pruned)", fontsize=10)
+    ax.set_title(f"{title or 'Per-layer policy of the Pareto models'}\ncolour: weight bits · text: share of the "
+                 "weights pruned", fontsize=9)
     return _save(fig, path)
 
 
-def policy_matrix(pareto: Sequence[Mapping[str, Any]], layers: Sequence[Any]
+def policy_matrix(pareto: Sequence[Mapping[str, Any]], layers: Sequence[Any],
+                  pruned: Mapping[int, Mapping[str, float]] | None = None,
                   ) -> tuple[list[Mapping[str, Any]], Any, list[list[str]]]:
     """What :func:`policy_plot` draws: the entries with a policy, smallest first; their ``(rows, layers)`` bits
-    (NaN where the policy leaves a layer alone); and each cell's text (the share pruned, ``–`` where a structured
-    model cannot prune the layer, empty where the policy leaves it alone)."""
+    (NaN where the policy leaves a layer alone); and each cell's text, empty where the policy leaves the layer
+    alone. The text is the share of the layer's weights the student lost where ``pruned`` (trial number -> layer ->
+    share) has it: in a structured model, a group's largest ratio, and inputs removed with the layer feeding it.
+    Otherwise it is the policy's ratio, or ``–`` where a structured model cannot remove the layer's outputs."""
     import numpy as np
 
     def size(entry: Mapping[str, Any]) -> float:
@@ -279,7 +286,10 @@ def policy_matrix(pareto: Sequence[Mapping[str, Any]], layers: Sequence[Any]
             b, prune = params.get(f"layers.{info.name}.bits"), params.get(f"layers.{info.name}.prune")
             if isinstance(b, (int, float)) and not isinstance(b, bool):
                 bits[i, j] = float(b)
-            if isinstance(prune, (int, float)) and not isinstance(prune, bool):
+            lost = (pruned or {}).get(entry.get("number"), {}).get(info.name)  # type: ignore[arg-type]
+            if lost is not None and not (isinstance(b, bool) or b is None):
+                text[i][j] = f"{lost:.0%}"
+            elif isinstance(prune, (int, float)) and not isinstance(prune, bool):
                 text[i][j] = "–" if structured and not getattr(info, "structured", True) else f"{prune:.0%}"
     return rows, bits, text
 

@@ -28,9 +28,9 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 from torch import nn
 
-from metacompress.learners import Task, describe_layers, load_task, unsearched_weights
+from metacompress.learners import Task, describe_layers, load_task, pruned_share, unsearched_weights
 from metacompress.learners.measure import LATENCY_TIMING
-from metacompress.spaces import CompressionSpace, ConfigError
+from metacompress.spaces import CompressionPolicy, CompressionSpace, ConfigError
 from metacompress.spaces.adapters import to_optuna
 
 from .checks import writable_folder
@@ -359,9 +359,12 @@ def write_outputs(p: Prepared, summary: dict[str, Any], trials: list[FrozenTrial
     hypervolume_plot(summary["hypervolume_history"], paths[3], warm=list(warm),
                      maximum=max_hypervolume(p.cfg.objectives))
     if summary["pareto"]:
+        example = p.task.example_input(2)
+        pruned = {e["number"]: pruned_share(p.task.teacher, CompressionPolicy.from_dict(e["params"]), example)
+                  for e in summary["pareto"]}
         paths.append(policy_plot(summary["pareto"], p.space.layers, out / "policies.png",
-                                 title=f"Per-layer policy of each Pareto model of {name} (cell text: share pruned)",
-                                 teacher=p.reference))
+                                 title=f"{name}: per-layer policy of the Pareto models", teacher=p.reference,
+                                 pruned=pruned))
     return paths
 
 

@@ -348,3 +348,19 @@ class WithOwnLayer(nn.Module):
 def test_channels_stopped_inside_a_custom_layer_name_the_layer_not_only_the_function_it_calls():
     report = {r.name: r for r in structure_report(_model(WithOwnLayer), torch.randn(2, 6))}
     assert report["fc"].reason == "they reach `linear` in OwnLinear `custom`"
+
+
+def test_the_pruned_share_counts_what_each_layer_lost_inputs_and_group_ratios_included():
+    from metacompress.learners import pruned_share
+
+    model, x = _model(ConvMeanHead), torch.randn(2, 1, 6, 6)
+    names = [i.name for i in describe_layers(model, x)]  # conv1, conv2, head
+    policy = CompressionPolicy.from_dict({"prune_method": "structured", "layers.conv1.prune": 0.5,
+                                          "layers.conv2.prune": 0.25, "layers.head.prune": 0.9}, names)
+    lost = pruned_share(model, policy, x)
+    assert lost["conv1"] == 0.5  # half its outputs
+    assert lost["conv2"] == pytest.approx(1 - (9 / 12) * (4 / 8))  # a quarter of its outputs, half of its inputs
+    assert lost["head"] == pytest.approx(0.25)  # it cannot lose outputs, but it reads conv2's 9 of 12
+    flat = CompressionPolicy.from_dict({"layers.conv1.prune": 0.5, "layers.conv2.prune": 0.25}, names)
+    assert pruned_share(model, flat, x) == {"conv1": pytest.approx(0.5, abs=1 / 72), "conv2": pytest.approx(0.25,
+                                            abs=1 / 864), "head": 0.0}

@@ -208,6 +208,8 @@ def test_the_policy_plot_shows_each_pareto_models_layers_smallest_first(tmp_path
     assert [e["number"] for e in rows] == [1, 4]
     assert bits[0, 0] == 2 and math.isnan(bits[0, 1]) and list(bits[1]) == [4, 8]
     assert text == [["81%", ""], ["50%", "–"]]  # the structured model cannot prune its head: it keeps it whole
+    _, _, lost = policy_matrix(pareto, layers, pruned={4: {"conv": 0.5, "head": 0.5}})
+    assert lost == [["81%", ""], ["50%", "50%"]]  # what the student lost: the head's inputs went with conv's outputs
     out = policy_plot(pareto, layers, tmp_path / "policies.png", teacher=TEACHER)
     assert out.read_bytes()[:4] == b"\x89PNG"
     many = [LayerInfo(f"l{i}", "linear", 10, (2, 5)) for i in range(60)]  # too many to annotate: colours only
