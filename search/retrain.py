@@ -319,6 +319,15 @@ def _decide(p: Any, tracker: Any, summary: Mapping[str, Any], name: str, constra
     entries = [e for e in summary["pareto"] if e.get("artifact") and Path(e["artifact"]).is_file()]
     measured = [{**e, "metrics": _measure(p, e["artifact"])} for e in entries]
     chosen = select_candidate(measured, constraints)
+    client = tracker.client
+    done = _versions_of_run(client, name, p.cfg.study_name)
+    if done:  # this run registered its choice before: that decision stands, whatever a rerun's constraints say
+        trial = (done[-1].tags or {}).get(TRIAL_TAG)
+        chosen = next((e for e in measured if str(e["number"]) == trial), chosen)
+    if chosen is None and done:
+        champ, _, _ = _champion(p, client, name)
+        result.reason = f"this run registered version {done[-1].version} before"
+        return _finish_promotion(client, name, done, champ, result)
     if chosen is None:
         shown = ", ".join(map(str, constraints)) or "none"
         result.reason = f"none of {len(measured)} Pareto models meets the constraints ({shown})"
@@ -329,8 +338,6 @@ def _decide(p: Any, tracker: Any, summary: Mapping[str, Any], name: str, constra
                              f"{'reason' if len(failed) == 1 else 'reasons'}; the most frequent: {first})")
         return result
     result.candidate = {"number": chosen["number"], "metrics": chosen["metrics"], "model_uri": chosen["model_uri"]}
-    client = tracker.client
-    done = _versions_of_run(client, name, p.cfg.study_name)
     champ, champ_metrics, note = _champion(p, client, name)
     result.champion = None if champ is None else {"version": str(champ.version), "metrics": champ_metrics,
                                                   "note": note}

@@ -119,6 +119,11 @@ def test_retrain_promotes_only_a_better_model_once(tmp_path):
                                 filter_string="tags.`metacompress.study_name` = 'job-r1'")[0]
     assert parent.data.tags["metacompress.retrain.outcome"] == "promoted"
     assert len(client.search_model_versions("name = 'digits'")) == 1
+    stricter = _retrain(_job(tmp_path, [4]), "r1", "--constraint", "size_bytes<=1")  # a rerun, other constraints
+    assert stricter.exit_code == 0 and "champion unchanged: version 1 was promoted by this run before" in \
+        stricter.output, stricter.output  # the decision stands; the record of it is not overwritten
+    assert json.loads((tmp_path / "out" / "r1" / "retrain.json").read_text()) == record
+    assert client.get_run(parent.info.run_id).data.tags["metacompress.retrain.outcome"] == "promoted"
     for key in [k for k in parent.data.tags if k.startswith("metacompress.retrain.")]:
         client.delete_tag(parent.info.run_id, key)  # as if killed between retrain.json and the run's tags
     assert _retrain(_job(tmp_path, [4]), "r1").exit_code == 0
