@@ -219,7 +219,12 @@ def retrain(
             from .ray_backend import check_ray
 
             check_ray(job)
-        p = prepare(job)
+        try:
+            p = prepare(job)
+        except ConfigError as exc:  # a resume refused: a job run starts a new study with another run key
+            if "--study-name" not in str(exc):
+                raise
+            raise ConfigError(str(exc).replace("--study-name", "--run-key"), exc.field) from None
         say(study_line(p.study, job.n_trials, job.storage))  # new, resumed, or its budget spent
         points = []
         info = resumed_warm_start(p.study, job.n_trials, job.warm_start.n_points, sequential=True)

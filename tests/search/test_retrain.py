@@ -124,6 +124,8 @@ def test_retrain_promotes_only_a_better_model_once(tmp_path):
         stricter.output, stricter.output  # the decision stands; the record of it is not overwritten
     assert json.loads((tmp_path / "out" / "r1" / "retrain.json").read_text()) == record
     assert client.get_run(parent.info.run_id).data.tags["metacompress.retrain.outcome"] == "promoted"
+    changed = _retrain(_job(tmp_path, [4, 8], name="changed"), "r1")  # another space under the same run key
+    assert changed.exit_code == 2 and "'space.bits'" in changed.output and "a new --run-key" in changed.output
     for key in [k for k in parent.data.tags if k.startswith("metacompress.retrain.")]:
         client.delete_tag(parent.info.run_id, key)  # as if killed between retrain.json and the run's tags
     assert _retrain(_job(tmp_path, [4]), "r1").exit_code == 0
