@@ -274,21 +274,27 @@ def _warm_start(job: Any, p: Any, base: str) -> tuple[list[dict[str, Any]] | Any
 
 
 def _previous_pareto(p: Any, base: str) -> list[dict[str, Any]]:
-    """Pareto params of the latest other study named ``f"{base}-*"`` in the same storage with the same space."""
+    """Pareto policies of the latest other study named ``f"{base}-*"`` in the same storage, as params of this run's
+    space: those the space holds (a space widened since keeps them all; a policy outside it, or of other layers, is
+    left out)."""
     import optuna
 
-    from .study import ATTR_SPACE
+    from metacompress.spaces import CompressionPolicy
 
     here = p.study.study_name
     mine = [s for s in optuna.get_all_study_summaries(p.study._storage, include_best_trial=False)
-            if s.study_name.startswith(f"{base}-") and s.study_name != here
-            and s.user_attrs.get(ATTR_SPACE) == p.space.fingerprint()]
+            if s.study_name.startswith(f"{base}-") and s.study_name != here]
     if not mine:
         return []
     latest = max(mine, key=lambda s: s._study_id)
     study = optuna.load_study(study_name=latest.study_name, storage=p.study._storage)
-    names = set(p.distributions)
-    return [dict(t.params) for t in study.best_trials if set(t.params) == names]
+    points = []
+    for t in study.best_trials:
+        try:
+            points.append(p.space.encode(CompressionPolicy.from_dict(t.user_attrs.get("policy") or {})))
+        except ConfigError:  # another layer, a value this space no longer holds, or no policy recorded
+            continue
+    return points
 
 
 def _measure(p: Any, path: str | Path) -> dict[str, float]:
