@@ -443,10 +443,10 @@ def run_search(
 
         restart()
         synced: set[int] = set()
-        sync_tracking(tracker, counted_trials(p.study), synced)
+        sync_tracking(tracker, counted_trials(p.study), synced, p.space)
 
         def after_trial(trial: FrozenTrial) -> None:
-            sync_tracking(tracker, counted_trials(p.study), synced)
+            sync_tracking(tracker, counted_trials(p.study), synced, p.space)
             if on_trial_end is not None:
                 on_trial_end(trial, p)
 
@@ -464,7 +464,7 @@ def run_search(
         summary = summarize(p, trials, warm_info or {"mode": "off", "n_points": 0})
 
         def track_end() -> None:
-            sync_tracking(tracker, trials, set())  # a fresh set: trials handed over during an outage were lost
+            sync_tracking(tracker, trials, set(), p.space)  # a fresh set: trials handed over during an outage were lost
             log_pareto_models(p, tracker, summary)
             tracker.mark_pareto({e["number"] for e in summary["pareto"]})
             tracker.log_artifacts(write_outputs(p, summary, trials))

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from optuna.trial import FrozenTrial, TrialState
 
 from metacompress.learners import load_compressed
+from metacompress.spaces import ConfigError
 
 from .config import SearchConfig
 from .tracking import TRIAL_TAG
@@ -29,8 +30,12 @@ __all__ = ["flush_tracking", "log_meta", "log_pareto_models", "make_tracker", "p
 _LOG = logging.getLogger(__name__)
 
 
-def sync_tracking(tracker: Any, trials: list[FrozenTrial], synced: set[int]) -> int:
+def sync_tracking(tracker: Any, trials: list[FrozenTrial], synced: set[int], space: Any = None) -> int:
     """Log every counted trial not in ``synced`` (the tracker itself skips trials already in MLflow).
+
+    A trial's params are its policy (``layers.<name>.prune``, ...), as the trial applied it; a trial that recorded
+    none (failed, or stopped early by ASHA) has its sampled params decoded by ``space`` into the policy it was
+    given, so every child run of a study names its params alike.
 
     Returns:
         How many trials were handed to the tracker now (``synced`` is updated).
@@ -39,13 +44,23 @@ def sync_tracking(tracker: Any, trials: list[FrozenTrial], synced: set[int]) -> 
     for t in trials:
         if t.number in synced:
             continue
-        params = t.user_attrs.get("policy") or dict(t.params)
+        params = t.user_attrs.get("policy") or _policy_of(t, space)
         state = t.state.name if t.state in (TrialState.COMPLETE, TrialState.PRUNED) else "FAIL"  # PRUNED: KILLED
         tracker.log_trial(t.number, params, t.user_attrs.get("metrics") or {}, t.user_attrs.get("history"),
                           state, t.user_attrs.get("fail_reason"))
         synced.add(t.number)
         n += 1
     return n
+
+
+def _policy_of(trial: FrozenTrial, space: Any) -> dict[str, Any]:
+    """The policy ``space`` decodes from a trial's sampled params (the raw params where it cannot)."""
+    if space is not None:
+        try:
+            return space.decode(trial.params).to_dict()
+        except ConfigError:
+            pass
+    return dict(trial.params)
 
 
 def make_tracker(cfg: SearchConfig, *, registry: bool = False) -> Any:

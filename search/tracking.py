@@ -40,6 +40,8 @@ _LOG = logging.getLogger(__name__)
 _T = TypeVar("_T")
 STUDY_TAG, ROLE_TAG, STATE_TAG = "metacompress.study_name", "metacompress.role", "metacompress.state"
 TRIAL_TAG, PARENT_TAG = "metacompress.trial_number", "mlflow.parentRunId"
+#: On a resumed parent run: the params whose value the resuming search changed (a param keeps its first value).
+CHANGED_TAG = "metacompress.changed_on_resume"
 _RUN_STATUS = {"COMPLETE": "FINISHED", "FAIL": "FAILED", "PRUNED": "KILLED"}
 _TERMINAL = {"FINISHED", "FAILED", "KILLED"}
 _ENV_DEFAULTS = {  # applied with os.environ.setdefault when a Tracker is created
@@ -259,8 +261,10 @@ class Tracker:
         """Create, or resume, the parent run of ``study_name``; returns its run id (None when tracking is off).
 
         On resume, tags are overwritten, the run is set back to ``RUNNING``, and only params not logged before
-        are added (MLflow forbids changing a param; a changed value, e.g. a larger ``n_trials``, is kept as the
-        first value and reported at INFO level).
+        are added. MLflow forbids changing a param: a changed value (a larger ``n_trials``, another ``backend``)
+        keeps its first value as the param, and the tag ``metacompress.changed_on_resume`` says what the resuming
+        run changed (``n_trials: 5 -> 11``), so the params and the tags of one name do not contradict each other
+        unexplained.
         """
         if self.disabled:
             return None
@@ -280,6 +284,7 @@ class Tracker:
             changed = sorted(k for k in flat if k in old and old[k] != param_value(flat[k]))
             if changed:
                 _LOG.info("Resumed MLflow run %s keeps the first value of params %s.", self.parent_run_id, changed)
+            all_tags[CHANGED_TAG] = "; ".join(f"{k}: {old[k]} -> {param_value(flat[k])}" for k in changed)[:5000]
             flat = {k: v for k, v in flat.items() if k not in old}
             self.client.log_batch(self.parent_run_id, tags=[RunTag(k, v) for k, v in all_tags.items()])
         self._log_params(self.parent_run_id, flat)

@@ -110,6 +110,7 @@ def test_resume_reuses_parent_and_children(tracker: Tracker, store: str) -> None
     parent = resumed.client.get_run(tracker.parent_run_id)
     assert parent.info.status == "RUNNING" and parent.data.params["n_trials"] == "3"
     assert parent.data.params["new_key"] == "1"
+    assert parent.data.tags["metacompress.changed_on_resume"] == "n_trials: 3 -> 6"  # the param keeps its first
     assert resumed.log_trial(0, {}, {"accuracy": 0.1}) == child_0
     assert resumed.client.get_run(child_0).data.metrics["accuracy"] == pytest.approx(0.93)
     assert resumed.log_trial(3, {"kd_lambda": 0.2}, {"accuracy": 0.8, "size_bytes": 10}) == orphan
