@@ -57,6 +57,7 @@ from ray.tune.search.optuna import OptunaSearch  # noqa: E402
 
 from metacompress.spaces import ConfigError, MetacompressError, Terminated, invalid_value  # noqa: E402
 
+from .checks import writable_folder  # noqa: E402
 from .objective import Objective, TrialFailed, resolve_device  # noqa: E402
 from .study import counted_trials, remaining_budget  # noqa: E402
 
@@ -298,7 +299,10 @@ def _address_endpoint(address: str) -> tuple[str, int]:
 def check_ray(cfg: Any) -> None:
     """Refuse a Ray search that could never run, before any work: an address where nothing answers (``ray.init``
     would retry for minutes), or resources per trial the local Ray this search starts does not have (Tune would
-    wait for them forever)."""
+    wait for them forever), or a local ``ray.storage_path`` that cannot be written (Tune would fail after Ray
+    started)."""
+    if "://" not in cfg.ray.storage_path:  # a URI (s3://, gs://) is the cluster's to reach
+        writable_folder("ray.storage_path", Path(cfg.ray.storage_path).expanduser())
     address = cfg.ray.address
     if address:
         host, port = _address_endpoint(address)

@@ -182,6 +182,7 @@ def test_fractional_gpus_are_reserved_per_trial_and_the_device_follows_the_worke
     (["--address", "not a host"], {}, "'ray.address'"),
     ([], {"cpus_per_trial": 1000}, "'ray.cpus_per_trial'"),  # Tune would wait for them forever
     ([], {"gpus_per_trial": 99}, "'ray.gpus_per_trial'"),
+    ([], {"storage_path": "/proc/results"}, "'ray.storage_path'"),  # Tune failed there after Ray had started
 ])
 def test_a_ray_search_that_could_never_run_is_refused_before_any_work(search_yaml, tmp_path, flags, ray_section,
                                                                        field) -> None:
