@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING, Any
 
 from optuna.trial import FrozenTrial, TrialState
 
-from metacompress.learners import load_compressed
+from metacompress.learners import deployable, load_compressed
 from metacompress.spaces import ConfigError
 
 from .config import SearchConfig
-from .tracking import TRIAL_TAG
+from .tracking import STUDY_TAG, TRIAL_TAG
 
 if TYPE_CHECKING:
     from .runner import Prepared
@@ -103,8 +103,11 @@ PARETO_TAG = "metacompress.pareto"
 
 
 def log_pareto_models(p: Prepared, tracker: Any, summary: dict[str, Any]) -> None:
-    """Load each Pareto trial's packed export, log it with ``mlflow.pytorch`` and register it; tag every version
-    of this study with :data:`PARETO_TAG`."""
+    """Load each Pareto trial's packed export, log its float inference form (BatchNorm folded, plain ``torch.nn``
+    layers holding the effective weights) with ``mlflow.pytorch`` and register it; tag every version of this
+    study with :data:`PARETO_TAG`. MLflow saves it as a ``torch.export`` program with a signature and a dynamic
+    batch dimension (``mlflow.pytorch.load_model`` needs no metacompress; pickled where it does not export); the
+    packed export (``export/*.mcz``, the stored size) is logged beside it."""
     if p.cfg.tracking_uri == "none":
         return
     name = f"{p.cfg.experiment_name}-pareto"
@@ -114,19 +117,21 @@ def log_pareto_models(p: Prepared, tracker: Any, summary: dict[str, Any]) -> Non
             entry["model_uri"] = done[entry["number"]]
             if entry["number"] in untagged:  # registered by a search stopped before it tagged the version
                 tracker.tag_model_version(name, done[entry["number"]].rsplit("/", 1)[-1],
-                                          {TRIAL_TAG: str(entry["number"]), **entry["metrics"]})
+                                          {TRIAL_TAG: str(entry["number"]), STUDY_TAG: p.cfg.study_name,
+                                           **entry["metrics"]})
                 untagged.discard(entry["number"])
             continue
         artifact = entry.get("artifact")
         if not artifact or not Path(artifact).exists():
             continue
-        model = load_compressed(artifact, p.task.teacher)
+        model = deployable(load_compressed(artifact, p.task.teacher), int8=False)  # plain torch layers, float
         entry["model_uri"] = tracker.log_pareto_model(entry["number"], model, entry["metrics"], name,
-                                                      extra_artifacts=[artifact])
+                                                      extra_artifacts=[artifact], input_example=p.task.example_input(2))
         if entry["model_uri"] is not None:  # None: the store went down (a rerun registers it)
             done[entry["number"]] = entry["model_uri"]
     for number in untagged:  # off the front now: its number at least
-        tracker.tag_model_version(name, done[number].rsplit("/", 1)[-1], {TRIAL_TAG: str(number)})
+        tracker.tag_model_version(name, done[number].rsplit("/", 1)[-1], {TRIAL_TAG: str(number),
+                                                                           STUDY_TAG: p.cfg.study_name})
     front = {entry["number"] for entry in summary["pareto"]}
     tracker.tag_model_versions(name, PARETO_TAG, {uri.rsplit("/", 1)[-1]: str(number in front).lower()
                                                   for number, uri in done.items()})

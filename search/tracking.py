@@ -156,6 +156,7 @@ class Tracker:
         self.tracking_uri: str = tracking_uri or mlflow.get_tracking_uri()
         self.experiment_name, self.strict, self.disabled = experiment_name, strict, False
         self.parent_run_id: str | None = None
+        self.study_name: str | None = None
         self._experiment_id: str | None = None
         self._client: Any = None
         self._children: dict[int, tuple[str, str]] = {}  # trial number -> (run id, run status)
@@ -270,6 +271,7 @@ class Tracker:
             return None
         from mlflow.entities import RunTag
 
+        self.study_name = study_name
         found = next(iter(self._search(
             f"tags.`{STUDY_TAG}` = {_quote(study_name)} and tags.`{ROLE_TAG}` = 'parent'")), None)
         all_tags = {STUDY_TAG: study_name, ROLE_TAG: "parent", **{k: str(v) for k, v in (tags or {}).items()}}
@@ -386,7 +388,8 @@ class Tracker:
         for path in extra_artifacts:
             self.client.log_artifact(run_id, str(path), artifact_path="export")
         version = str(info.registered_model_version)
-        self.tag_model_version(registered_model_name, version, {TRIAL_TAG: str(number), **metrics})
+        study = {STUDY_TAG: self.study_name} if self.study_name else {}  # versions of many studies share a name
+        self.tag_model_version(registered_model_name, version, {TRIAL_TAG: str(number), **study, **metrics})
         return f"models:/{registered_model_name}/{version}"
 
     @_soft

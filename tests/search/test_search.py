@@ -11,10 +11,13 @@ import time
 from pathlib import Path
 
 import mlflow
+import mlflow.pytorch
 import optuna
 import pytest
+import torch
 from optuna.trial import TrialState
 
+from metacompress.learners import load_compressed, load_task
 from metacompress.learners.meta.proxy import PROXY_NAME, TUNED_PROXY_NAME
 from metacompress.search.config import load_config
 from metacompress.search.runner import run_search
@@ -61,6 +64,22 @@ def test_search_writes_the_summary_contract_and_mlflow_layout(search_yaml):
     client = mlflow.MlflowClient(cfg.tracking_uri, registry_uri=cfg.tracking_uri)
     versions = client.search_model_versions(f"name = '{cfg.experiment_name}-pareto'")
     assert len(versions) == len(pareto_numbers) and all(v.tags["metacompress.pareto"] == "true" for v in versions)
+    assert {v.tags["metacompress.study_name"] for v in versions} == {cfg.study_name}  # told apart from others'
+    first = min(versions, key=lambda v: int(v.version))
+    before = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    mlflow.set_tracking_uri(cfg.tracking_uri)
+    mlflow.set_registry_uri(cfg.tracking_uri)
+    try:
+        loaded = mlflow.pytorch.load_model(f"models:/{first.name}/{first.version}")  # a torch.export program
+    finally:
+        mlflow.set_tracking_uri(before[0])
+        mlflow.set_registry_uri(before[1])
+    assert isinstance(loaded, torch.fx.GraphModule)  # no pickle: it loads without metacompress's classes
+    entry = next(e for e in on_disk["pareto"] if e["model_uri"].endswith(f"/{first.version}"))
+    task = load_task("digits-mlp")
+    x = torch.stack([task.val[i][0] for i in range(7)])  # another batch size than the example's
+    student = load_compressed(entry["artifact"], task.teacher).eval()
+    assert torch.allclose(loaded(x), student(x), atol=1e-4)
     artifacts = {a.path for a in client.list_artifacts(parents[0].info.run_id)}
     assert {"summary.json", "pareto.png", "policies.png", "hypervolume.png", "meta.json"} <= artifacts
 
