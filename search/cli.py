@@ -11,6 +11,7 @@ import contextlib
 import functools
 import json
 import logging
+import traceback
 import os
 import signal
 import sys
@@ -74,6 +75,7 @@ def _friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         _DEBUG["on"] = bool(kwargs.get("debug"))
+        Terminated.received = False
         logging.basicConfig(level=logging.INFO if _DEBUG["on"] else logging.WARNING, format="%(message)s")
         try:
             return fn(*args, **kwargs)
@@ -83,8 +85,10 @@ def _friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
             err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt as exc:  # Ctrl-C; SIGTERM (Terminated: main's handler, the Ray driver's)
+            if _DEBUG["on"]:  # where it was interrupted
+                traceback.print_exc()
             err_console.print(f"interrupted: {_INTERRUPTED.get(fn.__name__, 'nothing was changed.')}")
-            raise typer.Exit(143 if isinstance(exc, Terminated) else 130) from None
+            raise typer.Exit(143 if isinstance(exc, Terminated) or Terminated.received else 130) from None
         except (typer.Exit, typer.Abort):
             raise
         except BrokenPipeError:  # `metacompress ... --json | head`: the reader left; nothing more to say
@@ -545,7 +549,7 @@ def _end_on_sigterm() -> None:
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
             return
-        raise Terminated
+        Terminated.raise_for(signum, _frame)
 
     signal.signal(signal.SIGTERM, terminate)
 

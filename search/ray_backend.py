@@ -254,21 +254,19 @@ def _make_trainable(holder: list, artifact_dir: str, device: str, num_threads: i
 
 
 @contextlib.contextmanager
-def _sigterm_interrupts() -> Iterator[None]:
-    """SIGTERM raises :class:`Terminated` in the driver while the Tune run lasts. ``ray.init`` leaves a handler that
-    the Ray core worker's own crash handler pre-empts (a native stack dump, exit 134) instead."""
+def _sigterm_interrupts() -> Iterator[Callable[[], None]]:
+    """SIGTERM raises :class:`Terminated` in the driver from the moment the block calls the function it yields
+    (right after ``ray.init``, which installs a handler of its own: the process then exits 15 without a word, or
+    the Ray core worker's crash handler pre-empts it: a native stack dump, exit 134) until the block ends, when
+    the handler from before the block is back (the CLI's, for the end of the search)."""
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield lambda: None
         return
-
-    def terminate(signum: int, frame: Any) -> None:
-        raise Terminated
-
-    previous = signal.signal(signal.SIGTERM, terminate)
+    previous = signal.getsignal(signal.SIGTERM)
     try:
-        yield
+        yield lambda: signal.signal(signal.SIGTERM, Terminated.raise_for) and None
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
 #: Seconds a Ray address has to answer before the search is refused.
@@ -370,16 +368,28 @@ def run_ray(p: Any, on_trial_end: Callable[[FrozenTrial], None] | None = None) -
         p: The :class:`~metacompress.search.runner.Prepared` search.
         on_trial_end: Called in this process with each trial's frozen record once the study has it.
     """
+    cfg = p.cfg
+    n = remaining_budget(p.study, cfg.n_trials)
+    if n <= 0:
+        return
+    with _sigterm_interrupts() as ours:
+        _run_tuner(p, n, ours, on_trial_end)
+    if remaining_budget(p.study, cfg.n_trials) > 0:  # Tune returned before its samples ran (stopped from outside)
+        raise MetacompressError(f"the Ray run ended with {len(counted_trials(p.study))} of {cfg.n_trials} trials "
+                                f"finished; rerun the same command to resume")
+
+
+def _run_tuner(p: Any, n: int, ours: Callable[[], None], on_trial_end: Callable[[FrozenTrial], None] | None
+               ) -> None:
+    """Start (or join) Ray, call ``ours`` (SIGTERM handling after ``ray.init``), run ``n`` trials with Tune."""
     import copy
 
     import ray
     from ray.tune import CheckpointConfig, FailureConfig, RunConfig, TuneConfig, Tuner
 
     cfg = p.cfg
-    n = remaining_budget(p.study, cfg.n_trials)
-    if n <= 0:
-        return
     started = init_ray(cfg.ray.address)
+    ours()
     try:
         objective = copy.copy(p.objective)
         if objective.teacher_logits is not None:
@@ -400,11 +410,7 @@ def run_ray(p: Any, on_trial_end: Callable[[FrozenTrial], None] | None = None) -
                 checkpoint_config=CheckpointConfig(num_to_keep=1),
                 callbacks=[TrialEndCallback(p.study, on_trial_end)], verbose=0),
         )
-        with _sigterm_interrupts():
-            tuner.fit()
+        tuner.fit()
     finally:
         if started:
             ray.shutdown()
-    if remaining_budget(p.study, cfg.n_trials) > 0:  # Tune returned before its samples ran (stopped from outside)
-        raise MetacompressError(f"the Ray run ended with {len(counted_trials(p.study))} of {cfg.n_trials} trials "
-                                f"finished; rerun the same command to resume")

@@ -21,6 +21,16 @@ class MetacompressError(Exception):
 class Terminated(KeyboardInterrupt):
     """SIGTERM (a scheduler stopping the job) where metacompress ends the run like Ctrl-C: the CLI exits 143."""
 
+    #: Set by :meth:`raise_for`: code that turns the interrupt into a plain ``KeyboardInterrupt`` on its way up (Ray's
+    #: ``ray.wait`` does) loses its type, not the fact that SIGTERM caused it.
+    received = False
+
+    @classmethod
+    def raise_for(cls, signum: int | None = None, frame: Any = None) -> None:
+        """A SIGTERM handler: remember it, and raise :class:`Terminated` where the process is."""
+        cls.received = True
+        raise cls
+
 
 class ConfigError(MetacompressError, ValueError):
     """A user-supplied value (config key, CLI flag, policy entry) is not allowed.

@@ -198,6 +198,49 @@ def test_a_ray_search_that_could_never_run_is_refused_before_any_work(search_yam
     assert not (tmp_path / "study.db").exists() and not ray.is_initialized()  # no study, no Ray
 
 
+def test_sigterm_is_ours_from_ray_init_to_shutdown_and_the_handler_before_it_is_back_after(search_yaml, tmp_path,
+                                                                                         monkeypatch) -> None:
+    """``ray.init`` installs a SIGTERM handler of its own (exit 15, no word); and ``ray.wait`` turns the interrupt
+    our handler raises into a plain KeyboardInterrupt. A SIGTERM during a Ray search still exits 143, and one after
+    it (the end-of-search logging) meets the CLI's handler again."""
+    import signal
+
+    from typer.testing import CliRunner
+
+    from metacompress.search import ray_backend
+    from metacompress.search.cli import app
+    from metacompress.spaces import Terminated
+
+    def before(signum, frame):
+        raise AssertionError("the handler from before")
+
+    signal.signal(signal.SIGTERM, before)
+    try:
+        with ray_backend._sigterm_interrupts() as ours:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)  # as ray.init leaves it
+            ours()
+            assert signal.getsignal(signal.SIGTERM) == Terminated.raise_for
+        assert signal.getsignal(signal.SIGTERM) is before
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+    def run_ray(p, on_trial_end=None):  # a SIGTERM while Tune waits in ray.wait, which re-raises it plain
+        try:
+            Terminated.raise_for(signal.SIGTERM, None)
+        except KeyboardInterrupt:
+            raise KeyboardInterrupt from None
+
+    monkeypatch.setattr(ray_backend, "run_ray", run_ray)
+    monkeypatch.setattr(ray_backend, "check_ray", lambda cfg: None)
+    path = search_yaml(n_trials=1, tracking_uri="none", ray=_ray_section(tmp_path))
+    result = CliRunner().invoke(app, ["search", str(path), "--backend", "ray"])
+    assert result.exit_code == 143 and "interrupted: finished trials are saved" in result.output, result.output
+    plain = CliRunner().invoke(app, ["search", str(path), "--backend", "ray"])  # the next command starts afresh
+    assert plain.exit_code == 143  # (the same SIGTERM again); a Ctrl-C alone is 130:
+    monkeypatch.setattr(ray_backend, "run_ray", lambda p, on_trial_end=None: (_ for _ in ()).throw(KeyboardInterrupt))
+    assert CliRunner().invoke(app, ["search", str(path), "--backend", "ray"]).exit_code == 130
+
+
 @pytest.mark.slow(reason="two console-script Ray searches interrupted mid-run and one resumed (~70 s)")
 def test_ctrl_c_and_sigterm_end_a_ray_search_like_a_local_one(search_yaml, tmp_path: Path) -> None:
     """Ctrl-C (Tune's own handler would end the run as if it had finished: exit 0, and `retrain` would promote from
