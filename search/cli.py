@@ -457,6 +457,9 @@ def export(
     from .report import format_bytes
 
     cfg = load_config(config, _overrides(study_name=study_name, storage=storage, out=str(out) if out else None))
+    if out is not None and output is not None:
+        console.print(f"--out is where the file goes without --output; --output {output} is written", style="yellow",
+                      highlight=False)
     with console.status(f"Exporting trial {trial} of {cfg.study_name}..."):
         result = export_trial(cfg, trial, output, int8=int8)
     kernels = "int8 kernels" if result.int8 else "float kernels"

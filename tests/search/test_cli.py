@@ -503,6 +503,10 @@ def test_export_writes_a_trial_that_loads_with_torch_alone(search_yaml, tmp_path
     moved = runner.invoke(app, ["export", str(path), "--trial", str(best["number"]), "--no-int8",
                                 "--out", str(tmp_path / "elsewhere")])  # a search run with --out: the file joins it
     assert moved.exit_code == 0 and (tmp_path / "elsewhere" / f"trial-{best['number']}.pt2").is_file(), moved.output
+    both = runner.invoke(app, ["export", str(path), "--trial", str(best["number"]), "--no-int8", "--out",
+                               str(tmp_path / "unused"), "--output", str(tmp_path / "both.pt2")])
+    assert both.exit_code == 0 and (tmp_path / "both.pt2").is_file() and not (tmp_path / "unused").exists()
+    assert "--out is where the file goes without --output" in both.output  # said, not silently ignored
     before = (tmp_path / "f32.pt2").read_bytes()
 
     def stopped(model, example, part, number, int8):  # Ctrl-C or a kill half-way through the write
