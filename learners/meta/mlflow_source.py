@@ -144,6 +144,11 @@ def _child_row(run: Any, meta: Mapping[str, Any], layers: list[LayerInfo], study
                     float(teacher["accuracy"]), policy)
 
 
+#: Why a child run is no history row, by its status (KILLED: stopped early by ASHA, or a search interrupted).
+_UNUSED = {"FAILED": "failed trial", "KILLED": "trial stopped early (ASHA) or interrupted",
+           "RUNNING": "unfinished trial", "SCHEDULED": "unfinished trial"}
+
+
 def _search_rows(client: Any, exp_id: str, parent: Any, skipped: Counter[str]) -> list[dict[str, Any]]:
     children = list(_pages(client, [exp_id], f"tags.`{_PARENT}` = '{parent.info.run_id}'"))
     meta = _read_meta(client, parent.info.run_id)
@@ -160,7 +165,7 @@ def _search_rows(client: Any, exp_id: str, parent: Any, skipped: Counter[str]) -
     rows = []
     for run in children:
         if run.data.tags.get(_ROLE, "trial") != "trial" or run.info.status != "FINISHED":
-            skipped["unfinished or failed trial"] += 1
+            skipped[_UNUSED.get(run.info.status, "unfinished or failed trial")] += 1
             continue
         try:
             rows.append(_child_row(run, meta, layers, study))

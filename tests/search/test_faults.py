@@ -37,6 +37,9 @@ def test_failing_trials_are_recorded_with_their_reason_and_the_search_goes_on(se
     assert len(children) == 4 and len(reasons) == 3
     assert "injected failure" in reasons[0] and "non-finite" in reasons[1] and "time limit" in reasons[2]
     names = {frozenset(r.data.params) for r in children}  # a failed trial's run names its policy as a finished one's
+    from metacompress.learners.meta import History
+
+    assert History.collect(cfg.tracking_uri).skipped["failed trial"] == 3  # what the history says it left out
     assert len(names) == 1 and {"kd_lambda", "layers.0.fc1.prune", "layers.0.fc1.bits"} <= next(iter(names))
 
 
