@@ -36,14 +36,17 @@ class SearchProgress:
         return self
 
     def __exit__(self, *exc: Any) -> None:
+        if self.task_id is not None and exc[0] is None:  # the last trials may have ended in another worker
+            self.update(None)  # type: ignore[arg-type]
         self.progress.stop()
 
     def _best(self) -> str:
         points = [t.user_attrs.get("metrics") for t in counted_trials(self.p.study) if t.user_attrs.get("metrics")]
         return best_text(points, self.p.reference, self.p.cfg.objectives)
 
-    def update(self, trial: FrozenTrial, _prepared: Any = None) -> None:
-        """Called after each trial; re-reads the study so trials of other workers count too."""
+    def update(self, trial: FrozenTrial | None, _prepared: Any = None) -> None:
+        """Called after each trial (and once at the end); re-reads the study so trials of other workers count
+        too."""
         done = len(counted_trials(self.p.study))
         self.progress.update(self.task_id, completed=done, best=self._best())
 

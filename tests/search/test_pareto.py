@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -215,3 +216,21 @@ def test_the_policy_plot_shows_each_pareto_models_layers_smallest_first(tmp_path
     many = [LayerInfo(f"l{i}", "linear", 10, (2, 5)) for i in range(60)]  # too many to annotate: colours only
     wide = [{"number": 0, "metrics": {"size_bytes": 1.0}, "params": {f"layers.l{i}.bits": 8 for i in range(60)}}]
     assert policy_plot(wide, many, tmp_path / "wide.png").is_file()
+
+
+def test_the_progress_bar_ends_on_the_trials_other_workers_finished_last() -> None:
+    """Each worker process reports only its own trials; the bar re-reads the study once more at the end."""
+    from types import SimpleNamespace
+
+    import optuna
+    from rich.console import Console
+
+    from metacompress.search.progress import SearchProgress
+
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    p = SimpleNamespace(study=study, reference=TEACHER, cfg=SimpleNamespace(n_trials=3, objectives=AS))
+    bar = SearchProgress(Console(file=open(os.devnull, "w")), p)
+    with bar:
+        for _ in range(3):  # finished by another worker: no update() here
+            study.add_trial(optuna.trial.create_trial(values=[0.9, 100.0]))
+    assert bar.progress.tasks[0].completed == 3
