@@ -359,13 +359,24 @@ def write_outputs(p: Prepared, summary: dict[str, Any], trials: list[FrozenTrial
     hypervolume_plot(summary["hypervolume_history"], paths[3], warm=list(warm),
                      maximum=max_hypervolume(p.cfg.objectives))
     if summary["pareto"]:
-        example = p.task.example_input(2)
-        pruned = {e["number"]: pruned_share(p.task.teacher, CompressionPolicy.from_dict(e["params"]), example)
-                  for e in summary["pareto"]}
         paths.append(policy_plot(summary["pareto"], p.space.layers, out / "policies.png",
                                  title=f"{name}: per-layer policy of the Pareto models", teacher=p.reference,
-                                 pruned=pruned))
+                                 pruned=_pruned_shares(p, summary["pareto"])))
     return paths
+
+
+def _pruned_shares(p: Prepared, pareto: list[dict[str, Any]]) -> dict[int, dict[str, float]]:
+    """Trial number -> layer -> the share of its weights the Pareto student lost (``learners.pruned_share``), for
+    the entries whose params are a policy of this model (the plot shows the others' ratios)."""
+    example = p.task.example_input(2)
+    out = {}
+    for entry in pareto:
+        try:
+            policy = CompressionPolicy.from_dict(entry["params"], p.space.layer_names)
+        except ConfigError:
+            continue
+        out[entry["number"]] = pruned_share(p.task.teacher, policy, example)
+    return out
 
 
 def _in_use(cfg: SearchConfig) -> ConfigError:
