@@ -274,9 +274,10 @@ def _warm_start(job: Any, p: Any, base: str) -> tuple[list[dict[str, Any]] | Any
 
 
 def _previous_pareto(p: Any, base: str) -> list[dict[str, Any]]:
-    """Pareto policies of the latest other study named ``f"{base}-*"`` in the same storage, as params of this run's
-    space: those the space holds (a space widened since keeps them all; a policy outside it, or of other layers, is
-    left out)."""
+    """Pareto policies of this job's latest earlier run (studies named ``f"{base}-*"`` in the same storage, the
+    newest with any) as params of this run's space, each only where the space holds it exactly (a widened space
+    keeps them all; a policy with a value the space lacks, a constant it fixes otherwise, a group it shares that
+    the policy set apart, or other layers is left out)."""
     import optuna
 
     from metacompress.spaces import CompressionPolicy
@@ -284,17 +285,20 @@ def _previous_pareto(p: Any, base: str) -> list[dict[str, Any]]:
     here = p.study.study_name
     mine = [s for s in optuna.get_all_study_summaries(p.study._storage, include_best_trial=False)
             if s.study_name.startswith(f"{base}-") and s.study_name != here]
-    if not mine:
-        return []
-    latest = max(mine, key=lambda s: s._study_id)
-    study = optuna.load_study(study_name=latest.study_name, storage=p.study._storage)
-    points = []
-    for t in study.best_trials:
-        try:
-            points.append(p.space.encode(CompressionPolicy.from_dict(t.user_attrs.get("policy") or {})))
-        except ConfigError:  # another layer, a value this space no longer holds, or no policy recorded
-            continue
-    return points
+    for summary in sorted(mine, key=lambda s: -s._study_id):
+        study = optuna.load_study(study_name=summary.study_name, storage=p.study._storage)
+        points = []
+        for t in study.best_trials:
+            try:
+                policy = CompressionPolicy.from_dict(t.user_attrs.get("policy") or {})
+                params = p.space.encode(policy)
+                if p.space.decode(params).to_dict() == policy.to_dict():  # the same policy, not a neighbour
+                    points.append(params)
+            except ConfigError:  # other layers, a value this space lacks, or no policy recorded
+                continue
+        if points:
+            return points
+    return []
 
 
 def _measure(p: Any, path: str | Path) -> dict[str, float]:

@@ -106,8 +106,10 @@ def log_pareto_models(p: Prepared, tracker: Any, summary: dict[str, Any]) -> Non
     """Load each Pareto trial's packed export, log its float inference form (BatchNorm folded, plain ``torch.nn``
     layers holding the effective weights) with ``mlflow.pytorch`` and register it; tag every version of this
     study with :data:`PARETO_TAG`. MLflow saves it as a ``torch.export`` program with a signature and a dynamic
-    batch dimension (``mlflow.pytorch.load_model`` needs no metacompress; pickled where it does not export); the
-    packed export (``export/*.mcz``, the stored size) is logged beside it."""
+    batch dimension (``mlflow.pytorch.load_model`` needs no metacompress; pickled where it does not export). A
+    student whose activations are quantized (``act_bits``) is logged as it is, pickled: the inference form drops
+    that quantization, so it would not be the model the trial measured. The packed export (``export/*.mcz``, the
+    stored size) is logged beside it."""
     if p.cfg.tracking_uri == "none":
         return
     name = f"{p.cfg.experiment_name}-pareto"
@@ -124,9 +126,13 @@ def log_pareto_models(p: Prepared, tracker: Any, summary: dict[str, Any]) -> Non
         artifact = entry.get("artifact")
         if not artifact or not Path(artifact).exists():
             continue
-        model = deployable(load_compressed(artifact, p.task.teacher), int8=False)  # plain torch layers, float
+        student = load_compressed(artifact, p.task.teacher).eval()
+        if any(getattr(m, "act_quant", None) is not None for m in student.modules()):
+            model, example = student, None  # its activations are quantized: the float form would be another model
+        else:
+            model, example = deployable(student, int8=False), p.task.example_input(2)  # plain torch layers
         entry["model_uri"] = tracker.log_pareto_model(entry["number"], model, entry["metrics"], name,
-                                                      extra_artifacts=[artifact], input_example=p.task.example_input(2))
+                                                      extra_artifacts=[artifact], input_example=example)
         if entry["model_uri"] is not None:  # None: the store went down (a rerun registers it)
             done[entry["number"]] = entry["model_uri"]
     for number in untagged:  # off the front now: its number at least

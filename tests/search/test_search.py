@@ -34,6 +34,18 @@ def _children(tracking_uri: str, experiment: str) -> tuple[list, list]:
     return parents, children
 
 
+def _load_registered(cfg, uri: str):
+    """``mlflow.pytorch.load_model(uri)`` from the config's store (``models:/`` URIs resolve in the global one)."""
+    before = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    mlflow.set_tracking_uri(cfg.tracking_uri)
+    mlflow.set_registry_uri(cfg.tracking_uri)
+    try:
+        return mlflow.pytorch.load_model(uri)
+    finally:
+        mlflow.set_tracking_uri(before[0])
+        mlflow.set_registry_uri(before[1])
+
+
 def _study(cfg) -> optuna.Study:
     return optuna.load_study(study_name=cfg.study_name, storage=cfg.storage)
 
@@ -66,14 +78,7 @@ def test_search_writes_the_summary_contract_and_mlflow_layout(search_yaml):
     assert len(versions) == len(pareto_numbers) and all(v.tags["metacompress.pareto"] == "true" for v in versions)
     assert {v.tags["metacompress.study_name"] for v in versions} == {cfg.study_name}  # told apart from others'
     first = min(versions, key=lambda v: int(v.version))
-    before = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
-    mlflow.set_tracking_uri(cfg.tracking_uri)
-    mlflow.set_registry_uri(cfg.tracking_uri)
-    try:
-        loaded = mlflow.pytorch.load_model(f"models:/{first.name}/{first.version}")  # a torch.export program
-    finally:
-        mlflow.set_tracking_uri(before[0])
-        mlflow.set_registry_uri(before[1])
+    loaded = _load_registered(cfg, f"models:/{first.name}/{first.version}")  # a torch.export program
     assert isinstance(loaded, torch.fx.GraphModule)  # no pickle: it loads without metacompress's classes
     entry = next(e for e in on_disk["pareto"] if e["model_uri"].endswith(f"/{first.version}"))
     task = load_task("digits-mlp")
@@ -119,6 +124,21 @@ def test_rerun_with_a_larger_budget_continues_without_repeating(search_yaml):
     assert front <= set(numbers)  # a version pushed off the front by the later trials stays, and says so
     assert {v.tags["metacompress.trial_number"]: v.tags["metacompress.pareto"] for v in versions} == \
         {n: str(n in front).lower() for n in numbers}
+
+
+def test_a_pareto_model_with_quantized_activations_is_registered_as_the_trial_measured_it(search_yaml):
+    """The float inference form drops activation quantization: such a student is registered as it is."""
+    cfg = load_config(search_yaml(n_trials=1, space={"bits": [8], "act_bits": [4], "epochs": {"low": 1, "high": 1}}))
+    summary = run_search(cfg)
+    entry = summary["pareto"][0]
+    uri = entry["model_uri"]
+    loaded = _load_registered(cfg, uri)
+    task = load_task("digits-mlp")
+    x = torch.stack([task.val[i][0] for i in range(64)])
+    student = load_compressed(entry["artifact"], task.teacher).eval()
+    assert not isinstance(loaded, torch.fx.GraphModule)
+    with torch.no_grad():
+        assert torch.equal(loaded.eval()(x), student(x))
 
 
 def test_a_version_registered_by_a_search_stopped_before_it_tagged_it_is_tagged_by_the_rerun_not_registered_again(
