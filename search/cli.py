@@ -187,9 +187,12 @@ def search(
         ui = cfg.tracking_uri if cfg.tracking_uri.startswith("http") else None
         console.print("Review in MLflow: " + (f"open {ui}" if ui else
                                               f"{_mlflow_command()} ui --backend-store-uri {cfg.tracking_uri}"))
-    if summary["n_complete"] == 0 and summary.get("n_failed"):  # a scheduler must not read this as success
-        err_console.print(f"[bold red]error:[/] no trial finished: all {summary['n_failed']} failed (the reasons "
-                          "above), so the search has no model (exit 1)", highlight=False, soft_wrap=True)
+    failed, stopped = summary.get("n_failed") or 0, summary.get("n_pruned") or 0
+    if summary["n_complete"] == 0 and failed + stopped:  # a scheduler must not read this as success
+        how = (f"all {failed} failed (the reasons above)" if not stopped else f"all {stopped} stopped early by ASHA"
+               if not failed else f"{failed} failed (the reasons above) and {stopped} stopped early by ASHA")
+        err_console.print(f"[bold red]error:[/] no trial finished: {how}, so the search has no model (exit 1)",
+                          highlight=False, soft_wrap=True)
         raise typer.Exit(1)
 
 

@@ -51,13 +51,13 @@ def log_torch_model(model: Any, registered_model_name: str, input_example: Any) 
     if input_example is not None:
         from mlflow.models import infer_signature
 
-        with torch.no_grad():
-            output = model(input_example)
-        signature = infer_signature(input_example.cpu().numpy(), output.detach().cpu().numpy())
-        try:
+        try:  # anything failing here is the model's, not the store's: a store outage would stop the search's logging
+            with torch.no_grad():
+                output = model(input_example)
+            signature = infer_signature(input_example.cpu().numpy(), output.detach().cpu().numpy())
             return mlflow.pytorch.log_model(model, input_example=input_example.cpu().numpy(), signature=signature,
                                             serialization_format="pt2", **kwargs)
-        except Exception as exc:  # torch.export cannot trace every compressed module
+        except Exception as exc:  # noqa: BLE001 - torch.export cannot trace every model
             _LOG.info("pt2 export failed (%s); saving the model with pickle.", exc)
     quiet = logging.getLogger("mlflow.pytorch")
     level = quiet.level

@@ -269,6 +269,11 @@ def _sigterm_interrupts() -> Iterator[Callable[[], None]]:
         signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
+def _storage_path(path: str) -> str:
+    """Tune's ``storage_path``: a URI (``s3://``, ``gs://``) as it is, a local folder absolute."""
+    return path if "://" in path else str(Path(path).expanduser().resolve())
+
+
 #: Seconds a Ray address has to answer before the search is refused.
 ADDRESS_TIMEOUT_S = 3.0
 
@@ -405,7 +410,7 @@ def _run_tuner(p: Any, n: int, ours: Callable[[], None], on_trial_end: Callable[
                                    max_concurrent_trials=cfg.ray.max_concurrent, reuse_actors=cfg.ray.reuse_actors),
             run_config=RunConfig(
                 name=f"{cfg.study_name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}",
-                storage_path=str(Path(cfg.ray.storage_path).expanduser().resolve()),
+                storage_path=_storage_path(cfg.ray.storage_path),
                 failure_config=FailureConfig(max_failures=cfg.ray.max_failures),
                 checkpoint_config=CheckpointConfig(num_to_keep=1),
                 callbacks=[TrialEndCallback(p.study, on_trial_end)], verbose=0),

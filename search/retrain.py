@@ -349,7 +349,8 @@ def _decide(p: Any, tracker: Any, summary: Mapping[str, Any], name: str, constra
         if not summary.get("n_complete"):  # not a question of constraints: the search has no model at all
             failed = summary.get("failures") or {}
             first = next(iter(failed), "no reason recorded")
-            result.reason = (f"no trial finished: all {summary.get('n_failed', 0)} failed ({len(failed)} "
+            stopped = f", {summary['n_pruned']} stopped early by ASHA" if summary.get("n_pruned") else ""
+            result.reason = (f"no trial finished: {summary.get('n_failed', 0)} failed{stopped} ({len(failed)} "
                              f"{'reason' if len(failed) == 1 else 'reasons'}; the most frequent: {first})")
         return result
     result.candidate = {"number": chosen["number"], "metrics": chosen["metrics"], "model_uri": chosen["model_uri"]}

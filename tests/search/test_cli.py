@@ -706,7 +706,7 @@ def test_failed_trials_are_named_with_their_reason_by_search_and_report(tmp_path
     job = runner.invoke(app, ["retrain", str(path), "--registered-model", "fragile", "--tracking-uri",
                               f"sqlite:///{tmp_path}/mlflow.db", "--storage", f"sqlite:///{tmp_path}/job.db"])
     assert job.exit_code == 3, job.output  # nothing promoted, and it says why: not a constraint, no model at all
-    assert ("nothing promoted: no trial finished: all 2 failed (1 reason; the most frequent: RuntimeError: boom "
+    assert ("nothing promoted: no trial finished: 2 failed (1 reason; the most frequent: RuntimeError: boom "
             "while training)") in job.output
 
 

@@ -280,3 +280,12 @@ def test_ctrl_c_and_sigterm_end_a_ray_search_like_a_local_one(search_yaml, tmp_p
     trials = counted_trials(study)  # the interrupted trials are not counted: their re-queued copies ran instead
     assert len(trials) == 30 and len({json.dumps(t.params, sort_keys=True) for t in trials}) == 30
     assert not study.get_trials(states=(TrialState.RUNNING, TrialState.WAITING))
+
+
+def test_a_storage_uri_reaches_tune_as_it_is_and_a_folder_absolute(tmp_path, monkeypatch) -> None:
+    from metacompress.search.ray_backend import _storage_path
+
+    monkeypatch.chdir(tmp_path)
+    assert _storage_path("s3://bucket/runs") == "s3://bucket/runs"  # Path() would make it s3:/bucket/runs
+    assert _storage_path("ray_results") == str(tmp_path / "ray_results")
+
