@@ -49,6 +49,7 @@ from .study import (
     make_sampler,
     open_study,
     recover_interrupted,
+    remaining_budget,
 )
 from .sync import flush_tracking, log_meta, log_pareto_models, make_tracker, parent_tags, sync_tracking
 
@@ -271,17 +272,49 @@ def run_local(p: Prepared, on_trial_end: Callable[[FrozenTrial], None] | None = 
     ctx = mp.get_context(method)
     target, arg = (_forked_worker, p) if method == "fork" else (_worker_main, cfg)
     workers = [ctx.Process(target=target, args=(arg, i, os.getpid()), daemon=True) for i in range(1, n_jobs)]
+    if workers and p.before_ask is not None:  # the first warm point waits for whichever worker asks first
+        with file_lock(lock_path(cfg.storage, cfg.study_name, "budget")):
+            if remaining_budget(p.study, cfg.n_trials) > 0:
+                p.before_ask(p.study)
     for w in workers:
         w.start()
+    stop = threading.Event()
+    # only this process enqueues sequential warm points: forked workers must not run the predictor's OpenMP pool,
+    # which the fork left in an undefined state. While it trains, a thread keeps the next point waiting for them.
+    keeper = threading.Thread(target=_keep_warm_point_waiting, args=(p, stop), daemon=True) if workers and \
+        p.warm is not None else None
+    if keeper is not None:
+        keeper.start()
     try:
-        # only this process enqueues sequential warm points: forked workers must not run the predictor's
-        # OpenMP pool, which the fork left in an undefined state
         run_worker(p.study, p.objective, cfg.n_trials, cfg.objectives, p.distributions,
                    lock_path(cfg.storage, cfg.study_name, "budget"), artifact_dir=p.artifact_dir,
                    on_trial_end=on_trial_end, before_ask=p.before_ask)
     finally:
+        stop.set()
+        if keeper is not None:
+            keeper.join()
         for w in workers:
             w.join()
+
+
+#: How often the warm-point keeper looks whether the waiting point was taken (seconds).
+KEEPER_POLL_S = 0.1
+
+
+def _keep_warm_point_waiting(p: Prepared, stop: threading.Event) -> None:
+    """With several local workers: enqueue the next sequential warm point as soon as none is waiting, until all are
+    out or the budget is, so the other workers' asks get warm points too (as on Ray, each chosen against the
+    observed front and the points still running). Under the budget lock, as an ask."""
+    lock = lock_path(p.cfg.storage, p.cfg.study_name, "budget")
+    while not stop.wait(KEEPER_POLL_S) and not p.warm.done:
+        try:
+            with file_lock(lock):
+                if remaining_budget(p.study, p.cfg.n_trials) <= 0:
+                    return
+                enqueue_next_warm_point(p.study, p.warm)
+        except Exception as exc:  # noqa: BLE001 - the warm start is a help: its failure never ends the search
+            _LOG.warning("warm start stopped: %s: %s", type(exc).__name__, exc)
+            return
 
 
 def trial_points(trials: list[FrozenTrial]) -> list[dict[str, float] | None]:

@@ -135,6 +135,21 @@ def _sqlite_file(path: Path) -> bool:
     return not head or head == b"SQLite format 3\x00"
 
 
+def _other_tables(path: Path) -> set[str]:
+    """The tables of the sqlite database ``path`` when it holds some but not MLflow's (``experiments``, ``runs``),
+    else an empty set. Read-only: the file is not changed."""
+    import sqlite3  # noqa: PLC0415
+
+    if not path.is_file() or path.stat().st_size == 0:
+        return set()
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as con:
+            tables = {row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.Error:
+        return set()  # unreadable or locked: the access check and MLflow say more
+    return set() if not tables or {"experiments", "runs"} <= tables else tables
+
+
 class Tracker:
     """Log one search to MLflow (parent run + a child run per trial + registered Pareto models).
 
@@ -204,6 +219,12 @@ class Tracker:
             if db.exists() and not _sqlite_file(db):  # MLflow would retry creating its engine for minutes
                 raise invalid_value("tracking_uri", "a sqlite URL naming a sqlite database file (this is a folder "
                                     "or another kind of file)", uri)
+            other = _other_tables(db)
+            if other:  # MLflow would add its ~70 tables to someone else's database (or fail on an Optuna one's)
+                what = ("is an Optuna storage, a search's --storage" if "studies" in other else
+                        f"holds another application's tables: {', '.join(sorted(other)[:3])}")
+                raise invalid_value("tracking_uri", f"an MLflow store or a new sqlite file (this database {what})",
+                                    uri)
             # sqlite writes a journal next to the database, so the directory must be writable too
             problem = write_problem(db.parent)
             if problem is not None or (db.exists() and not os.access(db, os.R_OK | os.W_OK)):

@@ -148,6 +148,25 @@ def test_a_sqlite_store_that_is_a_folder_or_another_file_fails_fast(tmp_path: Pa
     real.check_reachable()
 
 
+def test_a_sqlite_file_of_another_application_is_refused_and_left_as_it_was(tmp_path: Path) -> None:
+    """An Optuna storage (``--storage``, an easy mix-up) or any other database: MLflow added its tables to it, or
+    failed on Optuna's own migration table (exit 1)."""
+    import sqlite3
+
+    import optuna
+
+    optuna.create_study(storage=f"sqlite:///{tmp_path / 'study.db'}", study_name="s")
+    with sqlite3.connect(tmp_path / "other.db") as con:
+        con.execute("CREATE TABLE foo (x INTEGER)")
+    for name, kind in (("study.db", "is an Optuna storage, a search's --storage"),
+                       ("other.db", "holds another application's tables: foo")):
+        before = (tmp_path / name).read_bytes()
+        with pytest.raises(ConfigError, match="an MLflow store or a new sqlite file") as info:
+            Tracker(f"sqlite:///{tmp_path / name}", "x").check_reachable()
+        assert info.value.field == "tracking_uri" and kind in str(info.value)
+        assert (tmp_path / name).read_bytes() == before  # nothing written
+
+
 def test_an_unwritable_sqlite_store_fails_fast(tmp_path: Path) -> None:
     """A read-only folder: refused before any work, not after MLflow's ~100 s of connection retries. Root ignores
     file modes, so as root the check runs in a child without the capabilities that override them."""
