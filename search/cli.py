@@ -168,9 +168,11 @@ def search(
         if file:  # a bad policies file is the one line, before the study's
             load_points(file, p.space)
         console.print(study_line(p.study, cfg.n_trials, cfg.storage, new_folder), highlight=False, soft_wrap=True)
-        points, info = [], resumed_warm_start(p.study, cfg.n_trials, cfg.warm_start.n_points, sequential=True)
+        points, info = [], resumed_warm_start(p.study, cfg.n_trials, min(cfg.warm_start.n_points, cfg.n_trials),
+                                              sequential=True)
         if info is None:
-            points, info = resolve_warm_start(mode, p.space, p.task, n_points=cfg.warm_start.n_points,
+            points, info = resolve_warm_start(mode, p.space, p.task,  # no more than the budget can run
+                                              n_points=min(cfg.warm_start.n_points, cfg.n_trials),
                                               seed=cfg.seed, file=cfg.warm_start.file, tracking_uri=cfg.tracking_uri,
                                               objectives=cfg.objectives, sequential=True, reference=p.reference,
                                               batch_size=cfg.train.batch_size)

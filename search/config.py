@@ -292,6 +292,7 @@ def config_from_dict(data: Mapping[str, Any], *, stem: str = "search",
                      overrides: Mapping[str, Any] | None = None, config_path: str | None = None) -> SearchConfig:
     """Validate an already-parsed config mapping (see :func:`load_config`); ``stem`` is the default study name."""
     data = dict(mapping("config", data))
+    _beside_config(data, config_path)
     _apply_overrides(data, overrides or {})
     values = validate("", data, SearchConfig)
     values["task"] = values.get("task") or _task("task", None)
@@ -309,6 +310,18 @@ def config_from_dict(data: Mapping[str, Any], *, stem: str = "search",
         raise invalid_value("ray.gpus_per_trial", "> 0 when train.device is 'cuda' (Ray hides the GPUs from a "
                             "trial that reserves none)", ray.gpus_per_trial)
     return SearchConfig(**values, config_path=config_path)
+
+
+def _beside_config(data: dict[str, Any], config_path: str | None) -> None:
+    """A relative ``warm_start.file`` that is not in the working folder but next to the YAML means that one (as a
+    task factory's module is looked up there too)."""
+    warm = data.get("warm_start")
+    file = warm.get("file") if isinstance(warm, dict) else None
+    if config_path is None or not isinstance(file, str) or Path(file).is_absolute() or Path(file).exists():
+        return
+    beside = Path(config_path).parent / file
+    if beside.is_file():
+        data["warm_start"] = {**warm, "file": str(beside)}
 
 
 def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None) -> SearchConfig:

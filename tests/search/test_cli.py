@@ -311,13 +311,14 @@ def test_a_second_search_warm_starts_from_the_pretrained_gbm_continued_on_the_fi
     pretrained GBM's boosting on it instead of refitting it."""
     assert runner.invoke(app, ["search", str(search_yaml(n_trials=2))]).exit_code == 0
     second = search_yaml(n_trials=2, study_name="second", out=str(tmp_path / "second"),
-                         warm_start={"mode": "auto", "n_points": 2})
+                         warm_start={"mode": "auto", "n_points": 4})  # more than the budget: 2 can run
     result = runner.invoke(app, ["search", str(second)])
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "second" / "summary.json").read_text())
     assert "the pretrained GBMRetentionPredictor, its boosting continued on the history" in \
         summary["warm_start"]["reason"]
     assert summary["warm_start"]["n_points"] == 2 and summary["n_complete"] == 2
+    assert "warm start: 2 points" in result.output
 
 
 def test_history_shows_what_warm_starts_learn_from(search_yaml, tmp_path):

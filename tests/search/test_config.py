@@ -223,3 +223,14 @@ def test_structured_pruning_is_left_out_when_no_layer_can_lose_channels(caplog: 
     assert info.value.field == "space.prune_method"
     prunable = [spaces.LayerInfo("conv1", "conv2d", 144, (16, 1, 3, 3)), *heads]
     assert both.space.build(prunable).domains["prune_method"].choices == ("unstructured", "structured")
+
+
+def test_a_relative_warm_start_file_is_found_next_to_the_config_too(tmp_path, monkeypatch) -> None:
+    """As a task factory's module is: ``file: pts.json`` beside ``sub/cfg.yaml``, run from the parent folder."""
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "pts.json").write_text("[]")
+    (tmp_path / "sub" / "cfg.yaml").write_text("task: digits-mlp\nwarm_start: {file: pts.json}\n")
+    monkeypatch.chdir(tmp_path)
+    assert load_config("sub/cfg.yaml").warm_start.file == str(Path("sub") / "pts.json")
+    (tmp_path / "pts.json").write_text("[]")  # one in the working folder wins, as before
+    assert load_config("sub/cfg.yaml").warm_start.file == "pts.json"
