@@ -256,10 +256,10 @@ def layers(
         raise ConfigError(f"{error}{close_hint(config, BUILTIN_TASKS)}", "config")
     else:
         from .config import load_config
-        from .runner import _task_spec
+        from .runner import load_config_task
 
         cfg = load_config(config)
-        task, title = load_task(_task_spec(cfg)), cfg.task_name
+        task, title = load_config_task(cfg), cfg.task_name
     report = structure_report(task.teacher, task.example_input(2))
     if as_json:
         print(json.dumps([asdict(r) for r in report], indent=2))
@@ -300,16 +300,15 @@ def suggest(
     debug: bool = _flag("--debug", help="Show tracebacks."),
 ) -> None:
     """Print the warm-start policies the predictor proposes, without training anything."""
-    from metacompress.learners import load_task
 
     from .config import load_config
-    from .runner import _task_spec, build_space
+    from .runner import build_space, load_config_task
     from .tracking import make_tracker
     from .warmstart import history_store
 
     cfg = load_config(config, _overrides(seed=seed, tracking_uri=tracking_uri))
     make_tracker(cfg.tracking_uri, cfg.experiment_name).check_reachable()  # as a search would: fail fast, exit 2
-    task = load_task(_task_spec(cfg))
+    task = load_config_task(cfg)
     space = build_space(cfg, task)
     from metacompress.learners.meta import History, propose_for_task
 

@@ -31,7 +31,7 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
-from metacompress.learners import deployable, load_compressed, load_task, predict_logits
+from metacompress.learners import deployable, load_compressed, predict_logits
 from metacompress.learners.data import dataset_tensors
 from metacompress.learners.measure import _freeze, _Frozen
 from metacompress.spaces import ConfigError, MetacompressError, invalid_value
@@ -145,7 +145,7 @@ def export_trial(cfg: SearchConfig, number: int, output: str | Path | None = Non
         ConfigError: No such study or finished trial, its export is gone, or an output this runtime cannot take.
         MetacompressError: The model does not export, or the reloaded float file predicts differently.
     """
-    from .runner import _task_spec, build_space  # noqa: PLC0415 (runner imports the heavy backends)
+    from .runner import build_space, load_config_task  # noqa: PLC0415 (runner imports the heavy backends)
 
     if isinstance(number, bool) or not isinstance(number, int) or number < 0:
         raise invalid_value("trial", "a trial number >= 0", number)
@@ -153,7 +153,7 @@ def export_trial(cfg: SearchConfig, number: int, output: str | Path | None = Non
     if int8 is None:  # the trial's runtime, unless the output names a format that has only float kernels
         int8 = bool(metrics.get("int8_runtime", 0.0)) and not str(output or "").endswith(".pt2")
     path = _output_path(cfg, number, output, bool(int8))
-    task = load_task(_task_spec(cfg))
+    task = load_config_task(cfg)
     if fingerprint is not None and fingerprint != build_space(cfg, task).fingerprint():
         raise ConfigError(f"The 'config' value must be the config the study {cfg.study_name!r} searched with (its "
                           f"task, model and space; this one builds another, e.g. another task or a changed "

@@ -9,6 +9,7 @@ ends with exactly one child run per counted trial.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import functools
 import json
 import logging
@@ -37,7 +38,7 @@ from .checks import writable_folder
 from .config import SearchConfig, warn_once
 from .local import file_lock, lock_path, run_worker
 from .objective import Objective, resolve_device, teacher_metrics
-from .warmstart import ATTR_PREDICTED, SequentialWarmStart, enqueue_next_warm_point
+from .warmstart import ATTR_EXPECTED, ATTR_PREDICTED, SequentialWarmStart, enqueue_next_warm_point
 from .pareto import hypervolume, hypervolume_history, max_hypervolume, pareto_front
 from .study import (
     ATTR_REFERENCE,
@@ -95,6 +96,15 @@ def _task_spec(cfg: SearchConfig) -> dict[str, Any]:
         return {"name": t.name, "seed": t.seed}
     _make_importable([Path(cfg.config_path).parent] if cfg.config_path else [])
     return {"factory": t.factory, "kwargs": t.kwargs, "seed": t.seed}  # a factory with a seed parameter gets it
+
+
+def load_config_task(cfg: SearchConfig, *, progress: bool = False) -> Task:
+    """The config's task. A factory's task takes the config's ``task.name`` when one is given: that name, not the
+    one the factory returns, names the task in the history (and the experiment)."""
+    task = load_task(_task_spec(cfg), progress=progress)
+    if cfg.task.factory and cfg.task.name and task.name != cfg.task.name:
+        task = dataclasses.replace(task, name=cfg.task.name)
+    return task
 
 
 def _make_importable(folders: list[Path]) -> None:
@@ -171,7 +181,7 @@ def prepare(cfg: SearchConfig, *, progress: bool = False, worker: int = 0) -> Pr
     # resolves the device in its worker, and this process only computes the teacher's logits, where it can
     device = resolve_device(cfg.train.device) if cfg.backend == "optuna" else "auto"
     check_setup(cfg.storage, cfg.study_name, study_setup(cfg))
-    task = load_task(_task_spec(cfg), progress=progress)
+    task = load_config_task(cfg, progress=progress)
     space = build_space(cfg, task)
     study = open_worker_study(cfg, space, worker)
     reference = study.user_attrs.get(ATTR_REFERENCE)
@@ -328,8 +338,8 @@ def warm_points(trials: list[FrozenTrial], teacher_accuracy: float) -> dict[int,
     out: dict[int, float | None] = {}
     for i, t in enumerate(trials):
         if ATTR_WARM_SOURCE in t.user_attrs:
-            predicted = t.user_attrs.get(ATTR_PREDICTED)
-            out[i] = None if predicted is None else float(predicted) * teacher_accuracy
+            predicted = t.user_attrs.get(ATTR_EXPECTED, t.user_attrs.get(ATTR_PREDICTED))  # older: the model's
+            out[i] = None if predicted is None else min(max(float(predicted), 0.0), 1.0) * teacher_accuracy
     return out
 
 

@@ -14,6 +14,7 @@ from optuna.trial import TrialState
 from metacompress.learners import Task
 from metacompress.spaces import CompressionPolicy, CompressionSpace, ConfigError, invalid_value
 
+from .config import warn_once
 from .study import ATTR_WARM, ATTR_WARM_SOURCE, counted_trials
 
 __all__ = ["ATTR_INDEX", "ATTR_PREDICTED", "SequentialWarmStart", "check_warm_start_mode", "enqueue_next_warm_point",
@@ -21,6 +22,9 @@ __all__ = ["ATTR_INDEX", "ATTR_PREDICTED", "SequentialWarmStart", "check_warm_st
 
 #: Trial user attributes of a sequential warm point: its candidate index and the predictor's retention.
 ATTR_INDEX, ATTR_PREDICTED = "metacompress.warm_index", "metacompress.warm_predicted"
+#: The retention the proposer expected of a warm point when it chose it (its model's, shifted by the residuals so
+#: far and clipped to [0, 1]); ``ATTR_PREDICTED`` is the model's own, which the residuals are computed against.
+ATTR_EXPECTED = "metacompress.warm_expected"
 
 _LOG = logging.getLogger(__name__)
 
@@ -37,7 +41,7 @@ def load_points(path: str | Path, space: CompressionSpace) -> list[dict[str, Any
         data = data["pareto"]
     if not isinstance(data, list):
         raise invalid_value("warm_start.file", "a JSON list of policies or params", type(data).__name__)
-    points = []
+    points, moved = [], {}
     for i, entry in enumerate(data):
         if isinstance(entry, dict) and isinstance(entry.get("params"), dict):  # suggest --json, summary.json
             entry = entry["params"]
@@ -47,12 +51,25 @@ def load_points(path: str | Path, space: CompressionSpace) -> list[dict[str, Any
             if any(str(k).startswith("layers.") for k in entry):
                 policy = CompressionPolicy.from_dict(entry, layer_names=space.layer_names)
                 points.append(space.encode(policy, clip=True))
+                now, was = space.decode(points[-1]).to_dict(), policy.to_dict()
+                moved[i] = sorted({_field(k) for k in now if now[k] != was.get(k)})
             else:
                 space.decode(entry)
                 points.append(dict(entry))
         except ConfigError as exc:
             raise ConfigError(f"warm_start.file[{i}]: {exc}", f"warm_start.file[{i}]") from exc
+    changed = {i: fields for i, fields in moved.items() if fields}
+    if changed:  # a policy of another space (a wider search's summary.json) runs as its nearest one in this space
+        fields = sorted(set().union(*changed.values()))
+        warn_once(_LOG, f"warm_start.file: {len(changed)} of {len(points)} policies of {path} run as the nearest "
+                        f"policy this space holds ({', '.join(fields[:6])}{' ...' if len(fields) > 6 else ''} "
+                        "changed)")
     return points
+
+
+def _field(key: str) -> str:
+    """``layers.fc1.bits`` -> ``bits``: what a policy key sets."""
+    return key.rsplit(".", 1)[-1] if key.startswith("layers.") else key
 
 
 def history_store(tracking_uri: str | None) -> str | None:
@@ -123,7 +140,8 @@ def enqueue_next_warm_point(study: optuna.Study, plan: SequentialWarmStart) -> b
         plan.done = True
         return False
     study.enqueue_trial(params, user_attrs={ATTR_WARM_SOURCE: "auto", ATTR_INDEX: index,
-                                            ATTR_PREDICTED: predicted["model_retention"]})
+                                            ATTR_PREDICTED: predicted["model_retention"],
+                                            ATTR_EXPECTED: predicted["accuracy_retention"]})
     return True
 
 
@@ -194,7 +212,8 @@ def resolve_warm_start(
     file = policies_file(mode, file)
     if file:
         points = load_points(file, space)[:n_points] if mode == "auto" else load_points(file, space)
-        info = {"mode": "file", "n_points": len(points), "source": str(file)}
+        info = {"mode": "file", "n_points": len(points), "source": str(file),
+                "reason": f"warm start: {len(points)} points from {file}, run first"}
         return points, info | ({} if points else {"reason": f"cold start: {file} holds no policies"})
     from metacompress.learners.meta import History, warm_start_points
 

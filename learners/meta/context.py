@@ -200,10 +200,14 @@ def task_context(
     if getattr(predictor, "similarity", None) is not None and getattr(predictor, "rows_", None) is not None:
         predictor = predictor.focus(features)  # the history's tasks weighted by their likeness to this one
         focused = ", weighted towards the tasks most like it"
-    own = history.subset([task.name]) if hasattr(predictor, "adapt") else History()
+    named = history.subset([task.name]) if hasattr(predictor, "adapt") else History()
+    own = named.same_model(features)  # a reused name is not the same task
     if len(own):
         predictor = predictor.adapt(own.X(), own.y())
     adapted = f", adapted on {len(own)} trials of {task.name}" if len(own) else ""
+    if len(named) > len(own):
+        adapted += (f", not on {len(named) - len(own)} trials of another model named {task.name!r} (give the task a "
+                    "name of its own: task.name)")
     source = f"the {source} ({history.explain()}{focused}{adapted})"
     return TaskContext(predictor, layers, sensitivity, features, SizeModel(task.teacher, task.example_input(2)),
                        source), source

@@ -103,6 +103,10 @@ def _row_problem(row: Mapping[str, Any]) -> str | None:
     return None
 
 
+#: Meta-features that say which model and data a row's task had (:meth:`History.same_model`).
+_MODEL_FEATURES = ("input_ndim", "log_input_numel", "log_n_classes", "log_n_params", "n_layers")
+
+
 class History:
     """Rows of (task meta-features, policy encoding, outcomes), with the count of rows that were skipped.
 
@@ -260,6 +264,17 @@ class History:
     def subset(self, tasks: Iterable[str]) -> History:
         """The rows of the given tasks."""
         return History(self._frame[self._frame["task"].isin(list(tasks))].reset_index(drop=True))
+
+    def same_model(self, features: Mapping[str, float]) -> History:
+        """The rows whose task has the model and data shape of ``features`` (a task's meta-features): input rank
+        and size, classes, parameters and layers. Two tasks of one name can be different models (a factory's own
+        name, reused); their trials teach nothing about each other."""
+        keep = np.ones(len(self._frame), dtype=bool)
+        for name in _MODEL_FEATURES:
+            if name in self._frame.columns and name in features:
+                keep &= np.isclose(self._frame[name].to_numpy(dtype=np.float64), float(features[name]),
+                                   rtol=0.0, atol=1e-4)  # logs and counts; older rows kept 6 significant digits
+        return History(self._frame[keep].reset_index(drop=True))
 
     def to_csv(self, path: str | Path) -> None:
         """Write the rows as CSV (floats with 10 significant digits: sizes stay exact); gzipped, with a fixed

@@ -120,6 +120,8 @@ def _meta_problem(meta: Mapping[str, Any] | None) -> str | None:
     features = meta.get("meta_features")
     if not isinstance(features, Mapping) or set(features) != set(FEATURE_NAMES):
         return "meta.json of another meta-feature version"
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in features.values()):
+        return "meta.json with meta-features that are not numbers"
     sensitivity = meta.get("sensitivity")
     if not isinstance(sensitivity, Mapping) or not sensitivity:
         return "meta.json without sensitivity probes"
@@ -153,8 +155,8 @@ def _search_rows(client: Any, exp_id: str, parent: Any, skipped: Counter[str]) -
     children = list(_pages(client, [exp_id], f"tags.`{_PARENT}` = '{parent.info.run_id}'"))
     meta = _read_meta(client, parent.info.run_id)
     problem = _meta_problem(meta)
-    if problem is not None:
-        skipped[problem] += max(len(children), 1)
+    if problem is not None:  # counted per trial, as every other skip: the search's trials are the rows lost
+        skipped[f"{problem} (the trials of its search)"] += max(len(children), 1)
         return []
     try:
         layers = [LayerInfo.from_dict(d) for d in meta["layers"]]

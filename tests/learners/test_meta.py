@@ -311,6 +311,7 @@ def test_history_from_mlflow(tmp_path, digits, digits_meta):
     history = History.from_mlflow(uri)
     assert len(history) == 1 and history.tasks == ["digits-mlp"]
     assert history.n_skipped == 3  # a bad param, and two trials of a search without meta.json
+    assert history.skipped["parent run without a readable meta.json (the trials of its search)"] == 2
     assert history.y()[0] == pytest.approx(0.9 / 0.97)
 
 
@@ -1200,3 +1201,20 @@ def test_the_gbm_ensemble_resamples_tasks_and_its_spread_shows_where_they_disagr
     one = GBMRetentionPredictor(max_iter=40, n_ensemble=3, random_state=0).fit(X[g == "task0"], y[g == "task0"],
                                                                               g[g == "task0"])
     assert len(one.models_) == 3
+
+
+def test_a_task_adapts_only_on_trials_of_its_own_model_whatever_its_name(wine):
+    """A factory may return a built-in task's name for another model (or two factories one name): the shipped
+    digits-mlp trials must not adapt the predictor of a wine model called digits-mlp, and the line says why."""
+    import dataclasses
+
+    from metacompress.learners.meta.context import task_context
+
+    shipped = History.shipped()
+    digits_rows = shipped.subset(["digits-mlp"])
+    assert len(digits_rows.same_model(task_meta_features(load_task("digits-mlp")))) == len(digits_rows)
+    impostor = dataclasses.replace(wine, name="digits-mlp")
+    layers = describe_layers(impostor.teacher, impostor.example_input(2))
+    context, source = task_context(_space(layers), impostor, history=shipped)
+    assert context is not None and "adapted on" not in source
+    assert f"not on {len(digits_rows)} trials of another model named 'digits-mlp'" in source

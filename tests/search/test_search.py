@@ -253,7 +253,8 @@ def test_warm_start_file_points_run_first_and_only_once(search_yaml, tmp_path):
 
 def test_sequential_warm_start_enqueues_k_points_one_at_a_time_and_resumes_without_more(search_yaml):
     from metacompress.search.runner import prepare
-    from metacompress.search.warmstart import ATTR_INDEX, ATTR_PREDICTED, SequentialWarmStart, resolve_warm_start
+    from metacompress.search.warmstart import (
+        ATTR_EXPECTED, ATTR_INDEX, ATTR_PREDICTED, SequentialWarmStart, resolve_warm_start)
 
     cfg = load_config(search_yaml(n_trials=4, tracking_uri="none", warm_start={"mode": "auto"}))
     p = prepare(cfg)
@@ -267,11 +268,15 @@ def test_sequential_warm_start_enqueues_k_points_one_at_a_time_and_resumes_witho
     assert len({t.user_attrs[ATTR_INDEX] for t in warm}) == 3
     assert all(0.0 <= t.user_attrs[ATTR_PREDICTED] <= 1.5 for t in warm)
     assert summary["warm_start"]["n_points"] == 3 and summary["n_complete"] == 4
-    # the summary pairs each warm trial's real accuracy with what the predictor expected of it
+    # the summary pairs each warm trial's real accuracy with what the proposer expected of it when it chose it
+    # (its model's retention shifted by the residuals so far, within [0, 1]: never above the teacher's 100 %)
     teacher = summary["teacher"]["accuracy"]
     assert [(w["number"], w["accuracy"], w["predicted_accuracy"]) for w in summary["warm_start"]["points"]] == [
-        (t.number, t.user_attrs["metrics"]["accuracy"], pytest.approx(t.user_attrs[ATTR_PREDICTED] * teacher))
+        (t.number, t.user_attrs["metrics"]["accuracy"], pytest.approx(t.user_attrs[ATTR_EXPECTED] * teacher))
         for t in warm]
+    assert all(0.0 <= t.user_attrs[ATTR_EXPECTED] <= 1.0 for t in warm)
+    assert warm[0].user_attrs[ATTR_EXPECTED] == pytest.approx(min(warm[0].user_attrs[ATTR_PREDICTED], 1.0))  # no
+    # residual before the first point
     cfg2 = load_config(search_yaml(n_trials=6, tracking_uri="none", warm_start={"mode": "auto"}))
     run_search(cfg2, warm_points=SequentialWarmStart(plan.proposer, 3, p.reference), warm_info=info)
     again = counted_trials(_study(cfg2))
@@ -540,3 +545,37 @@ def test_a_journal_file_storage_runs_and_resumes_a_search(search_yaml, tmp_path,
 
     trials = optuna.load_study(study_name=more.study_name, storage=make_storage(url)).get_trials()
     assert [t.number for t in trials] == [0, 1, 2] and all(t.state == TrialState.COMPLETE for t in trials)
+
+
+def test_a_factory_task_is_named_by_the_config_when_it_names_one(search_yaml, tmp_path, monkeypatch):
+    """The config's ``task.name`` names the task in the history (as the README's example says), not the name the
+    factory returns; without one, the factory's name stays."""
+    from metacompress.search.runner import load_config_task
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    task = {"factory": "faulty_task:make_task", "kwargs": {"counter": str(tmp_path / "counter")}}
+    assert load_config_task(load_config(search_yaml(task={**task, "name": "my-digits"}))).name == "my-digits"
+    assert load_config_task(load_config(search_yaml(task=task))).name == "faulty-digits"
+
+
+def test_a_policy_file_of_another_space_runs_its_nearest_policies_and_says_so(tmp_path, caplog):
+    """A wider search's summary.json read into a narrower space: each policy is moved to the nearest one this space
+    holds (as before), and one warning names what changed (it was silent)."""
+    from metacompress.learners import describe_layers, load_task
+    from metacompress.search import config
+    from metacompress.search.warmstart import load_points
+    from metacompress.spaces import CompressionPolicy, CompressionSpace, Ordinal
+
+    task = load_task("digits-mlp")
+    layers = describe_layers(task.teacher, task.example_input(2))
+    space = CompressionSpace(layers, bits=Ordinal((4, 8)))
+    inside = CompressionPolicy.uniform([i.name for i in layers], 0.3, 4).to_dict()
+    outside = CompressionPolicy.uniform([i.name for i in layers], 0.3, 3).to_dict()  # 3 bits: not in (4, 8)
+    file = tmp_path / "summary.json"
+    file.write_text(json.dumps({"pareto": [{"params": inside}, {"params": outside}]}))
+    config._SAID.clear()
+    with caplog.at_level("WARNING"):
+        points = load_points(file, space)
+    assert [space.decode(p).to_dict() == inside for p in points] == [True, True]  # 3 bits ran as 4
+    assert f"warm_start.file: 1 of 2 policies of {file} run as the nearest policy this space holds (bits changed)" \
+        in caplog.text
