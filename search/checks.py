@@ -17,12 +17,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from metacompress.spaces.errors import invalid_value, unknown_key
+from metacompress.spaces.errors import ConfigError, invalid_value, unknown_key
 
 __all__ = [
+    "StoreUnreachable",
     "Check", "FloatRange", "IntRange", "boolean", "choice", "mapping", "number", "option", "section", "string",
     "subset", "validate", "value_range", "write_problem", "writable_folder",
 ]
+
+
+class StoreUnreachable(ConfigError):
+    """A server the command needs did not answer (the tracking server, the Optuna database): bad input to a search
+    (exit 2), but maybe only down for a while to a scheduled ``retrain``, which exits 1 (retry) on it."""
 
 Check = Callable[[str, Any], Any]
 

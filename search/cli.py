@@ -510,7 +510,8 @@ def retrain(
 
     Exit codes: 0 promoted or champion kept (the last line says which);
     3 no model met the constraints, or no trial finished (nothing promoted, everything logged);
-    2 bad input, or another run of this job is running; 1 other errors (rerun).
+    2 bad input, or another run of this job is running; 1 other errors (rerun), e.g. the tracking server or the
+    Optuna database did not answer.
     """
     from .config import load_config
     from .retrain import parse_constraint, retrain as run_job, validate_name
@@ -527,7 +528,7 @@ def retrain(
     try:
         result = run_job(cfg, registered_model, constraints, run_key=run_key, tolerance=tol,
                          say=lambda line: console.print(line, highlight=False))
-    except StoreUnreachable as exc:  # a server down for a while: the scheduler retries (exit 1), unlike bad input
+    except StoreUnreachable as exc:  # a server down for a while (tracking, Optuna's database): the scheduler retries
         err_console.print(f"[bold red]error:[/] {escape(str(exc))} (exit 1: retry when it is back)", highlight=False,
                           soft_wrap=True)
         raise typer.Exit(1) from None

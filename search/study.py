@@ -23,6 +23,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from metacompress.spaces import ConfigError, invalid_value, unknown_key
 
+from .checks import StoreUnreachable
+
 __all__ = [
     "SAMPLERS",
     "check_setup",
@@ -87,8 +89,20 @@ def make_storage(url: str) -> optuna.storages.BaseStorage:
                                           heartbeat_stale_trial_callback=retry,
                                           engine_kwargs=_engine_kwargs(url))
     except Exception as exc:  # a bad URL, a missing driver, sqlalchemy's OperationalError: unreachable database
-        raise invalid_value("storage", f"a reachable Optuna storage (RDB URL, *.log journal file; here: "
-                            f"{_cause(exc)})", _without_password(url)) from exc
+        driver = ("; the PostgreSQL driver: pip install 'metacompress[postgres]'" if isinstance(exc, ImportError)
+                  and url.startswith("postgresql") else "")
+        error = invalid_value("storage", f"a reachable Optuna storage (RDB URL, *.log journal file; here: "
+                              f"{_cause(exc)}{driver})", _without_password(url))
+        if _server_down(url, exc):  # a database server that may only be down for a while: retrain retries
+            raise StoreUnreachable(str(error), error.field) from exc
+        raise error from exc
+
+
+def _server_down(url: str, exc: BaseException) -> bool:
+    """Whether ``exc`` says a database server did not answer (not a bad URL, a missing driver or a local file)."""
+    from sqlalchemy.exc import OperationalError  # noqa: PLC0415
+
+    return isinstance(exc, OperationalError) and not url.startswith("sqlite") and not _is_journal(url)
 
 
 def _cause(exc: BaseException) -> str:

@@ -29,9 +29,9 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from metacompress.spaces.errors import ConfigError, invalid_value
+from metacompress.spaces.errors import invalid_value
 
-from .checks import write_problem
+from .checks import StoreUnreachable, write_problem
 from .mlflow_entities import create_sqlite_store, log_torch_model, metrics_of, param_value, params_of
 
 __all__ = ["Tracker", "NullTracker", "StoreUnreachable", "make_tracker", "flatten"]
@@ -116,11 +116,6 @@ def _soft(method: Callable[..., _T]) -> Callable[..., _T | None]:
             return None
 
     return wrapper
-
-
-class StoreUnreachable(ConfigError):
-    """The tracking server did not answer: bad input to a search (exit 2), but maybe only down for a while to a
-    scheduled ``retrain``, which exits 1 (retry) on it."""
 
 
 def _sqlite_file(path: Path) -> bool:

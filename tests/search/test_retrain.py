@@ -225,6 +225,19 @@ def test_a_tracking_server_that_does_not_answer_is_a_retry_for_retrain(tmp_path)
     assert "pass --tracking-uri sqlite:///mlflow.db)" in lines[0]  # not 'or none': retrain needs a registry
 
 
+def test_an_optuna_database_that_does_not_answer_is_a_retry_for_retrain_and_bad_input_to_a_search(tmp_path):
+    """A PostgreSQL storage whose server is down (nothing listens on port 9): the real driver's connection error.
+    Scheduled, that is a retry (exit 1); typed by hand, one line naming --storage (exit 2)."""
+    pytest.importorskip("psycopg", reason="the postgres extra (psycopg 3) is part of the dev install")
+    down = "postgresql://job@127.0.0.1:9/optuna"
+    job = runner.invoke(app, ["retrain", str(_job(tmp_path, [4])), "--registered-model", "m", "--storage", down])
+    assert job.exit_code == 1, job.output
+    lines = [ln for ln in job.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "'storage'" in lines[0] and "Connection refused" in lines[0] and "retry" in lines[0]
+    search = runner.invoke(app, ["search", str(_job(tmp_path, [4])), "--storage", down])
+    assert search.exit_code == 2 and "'storage'" in search.output, search.output
+
+
 # ------------------------------------------------------------------------------------ job examples (not run)
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "scheduled"
 
