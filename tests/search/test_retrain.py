@@ -306,3 +306,12 @@ def test_airflow_example_is_valid_python_calling_the_cli():
             raised[(op, code)] = node.body[0].exc.func.id
     assert raised == {("Eq", 3): "AirflowSkipException", ("Eq", 2): "AirflowFailException",
                       ("NotEq", 0): "RuntimeError"}
+
+
+def test_the_sample_job_config_runs_as_the_examples_call_it(tmp_path, monkeypatch):
+    """examples/scheduled/digits.yaml, the job config the crontab, CronJob and DAG stand for: a real run."""
+    monkeypatch.chdir(tmp_path)  # its out/ folder
+    result = runner.invoke(app, ["retrain", str(EXAMPLES / "digits.yaml"), "--registered-model", "digits-compressed",
+                                 "--trials", "1", "--run-key", "r1", "--storage", f"sqlite:///{tmp_path}/s.db",
+                                 "--tracking-uri", f"sqlite:///{tmp_path}/m.db"])
+    assert result.exit_code == 0 and "promoted: version 1 of digits-compressed" in result.output, result.output
