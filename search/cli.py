@@ -11,10 +11,10 @@ import contextlib
 import functools
 import json
 import logging
-import traceback
 import os
 import signal
 import sys
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Optional
@@ -300,7 +300,6 @@ def suggest(
     debug: bool = _flag("--debug", help="Show tracebacks."),
 ) -> None:
     """Print the warm-start policies the predictor proposes, without training anything."""
-
     from .config import load_config
     from .runner import build_space, load_config_task
     from .tracking import make_tracker
