@@ -263,8 +263,12 @@ def _sigterm_interrupts() -> Iterator[Callable[[], None]]:
         yield lambda: None
         return
     previous = signal.getsignal(signal.SIGTERM)
+
+    def ours() -> None:
+        signal.signal(signal.SIGTERM, Terminated.raise_for)
+
     try:
-        yield lambda: signal.signal(signal.SIGTERM, Terminated.raise_for) and None
+        yield ours
     finally:
         signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 

@@ -28,7 +28,7 @@ from sklearn.base import BaseEstimator, RegressorMixin
 from metacompress.spaces import ConfigError, invalid_value, unknown_key
 
 from .history import INPUT_NAMES, MEASURED_NAMES, History, data_path
-from .reptile import ReptilePredictor, _check_xy
+from .reptile import NaNInputs, ReptilePredictor, _check_xy
 from .trees import ArrayIsotonic, ArrayTrees
 
 __all__ = [
@@ -49,7 +49,7 @@ __all__ = [
 PREDICTOR_KINDS: tuple[str, ...] = ("gbm", "reptile")
 
 
-class GBMRetentionPredictor(RegressorMixin, BaseEstimator):
+class GBMRetentionPredictor(NaNInputs, RegressorMixin, BaseEstimator):
     """Gradient-boosted trees on meta-features ⊕ policy encoding (⊕ measured proxy) → accuracy retention.
 
     On rows of :data:`~.history.INPUT_NAMES` it fits one model per *tier*: one on the inputs a policy has before
@@ -192,10 +192,10 @@ class GBMRetentionPredictor(RegressorMixin, BaseEstimator):
         proxy): the tier that predicts it."""
         return np.cumprod(np.isfinite(X[:, X.shape[1] - m:]), axis=1).sum(1)  # m = 0: zeros
 
-    def __sklearn_tags__(self) -> Any:
-        tags = super().__sklearn_tags__()
-        tags.input_tags.allow_nan = True  # NaN marks a measurement a row does not have (see fit)
-        return tags
+    @property
+    def n_iter_(self) -> int:
+        """Boosting rounds run (the most of the ensemble's models)."""
+        return max(int(getattr(model, "n_iter_", 0)) for model in self.models_)
 
     def fit(self, X: Any, y: Any, groups: Any = None, sample_weight: Any = None) -> GBMRetentionPredictor:
         """Fit on rows ``X``, targets ``y``; ``groups`` (task of each row) drives the ensemble's resampling and
@@ -235,7 +235,6 @@ class GBMRetentionPredictor(RegressorMixin, BaseEstimator):
             self.tiers_.append((models, iso))
         self.n_features_in_ = X.shape[1]
         self.fit_digest_ = rows_digest(X, y, groups, weight)
-        self.n_iter_ = max(int(getattr(model, "n_iter_", 0)) for model in self.models_)  # boosting rounds run
         return self
 
     def _continues(self, X: np.ndarray) -> bool:
@@ -272,7 +271,6 @@ class GBMRetentionPredictor(RegressorMixin, BaseEstimator):
             tiers.append((models, iso))
         self.tiers_, self.rows_ = tiers, None
         self.fit_digest_ = rows_digest(X, y, groups, weight)
-        self.n_iter_ = max(int(getattr(model, "n_iter_", 0)) for model in self.models_)  # boosting rounds run
         return self
 
     def task_weights(self, features: Any) -> dict[Any, float]:

@@ -77,7 +77,16 @@ def _check_xy(estimator: Any, X: Any, y: Any | None = None, *, fitting: bool = F
     return X, y
 
 
-class ReptilePredictor(RegressorMixin, BaseEstimator):
+class NaNInputs:
+    """Tags a predictor's inputs as allowed to hold NaN: a measurement a row does not have (a proxy not measured)."""
+
+    def __sklearn_tags__(self) -> Any:
+        tags = super().__sklearn_tags__()  # type: ignore[misc]
+        tags.input_tags.allow_nan = True
+        return tags
+
+
+class ReptilePredictor(NaNInputs, RegressorMixin, BaseEstimator):
     """Retention predictor: an MLP meta-trained with Reptile across tasks.
 
     Args:
@@ -123,11 +132,6 @@ class ReptilePredictor(RegressorMixin, BaseEstimator):
             loss = nn.functional.mse_loss(self.net_(x[idx]).squeeze(1), y[idx])
             loss.backward()
             opt.step()
-
-    def __sklearn_tags__(self) -> Any:
-        tags = super().__sklearn_tags__()
-        tags.input_tags.allow_nan = True  # NaN marks a measurement a row does not have (see fit)
-        return tags
 
     def fit(self, X: Any, y: Any, groups: Any = None) -> ReptilePredictor:
         """Meta-train on rows ``X`` (meta-features ⊕ encoding), targets ``y``; ``groups`` names each row's task.
